@@ -1,0 +1,2 @@
+-- The unredacted step output: the only copy execution may read.
+ALTER TABLE steps ADD COLUMN output_raw TEXT;

@@ -1,0 +1,652 @@
+//! The step loop. For each run this process owns (at an epoch), steps run in
+//! topological order; each attempt is made durable before its body runs;
+//! output is committed only after success, in one transaction with the step
+//! status and the run's actor state; failures are classified (transient:
+//! retried with capped backoff; permanent: failed at once); a run deadline
+//! cancels the step and everything working for the run, and only after that
+//! machinery has stopped is the run marked `timed_out`.
+
+use crate::engine::authority::Authority;
+use crate::engine::clock::Clock;
+use crate::engine::metrics::{FallbackSource, Metrics};
+use crate::engine::run::{RunRecord, RunState, StepStatus};
+use crate::engine::store::{
+    BeginAttempt, EffectRecord, NewRun, StepSuccess, Store, StoreError, TransitionCtx,
+};
+use crate::engine::switches::Switches;
+use crate::engine::workflow::{
+    ErrorClass, StepDef, StepKind, Workflow, WorkflowError, WorkflowRegistry, lookup_path, redact,
+};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Workflow(#[from] WorkflowError),
+}
+
+/// Tunables of the step loop.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Stable identity of this process; stamped on claims, effects and logs.
+    pub pod_id: String,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Pause before retrying an authority lookup whose store query failed.
+    pub lookup_retry: Duration,
+}
+
+impl EngineConfig {
+    pub fn new(pod_id: impl Into<String>) -> Self {
+        EngineConfig {
+            pod_id: pod_id.into(),
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(5),
+            lookup_retry: Duration::from_millis(200),
+        }
+    }
+}
+
+/// How a call to [`Engine::drive`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The run reached this terminal state (set by us or by a racing writer).
+    Finished(RunState),
+    /// Cancelled from outside (the pod is stopping): ownership stays in the
+    /// store so the recovery path finds the run exactly as after a crash.
+    Abandoned,
+    /// Another owner claimed the run; this process stopped writing.
+    Fenced,
+}
+
+/// The engine of one process: store, workflows, authority, switches.
+#[derive(Debug)]
+pub struct Engine {
+    pub store: Arc<dyn Store>,
+    pub workflows: Arc<WorkflowRegistry>,
+    pub authority: Arc<Authority>,
+    pub switches: Switches,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    pub config: EngineConfig,
+    http: reqwest::Client,
+}
+
+enum StepEnd {
+    Succeeded,
+    Failed(String),
+    Cancelled,
+}
+
+enum LoopEnd {
+    Done,
+    Failed { step: String, error: String },
+    Cancelled,
+}
+
+enum BodyErr {
+    Fail { class: ErrorClass, msg: String },
+    Cancelled,
+    Store(StoreError),
+}
+
+impl From<StoreError> for BodyErr {
+    fn from(e: StoreError) -> Self {
+        BodyErr::Store(e)
+    }
+}
+
+struct BodyOk {
+    output: Value,
+    run_state: Option<Value>,
+}
+
+/// What a running step needs to know about its run.
+struct RunCtx<'a> {
+    run_id: &'a str,
+    epoch: i64,
+    cancel: &'a CancellationToken,
+    next_seq: std::sync::atomic::AtomicI64,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        workflows: Arc<WorkflowRegistry>,
+        switches: Switches,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Self {
+        let metrics = store.metrics().clone();
+        let authority = Arc::new(Authority::new(store.clone(), switches.clone(), metrics.clone()));
+        Engine {
+            store,
+            workflows,
+            authority,
+            switches,
+            metrics,
+            clock,
+            config,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Create a run of `workflow`. A repeated idempotency key returns the
+    /// run it created first.
+    pub async fn submit(
+        &self,
+        workflow: &str,
+        input: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<RunRecord, EngineError> {
+        let wf = self.workflows.get(workflow)?;
+        let deadline_at_ms = wf
+            .deadline_ms
+            .map(|d| self.clock.now_ms().saturating_add(i64::try_from(d).unwrap_or(i64::MAX)));
+        Ok(self
+            .store
+            .create_run(NewRun {
+                workflow: wf.name.clone(),
+                lane: wf.lane.clone(),
+                input,
+                late_completion: wf.late_completion,
+                idempotency_key,
+                deadline_at_ms,
+            })
+            .await?)
+    }
+
+    /// Claim the run (compare-and-set on `expected_owner`) and drive it.
+    pub async fn run(
+        &self,
+        run_id: &str,
+        expected_owner: Option<&str>,
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, EngineError> {
+        let claim = self
+            .store
+            .claim_run(run_id, &self.config.pod_id, expected_owner)
+            .await?;
+        tracing::info!(run_id, epoch = claim.epoch, pod = %self.config.pod_id, "claimed run");
+        self.drive(run_id, claim.epoch, cancel).await
+    }
+
+    /// Drive a run this process holds at `epoch` to its end, or until
+    /// `cancel` fires, or until another owner fences us out.
+    pub async fn drive(
+        &self,
+        run_id: &str,
+        epoch: i64,
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, EngineError> {
+        let outcome = self.drive_inner(run_id, epoch, cancel).await;
+        if !matches!(outcome, Ok(RunOutcome::Abandoned)) {
+            self.authority.forget_run(run_id);
+        }
+        match outcome {
+            Err(EngineError::Store(StoreError::Fenced { .. })) => {
+                tracing::warn!(run_id, epoch, "fenced: another owner holds this run now; stopped");
+                Ok(RunOutcome::Fenced)
+            }
+            Err(EngineError::Store(StoreError::AlreadyTerminal { state, .. })) => {
+                Ok(RunOutcome::Finished(state))
+            }
+            other => other,
+        }
+    }
+
+    async fn drive_inner(
+        &self,
+        run_id: &str,
+        epoch: i64,
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, EngineError> {
+        let run = self
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| StoreError::RunNotFound { run_id: run_id.to_owned() })?;
+        let wf = match self.workflows.get(&run.workflow) {
+            Ok(wf) => wf.clone(),
+            Err(e) => {
+                return self
+                    .finish(run_id, epoch, RunState::Failed, "unknown workflow", Some(e.to_string()))
+                    .await;
+            }
+        };
+        let run_cancel = cancel.child_token();
+        let until_deadline = run
+            .deadline_at_ms
+            .map(|d| Duration::from_millis(u64::try_from(d - self.clock.now_ms()).unwrap_or(0)));
+        let mut spurious_rechecks = 0;
+        loop {
+            let work = self.steps_loop(&run, &wf, epoch, &run_cancel);
+            tokio::pin!(work);
+            let deadline = async {
+                match until_deadline {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut deadline_hit = false;
+            let end = tokio::select! {
+                end = &mut work => end?,
+                _ = deadline => {
+                    // Stop every piece of machinery working for the run and
+                    // wait for it, so nothing writes after the transition.
+                    deadline_hit = true;
+                    run_cancel.cancel();
+                    let _ = work.await;
+                    LoopEnd::Cancelled
+                }
+            };
+            return match end {
+                LoopEnd::Done => {
+                    self.finish(run_id, epoch, RunState::Succeeded, "all steps succeeded", None)
+                        .await
+                }
+                LoopEnd::Cancelled if deadline_hit => {
+                    self.finish(
+                        run_id,
+                        epoch,
+                        RunState::TimedOut,
+                        "run deadline passed",
+                        Some("run deadline passed".into()),
+                    )
+                    .await
+                }
+                LoopEnd::Cancelled => Ok(RunOutcome::Abandoned),
+                LoopEnd::Failed { step, error } => {
+                    // Post-drain pass: a failure the store proves was a
+                    // success is demoted, and the run goes on.
+                    if spurious_rechecks == 0 && self.proves_success(run_id, &step).await {
+                        spurious_rechecks += 1;
+                        self.metrics.inc_spurious("post_drain");
+                        tracing::warn!(run_id, step, "spurious failure demoted to success (post-drain)");
+                        continue;
+                    }
+                    self.finish(
+                        run_id,
+                        epoch,
+                        RunState::Failed,
+                        "step failed",
+                        Some(format!("step {step}: {error}")),
+                    )
+                    .await
+                }
+            };
+        }
+    }
+
+    async fn finish(
+        &self,
+        run_id: &str,
+        epoch: i64,
+        to: RunState,
+        reason: &str,
+        error: Option<String>,
+    ) -> Result<RunOutcome, EngineError> {
+        let ctx = TransitionCtx {
+            expected_epoch: Some(epoch),
+            pod: Some(self.config.pod_id.clone()),
+            reason: reason.to_owned(),
+            error,
+        };
+        self.store.transition(run_id, to, &ctx).await?;
+        tracing::info!(run_id, state = %to, "run finished");
+        Ok(RunOutcome::Finished(to))
+    }
+
+    async fn steps_loop(
+        &self,
+        run: &RunRecord,
+        wf: &Workflow,
+        epoch: i64,
+        cancel: &CancellationToken,
+    ) -> Result<LoopEnd, EngineError> {
+        let done: HashMap<String, StepStatus> = self
+            .store
+            .steps(&run.id)
+            .await?
+            .into_iter()
+            .map(|s| (s.node_id, s.status))
+            .collect();
+        let emitted = self
+            .store
+            .chunks(&run.id)
+            .await?
+            .iter()
+            .filter(|c| c.epoch == epoch)
+            .count();
+        let ctx = RunCtx {
+            run_id: &run.id,
+            epoch,
+            cancel,
+            next_seq: std::sync::atomic::AtomicI64::new(i64::try_from(emitted).unwrap_or(0)),
+        };
+        let mut run_state = run.run_state.clone();
+        for step in &wf.steps {
+            if cancel.is_cancelled() {
+                return Ok(LoopEnd::Cancelled);
+            }
+            if done.get(&step.id) == Some(&StepStatus::Succeeded) {
+                continue;
+            }
+            match self.run_step(&ctx, step, &mut run_state).await? {
+                StepEnd::Succeeded => {}
+                StepEnd::Cancelled => return Ok(LoopEnd::Cancelled),
+                StepEnd::Failed(error) => {
+                    return Ok(LoopEnd::Failed { step: step.id.clone(), error });
+                }
+            }
+        }
+        Ok(LoopEnd::Done)
+    }
+
+    /// The raw outputs of a step's predecessors, or why the step cannot run.
+    async fn resolve_inputs(
+        &self,
+        ctx: &RunCtx<'_>,
+        step: &StepDef,
+    ) -> Result<Result<Map<String, Value>, StepEnd>, EngineError> {
+        if step.after.is_empty() {
+            return Ok(Ok(Map::new()));
+        }
+        loop {
+            let lookup = self
+                .authority
+                .outputs(ctx.run_id, &step.after, FallbackSource::Predecessors)
+                .await;
+            if lookup.errored {
+                // The outputs may well exist; the store hiccuped. Wait, do not
+                // guess, and do not spend an attempt of the step.
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => return Ok(Err(StepEnd::Cancelled)),
+                    _ = tokio::time::sleep(self.config.lookup_retry) => continue,
+                }
+            }
+            if !lookup.missing.is_empty() && !lookup.disabled {
+                return Ok(Err(StepEnd::Failed(format!(
+                    "predecessor output unavailable: {} has no raw output in the store",
+                    lookup.missing.join(", ")
+                ))));
+            }
+            // With authority.db_fallback off, absent predecessors stay absent
+            // (null): the documented pre-fix behaviour the switch restores.
+            let mut inputs = Map::new();
+            for p in &step.after {
+                inputs.insert(p.clone(), lookup.found.get(p).cloned().unwrap_or(Value::Null));
+            }
+            return Ok(Ok(inputs));
+        }
+    }
+
+    async fn proves_success(&self, run_id: &str, node_id: &str) -> bool {
+        let lookup = self
+            .authority
+            .outputs(run_id, &[node_id.to_owned()], FallbackSource::SpuriousCheck)
+            .await;
+        lookup.found.contains_key(node_id)
+    }
+
+    /// The step ran out of attempts. Before calling it failed, ask the
+    /// authority whether the step in fact succeeded (the catch path).
+    async fn exhausted(
+        &self,
+        ctx: &RunCtx<'_>,
+        step: &StepDef,
+        error: String,
+    ) -> Result<StepEnd, EngineError> {
+        if self.proves_success(ctx.run_id, &step.id).await {
+            self.metrics.inc_spurious("in_catch");
+            tracing::warn!(run_id = ctx.run_id, step = %step.id, "spurious max-retries failure demoted to success");
+            return Ok(StepEnd::Succeeded);
+        }
+        self.store
+            .record_step_failure(ctx.run_id, &step.id, ctx.epoch, &error, true)
+            .await?;
+        Ok(StepEnd::Failed(error))
+    }
+
+    async fn run_step(
+        &self,
+        ctx: &RunCtx<'_>,
+        step: &StepDef,
+        run_state: &mut Value,
+    ) -> Result<StepEnd, EngineError> {
+        let inputs = match self.resolve_inputs(ctx, step).await? {
+            Ok(inputs) => inputs,
+            Err(end) => return Ok(end),
+        };
+        let max = step.max_attempts();
+        loop {
+            let attempt = match self
+                .store
+                .begin_attempt(ctx.run_id, &step.id, ctx.epoch, max)
+                .await?
+            {
+                BeginAttempt::AlreadySucceeded => return Ok(StepEnd::Succeeded),
+                BeginAttempt::Exhausted { attempts } => {
+                    self.metrics.inc_attempt("exhausted");
+                    let error = format!("exceeded max retries ({attempts} of {max} attempts used)");
+                    return self.exhausted(ctx, step, error).await;
+                }
+                BeginAttempt::Started { attempt } => attempt,
+            };
+            match self.execute_body(ctx, step, attempt, &inputs, run_state).await {
+                Ok(ok) => {
+                    let output = redact(&ok.output, &step.secret_fields);
+                    let new_state = ok.run_state.unwrap_or_else(|| run_state.clone());
+                    self.store
+                        .commit_step_success(StepSuccess {
+                            run_id: ctx.run_id,
+                            node_id: &step.id,
+                            epoch: ctx.epoch,
+                            output: &output,
+                            output_raw: &ok.output,
+                            run_state: &new_state,
+                        })
+                        .await?;
+                    self.authority.record(ctx.run_id, &step.id, ok.output);
+                    *run_state = new_state;
+                    self.metrics.inc_attempt("succeeded");
+                    return Ok(StepEnd::Succeeded);
+                }
+                Err(BodyErr::Cancelled) => return Ok(StepEnd::Cancelled),
+                Err(BodyErr::Store(e)) => return Err(e.into()),
+                Err(BodyErr::Fail { class: ErrorClass::Permanent, msg }) => {
+                    self.metrics.inc_attempt("failed_permanent");
+                    let error = format!("permanent error on attempt {attempt}: {msg}");
+                    self.store
+                        .record_step_failure(ctx.run_id, &step.id, ctx.epoch, &error, true)
+                        .await?;
+                    return Ok(StepEnd::Failed(error));
+                }
+                Err(BodyErr::Fail { class: ErrorClass::Transient, msg }) => {
+                    self.metrics.inc_attempt("failed_transient");
+                    if attempt >= max {
+                        let error = format!("exceeded max retries ({max} attempts); last: {msg}");
+                        return self.exhausted(ctx, step, error).await;
+                    }
+                    let error = format!("transient error on attempt {attempt}: {msg}");
+                    self.store
+                        .record_step_failure(ctx.run_id, &step.id, ctx.epoch, &error, false)
+                        .await?;
+                    tokio::select! {
+                        _ = ctx.cancel.cancelled() => return Ok(StepEnd::Cancelled),
+                        _ = tokio::time::sleep(self.backoff(attempt)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Capped exponential backoff with +-20% jitter.
+    fn backoff(&self, attempt: i64) -> Duration {
+        let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+        let base = self.config.backoff_base.saturating_mul(1 << exp);
+        let capped = base.min(self.config.backoff_cap);
+        let jitter: f64 = rand::random_range(0.8..1.2);
+        capped.mul_f64(jitter)
+    }
+
+    async fn execute_body(
+        &self,
+        ctx: &RunCtx<'_>,
+        step: &StepDef,
+        attempt: i64,
+        inputs: &Map<String, Value>,
+        run_state: &Value,
+    ) -> Result<BodyOk, BodyErr> {
+        // The side effect an external system sees: one row per execution.
+        self.store
+            .record_effect(&EffectRecord {
+                run_id: ctx.run_id.to_owned(),
+                node_id: step.id.clone(),
+                attempt,
+                epoch: ctx.epoch,
+                pod: self.config.pod_id.clone(),
+            })
+            .await?;
+        let body = self.body(ctx, step, inputs, run_state);
+        let timed = async {
+            match step.timeout_ms {
+                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), body)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(BodyErr::Fail {
+                            class: ErrorClass::Transient,
+                            msg: format!("step timed out after {ms} ms"),
+                        })
+                    }),
+                None => body.await,
+            }
+        };
+        let ok = tokio::select! {
+            _ = ctx.cancel.cancelled() => return Err(BodyErr::Cancelled),
+            r = timed => r?,
+        };
+        // Injected failures come after the body ran: its effects happened,
+        // but its output and state changes must not be committed.
+        if let Some(fail) = step.fail.as_ref().filter(|f| attempt <= i64::from(f.first)) {
+            return Err(BodyErr::Fail {
+                class: fail.class,
+                msg: format!("injected failure on attempt {attempt}"),
+            });
+        }
+        Ok(ok)
+    }
+
+    async fn body(
+        &self,
+        ctx: &RunCtx<'_>,
+        step: &StepDef,
+        inputs: &Map<String, Value>,
+        run_state: &Value,
+    ) -> Result<BodyOk, BodyErr> {
+        let output = |output| Ok(BodyOk { output, run_state: None });
+        match &step.kind {
+            StepKind::Emit { chunks, interval_ms, text } => {
+                for i in 0..*chunks {
+                    if i > 0 && *interval_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(*interval_ms)).await;
+                    }
+                    let seq = ctx.next_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let data = text.replace("{i}", &i.to_string()).replace("{step}", &step.id);
+                    self.store.append_chunk(ctx.run_id, ctx.epoch, seq, &data).await?;
+                }
+                output(serde_json::json!({ "chunks": chunks }))
+            }
+            StepKind::Sleep { ms } => {
+                tokio::time::sleep(Duration::from_millis(*ms)).await;
+                output(serde_json::json!({ "slept_ms": ms }))
+            }
+            StepKind::Compute { output: template } => output(fill_template(template, inputs)?),
+            StepKind::Fail => output(serde_json::json!({})),
+            StepKind::Mutate { set } => {
+                let mut next = match run_state {
+                    Value::Object(m) => m.clone(),
+                    _ => Map::new(),
+                };
+                for (k, v) in set {
+                    next.insert(k.clone(), fill_template(v, inputs)?);
+                }
+                Ok(BodyOk {
+                    output: serde_json::json!({ "set": set.keys().collect::<Vec<_>>() }),
+                    run_state: Some(Value::Object(next)),
+                })
+            }
+            StepKind::FanIn => output(Value::Object(inputs.clone())),
+            StepKind::Http { url, method, body } => {
+                let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| {
+                    BodyErr::Fail { class: ErrorClass::Permanent, msg: e.to_string() }
+                })?;
+                let mut req = self.http.request(method, url);
+                if let Some(b) = body {
+                    req = req.json(&fill_template(b, inputs)?);
+                }
+                let resp = req.send().await.map_err(|e| BodyErr::Fail {
+                    // Connection errors and timeouts are worth another try;
+                    // a request we could not even build is not.
+                    class: if e.is_builder() { ErrorClass::Permanent } else { ErrorClass::Transient },
+                    msg: format!("request to {url} failed: {e}"),
+                })?;
+                let status = resp.status();
+                let text = resp.text().await.map_err(|e| BodyErr::Fail {
+                    class: ErrorClass::Transient,
+                    msg: format!("reading the response from {url}: {e}"),
+                })?;
+                if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+                    return Err(BodyErr::Fail {
+                        class: ErrorClass::Transient,
+                        msg: format!("{url} answered {status}"),
+                    });
+                }
+                if !status.is_success() {
+                    return Err(BodyErr::Fail {
+                        class: ErrorClass::Permanent,
+                        msg: format!("{url} answered {status}"),
+                    });
+                }
+                let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                output(serde_json::json!({ "status": status.as_u16(), "body": body }))
+            }
+        }
+    }
+}
+
+/// Replace every string `{{step.path}}` by that predecessor's raw value.
+fn fill_template(v: &Value, inputs: &Map<String, Value>) -> Result<Value, BodyErr> {
+    Ok(match v {
+        Value::String(s) => match s.strip_prefix("{{").and_then(|s| s.strip_suffix("}}")) {
+            Some(path) => {
+                let path = path.trim();
+                let (head, rest) = path.split_once('.').unwrap_or((path, ""));
+                let base = inputs.get(head).ok_or_else(|| BodyErr::Fail {
+                    class: ErrorClass::Permanent,
+                    msg: format!("template {s:?}: {head:?} is not a predecessor"),
+                })?;
+                let found = if rest.is_empty() { Some(base) } else { lookup_path(base, rest) };
+                found.cloned().unwrap_or(Value::Null)
+            }
+            None => v.clone(),
+        },
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| fill_template(x, inputs))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), fill_template(x, inputs)?)))
+                .collect::<Result<_, BodyErr>>()?,
+        ),
+        other => other.clone(),
+    })
+}

@@ -1,0 +1,287 @@
+//! The engine's metrics, in a `prometheus-client` registry.
+//!
+//! One [`Metrics`] per engine instance (not a global), so tests running in
+//! parallel each see their own counters. The pod's `/metrics` endpoint
+//! renders [`Metrics::encode`].
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceOutcome {
+    pub source: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Source {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FromTo {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    pub kind: String,
+}
+
+/// Where an authority lookup came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackSource {
+    /// Inputs of a step: the outputs of its predecessors.
+    Predecessors,
+    /// Proof that a step reported as failed had in fact succeeded.
+    SpuriousCheck,
+}
+
+impl FallbackSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackSource::Predecessors => "predecessors",
+            FallbackSource::SpuriousCheck => "spurious_check",
+        }
+    }
+}
+
+/// What a DB fallback lookup ended as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackOutcome {
+    /// Every missing key was found in the store.
+    Hit,
+    /// At least one key is not in the store (or has no raw output).
+    Miss,
+    /// The store failed; the lookup was evicted and treated as a miss.
+    Error,
+    /// The `authority.db_fallback` switch is off; no query was made.
+    Disabled,
+}
+
+impl FallbackOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackOutcome::Hit => "hit",
+            FallbackOutcome::Miss => "miss",
+            FallbackOutcome::Error => "error",
+            FallbackOutcome::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub tracker_db_fallback: Family<SourceOutcome, Counter>,
+    pub tracker_db_fallback_duration: Histogram,
+    pub spurious_recovery: Family<Source, Counter>,
+    pub run_transitions: Family<FromTo, Counter>,
+    pub transition_rejected: Family<FromTo, Counter>,
+    pub step_attempts: Family<Outcome, Counter>,
+    pub fenced_writes: Family<Kind, Counter>,
+    pub switch_flips: Family<Kind, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let tracker_db_fallback = Family::<SourceOutcome, Counter>::default();
+        registry.register(
+            "vigil_tracker_db_fallback",
+            "Step-authority lookups that missed the in-process tracker and went to the store",
+            tracker_db_fallback.clone(),
+        );
+        let tracker_db_fallback_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        registry.register(
+            "vigil_tracker_db_fallback_duration_seconds",
+            "Time spent in one batched output_raw lookup",
+            tracker_db_fallback_duration.clone(),
+        );
+        let spurious_recovery = Family::<Source, Counter>::default();
+        registry.register(
+            "vigil_spurious_recovery",
+            "Steps reported as failed that the store proves succeeded, demoted back to success",
+            spurious_recovery.clone(),
+        );
+        let run_transitions = Family::<FromTo, Counter>::default();
+        registry.register(
+            "vigil_run_transitions",
+            "Run state transitions committed",
+            run_transitions.clone(),
+        );
+        let transition_rejected = Family::<FromTo, Counter>::default();
+        registry.register(
+            "vigil_transition_rejected",
+            "Run state transitions rejected by the transition table, terminal state or fence",
+            transition_rejected.clone(),
+        );
+        let step_attempts = Family::<Outcome, Counter>::default();
+        registry.register(
+            "vigil_step_attempts",
+            "Step attempts by outcome",
+            step_attempts.clone(),
+        );
+        let fenced_writes = Family::<Kind, Counter>::default();
+        registry.register(
+            "vigil_fenced_writes",
+            "Owner writes rejected because the run's epoch moved on",
+            fenced_writes.clone(),
+        );
+        let switch_flips = Family::<Kind, Counter>::default();
+        registry.register(
+            "vigil_switch_changes",
+            "Kill-switch changes seen by this process",
+            switch_flips.clone(),
+        );
+        Metrics {
+            registry,
+            tracker_db_fallback,
+            tracker_db_fallback_duration,
+            spurious_recovery,
+            run_transitions,
+            transition_rejected,
+            step_attempts,
+            fenced_writes,
+            switch_flips,
+        }
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn fallback(&self, source: FallbackSource, outcome: FallbackOutcome) -> u64 {
+        self.tracker_db_fallback
+            .get_or_create(&SourceOutcome {
+                source: source.as_str().into(),
+                outcome: outcome.as_str().into(),
+            })
+            .get()
+    }
+
+    pub fn inc_fallback(&self, source: FallbackSource, outcome: FallbackOutcome) {
+        self.tracker_db_fallback
+            .get_or_create(&SourceOutcome {
+                source: source.as_str().into(),
+                outcome: outcome.as_str().into(),
+            })
+            .inc();
+    }
+
+    /// Total DB fallback lookups over every source and outcome except `disabled`
+    /// (which made no query).
+    pub fn fallback_queries(&self) -> u64 {
+        [FallbackSource::Predecessors, FallbackSource::SpuriousCheck]
+            .into_iter()
+            .flat_map(|s| {
+                [FallbackOutcome::Hit, FallbackOutcome::Miss, FallbackOutcome::Error]
+                    .into_iter()
+                    .map(move |o| (s, o))
+            })
+            .map(|(s, o)| self.fallback(s, o))
+            .sum()
+    }
+
+    pub fn spurious(&self, source: &str) -> u64 {
+        self.spurious_recovery
+            .get_or_create(&Source { source: source.into() })
+            .get()
+    }
+
+    pub fn inc_spurious(&self, source: &str) {
+        self.spurious_recovery
+            .get_or_create(&Source { source: source.into() })
+            .inc();
+    }
+
+    pub fn transitions(&self, from: &str, to: &str) -> u64 {
+        self.run_transitions
+            .get_or_create(&FromTo { from: from.into(), to: to.into() })
+            .get()
+    }
+
+    pub fn rejected(&self, from: &str, to: &str) -> u64 {
+        self.transition_rejected
+            .get_or_create(&FromTo { from: from.into(), to: to.into() })
+            .get()
+    }
+
+    pub fn inc_transition(&self, from: &str, to: &str) {
+        self.run_transitions
+            .get_or_create(&FromTo { from: from.into(), to: to.into() })
+            .inc();
+    }
+
+    pub fn inc_rejected(&self, from: &str, to: &str) {
+        self.transition_rejected
+            .get_or_create(&FromTo { from: from.into(), to: to.into() })
+            .inc();
+    }
+
+    pub fn attempts(&self, outcome: &str) -> u64 {
+        self.step_attempts
+            .get_or_create(&Outcome { outcome: outcome.into() })
+            .get()
+    }
+
+    pub fn inc_attempt(&self, outcome: &str) {
+        self.step_attempts
+            .get_or_create(&Outcome { outcome: outcome.into() })
+            .inc();
+    }
+
+    pub fn fenced(&self, kind: &str) -> u64 {
+        self.fenced_writes.get_or_create(&Kind { kind: kind.into() }).get()
+    }
+
+    pub fn inc_fenced(&self, kind: &str) {
+        self.fenced_writes.get_or_create(&Kind { kind: kind.into() }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_prometheus_names() {
+        let m = Metrics::new();
+        m.inc_fallback(FallbackSource::Predecessors, FallbackOutcome::Hit);
+        m.inc_spurious("in_catch");
+        m.inc_transition("pending", "running");
+        m.inc_rejected("succeeded", "failed");
+        m.inc_attempt("succeeded");
+        m.tracker_db_fallback_duration.observe(0.002);
+        let text = m.encode();
+        for needle in [
+            "vigil_tracker_db_fallback_total{source=\"predecessors\",outcome=\"hit\"} 1",
+            "vigil_tracker_db_fallback_duration_seconds_count 1",
+            "vigil_spurious_recovery_total{source=\"in_catch\"} 1",
+            "vigil_run_transitions_total{from=\"pending\",to=\"running\"} 1",
+            "vigil_transition_rejected_total{from=\"succeeded\",to=\"failed\"} 1",
+            "vigil_step_attempts_total{outcome=\"succeeded\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}

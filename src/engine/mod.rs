@@ -1,0 +1,12 @@
+//! The engine core: runs, steps, the store, the executor. No UI, no HTTP.
+
+pub mod authority;
+pub mod clock;
+pub mod executor;
+pub mod metrics;
+pub mod run;
+pub mod store;
+pub mod switches;
+pub mod workflow;
+
+pub use executor::{Engine, EngineConfig, EngineError, RunOutcome};

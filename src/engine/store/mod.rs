@@ -1,0 +1,345 @@
+//! The durable store: one [`Store`] trait, two sqlx implementations.
+//!
+//! SQLite is the embedded default (a file in a data dir, WAL,
+//! `synchronous=FULL`); PostgreSQL is for production. Both run the same SQL
+//! wherever the dialects agree; the few places they differ are spelled out in
+//! each backend's `Dialect`. The behavioural suite in `tests/store_contract.rs`
+//! runs against both.
+
+use crate::engine::run::{
+    Chunk, LateCompletion, RunRecord, RunState, StepRecord, StepStatus, TransitionRecord,
+};
+use async_trait::async_trait;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Everything that can go wrong talking to the store. Rejections that are
+/// part of the protocol (already terminal, fenced) are typed so callers can
+/// answer them cleanly instead of retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("run {run_id} not found")]
+    RunNotFound { run_id: String },
+    #[error("run {run_id} is already terminal ({state}); {to} rejected")]
+    AlreadyTerminal {
+        run_id: String,
+        state: RunState,
+        to: RunState,
+    },
+    #[error("run {run_id}: transition {from} -> {to} is not allowed")]
+    IllegalTransition {
+        run_id: String,
+        from: RunState,
+        to: RunState,
+    },
+    #[error("run {run_id}: write fenced, held epoch {held} but the run is at epoch {current} ({state})")]
+    Fenced {
+        run_id: String,
+        held: i64,
+        current: i64,
+        state: RunState,
+    },
+    #[error("run {run_id}: claim lost, expected owner {expected:?} but found {found:?}")]
+    ClaimLost {
+        run_id: String,
+        expected: Option<String>,
+        found: Option<String>,
+    },
+    #[error("corrupt row in {table} ({key}): {problem}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        problem: String,
+    },
+    #[error("bad store URL {url:?}: {problem}")]
+    BadUrl { url: String, problem: String },
+    #[error("store unreachable at {target}: {source}")]
+    Unreachable {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("migrating the store: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store query failed: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// A protocol rejection: retrying the same write cannot succeed.
+    pub fn is_rejection(&self) -> bool {
+        matches!(
+            self,
+            StoreError::AlreadyTerminal { .. }
+                | StoreError::IllegalTransition { .. }
+                | StoreError::Fenced { .. }
+                | StoreError::ClaimLost { .. }
+                | StoreError::RunNotFound { .. }
+        )
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A run to create.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub workflow: String,
+    pub lane: String,
+    pub input: serde_json::Value,
+    pub late_completion: LateCompletion,
+    pub idempotency_key: Option<String>,
+    pub deadline_at_ms: Option<i64>,
+}
+
+/// Who asks for a transition, and with what authority.
+#[derive(Debug, Clone, Default)]
+pub struct TransitionCtx {
+    /// When set, the write is fenced: rejected unless the run is still at this epoch.
+    pub expected_epoch: Option<i64>,
+    pub pod: Option<String>,
+    pub reason: String,
+    pub error: Option<String>,
+}
+
+/// The result of a successful claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub epoch: i64,
+    pub from: RunState,
+}
+
+/// What happened when an owner asked to start a step attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeginAttempt {
+    /// The attempt counter is durable at `attempt` (1-based) before the body runs.
+    Started { attempt: i64 },
+    /// The step already succeeded: never execute it again.
+    AlreadySucceeded,
+    /// `attempts` already reached the budget: no further execution.
+    Exhausted { attempts: i64 },
+}
+
+/// A committed step success.
+#[derive(Debug, Clone)]
+pub struct StepSuccess<'a> {
+    pub run_id: &'a str,
+    pub node_id: &'a str,
+    pub epoch: i64,
+    pub output: &'a serde_json::Value,
+    pub output_raw: &'a serde_json::Value,
+    /// The run's actor state after the step, committed in the same transaction.
+    pub run_state: &'a serde_json::Value,
+}
+
+/// A kill switch as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SwitchRow {
+    pub name: String,
+    pub enabled: bool,
+    pub updated_at_ms: i64,
+    pub updated_by: String,
+    pub reason: String,
+}
+
+/// One audit row: every switch change, who, when, old, new and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SwitchAudit {
+    pub name: String,
+    pub old: Option<bool>,
+    pub new: bool,
+    pub who: String,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
+/// Filters for [`Store::list_runs`].
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub state: Option<RunState>,
+    pub lane: Option<String>,
+    pub owner_pod: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// An executed step side effect: the record an external system would keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EffectRecord {
+    pub run_id: String,
+    pub node_id: String,
+    pub attempt: i64,
+    pub epoch: i64,
+    pub pod: String,
+}
+
+/// Counters a test can read to prove how many queries a path issued.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Batched `output_raw` lookups (one SQL statement each).
+    pub output_raw_queries: std::sync::atomic::AtomicU64,
+}
+
+/// The store behind the engine. Every owner write carries the epoch it holds
+/// and is rejected with [`StoreError::Fenced`] once the epoch has moved on.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    fn stats(&self) -> &StoreStats;
+    /// The metrics registry this store counts transitions and fences in.
+    fn metrics(&self) -> &Arc<crate::engine::metrics::Metrics>;
+
+    async fn create_run(&self, run: NewRun) -> StoreResult<RunRecord>;
+    async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>>;
+    async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>>;
+
+    /// Take ownership of a run with a compare-and-set on the previous owner
+    /// (`IS NOT DISTINCT FROM`). A pending run becomes running; a running
+    /// run changes hands. Either way the epoch is bumped.
+    async fn claim_run(
+        &self,
+        run_id: &str,
+        pod: &str,
+        expected_owner: Option<&str>,
+    ) -> StoreResult<Claim>;
+
+    /// The one way to change a run's state: a single guarded UPDATE plus a
+    /// transition-log row, in one transaction.
+    async fn transition(
+        &self,
+        run_id: &str,
+        to: RunState,
+        ctx: &TransitionCtx,
+    ) -> StoreResult<TransitionRecord>;
+
+    async fn transitions(&self, run_id: &str) -> StoreResult<Vec<TransitionRecord>>;
+
+    async fn steps(&self, run_id: &str) -> StoreResult<Vec<StepRecord>>;
+
+    /// Make the next attempt durable before it runs.
+    async fn begin_attempt(
+        &self,
+        run_id: &str,
+        node_id: &str,
+        epoch: i64,
+        max_attempts: i64,
+    ) -> StoreResult<BeginAttempt>;
+
+    /// Commit output (both copies), status and run state in one transaction.
+    async fn commit_step_success(&self, s: StepSuccess<'_>) -> StoreResult<()>;
+
+    /// Record a failed attempt: no output, no run-state change.
+    async fn record_step_failure(
+        &self,
+        run_id: &str,
+        node_id: &str,
+        epoch: i64,
+        error: &str,
+        final_failure: bool,
+    ) -> StoreResult<()>;
+
+    /// One batched query for the raw outputs of `node_ids`. A node that is
+    /// not succeeded, or whose `output_raw` is NULL (written before the raw
+    /// column existed), is absent from the map: a miss, never a null hit.
+    async fn step_outputs_raw(
+        &self,
+        run_id: &str,
+        node_ids: &[String],
+    ) -> StoreResult<HashMap<String, serde_json::Value>>;
+
+    async fn append_chunk(&self, run_id: &str, epoch: i64, seq: i64, data: &str)
+    -> StoreResult<()>;
+    async fn chunks(&self, run_id: &str) -> StoreResult<Vec<Chunk>>;
+
+    /// Record that a step body executed (the side effect an external system sees).
+    async fn record_effect(&self, effect: &EffectRecord) -> StoreResult<()>;
+    async fn effects(&self, run_id: &str) -> StoreResult<Vec<EffectRecord>>;
+
+    async fn switches(&self) -> StoreResult<Vec<SwitchRow>>;
+    /// Set a switch and write its audit row in one transaction.
+    async fn set_switch(
+        &self,
+        name: &str,
+        enabled: bool,
+        who: &str,
+        reason: &str,
+    ) -> StoreResult<SwitchAudit>;
+    async fn switch_audit(&self, name: &str) -> StoreResult<Vec<SwitchAudit>>;
+}
+
+/// Open a store from a URL or path: `postgres://...` / `postgresql://...`,
+/// `sqlite://path`, or a plain path to a SQLite file (created if missing).
+/// Migrations are applied before the store is returned.
+pub async fn open(target: &str) -> StoreResult<Arc<dyn Store>> {
+    open_with(
+        target,
+        crate::engine::clock::system(),
+        Arc::new(crate::engine::metrics::Metrics::new()),
+    )
+    .await
+}
+
+/// [`open`] with an injected clock and metrics registry.
+pub async fn open_with(
+    target: &str,
+    clock: Arc<dyn crate::engine::clock::Clock>,
+    metrics: Arc<crate::engine::metrics::Metrics>,
+) -> StoreResult<Arc<dyn Store>> {
+    if target.starts_with("postgres://") || target.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect_with(target, clock, metrics).await?))
+    } else if let Some(path) = target.strip_prefix("sqlite://") {
+        let path = std::path::Path::new(path);
+        Ok(Arc::new(SqliteStore::open_with(path, clock, metrics).await?))
+    } else if target.contains("://") {
+        Err(StoreError::BadUrl {
+            url: target.to_owned(),
+            problem: "unsupported scheme; use postgres://, postgresql://, sqlite:// or a file path"
+                .into(),
+        })
+    } else if target.is_empty() {
+        Err(StoreError::BadUrl {
+            url: target.to_owned(),
+            problem: "empty store location".into(),
+        })
+    } else {
+        let path = std::path::Path::new(target);
+        Ok(Arc::new(SqliteStore::open_with(path, clock, metrics).await?))
+    }
+}
+
+pub(crate) fn status_from_str(table: &'static str, key: &str, s: &str) -> StoreResult<StepStatus> {
+    StepStatus::parse(s).ok_or_else(|| StoreError::Corrupt {
+        table,
+        key: key.to_owned(),
+        problem: format!("unknown step status {s:?}"),
+    })
+}
+
+pub(crate) fn state_from_str(table: &'static str, key: &str, s: &str) -> StoreResult<RunState> {
+    s.parse().map_err(|e| StoreError::Corrupt {
+        table,
+        key: key.to_owned(),
+        problem: format!("{e}"),
+    })
+}
+
+pub(crate) fn json_from_str(
+    table: &'static str,
+    key: &str,
+    column: &str,
+    s: &str,
+) -> StoreResult<serde_json::Value> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
+        table,
+        key: key.to_owned(),
+        problem: format!("column {column} is not valid JSON: {e}"),
+    })
+}

@@ -1,0 +1,721 @@
+//! The SQL both backends share. SQLite and PostgreSQL agree on almost all of
+//! it (`$N` placeholders, `RETURNING`, `ON CONFLICT`, `IS NOT DISTINCT FROM`);
+//! where they differ (row locks, the batched node-id list, the transaction
+//! opener), each backend's `dialect` module says so. The implementation is
+//! written once, in [`impl_store!`], and expanded for each backend so that
+//! both run literally the same code.
+
+/// Columns of `runs` in the order [`decode_run!`] reads them.
+macro_rules! run_cols {
+    () => {
+        "id, workflow, lane, input, state, owner_pod, epoch, late_completion, run_state, \
+         idempotency_key, error, deadline_at, created_at, updated_at"
+    };
+}
+pub(crate) use run_cols;
+
+macro_rules! impl_store {
+    ($store:ty, $db:ty, $dialect:ident) => {
+        use $crate::engine::store::sql::run_cols;
+        use $crate::engine::store::{
+            BeginAttempt, Claim, EffectRecord, NewRun, RunFilter, StepSuccess, StoreError,
+            StoreResult, StoreStats, SwitchAudit, SwitchRow, TransitionCtx, json_from_str,
+            state_from_str, status_from_str,
+        };
+        use $crate::engine::run::{
+            Chunk, LateCompletion, RunRecord, RunState, StepRecord, TransitionRecord,
+            allowed_sources,
+        };
+        use sqlx::Row as _;
+        use std::collections::HashMap;
+
+        type DbRow = <$db as sqlx::Database>::Row;
+
+        fn decode_run(row: &DbRow) -> StoreResult<RunRecord> {
+            let id: String = row.try_get("id")?;
+            let state: String = row.try_get("state")?;
+            let input: String = row.try_get("input")?;
+            let run_state: String = row.try_get("run_state")?;
+            let late: String = row.try_get("late_completion")?;
+            let late_completion = match late.as_str() {
+                "reject" => LateCompletion::Reject,
+                "accept" => LateCompletion::Accept,
+                other => {
+                    return Err(StoreError::Corrupt {
+                        table: "runs",
+                        key: id,
+                        problem: format!("unknown late_completion policy {other:?}"),
+                    });
+                }
+            };
+            Ok(RunRecord {
+                workflow: row.try_get("workflow")?,
+                lane: row.try_get("lane")?,
+                input: json_from_str("runs", &id, "input", &input)?,
+                state: state_from_str("runs", &id, &state)?,
+                owner_pod: row.try_get("owner_pod")?,
+                epoch: row.try_get("epoch")?,
+                late_completion,
+                run_state: json_from_str("runs", &id, "run_state", &run_state)?,
+                idempotency_key: row.try_get("idempotency_key")?,
+                error: row.try_get("error")?,
+                deadline_at_ms: row.try_get("deadline_at")?,
+                created_at_ms: row.try_get("created_at")?,
+                updated_at_ms: row.try_get("updated_at")?,
+                id,
+            })
+        }
+
+        fn decode_transition(row: &DbRow) -> StoreResult<TransitionRecord> {
+            let run_id: String = row.try_get("run_id")?;
+            let from: String = row.try_get("from_state")?;
+            let to: String = row.try_get("to_state")?;
+            Ok(TransitionRecord {
+                from: state_from_str("run_transitions", &run_id, &from)?,
+                to: state_from_str("run_transitions", &run_id, &to)?,
+                epoch: row.try_get("epoch")?,
+                pod: row.try_get("pod")?,
+                reason: row.try_get("reason")?,
+                late: row.try_get("late")?,
+                at_ms: row.try_get("at")?,
+                run_id,
+            })
+        }
+
+        fn late_str(p: LateCompletion) -> &'static str {
+            match p {
+                LateCompletion::Reject => "reject",
+                LateCompletion::Accept => "accept",
+            }
+        }
+
+        /// The fence every owner write passes inside its transaction: the run
+        /// must still be `running` at the epoch the writer holds.
+        async fn check_fence(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            metrics: &$crate::engine::metrics::Metrics,
+            run_id: &str,
+            held: i64,
+            kind: &str,
+        ) -> StoreResult<()> {
+            let row = sqlx::query($dialect::FENCE_SELECT)
+                .bind(run_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+            let Some(row) = row else {
+                return Err(StoreError::RunNotFound { run_id: run_id.to_owned() });
+            };
+            let state: String = row.try_get("state")?;
+            let state = state_from_str("runs", run_id, &state)?;
+            let current: i64 = row.try_get("epoch")?;
+            if current != held || state != RunState::Running {
+                metrics.inc_fenced(kind);
+                return Err(StoreError::Fenced {
+                    run_id: run_id.to_owned(),
+                    held,
+                    current,
+                    state,
+                });
+            }
+            Ok(())
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::engine::store::Store for $store {
+            fn backend(&self) -> &'static str {
+                $dialect::NAME
+            }
+
+            fn stats(&self) -> &StoreStats {
+                &self.stats
+            }
+
+            fn metrics(&self) -> &std::sync::Arc<$crate::engine::metrics::Metrics> {
+                &self.metrics
+            }
+
+            async fn create_run(&self, run: NewRun) -> StoreResult<RunRecord> {
+                let now = self.clock.now_ms();
+                let id = uuid::Uuid::now_v7().to_string();
+                let input = serde_json::to_string(&run.input).unwrap_or_else(|_| "null".into());
+                sqlx::query(
+                    "INSERT INTO runs (id, workflow, lane, input, state, epoch, late_completion, \
+                     run_state, idempotency_key, deadline_at, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, '{}', $6, $7, $8, $8) \
+                     ON CONFLICT (idempotency_key) DO NOTHING",
+                )
+                .bind(&id)
+                .bind(&run.workflow)
+                .bind(&run.lane)
+                .bind(input)
+                .bind(late_str(run.late_completion))
+                .bind(&run.idempotency_key)
+                .bind(run.deadline_at_ms)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                // A repeated idempotency key returns the run it created first.
+                let row = match &run.idempotency_key {
+                    Some(key) => {
+                        sqlx::query(concat!(
+                            "SELECT ",
+                            run_cols!(),
+                            " FROM runs WHERE idempotency_key = $1"
+                        ))
+                        .bind(key)
+                        .fetch_one(&self.pool)
+                        .await?
+                    }
+                    None => {
+                        sqlx::query(concat!("SELECT ", run_cols!(), " FROM runs WHERE id = $1"))
+                            .bind(&id)
+                            .fetch_one(&self.pool)
+                            .await?
+                    }
+                };
+                decode_run(&row)
+            }
+
+            async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
+                let row = sqlx::query(concat!("SELECT ", run_cols!(), " FROM runs WHERE id = $1"))
+                    .bind(run_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(decode_run).transpose()
+            }
+
+            async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    run_cols!(),
+                    " FROM runs WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR lane = $2) \
+                     AND ($3 IS NULL OR owner_pod = $3) ORDER BY created_at DESC, id DESC LIMIT $4"
+                ))
+                .bind(filter.state.map(|s| s.as_str()))
+                .bind(&filter.lane)
+                .bind(&filter.owner_pod)
+                .bind(filter.limit.unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(decode_run).collect()
+            }
+
+            async fn claim_run(
+                &self,
+                run_id: &str,
+                pod: &str,
+                expected_owner: Option<&str>,
+            ) -> StoreResult<Claim> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query($dialect::STATE_SELECT_FOR_UPDATE)
+                    .bind(run_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    return Err(StoreError::RunNotFound { run_id: run_id.to_owned() });
+                };
+                let from: String = row.try_get("state")?;
+                let from = state_from_str("runs", run_id, &from)?;
+                let found: Option<String> = row.try_get("owner_pod")?;
+                // The compare-and-set: only the owner we expect may be replaced,
+                // and only a pending or running run may be claimed.
+                let updated = sqlx::query(
+                    "UPDATE runs SET owner_pod = $2, epoch = epoch + 1, state = 'running', \
+                     updated_at = $4 \
+                     WHERE id = $1 AND owner_pod IS NOT DISTINCT FROM $3 \
+                     AND state IN ('pending', 'running') RETURNING epoch",
+                )
+                .bind(run_id)
+                .bind(pod)
+                .bind(expected_owner)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(updated) = updated else {
+                    drop(tx);
+                    self.metrics.inc_rejected(from.as_str(), "running");
+                    return Err(if from.is_terminal() {
+                        StoreError::AlreadyTerminal {
+                            run_id: run_id.to_owned(),
+                            state: from,
+                            to: RunState::Running,
+                        }
+                    } else {
+                        StoreError::ClaimLost {
+                            run_id: run_id.to_owned(),
+                            expected: expected_owner.map(str::to_owned),
+                            found,
+                        }
+                    });
+                };
+                let epoch: i64 = updated.try_get("epoch")?;
+                sqlx::query(
+                    "INSERT INTO run_claims (run_id, from_pod, to_pod, epoch, at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(run_id)
+                .bind(&found)
+                .bind(pod)
+                .bind(epoch)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if from == RunState::Pending {
+                    sqlx::query(
+                        "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, \
+                         reason, late, at) VALUES ($1, 'pending', 'running', $2, $3, 'claimed', \
+                         $4, $5)",
+                    )
+                    .bind(run_id)
+                    .bind(epoch)
+                    .bind(pod)
+                    .bind(false)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                if from == RunState::Pending {
+                    self.metrics.inc_transition("pending", "running");
+                }
+                Ok(Claim { epoch, from })
+            }
+
+            async fn transition(
+                &self,
+                run_id: &str,
+                to: RunState,
+                ctx: &TransitionCtx,
+            ) -> StoreResult<TransitionRecord> {
+                let now = self.clock.now_ms();
+                let sources: Vec<&str> = allowed_sources(to).iter().map(|s| s.as_str()).collect();
+                let sources = serde_json::to_string(&sources).unwrap_or_else(|_| "[]".into());
+                let mut tx = self.begin_write().await?;
+                // Read (and, on PostgreSQL, lock) the row so the log records the
+                // state the guarded UPDATE below actually left.
+                let row = sqlx::query($dialect::STATE_SELECT_FOR_UPDATE)
+                    .bind(run_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    return Err(StoreError::RunNotFound { run_id: run_id.to_owned() });
+                };
+                let from: String = row.try_get("state")?;
+                let from = state_from_str("runs", run_id, &from)?;
+                let current_epoch: i64 = row.try_get("epoch")?;
+                let late_policy: String = row.try_get("late_completion")?;
+                // The transition table lives in the WHERE clause: a writer that
+                // raced us to a terminal state makes this UPDATE match no row.
+                let done = sqlx::query($dialect::TRANSITION_UPDATE)
+                    .bind(run_id)
+                    .bind(to.as_str())
+                    .bind(now)
+                    .bind(&ctx.error)
+                    .bind(sources)
+                    .bind(ctx.expected_epoch)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if done == 0 {
+                    drop(tx);
+                    self.metrics.inc_rejected(from.as_str(), to.as_str());
+                    let fenced = ctx.expected_epoch.is_some_and(|e| e != current_epoch);
+                    return Err(if fenced {
+                        self.metrics.inc_fenced("transition");
+                        StoreError::Fenced {
+                            run_id: run_id.to_owned(),
+                            held: ctx.expected_epoch.unwrap_or_default(),
+                            current: current_epoch,
+                            state: from,
+                        }
+                    } else if from.is_terminal() {
+                        StoreError::AlreadyTerminal { run_id: run_id.to_owned(), state: from, to }
+                    } else {
+                        StoreError::IllegalTransition { run_id: run_id.to_owned(), from, to }
+                    });
+                }
+                let late = from == RunState::Lost && to == RunState::Succeeded && late_policy == "accept";
+                let record = TransitionRecord {
+                    run_id: run_id.to_owned(),
+                    from,
+                    to,
+                    epoch: current_epoch,
+                    pod: ctx.pod.clone(),
+                    reason: if late {
+                        format!("late completion accepted by policy: {}", ctx.reason)
+                    } else {
+                        ctx.reason.clone()
+                    },
+                    late,
+                    at_ms: now,
+                };
+                sqlx::query(
+                    "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, \
+                     reason, late, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(run_id)
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(record.epoch)
+                .bind(&record.pod)
+                .bind(&record.reason)
+                .bind(record.late)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                self.metrics.inc_transition(from.as_str(), to.as_str());
+                Ok(record)
+            }
+
+            async fn transitions(&self, run_id: &str) -> StoreResult<Vec<TransitionRecord>> {
+                let rows = sqlx::query(
+                    "SELECT run_id, from_state, to_state, epoch, pod, reason, late, at \
+                     FROM run_transitions WHERE run_id = $1 ORDER BY id",
+                )
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(decode_transition).collect()
+            }
+
+            async fn steps(&self, run_id: &str) -> StoreResult<Vec<StepRecord>> {
+                let rows = sqlx::query(
+                    "SELECT run_id, node_id, status, attempts, output, error, updated_at \
+                     FROM steps WHERE run_id = $1 ORDER BY node_id",
+                )
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let node_id: String = row.try_get("node_id")?;
+                        let key = format!("{run_id}/{node_id}");
+                        let status: String = row.try_get("status")?;
+                        let output: Option<String> = row.try_get("output")?;
+                        Ok(StepRecord {
+                            run_id: row.try_get("run_id")?,
+                            status: status_from_str("steps", &key, &status)?,
+                            attempts: row.try_get("attempts")?,
+                            output: output
+                                .map(|o| json_from_str("steps", &key, "output", &o))
+                                .transpose()?,
+                            error: row.try_get("error")?,
+                            updated_at_ms: row.try_get("updated_at")?,
+                            node_id,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn begin_attempt(
+                &self,
+                run_id: &str,
+                node_id: &str,
+                epoch: i64,
+                max_attempts: i64,
+            ) -> StoreResult<BeginAttempt> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin_write().await?;
+                check_fence(&mut tx, &self.metrics, run_id, epoch, "attempt").await?;
+                let row = sqlx::query(
+                    "SELECT status, attempts FROM steps WHERE run_id = $1 AND node_id = $2",
+                )
+                .bind(run_id)
+                .bind(node_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = row {
+                    let status: String = row.try_get("status")?;
+                    let attempts: i64 = row.try_get("attempts")?;
+                    if status == "succeeded" {
+                        return Ok(BeginAttempt::AlreadySucceeded);
+                    }
+                    if attempts >= max_attempts {
+                        return Ok(BeginAttempt::Exhausted { attempts });
+                    }
+                }
+                let row = sqlx::query(
+                    "INSERT INTO steps (run_id, node_id, status, attempts, updated_at) \
+                     VALUES ($1, $2, 'running', 1, $3) \
+                     ON CONFLICT (run_id, node_id) DO UPDATE \
+                     SET attempts = steps.attempts + 1, status = 'running', updated_at = $3 \
+                     RETURNING attempts",
+                )
+                .bind(run_id)
+                .bind(node_id)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                let attempt: i64 = row.try_get("attempts")?;
+                tx.commit().await?;
+                Ok(BeginAttempt::Started { attempt })
+            }
+
+            async fn commit_step_success(&self, s: StepSuccess<'_>) -> StoreResult<()> {
+                let now = self.clock.now_ms();
+                let output = serde_json::to_string(s.output).unwrap_or_else(|_| "null".into());
+                let raw = serde_json::to_string(s.output_raw).unwrap_or_else(|_| "null".into());
+                let state = serde_json::to_string(s.run_state).unwrap_or_else(|_| "{}".into());
+                let mut tx = self.begin_write().await?;
+                check_fence(&mut tx, &self.metrics, s.run_id, s.epoch, "checkpoint").await?;
+                let done = sqlx::query(
+                    "UPDATE steps SET status = 'succeeded', output = $3, output_raw = $4, \
+                     error = NULL, updated_at = $5 \
+                     WHERE run_id = $1 AND node_id = $2 AND status = 'running'",
+                )
+                .bind(s.run_id)
+                .bind(s.node_id)
+                .bind(output)
+                .bind(raw)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if done != 1 {
+                    return Err(StoreError::Corrupt {
+                        table: "steps",
+                        key: format!("{}/{}", s.run_id, s.node_id),
+                        problem: "checkpoint of a step that has no running attempt".into(),
+                    });
+                }
+                sqlx::query("UPDATE runs SET run_state = $2, updated_at = $3 WHERE id = $1")
+                    .bind(s.run_id)
+                    .bind(state)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn record_step_failure(
+                &self,
+                run_id: &str,
+                node_id: &str,
+                epoch: i64,
+                error: &str,
+                final_failure: bool,
+            ) -> StoreResult<()> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin_write().await?;
+                check_fence(&mut tx, &self.metrics, run_id, epoch, "step_failure").await?;
+                sqlx::query(
+                    "UPDATE steps SET status = $3, error = $4, updated_at = $5 \
+                     WHERE run_id = $1 AND node_id = $2 AND status <> 'succeeded'",
+                )
+                .bind(run_id)
+                .bind(node_id)
+                .bind(if final_failure { "failed" } else { "running" })
+                .bind(error)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn step_outputs_raw(
+                &self,
+                run_id: &str,
+                node_ids: &[String],
+            ) -> StoreResult<HashMap<String, serde_json::Value>> {
+                self.stats
+                    .output_raw_queries
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let rows = sqlx::query($dialect::OUTPUTS_RAW_SELECT)
+                    .bind(run_id)
+                    .bind($dialect::node_list(node_ids))
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut out = HashMap::with_capacity(rows.len());
+                for row in rows {
+                    let node_id: String = row.try_get("node_id")?;
+                    let raw: Option<String> = row.try_get("output_raw")?;
+                    // NULL output_raw: written before the column existed. A miss.
+                    if let Some(raw) = raw {
+                        let key = format!("{run_id}/{node_id}");
+                        out.insert(node_id, json_from_str("steps", &key, "output_raw", &raw)?);
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn append_chunk(
+                &self,
+                run_id: &str,
+                epoch: i64,
+                seq: i64,
+                data: &str,
+            ) -> StoreResult<()> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin_write().await?;
+                check_fence(&mut tx, &self.metrics, run_id, epoch, "chunk").await?;
+                sqlx::query(
+                    "INSERT INTO chunks (run_id, epoch, seq, data, at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(run_id)
+                .bind(epoch)
+                .bind(seq)
+                .bind(data)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn chunks(&self, run_id: &str) -> StoreResult<Vec<Chunk>> {
+                let rows = sqlx::query(
+                    "SELECT run_id, epoch, seq, data, at FROM chunks WHERE run_id = $1 \
+                     ORDER BY epoch, seq",
+                )
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(Chunk {
+                            run_id: row.try_get("run_id")?,
+                            epoch: row.try_get("epoch")?,
+                            seq: row.try_get("seq")?,
+                            data: row.try_get("data")?,
+                            at_ms: row.try_get("at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn record_effect(&self, e: &EffectRecord) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO effects (run_id, node_id, attempt, epoch, pod, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&e.run_id)
+                .bind(&e.node_id)
+                .bind(e.attempt)
+                .bind(e.epoch)
+                .bind(&e.pod)
+                .bind(self.clock.now_ms())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn effects(&self, run_id: &str) -> StoreResult<Vec<EffectRecord>> {
+                let rows = sqlx::query(
+                    "SELECT run_id, node_id, attempt, epoch, pod FROM effects WHERE run_id = $1 \
+                     ORDER BY id",
+                )
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(EffectRecord {
+                            run_id: row.try_get("run_id")?,
+                            node_id: row.try_get("node_id")?,
+                            attempt: row.try_get("attempt")?,
+                            epoch: row.try_get("epoch")?,
+                            pod: row.try_get("pod")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn switches(&self) -> StoreResult<Vec<SwitchRow>> {
+                let rows = sqlx::query(
+                    "SELECT name, enabled, updated_at, updated_by, reason FROM switches \
+                     ORDER BY name",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(SwitchRow {
+                            name: row.try_get("name")?,
+                            enabled: row.try_get("enabled")?,
+                            updated_at_ms: row.try_get("updated_at")?,
+                            updated_by: row.try_get("updated_by")?,
+                            reason: row.try_get("reason")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn set_switch(
+                &self,
+                name: &str,
+                enabled: bool,
+                who: &str,
+                reason: &str,
+            ) -> StoreResult<SwitchAudit> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin_write().await?;
+                let old: Option<bool> = sqlx::query($dialect::SWITCH_SELECT_FOR_UPDATE)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| row.try_get("enabled"))
+                    .transpose()?;
+                sqlx::query(
+                    "INSERT INTO switches (name, enabled, updated_at, updated_by, reason) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE \
+                     SET enabled = $2, updated_at = $3, updated_by = $4, reason = $5",
+                )
+                .bind(name)
+                .bind(enabled)
+                .bind(now)
+                .bind(who)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO switch_audit (name, old_value, new_value, who, reason, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(name)
+                .bind(old)
+                .bind(enabled)
+                .bind(who)
+                .bind(reason)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(SwitchAudit {
+                    name: name.to_owned(),
+                    old,
+                    new: enabled,
+                    who: who.to_owned(),
+                    reason: reason.to_owned(),
+                    at_ms: now,
+                })
+            }
+
+            async fn switch_audit(&self, name: &str) -> StoreResult<Vec<SwitchAudit>> {
+                let rows = sqlx::query(
+                    "SELECT name, old_value, new_value, who, reason, at FROM switch_audit \
+                     WHERE name = $1 ORDER BY id",
+                )
+                .bind(name)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(SwitchAudit {
+                            name: row.try_get("name")?,
+                            old: row.try_get("old_value")?,
+                            new: row.try_get("new_value")?,
+                            who: row.try_get("who")?,
+                            reason: row.try_get("reason")?,
+                            at_ms: row.try_get("at")?,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+pub(crate) use impl_store;

@@ -1,0 +1,582 @@
+//! Workflow definitions: a DAG of steps on lanes, loaded from TOML
+//! (`fixtures/workflows/*.toml`). Synthetic step bodies, real engine semantics.
+//!
+//! Parsing is strict: an unknown key, a missing parameter, a reference to a
+//! step that does not exist or a cycle is an error naming the file, the step
+//! and the field.
+
+use crate::engine::run::LateCompletion;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// The replacement for every secret field in the redacted copy of an output.
+pub const REDACTED: &str = "[REDACTED]";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {source}")]
+    Parse {
+        file: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{file}: {field}: {problem}")]
+    Invalid {
+        file: String,
+        field: String,
+        problem: String,
+    },
+    #[error("workflow {name:?} is defined twice: {first} and {second}")]
+    Duplicate {
+        name: String,
+        first: String,
+        second: String,
+    },
+    #[error("unknown workflow {name:?}; known: {known}")]
+    Unknown { name: String, known: String },
+}
+
+/// Whether a failure is worth another attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Timeouts, connection errors, 5xx: retried with capped backoff.
+    Transient,
+    /// Validation and other deterministic failures: failed at once, never retried.
+    Permanent,
+}
+
+/// Injected failures: the first `first` attempts of the step fail with `class`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailSchedule {
+    pub first: u32,
+    pub class: ErrorClass,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    /// Append `chunks` chunks to the run's stream, one every `interval_ms`.
+    Emit {
+        chunks: u32,
+        interval_ms: u64,
+        text: String,
+    },
+    Sleep {
+        ms: u64,
+    },
+    /// Return `output`; strings of the form `{{step.path}}` are replaced by
+    /// that predecessor's raw output value.
+    Compute {
+        output: Value,
+    },
+    /// Succeeds with `{}` unless its fail schedule says otherwise.
+    Fail,
+    /// Merge `set` into the run's actor state.
+    Mutate {
+        set: serde_json::Map<String, Value>,
+    },
+    /// Output is an object of every predecessor's raw output, by step id.
+    FanIn,
+    Http {
+        url: String,
+        method: String,
+        body: Option<Value>,
+    },
+}
+
+impl StepKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Emit { .. } => "emit",
+            StepKind::Sleep { .. } => "sleep",
+            StepKind::Compute { .. } => "compute",
+            StepKind::Fail => "fail",
+            StepKind::Mutate { .. } => "mutate",
+            StepKind::FanIn => "fan_in",
+            StepKind::Http { .. } => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepDef {
+    pub id: String,
+    pub after: Vec<String>,
+    pub lane: String,
+    pub max_retries: u32,
+    pub timeout_ms: Option<u64>,
+    pub fail: Option<FailSchedule>,
+    /// Dotted paths into the output replaced by [`REDACTED`] in the stored
+    /// `output` (the raw copy keeps them). Fan-in steps inherit their
+    /// predecessors' secret paths under the predecessor's id.
+    pub secret_fields: Vec<String>,
+    pub kind: StepKind,
+}
+
+impl StepDef {
+    pub fn max_attempts(&self) -> i64 {
+        i64::from(self.max_retries) + 1
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workflow {
+    pub name: String,
+    pub description: String,
+    pub lane: String,
+    pub deadline_ms: Option<u64>,
+    pub late_completion: LateCompletion,
+    /// Steps in a topological order (every step after its predecessors).
+    pub steps: Vec<StepDef>,
+    pub source: PathBuf,
+}
+
+impl Workflow {
+    pub fn step(&self, id: &str) -> Option<&StepDef> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkflow {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "default_lane")]
+    lane: String,
+    deadline_ms: Option<u64>,
+    #[serde(default)]
+    late_completion: LateCompletion,
+    #[serde(default)]
+    max_retries: Option<u32>,
+    #[serde(default)]
+    steps: Vec<RawStep>,
+}
+
+fn default_lane() -> String {
+    "sync".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    id: String,
+    kind: String,
+    #[serde(default)]
+    after: Vec<String>,
+    lane: Option<String>,
+    max_retries: Option<u32>,
+    timeout_ms: Option<u64>,
+    fail: Option<FailSchedule>,
+    #[serde(default)]
+    secret_fields: Vec<String>,
+    // Kind parameters; which are required depends on `kind`.
+    chunks: Option<u32>,
+    interval_ms: Option<u64>,
+    text: Option<String>,
+    ms: Option<u64>,
+    output: Option<toml::Value>,
+    set: Option<toml::Table>,
+    url: Option<String>,
+    method: Option<String>,
+    body: Option<toml::Value>,
+}
+
+/// Default retry budget when neither the step nor the workflow sets one.
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
+
+fn toml_to_json(v: toml::Value) -> Value {
+    // toml values always have a JSON form (datetimes become strings).
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn is_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+impl Workflow {
+    /// Parse one workflow file's text; `file` names it in errors.
+    pub fn parse(file: &Path, text: &str) -> Result<Workflow, WorkflowError> {
+        let fname = file.display().to_string();
+        let raw: RawWorkflow = toml::from_str(text).map_err(|source| WorkflowError::Parse {
+            file: fname.clone(),
+            source,
+        })?;
+        let invalid = |field: String, problem: String| WorkflowError::Invalid {
+            file: fname.clone(),
+            field,
+            problem,
+        };
+        if !is_ident(&raw.name) {
+            return Err(invalid(
+                "name".into(),
+                format!("{:?} must be 1-64 chars of a-z, 0-9, _ or -", raw.name),
+            ));
+        }
+        if !is_ident(&raw.lane) {
+            return Err(invalid("lane".into(), format!("{:?} is not a lane name", raw.lane)));
+        }
+        if raw.steps.is_empty() {
+            return Err(invalid("steps".into(), "a workflow needs at least one step".into()));
+        }
+        let mut seen = HashSet::new();
+        let mut steps = Vec::with_capacity(raw.steps.len());
+        for (i, rs) in raw.steps.into_iter().enumerate() {
+            let at = |field: &str| format!("steps[{i}] ({}).{field}", rs.id);
+            if !is_ident(&rs.id) {
+                return Err(invalid(
+                    format!("steps[{i}].id"),
+                    format!("{:?} must be 1-64 chars of a-z, 0-9, _ or -", rs.id),
+                ));
+            }
+            if !seen.insert(rs.id.clone()) {
+                return Err(invalid(at("id"), "duplicate step id".into()));
+            }
+            let allowed: &[&str] = match rs.kind.as_str() {
+                "emit" => &["chunks", "interval_ms", "text"],
+                "sleep" => &["ms"],
+                "compute" => &["output"],
+                "fail" => &[],
+                "mutate" => &["set"],
+                "fan_in" => &[],
+                "http" => &["url", "method", "body"],
+                other => {
+                    return Err(invalid(
+                        at("kind"),
+                        format!(
+                            "unknown step kind {other:?}; expected emit, sleep, compute, fail, \
+                             mutate, fan_in or http"
+                        ),
+                    ));
+                }
+            };
+            let present = [
+                ("chunks", rs.chunks.is_some()),
+                ("interval_ms", rs.interval_ms.is_some()),
+                ("text", rs.text.is_some()),
+                ("ms", rs.ms.is_some()),
+                ("output", rs.output.is_some()),
+                ("set", rs.set.is_some()),
+                ("url", rs.url.is_some()),
+                ("method", rs.method.is_some()),
+                ("body", rs.body.is_some()),
+            ];
+            for (param, is_set) in present {
+                if is_set && !allowed.contains(&param) {
+                    return Err(invalid(
+                        at(param),
+                        format!("not a parameter of kind {:?}", rs.kind),
+                    ));
+                }
+            }
+            let missing = |param: &str| invalid(at(param), format!("required by kind {:?}", rs.kind));
+            let kind = match rs.kind.as_str() {
+                "emit" => StepKind::Emit {
+                    chunks: rs.chunks.ok_or_else(|| missing("chunks"))?,
+                    interval_ms: rs.interval_ms.unwrap_or(0),
+                    text: rs.text.unwrap_or_else(|| "chunk {i}".into()),
+                },
+                "sleep" => StepKind::Sleep {
+                    ms: rs.ms.ok_or_else(|| missing("ms"))?,
+                },
+                "compute" => StepKind::Compute {
+                    output: toml_to_json(rs.output.ok_or_else(|| missing("output"))?),
+                },
+                "fail" => StepKind::Fail,
+                "mutate" => {
+                    let set = toml_to_json(toml::Value::Table(rs.set.ok_or_else(|| missing("set"))?));
+                    StepKind::Mutate {
+                        set: set.as_object().cloned().unwrap_or_default(),
+                    }
+                }
+                "fan_in" => StepKind::FanIn,
+                _ => {
+                    let url = rs.url.ok_or_else(|| missing("url"))?;
+                    let parsed = url::Url::parse(&url)
+                        .map_err(|e| invalid(at("url"), format!("{url:?} is not a URL: {e}")))?;
+                    if !matches!(parsed.scheme(), "http" | "https") {
+                        return Err(invalid(at("url"), format!("{url:?} must be http or https")));
+                    }
+                    let method = rs.method.unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
+                    if !matches!(method.as_str(), "GET" | "POST" | "PUT" | "DELETE" | "PATCH") {
+                        return Err(invalid(at("method"), format!("unsupported method {method:?}")));
+                    }
+                    StepKind::Http {
+                        url,
+                        method,
+                        body: rs.body.map(toml_to_json),
+                    }
+                }
+            };
+            if matches!(kind, StepKind::FanIn) && rs.after.is_empty() {
+                return Err(invalid(at("after"), "a fan_in step needs predecessors".into()));
+            }
+            if let StepKind::Compute { output } = &kind {
+                for path in &rs.secret_fields {
+                    if lookup_path(output, path).is_none() {
+                        return Err(invalid(
+                            at("secret_fields"),
+                            format!("{path:?} is not a field of the output"),
+                        ));
+                    }
+                }
+            } else if !rs.secret_fields.is_empty() && !matches!(kind, StepKind::Http { .. }) {
+                return Err(invalid(
+                    at("secret_fields"),
+                    format!("kind {:?} has no own output fields to mark secret", rs.kind),
+                ));
+            }
+            let lane = rs.lane.unwrap_or_else(|| raw.lane.clone());
+            if !is_ident(&lane) {
+                return Err(invalid(at("lane"), format!("{lane:?} is not a lane name")));
+            }
+            steps.push(StepDef {
+                id: rs.id,
+                after: rs.after,
+                lane,
+                max_retries: rs
+                    .max_retries
+                    .or(raw.max_retries)
+                    .unwrap_or(DEFAULT_MAX_RETRIES),
+                timeout_ms: rs.timeout_ms,
+                fail: rs.fail,
+                secret_fields: rs.secret_fields,
+                kind,
+            });
+        }
+        for (i, s) in steps.iter().enumerate() {
+            for dep in &s.after {
+                if !seen.contains(dep) {
+                    return Err(invalid(
+                        format!("steps[{i}] ({}).after", s.id),
+                        format!("unknown step {dep:?}"),
+                    ));
+                }
+                if dep == &s.id {
+                    return Err(invalid(
+                        format!("steps[{i}] ({}).after", s.id),
+                        "a step cannot come after itself".into(),
+                    ));
+                }
+            }
+        }
+        let mut steps = topo_sort(steps).map_err(|cycle| {
+            invalid("steps".into(), format!("dependency cycle through {}", cycle.join(", ")))
+        })?;
+        inherit_secrets(&mut steps);
+        Ok(Workflow {
+            name: raw.name,
+            description: raw.description,
+            lane: raw.lane,
+            deadline_ms: raw.deadline_ms,
+            late_completion: raw.late_completion,
+            steps,
+            source: file.to_owned(),
+        })
+    }
+
+    pub fn load(file: &Path) -> Result<Workflow, WorkflowError> {
+        let text = std::fs::read_to_string(file).map_err(|source| WorkflowError::Read {
+            file: file.display().to_string(),
+            source,
+        })?;
+        Workflow::parse(file, &text)
+    }
+}
+
+/// Kahn's algorithm, stable in file order; on a cycle, the steps left over.
+fn topo_sort(steps: Vec<StepDef>) -> Result<Vec<StepDef>, Vec<String>> {
+    let mut done: HashSet<String> = HashSet::new();
+    let mut left = steps;
+    let mut out = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let before = left.len();
+        let mut rest = Vec::new();
+        for s in left {
+            if s.after.iter().all(|d| done.contains(d)) {
+                done.insert(s.id.clone());
+                out.push(s);
+            } else {
+                rest.push(s);
+            }
+        }
+        if rest.len() == before {
+            return Err(rest.into_iter().map(|s| s.id).collect());
+        }
+        left = rest;
+    }
+    Ok(out)
+}
+
+/// A fan-in's output holds its predecessors' outputs, so their secrets are
+/// its secrets too (under the predecessor's id).
+fn inherit_secrets(steps: &mut [StepDef]) {
+    let mut secrets: HashMap<String, Vec<String>> = HashMap::new();
+    for s in steps.iter_mut() {
+        if matches!(s.kind, StepKind::FanIn) {
+            let inherited: Vec<String> = s
+                .after
+                .iter()
+                .flat_map(|p| {
+                    secrets
+                        .get(p)
+                        .into_iter()
+                        .flatten()
+                        .map(move |f| format!("{p}.{f}"))
+                })
+                .collect();
+            s.secret_fields.extend(inherited);
+        }
+        secrets.insert(s.id.clone(), s.secret_fields.clone());
+    }
+}
+
+/// The value at a dotted path (`a.b.c`) in a JSON object.
+pub fn lookup_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |cur, key| cur.get(key))
+}
+
+/// The redacted copy of `raw`: every secret path replaced by [`REDACTED`].
+pub fn redact(raw: &Value, secret_fields: &[String]) -> Value {
+    let mut out = raw.clone();
+    for path in secret_fields {
+        let mut cur = &mut out;
+        let mut parts = path.split('.').peekable();
+        while let Some(key) = parts.next() {
+            let Some(next) = cur.get_mut(key) else { break };
+            if parts.peek().is_none() {
+                *next = Value::String(REDACTED.into());
+                break;
+            }
+            cur = next;
+        }
+    }
+    out
+}
+
+/// Every workflow of a directory, by name.
+#[derive(Debug, Clone, Default)]
+pub struct WorkflowRegistry {
+    by_name: BTreeMap<String, Workflow>,
+}
+
+impl WorkflowRegistry {
+    /// Load every `*.toml` in `dir`. Any bad file fails the whole load.
+    pub fn load_dir(dir: &Path) -> Result<Self, WorkflowError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| WorkflowError::Read {
+            file: dir.display().to_string(),
+            source,
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        let mut reg = WorkflowRegistry::default();
+        for f in files {
+            reg.insert(Workflow::load(&f)?)?;
+        }
+        Ok(reg)
+    }
+
+    pub fn insert(&mut self, wf: Workflow) -> Result<(), WorkflowError> {
+        if let Some(prev) = self.by_name.get(&wf.name) {
+            return Err(WorkflowError::Duplicate {
+                name: wf.name.clone(),
+                first: prev.source.display().to_string(),
+                second: wf.source.display().to_string(),
+            });
+        }
+        self.by_name.insert(wf.name.clone(), wf);
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Workflow, WorkflowError> {
+        self.by_name.get(name).ok_or_else(|| WorkflowError::Unknown {
+            name: name.to_owned(),
+            known: self.by_name.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(text: &str) -> Result<Workflow, WorkflowError> {
+        Workflow::parse(Path::new("wf.toml"), text)
+    }
+
+    #[test]
+    fn orders_steps_topologically_and_inherits_secrets() {
+        let wf = parse(
+            r#"
+            name = "w"
+            [[steps]]
+            id = "merge"
+            kind = "fan_in"
+            after = ["a", "b"]
+            [[steps]]
+            id = "a"
+            kind = "compute"
+            output = { token = "t", user = "u" }
+            secret_fields = ["token"]
+            [[steps]]
+            id = "b"
+            kind = "sleep"
+            ms = 1
+            "#,
+        )
+        .expect("parses");
+        let order: Vec<_> = wf.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(order, ["a", "b", "merge"]);
+        assert_eq!(wf.step("merge").map(|s| s.secret_fields.clone()), Some(vec!["a.token".into()]));
+    }
+
+    #[test]
+    fn errors_name_the_file_step_and_field() {
+        let cases = [
+            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"teleport\"", "steps[0] (a).kind"),
+            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"emit\"", "steps[0] (a).chunks"),
+            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"sleep\"\nms = 1\nchunks = 2", "steps[0] (a).chunks"),
+            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"sleep\"\nms = 1\nafter = [\"zz\"]", "steps[0] (a).after"),
+            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"fan_in\"", "steps[0] (a).after"),
+            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"http\"\nurl = \"ftp://x\"", "steps[0] (a).url"),
+            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"compute\"\noutput = {x = 1}\nsecret_fields = [\"y\"]", "secret_fields"),
+            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"sleep\"\nms = 1\nafter = [\"b\"]\n[[steps]]\nid = \"b\"\nkind = \"sleep\"\nms = 1\nafter = [\"a\"]", "dependency cycle"),
+            ("name = \"w\"\nbogus = 1\n[[steps]]\nid = \"a\"\nkind = \"fail\"", "bogus"),
+            ("name = \"W W\"\n[[steps]]\nid = \"a\"\nkind = \"fail\"", "name"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.starts_with("wf.toml"), "{err}");
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
+    }
+
+    #[test]
+    fn redaction_replaces_nested_paths_only_in_the_copy() {
+        let raw = json!({"a": {"token": "s3cret", "user": "u"}, "k": "v"});
+        let red = redact(&raw, &["a.token".into(), "missing.path".into()]);
+        assert_eq!(red, json!({"a": {"token": REDACTED, "user": "u"}, "k": "v"}));
+        assert_eq!(raw["a"]["token"], "s3cret");
+    }
+}

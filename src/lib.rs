@@ -1,0 +1,5 @@
+//! Vigil: a durable-run engine, an ops console and a chaos harness, built to
+//! prove that nothing is lost when pods die.
+#![forbid(unsafe_code)]
+
+pub mod engine;
