@@ -40,7 +40,7 @@ pub struct Authority {
     store: Arc<dyn Store>,
     switches: Switches,
     metrics: Arc<Metrics>,
-    tracker: Mutex<HashMap<Key, Value>>,
+    tracker: Arc<Mutex<HashMap<Key, Value>>>,
     inflight: Mutex<HashMap<Key, (u64, Batch)>>,
     next_batch: AtomicU64,
 }
@@ -56,7 +56,7 @@ impl Authority {
             store,
             switches,
             metrics,
-            tracker: Mutex::default(),
+            tracker: Arc::default(),
             inflight: Mutex::default(),
             next_batch: AtomicU64::new(1),
         }
@@ -148,11 +148,9 @@ impl Authority {
         for (keys, res) in results {
             match res {
                 Ok(map) => {
-                    let mut tracker = lock(&self.tracker);
                     for k in keys {
                         match map.get(&k) {
                             Some(v) => {
-                                tracker.insert((run_id.to_owned(), k.clone()), v.clone());
                                 lookup.found.insert(k, v.clone());
                             }
                             None => lookup.missing.push(k),
@@ -177,6 +175,7 @@ impl Authority {
     fn batch(&self, run_id: String, nodes: Vec<String>, source: FallbackSource) -> Batch {
         let store = self.store.clone();
         let metrics = self.metrics.clone();
+        let tracker = self.tracker.clone();
         async move {
             let started = Instant::now();
             let res = store.step_outputs_raw(&run_id, &nodes).await;
@@ -191,6 +190,13 @@ impl Authority {
                         FallbackOutcome::Miss
                     };
                     metrics.inc_fallback(source, outcome);
+                    // Hydrate before the batch leaves the in-flight map, so a
+                    // lookup arriving in between finds the tracker warm.
+                    let mut t = lock(&tracker);
+                    for (k, v) in &map {
+                        t.insert((run_id.clone(), k.clone()), v.clone());
+                    }
+                    drop(t);
                     Ok(Arc::new(map))
                 }
                 Err(e) => {

@@ -124,7 +124,11 @@ impl Engine {
         config: EngineConfig,
     ) -> Self {
         let metrics = store.metrics().clone();
-        let authority = Arc::new(Authority::new(store.clone(), switches.clone(), metrics.clone()));
+        let authority = Arc::new(Authority::new(
+            store.clone(),
+            switches.clone(),
+            metrics.clone(),
+        ));
         Engine {
             store,
             workflows,
@@ -146,9 +150,11 @@ impl Engine {
         idempotency_key: Option<String>,
     ) -> Result<RunRecord, EngineError> {
         let wf = self.workflows.get(workflow)?;
-        let deadline_at_ms = wf
-            .deadline_ms
-            .map(|d| self.clock.now_ms().saturating_add(i64::try_from(d).unwrap_or(i64::MAX)));
+        let deadline_at_ms = wf.deadline_ms.map(|d| {
+            self.clock
+                .now_ms()
+                .saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
+        });
         Ok(self
             .store
             .create_run(NewRun {
@@ -191,7 +197,11 @@ impl Engine {
         }
         match outcome {
             Err(EngineError::Store(StoreError::Fenced { .. })) => {
-                tracing::warn!(run_id, epoch, "fenced: another owner holds this run now; stopped");
+                tracing::warn!(
+                    run_id,
+                    epoch,
+                    "fenced: another owner holds this run now; stopped"
+                );
                 Ok(RunOutcome::Fenced)
             }
             Err(EngineError::Store(StoreError::AlreadyTerminal { state, .. })) => {
@@ -211,12 +221,20 @@ impl Engine {
             .store
             .get_run(run_id)
             .await?
-            .ok_or_else(|| StoreError::RunNotFound { run_id: run_id.to_owned() })?;
+            .ok_or_else(|| StoreError::RunNotFound {
+                run_id: run_id.to_owned(),
+            })?;
         let wf = match self.workflows.get(&run.workflow) {
             Ok(wf) => wf.clone(),
             Err(e) => {
                 return self
-                    .finish(run_id, epoch, RunState::Failed, "unknown workflow", Some(e.to_string()))
+                    .finish(
+                        run_id,
+                        epoch,
+                        RunState::Failed,
+                        "unknown workflow",
+                        Some(e.to_string()),
+                    )
                     .await;
             }
         };
@@ -248,8 +266,14 @@ impl Engine {
             };
             return match end {
                 LoopEnd::Done => {
-                    self.finish(run_id, epoch, RunState::Succeeded, "all steps succeeded", None)
-                        .await
+                    self.finish(
+                        run_id,
+                        epoch,
+                        RunState::Succeeded,
+                        "all steps succeeded",
+                        None,
+                    )
+                    .await
                 }
                 LoopEnd::Cancelled if deadline_hit => {
                     self.finish(
@@ -268,7 +292,11 @@ impl Engine {
                     if spurious_rechecks == 0 && self.proves_success(run_id, &step).await {
                         spurious_rechecks += 1;
                         self.metrics.inc_spurious("post_drain");
-                        tracing::warn!(run_id, step, "spurious failure demoted to success (post-drain)");
+                        tracing::warn!(
+                            run_id,
+                            step,
+                            "spurious failure demoted to success (post-drain)"
+                        );
                         continue;
                     }
                     self.finish(
@@ -342,7 +370,10 @@ impl Engine {
                 StepEnd::Succeeded => {}
                 StepEnd::Cancelled => return Ok(LoopEnd::Cancelled),
                 StepEnd::Failed(error) => {
-                    return Ok(LoopEnd::Failed { step: step.id.clone(), error });
+                    return Ok(LoopEnd::Failed {
+                        step: step.id.clone(),
+                        error,
+                    });
                 }
             }
         }
@@ -381,7 +412,10 @@ impl Engine {
             // (null): the documented pre-fix behaviour the switch restores.
             let mut inputs = Map::new();
             for p in &step.after {
-                inputs.insert(p.clone(), lookup.found.get(p).cloned().unwrap_or(Value::Null));
+                inputs.insert(
+                    p.clone(),
+                    lookup.found.get(p).cloned().unwrap_or(Value::Null),
+                );
             }
             return Ok(Ok(inputs));
         }
@@ -439,7 +473,10 @@ impl Engine {
                 }
                 BeginAttempt::Started { attempt } => attempt,
             };
-            match self.execute_body(ctx, step, attempt, &inputs, run_state).await {
+            match self
+                .execute_body(ctx, step, attempt, &inputs, run_state)
+                .await
+            {
                 Ok(ok) => {
                     let output = redact(&ok.output, &step.secret_fields);
                     let new_state = ok.run_state.unwrap_or_else(|| run_state.clone());
@@ -460,7 +497,10 @@ impl Engine {
                 }
                 Err(BodyErr::Cancelled) => return Ok(StepEnd::Cancelled),
                 Err(BodyErr::Store(e)) => return Err(e.into()),
-                Err(BodyErr::Fail { class: ErrorClass::Permanent, msg }) => {
+                Err(BodyErr::Fail {
+                    class: ErrorClass::Permanent,
+                    msg,
+                }) => {
                     self.metrics.inc_attempt("failed_permanent");
                     let error = format!("permanent error on attempt {attempt}: {msg}");
                     self.store
@@ -468,7 +508,10 @@ impl Engine {
                         .await?;
                     return Ok(StepEnd::Failed(error));
                 }
-                Err(BodyErr::Fail { class: ErrorClass::Transient, msg }) => {
+                Err(BodyErr::Fail {
+                    class: ErrorClass::Transient,
+                    msg,
+                }) => {
                     self.metrics.inc_attempt("failed_transient");
                     if attempt >= max {
                         let error = format!("exceeded max retries ({max} attempts); last: {msg}");
@@ -550,16 +593,31 @@ impl Engine {
         inputs: &Map<String, Value>,
         run_state: &Value,
     ) -> Result<BodyOk, BodyErr> {
-        let output = |output| Ok(BodyOk { output, run_state: None });
+        let output = |output| {
+            Ok(BodyOk {
+                output,
+                run_state: None,
+            })
+        };
         match &step.kind {
-            StepKind::Emit { chunks, interval_ms, text } => {
+            StepKind::Emit {
+                chunks,
+                interval_ms,
+                text,
+            } => {
                 for i in 0..*chunks {
                     if i > 0 && *interval_ms > 0 {
                         tokio::time::sleep(Duration::from_millis(*interval_ms)).await;
                     }
-                    let seq = ctx.next_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let data = text.replace("{i}", &i.to_string()).replace("{step}", &step.id);
-                    self.store.append_chunk(ctx.run_id, ctx.epoch, seq, &data).await?;
+                    let seq = ctx
+                        .next_seq
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let data = text
+                        .replace("{i}", &i.to_string())
+                        .replace("{step}", &step.id);
+                    self.store
+                        .append_chunk(ctx.run_id, ctx.epoch, seq, &data)
+                        .await?;
                 }
                 output(serde_json::json!({ "chunks": chunks }))
             }
@@ -584,9 +642,11 @@ impl Engine {
             }
             StepKind::FanIn => output(Value::Object(inputs.clone())),
             StepKind::Http { url, method, body } => {
-                let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| {
-                    BodyErr::Fail { class: ErrorClass::Permanent, msg: e.to_string() }
-                })?;
+                let method =
+                    reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| BodyErr::Fail {
+                        class: ErrorClass::Permanent,
+                        msg: e.to_string(),
+                    })?;
                 let mut req = self.http.request(method, url);
                 if let Some(b) = body {
                     req = req.json(&fill_template(b, inputs)?);
@@ -594,7 +654,11 @@ impl Engine {
                 let resp = req.send().await.map_err(|e| BodyErr::Fail {
                     // Connection errors and timeouts are worth another try;
                     // a request we could not even build is not.
-                    class: if e.is_builder() { ErrorClass::Permanent } else { ErrorClass::Transient },
+                    class: if e.is_builder() {
+                        ErrorClass::Permanent
+                    } else {
+                        ErrorClass::Transient
+                    },
                     msg: format!("request to {url} failed: {e}"),
                 })?;
                 let status = resp.status();
@@ -632,7 +696,11 @@ fn fill_template(v: &Value, inputs: &Map<String, Value>) -> Result<Value, BodyEr
                     class: ErrorClass::Permanent,
                     msg: format!("template {s:?}: {head:?} is not a predecessor"),
                 })?;
-                let found = if rest.is_empty() { Some(base) } else { lookup_path(base, rest) };
+                let found = if rest.is_empty() {
+                    Some(base)
+                } else {
+                    lookup_path(base, rest)
+                };
                 found.cloned().unwrap_or(Value::Null)
             }
             None => v.clone(),

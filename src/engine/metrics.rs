@@ -194,9 +194,13 @@ impl Metrics {
         [FallbackSource::Predecessors, FallbackSource::SpuriousCheck]
             .into_iter()
             .flat_map(|s| {
-                [FallbackOutcome::Hit, FallbackOutcome::Miss, FallbackOutcome::Error]
-                    .into_iter()
-                    .map(move |o| (s, o))
+                [
+                    FallbackOutcome::Hit,
+                    FallbackOutcome::Miss,
+                    FallbackOutcome::Error,
+                ]
+                .into_iter()
+                .map(move |o| (s, o))
             })
             .map(|(s, o)| self.fallback(s, o))
             .sum()
@@ -204,58 +208,82 @@ impl Metrics {
 
     pub fn spurious(&self, source: &str) -> u64 {
         self.spurious_recovery
-            .get_or_create(&Source { source: source.into() })
+            .get_or_create(&Source {
+                source: source.into(),
+            })
             .get()
     }
 
     pub fn inc_spurious(&self, source: &str) {
         self.spurious_recovery
-            .get_or_create(&Source { source: source.into() })
+            .get_or_create(&Source {
+                source: source.into(),
+            })
             .inc();
     }
 
     pub fn transitions(&self, from: &str, to: &str) -> u64 {
         self.run_transitions
-            .get_or_create(&FromTo { from: from.into(), to: to.into() })
+            .get_or_create(&FromTo {
+                from: from.into(),
+                to: to.into(),
+            })
             .get()
     }
 
     pub fn rejected(&self, from: &str, to: &str) -> u64 {
         self.transition_rejected
-            .get_or_create(&FromTo { from: from.into(), to: to.into() })
+            .get_or_create(&FromTo {
+                from: from.into(),
+                to: to.into(),
+            })
             .get()
     }
 
     pub fn inc_transition(&self, from: &str, to: &str) {
         self.run_transitions
-            .get_or_create(&FromTo { from: from.into(), to: to.into() })
+            .get_or_create(&FromTo {
+                from: from.into(),
+                to: to.into(),
+            })
             .inc();
     }
 
     pub fn inc_rejected(&self, from: &str, to: &str) {
         self.transition_rejected
-            .get_or_create(&FromTo { from: from.into(), to: to.into() })
+            .get_or_create(&FromTo {
+                from: from.into(),
+                to: to.into(),
+            })
             .inc();
     }
 
     pub fn attempts(&self, outcome: &str) -> u64 {
         self.step_attempts
-            .get_or_create(&Outcome { outcome: outcome.into() })
+            .get_or_create(&Outcome {
+                outcome: outcome.into(),
+            })
             .get()
     }
 
     pub fn inc_attempt(&self, outcome: &str) {
         self.step_attempts
-            .get_or_create(&Outcome { outcome: outcome.into() })
+            .get_or_create(&Outcome {
+                outcome: outcome.into(),
+            })
             .inc();
     }
 
     pub fn fenced(&self, kind: &str) -> u64 {
-        self.fenced_writes.get_or_create(&Kind { kind: kind.into() }).get()
+        self.fenced_writes
+            .get_or_create(&Kind { kind: kind.into() })
+            .get()
     }
 
     pub fn inc_fenced(&self, kind: &str) {
-        self.fenced_writes.get_or_create(&Kind { kind: kind.into() }).inc();
+        self.fenced_writes
+            .get_or_create(&Kind { kind: kind.into() })
+            .inc();
     }
 }
 

@@ -68,7 +68,9 @@ impl fmt::Display for RunState {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown run state {0:?} (expected one of pending, running, succeeded, failed, cancelled, timed_out, lost)")]
+#[error(
+    "unknown run state {0:?} (expected one of pending, running, succeeded, failed, cancelled, timed_out, lost)"
+)]
 pub struct UnknownRunState(pub String);
 
 impl FromStr for RunState {
@@ -219,15 +221,30 @@ mod tests {
     #[test]
     fn terminal_states_have_no_unconditional_exits() {
         for (from, to) in TRANSITIONS {
-            assert!(!from.is_terminal(), "{from} -> {to} leaves a terminal state");
+            assert!(
+                !from.is_terminal(),
+                "{from} -> {to} leaves a terminal state"
+            );
         }
     }
 
     #[test]
     fn late_completion_is_policy_gated() {
-        assert!(!is_allowed(RunState::Lost, RunState::Succeeded, LateCompletion::Reject));
-        assert!(is_allowed(RunState::Lost, RunState::Succeeded, LateCompletion::Accept));
-        assert!(!is_allowed(RunState::Lost, RunState::Failed, LateCompletion::Accept));
+        assert!(!is_allowed(
+            RunState::Lost,
+            RunState::Succeeded,
+            LateCompletion::Reject
+        ));
+        assert!(is_allowed(
+            RunState::Lost,
+            RunState::Succeeded,
+            LateCompletion::Accept
+        ));
+        assert!(!is_allowed(
+            RunState::Lost,
+            RunState::Failed,
+            LateCompletion::Accept
+        ));
     }
 
     #[test]

@@ -83,7 +83,10 @@ impl Switches {
         let mut boot = Vec::with_capacity(KNOWN.len());
         for s in KNOWN {
             let v = match std::env::var(s.env) {
-                Ok(v) => parse_bool(&v).ok_or(SwitchError::BadEnv { env: s.env, value: v })?,
+                Ok(v) => parse_bool(&v).ok_or(SwitchError::BadEnv {
+                    env: s.env,
+                    value: v,
+                })?,
                 Err(_) => s.default,
             };
             boot.push(v);
@@ -138,7 +141,9 @@ impl Switches {
                 store
                     .metrics()
                     .switch_flips
-                    .get_or_create(&crate::engine::metrics::Kind { kind: s.name.into() })
+                    .get_or_create(&crate::engine::metrics::Kind {
+                        kind: s.name.into(),
+                    })
                     .inc();
             }
         }

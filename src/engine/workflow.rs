@@ -227,10 +227,16 @@ impl Workflow {
             ));
         }
         if !is_ident(&raw.lane) {
-            return Err(invalid("lane".into(), format!("{:?} is not a lane name", raw.lane)));
+            return Err(invalid(
+                "lane".into(),
+                format!("{:?} is not a lane name", raw.lane),
+            ));
         }
         if raw.steps.is_empty() {
-            return Err(invalid("steps".into(), "a workflow needs at least one step".into()));
+            return Err(invalid(
+                "steps".into(),
+                "a workflow needs at least one step".into(),
+            ));
         }
         let mut seen = HashSet::new();
         let mut steps = Vec::with_capacity(raw.steps.len());
@@ -282,7 +288,8 @@ impl Workflow {
                     ));
                 }
             }
-            let missing = |param: &str| invalid(at(param), format!("required by kind {:?}", rs.kind));
+            let missing =
+                |param: &str| invalid(at(param), format!("required by kind {:?}", rs.kind));
             let kind = match rs.kind.as_str() {
                 "emit" => StepKind::Emit {
                     chunks: rs.chunks.ok_or_else(|| missing("chunks"))?,
@@ -297,7 +304,8 @@ impl Workflow {
                 },
                 "fail" => StepKind::Fail,
                 "mutate" => {
-                    let set = toml_to_json(toml::Value::Table(rs.set.ok_or_else(|| missing("set"))?));
+                    let set =
+                        toml_to_json(toml::Value::Table(rs.set.ok_or_else(|| missing("set"))?));
                     StepKind::Mutate {
                         set: set.as_object().cloned().unwrap_or_default(),
                     }
@@ -310,9 +318,15 @@ impl Workflow {
                     if !matches!(parsed.scheme(), "http" | "https") {
                         return Err(invalid(at("url"), format!("{url:?} must be http or https")));
                     }
-                    let method = rs.method.unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
+                    let method = rs
+                        .method
+                        .unwrap_or_else(|| "GET".into())
+                        .to_ascii_uppercase();
                     if !matches!(method.as_str(), "GET" | "POST" | "PUT" | "DELETE" | "PATCH") {
-                        return Err(invalid(at("method"), format!("unsupported method {method:?}")));
+                        return Err(invalid(
+                            at("method"),
+                            format!("unsupported method {method:?}"),
+                        ));
                     }
                     StepKind::Http {
                         url,
@@ -322,7 +336,10 @@ impl Workflow {
                 }
             };
             if matches!(kind, StepKind::FanIn) && rs.after.is_empty() {
-                return Err(invalid(at("after"), "a fan_in step needs predecessors".into()));
+                return Err(invalid(
+                    at("after"),
+                    "a fan_in step needs predecessors".into(),
+                ));
             }
             if let StepKind::Compute { output } = &kind {
                 for path in &rs.secret_fields {
@@ -374,7 +391,10 @@ impl Workflow {
             }
         }
         let mut steps = topo_sort(steps).map_err(|cycle| {
-            invalid("steps".into(), format!("dependency cycle through {}", cycle.join(", ")))
+            invalid(
+                "steps".into(),
+                format!("dependency cycle through {}", cycle.join(", ")),
+            )
         })?;
         inherit_secrets(&mut steps);
         Ok(Workflow {
@@ -505,10 +525,12 @@ impl WorkflowRegistry {
     }
 
     pub fn get(&self, name: &str) -> Result<&Workflow, WorkflowError> {
-        self.by_name.get(name).ok_or_else(|| WorkflowError::Unknown {
-            name: name.to_owned(),
-            known: self.by_name.keys().cloned().collect::<Vec<_>>().join(", "),
-        })
+        self.by_name
+            .get(name)
+            .ok_or_else(|| WorkflowError::Unknown {
+                name: name.to_owned(),
+                known: self.by_name.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -548,22 +570,55 @@ mod tests {
         .expect("parses");
         let order: Vec<_> = wf.steps.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(order, ["a", "b", "merge"]);
-        assert_eq!(wf.step("merge").map(|s| s.secret_fields.clone()), Some(vec!["a.token".into()]));
+        assert_eq!(
+            wf.step("merge").map(|s| s.secret_fields.clone()),
+            Some(vec!["a.token".into()])
+        );
     }
 
     #[test]
     fn errors_name_the_file_step_and_field() {
         let cases = [
-            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"teleport\"", "steps[0] (a).kind"),
-            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"emit\"", "steps[0] (a).chunks"),
-            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"sleep\"\nms = 1\nchunks = 2", "steps[0] (a).chunks"),
-            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"sleep\"\nms = 1\nafter = [\"zz\"]", "steps[0] (a).after"),
-            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"fan_in\"", "steps[0] (a).after"),
-            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"http\"\nurl = \"ftp://x\"", "steps[0] (a).url"),
-            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"compute\"\noutput = {x = 1}\nsecret_fields = [\"y\"]", "secret_fields"),
-            ("name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"sleep\"\nms = 1\nafter = [\"b\"]\n[[steps]]\nid = \"b\"\nkind = \"sleep\"\nms = 1\nafter = [\"a\"]", "dependency cycle"),
-            ("name = \"w\"\nbogus = 1\n[[steps]]\nid = \"a\"\nkind = \"fail\"", "bogus"),
-            ("name = \"W W\"\n[[steps]]\nid = \"a\"\nkind = \"fail\"", "name"),
+            (
+                "name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"teleport\"",
+                "steps[0] (a).kind",
+            ),
+            (
+                "name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"emit\"",
+                "steps[0] (a).chunks",
+            ),
+            (
+                "name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"sleep\"\nms = 1\nchunks = 2",
+                "steps[0] (a).chunks",
+            ),
+            (
+                "name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"sleep\"\nms = 1\nafter = [\"zz\"]",
+                "steps[0] (a).after",
+            ),
+            (
+                "name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"fan_in\"",
+                "steps[0] (a).after",
+            ),
+            (
+                "name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"http\"\nurl = \"ftp://x\"",
+                "steps[0] (a).url",
+            ),
+            (
+                "name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"compute\"\noutput = {x = 1}\nsecret_fields = [\"y\"]",
+                "secret_fields",
+            ),
+            (
+                "name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"sleep\"\nms = 1\nafter = [\"b\"]\n[[steps]]\nid = \"b\"\nkind = \"sleep\"\nms = 1\nafter = [\"a\"]",
+                "dependency cycle",
+            ),
+            (
+                "name = \"w\"\nbogus = 1\n[[steps]]\nid = \"a\"\nkind = \"fail\"",
+                "bogus",
+            ),
+            (
+                "name = \"W W\"\n[[steps]]\nid = \"a\"\nkind = \"fail\"",
+                "name",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -576,7 +631,10 @@ mod tests {
     fn redaction_replaces_nested_paths_only_in_the_copy() {
         let raw = json!({"a": {"token": "s3cret", "user": "u"}, "k": "v"});
         let red = redact(&raw, &["a.token".into(), "missing.path".into()]);
-        assert_eq!(red, json!({"a": {"token": REDACTED, "user": "u"}, "k": "v"}));
+        assert_eq!(
+            red,
+            json!({"a": {"token": REDACTED, "user": "u"}, "k": "v"})
+        );
         assert_eq!(raw["a"]["token"], "s3cret");
     }
 }

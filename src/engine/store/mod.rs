@@ -40,7 +40,9 @@ pub enum StoreError {
         from: RunState,
         to: RunState,
     },
-    #[error("run {run_id}: write fenced, held epoch {held} but the run is at epoch {current} ({state})")]
+    #[error(
+        "run {run_id}: write fenced, held epoch {held} but the run is at epoch {current} ({state})"
+    )]
     Fenced {
         run_id: String,
         held: i64,
@@ -294,10 +296,14 @@ pub async fn open_with(
     metrics: Arc<crate::engine::metrics::Metrics>,
 ) -> StoreResult<Arc<dyn Store>> {
     if target.starts_with("postgres://") || target.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::connect_with(target, clock, metrics).await?))
+        Ok(Arc::new(
+            PgStore::connect_with(target, clock, metrics).await?,
+        ))
     } else if let Some(path) = target.strip_prefix("sqlite://") {
         let path = std::path::Path::new(path);
-        Ok(Arc::new(SqliteStore::open_with(path, clock, metrics).await?))
+        Ok(Arc::new(
+            SqliteStore::open_with(path, clock, metrics).await?,
+        ))
     } else if target.contains("://") {
         Err(StoreError::BadUrl {
             url: target.to_owned(),
@@ -311,7 +317,9 @@ pub async fn open_with(
         })
     } else {
         let path = std::path::Path::new(target);
-        Ok(Arc::new(SqliteStore::open_with(path, clock, metrics).await?))
+        Ok(Arc::new(
+            SqliteStore::open_with(path, clock, metrics).await?,
+        ))
     }
 }
 

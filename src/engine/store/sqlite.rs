@@ -62,7 +62,9 @@ impl SqliteStore {
             problem,
         };
         if path.is_dir() {
-            return Err(bad("is a directory; give a file path such as data/vigil.db".into()));
+            return Err(bad(
+                "is a directory; give a file path such as data/vigil.db".into(),
+            ));
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
