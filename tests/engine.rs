@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The engine's promises (issue 2, "What it must show"), on both stores.
 
 mod common;

@@ -63,9 +63,7 @@ impl TestDb {
     /// A fresh database on the test server, or `None` (announced) when no
     /// server is configured outside CI.
     pub async fn postgres() -> Option<TestDb> {
-        let Some(admin) = pg_admin_url() else {
-            return None;
-        };
+        let admin = pg_admin_url()?;
         let name = format!("vigil_t_{}", uuid::Uuid::now_v7().simple());
         let pool = sqlx::PgPool::connect(&admin)
             .await
