@@ -2,4 +2,6 @@
 //! prove that nothing is lost when pods die.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod demo;
 pub mod engine;

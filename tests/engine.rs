@@ -904,7 +904,99 @@ async fn concurrent_lookups_of_the_same_key_share_one_query(db: &TestDb) {
     assert_eq!(q, 1, "16 concurrent lookups, {q} queries");
 }
 
+/// A local HTTP service: /ok answers JSON, /flaky fails twice with 503,
+/// /bad answers 400.
+async fn http_service() -> String {
+    use axum::http::StatusCode;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let flaky = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/ok",
+            axum::routing::post(|body: String| async move {
+                axum::Json(
+                    json!({"echo": serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)}),
+                )
+            }),
+        )
+        .route(
+            "/flaky",
+            axum::routing::get(move || {
+                let n = flaky.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        (StatusCode::SERVICE_UNAVAILABLE, "busy")
+                    } else {
+                        (StatusCode::OK, "fine")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/bad",
+            axum::routing::get(|| async { (StatusCode::BAD_REQUEST, "no") }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+async fn http_steps_classify_status_codes(db: &TestDb) {
+    let base = http_service().await;
+    let wf = |name: &str, path: &str, method: &str, extra: &str| {
+        format!(
+            "name = \"{name}\"\n[[steps]]\nid = \"key\"\nkind = \"compute\"\noutput = {{ k = \"s3cret\" }}\nsecret_fields = [\"k\"]\n[[steps]]\nid = \"call\"\nkind = \"http\"\nafter = [\"key\"]\nurl = \"{base}{path}\"\nmethod = \"{method}\"\nmax_retries = 3\n{extra}"
+        )
+    };
+    let ok = wf("ok", "/ok", "POST", "body = { token = \"{{key.k}}\" }\n");
+    let flaky = wf("flaky", "/flaky", "GET", "");
+    let bad = wf("bad", "/bad", "GET", "");
+    let reg = registry(&[&ok, &flaky, &bad]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+
+    let r = e.submit("ok", json!({}), None).await.unwrap();
+    assert_eq!(
+        e.run(&r.id, None, CancellationToken::new()).await.unwrap(),
+        RunOutcome::Finished(RunState::Succeeded)
+    );
+    let raw = h
+        .store
+        .step_outputs_raw(&r.id, &["call".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        raw["call"],
+        json!({"status": 200, "body": {"echo": {"token": "s3cret"}}}),
+        "the service got the raw secret"
+    );
+
+    let r = e.submit("flaky", json!({}), None).await.unwrap();
+    assert_eq!(
+        e.run(&r.id, None, CancellationToken::new()).await.unwrap(),
+        RunOutcome::Finished(RunState::Succeeded)
+    );
+    assert_eq!(
+        step_status(&h, &r.id, "call").await,
+        Some((StepStatus::Succeeded, 3)),
+        "503 is transient"
+    );
+
+    let r = e.submit("bad", json!({}), None).await.unwrap();
+    assert_eq!(
+        e.run(&r.id, None, CancellationToken::new()).await.unwrap(),
+        RunOutcome::Finished(RunState::Failed)
+    );
+    assert_eq!(
+        step_status(&h, &r.id, "call").await,
+        Some((StepStatus::Failed, 1)),
+        "400 is permanent"
+    );
+}
+
 on_both_stores!(
+    http_steps_classify_status_codes,
     fan_in_resumed_in_fresh_executor_hydrates_raw_outputs_in_one_query,
     null_output_raw_is_a_miss_and_redacted_never_flows_downstream,
     db_fallback_off_makes_no_lookup_and_flipping_it_on_takes_effect_live,

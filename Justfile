@@ -1,0 +1,29 @@
+# Vigil's recipes. `just` itself: `cargo install just` (crates.io).
+
+# List the recipes.
+default:
+    @just --list
+
+# The one-command tour on the embedded store.
+demo:
+    cargo run --release -- demo
+
+# Format the code.
+fmt:
+    cargo fmt
+
+# fmt check + clippy with warnings as errors.
+lint:
+    cargo fmt --check
+    cargo clippy --all-targets -- -D warnings
+
+# Embedded-store tests only (PostgreSQL suites announce that they did not run).
+test:
+    cargo test --all-targets
+
+# Everything, as CI runs it: installs and starts a throwaway PostgreSQL.
+test-all:
+    ./scripts/test-all.sh
+
+# lint + the full suite.
+verify: test-all

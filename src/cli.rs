@@ -1,0 +1,378 @@
+//! The command line: parses arguments and calls one module per subcommand.
+
+use crate::engine::run::RunState;
+use crate::engine::store::{self, RunFilter};
+use crate::engine::switches;
+use crate::engine::workflow::{Workflow, WorkflowRegistry};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Know, and prove, that nothing is lost when pods die",
+    long_about = "Vigil is a durable-run engine, an ops console and a chaos harness in one binary.\n\
+                  Runs of steps are checkpointed in SQL (SQLite embedded by default, PostgreSQL in \
+                  production); kill switches and every state change are audited in the store."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StoreArg {
+    /// Store: a SQLite file path (created if missing), sqlite://PATH, or postgres://USER@HOST:PORT/DB.
+    #[arg(long, env = "VIGIL_STORE", default_value = "data/vigil.db")]
+    pub store: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The one-command tour: runs on the embedded store, a pod killed mid-stream, another resuming.
+    Demo(crate::demo::DemoArgs),
+    /// List or validate workflow definitions.
+    #[command(subcommand)]
+    Workflows(WorkflowsCmd),
+    /// Read and flip kill switches (every change is audited in the store).
+    #[command(subcommand)]
+    Switch(SwitchCmd),
+    /// List runs in the store.
+    Runs(RunsArgs),
+    /// Show one run: its state, steps (redacted outputs), transitions and stream.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowsCmd {
+    /// List the workflows of a directory.
+    List {
+        #[arg(long, env = "VIGIL_WORKFLOWS", default_value = "fixtures/workflows")]
+        dir: PathBuf,
+    },
+    /// Validate workflow files (or every *.toml of a directory); errors name file, step and field.
+    Check {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SwitchCmd {
+    /// Every known switch: current value in the store, default, what turning it off disables.
+    List(StoreArg),
+    /// Set a switch on or off, with a reason for the audit trail.
+    Set {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Switch name, e.g. authority.db_fallback.
+        name: String,
+        /// on or off.
+        value: String,
+        /// Why: recorded in the audit row.
+        #[arg(long)]
+        reason: String,
+        /// Who: recorded in the audit row.
+        #[arg(long, env = "USER", default_value = "unknown")]
+        who: String,
+    },
+    /// The audit trail of one switch.
+    Audit {
+        #[command(flatten)]
+        store: StoreArg,
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Only runs in this state.
+    #[arg(long)]
+    pub state: Option<RunState>,
+    #[arg(long)]
+    pub lane: Option<String>,
+    /// Only runs owned by this pod.
+    #[arg(long)]
+    pub owner: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl clap::ValueEnum for RunState {
+    fn value_variants<'a>() -> &'a [Self] {
+        &RunState::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Workflows(cmd) => workflows(cmd),
+        Command::Switch(cmd) => switch(cmd).await,
+        Command::Runs(args) => runs(args).await,
+        Command::Run(args) => show_run(args).await,
+    }
+}
+
+fn workflows(cmd: WorkflowsCmd) -> Result<ExitCode> {
+    match cmd {
+        WorkflowsCmd::List { dir } => {
+            let reg = WorkflowRegistry::load_dir(&dir)?;
+            for name in reg.names() {
+                let wf = reg.get(name)?;
+                println!(
+                    "{:<22} lane={:<15} steps={:<2} {}",
+                    wf.name,
+                    wf.lane,
+                    wf.steps.len(),
+                    wf.description
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        WorkflowsCmd::Check { paths } => {
+            let mut bad = 0;
+            let mut files = Vec::new();
+            for p in paths {
+                if p.is_dir() {
+                    let mut found: Vec<PathBuf> = std::fs::read_dir(&p)
+                        .with_context(|| format!("reading {}", p.display()))?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|f| f.extension().is_some_and(|x| x == "toml"))
+                        .collect();
+                    found.sort();
+                    files.extend(found);
+                } else {
+                    files.push(p);
+                }
+            }
+            for f in files {
+                match Workflow::load(&f) {
+                    Ok(wf) => println!(
+                        "ok    {} ({}, {} steps)",
+                        f.display(),
+                        wf.name,
+                        wf.steps.len()
+                    ),
+                    Err(e) => {
+                        bad += 1;
+                        println!("error {e}");
+                    }
+                }
+            }
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
+    match cmd {
+        SwitchCmd::List(s) => {
+            let store = store::open(&s.store).await?;
+            let rows = store.switches().await?;
+            for spec in switches::KNOWN {
+                let row = rows.iter().find(|r| r.name == spec.name);
+                let (value, source) = match row {
+                    Some(r) => (r.enabled, format!("set by {} ({})", r.updated_by, r.reason)),
+                    None => (spec.default, "default".to_string()),
+                };
+                println!(
+                    "{:<24} {:<3}  {}\n    off disables: {}\n    metric: {}",
+                    spec.name,
+                    if value { "on" } else { "off" },
+                    source,
+                    spec.disables,
+                    spec.metric
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SwitchCmd::Set {
+            store: s,
+            name,
+            value,
+            reason,
+            who,
+        } => {
+            let Some(enabled) = switches::parse_bool(&value) else {
+                bail!("switch value {value:?}: expected on or off");
+            };
+            if reason.trim().is_empty() {
+                bail!("--reason must say why (it goes into the audit trail)");
+            }
+            let store = store::open(&s.store).await?;
+            let audit = switches::set(store.as_ref(), &name, enabled, &who, &reason).await?;
+            let show = |v: Option<bool>| match v {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "default",
+            };
+            println!(
+                "{name}: {} -> {} (by {who}: {reason})",
+                show(audit.old),
+                show(Some(audit.new))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SwitchCmd::Audit { store: s, name } => {
+            switches::spec(&name)?;
+            let store = store::open(&s.store).await?;
+            for a in store.switch_audit(&name).await? {
+                println!(
+                    "{}  {:?} -> {}  by {}: {}",
+                    a.at_ms, a.old, a.new, a.who, a.reason
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn runs(args: RunsArgs) -> Result<ExitCode> {
+    let store = store::open(&args.store.store).await?;
+    let filter = RunFilter {
+        state: args.state,
+        lane: args.lane,
+        owner_pod: args.owner,
+        limit: Some(args.limit),
+    };
+    let runs = store.list_runs(&filter).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<36}  {:<9}  {:<20}  {:<14}  {:<10}  EPOCH",
+        "ID", "STATE", "WORKFLOW", "LANE", "OWNER"
+    );
+    for r in runs {
+        println!(
+            "{:<36}  {:<9}  {:<20}  {:<14}  {:<10}  {}",
+            r.id,
+            r.state.as_str(),
+            r.workflow,
+            r.lane,
+            r.owner_pod.as_deref().unwrap_or("-"),
+            r.epoch
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show_run(args: RunArgs) -> Result<ExitCode> {
+    let store = store::open(&args.store.store).await?;
+    let Some(run) = store.get_run(&args.id).await? else {
+        bail!("run {} not found in {}", args.id, args.store.store);
+    };
+    let steps = store.steps(&run.id).await?;
+    let transitions = store.transitions(&run.id).await?;
+    let chunks = store.chunks(&run.id).await?;
+    if args.json {
+        let steps: Vec<_> = steps
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "node_id": s.node_id, "status": s.status, "attempts": s.attempts,
+                    "output": s.output, "error": s.error,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "run": run, "steps": steps, "transitions": transitions, "chunks": chunks,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "run {}  {}  workflow={} lane={} owner={} epoch={}",
+        run.id,
+        run.state,
+        run.workflow,
+        run.lane,
+        run.owner_pod.as_deref().unwrap_or("-"),
+        run.epoch
+    );
+    if let Some(e) = &run.error {
+        println!("error: {e}");
+    }
+    println!("steps:");
+    for s in &steps {
+        println!(
+            "  {:<16} {:<9} attempts={} output={}",
+            s.node_id,
+            s.status.as_str(),
+            s.attempts,
+            s.output.as_ref().map_or("-".into(), |o| o.to_string())
+        );
+    }
+    println!("transitions:");
+    for t in &transitions {
+        println!(
+            "  {} -> {}  epoch={} pod={} {}{}",
+            t.from,
+            t.to,
+            t.epoch,
+            t.pod.as_deref().unwrap_or("-"),
+            t.reason,
+            if t.late { " [late]" } else { "" }
+        );
+    }
+    println!("stream: {} chunks", chunks.len());
+    Ok(ExitCode::SUCCESS)
+}

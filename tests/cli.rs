@@ -1,0 +1,206 @@
+//! The binary, as an operator uses it: bad input, workflows, switches, and
+//! several processes sharing one SQLite store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output};
+
+fn vigil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .env_remove("VIGIL_STORE")
+        .output()
+        .expect("run vigil")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn every_fixture_workflow_is_valid() {
+    let o = vigil(&["workflows", "check", "fixtures/workflows"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for name in [
+        "chat_reply",
+        "fan_in",
+        "flaky_sync",
+        "validation_failure",
+        "embed_backfill",
+    ] {
+        assert!(
+            text(&o).contains(&format!("({name},")),
+            "{name} missing from\n{}",
+            text(&o)
+        );
+    }
+}
+
+#[test]
+fn a_malformed_workflow_names_file_step_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("broken.toml");
+    std::fs::write(
+        &f,
+        "name = \"b\"\n[[steps]]\nid = \"s\"\nkind = \"emit\"\ninterval_ms = 5\n",
+    )
+    .unwrap();
+    let o = vigil(&["workflows", "check", f.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("broken.toml")
+            && t.contains("steps[0] (s).chunks")
+            && t.contains("required by kind"),
+        "{t}"
+    );
+    std::fs::write(&f, "name = \"b\"\n[[steps\n").unwrap();
+    let t = text(&vigil(&["workflows", "check", f.to_str().unwrap()]));
+    assert!(
+        t.contains("broken.toml") && t.contains("line 2"),
+        "a TOML syntax error names its line: {t}"
+    );
+}
+
+#[test]
+fn bad_store_locations_are_clear_errors() {
+    let o = vigil(&["runs", "--store", "mysql://localhost/x"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("unsupported scheme"), "{}", text(&o));
+    let o = vigil(&[
+        "runs",
+        "--store",
+        "postgres://vigil:hunter2@127.0.0.1:1/nowhere",
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("store unreachable at postgres://vigil:****@127.0.0.1:1/nowhere"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("hunter2"),
+        "the password never reaches the terminal: {t}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let o = vigil(&["runs", "--store", dir.path().to_str().unwrap()]);
+    assert!(text(&o).contains("is a directory"), "{}", text(&o));
+}
+
+#[test]
+fn switches_flip_with_an_audit_trail_and_reject_unknown_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("v.db");
+    let db = db.to_str().unwrap();
+    let o = vigil(&["switch", "list", "--store", db]);
+    assert!(
+        text(&o).contains("authority.db_fallback    on   default"),
+        "{}",
+        text(&o)
+    );
+    let o = vigil(&[
+        "switch",
+        "set",
+        "--store",
+        db,
+        "authority.db_fallback",
+        "off",
+        "--reason",
+        "incident 42",
+        "--who",
+        "ops",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("default -> off (by ops: incident 42)"),
+        "{}",
+        text(&o)
+    );
+    let o = vigil(&["switch", "audit", "--store", db, "authority.db_fallback"]);
+    assert!(
+        text(&o).contains("None -> false  by ops: incident 42"),
+        "{}",
+        text(&o)
+    );
+    let o = vigil(&[
+        "switch",
+        "set",
+        "--store",
+        db,
+        "authority.nope",
+        "off",
+        "--reason",
+        "x",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("unknown switch \"authority.nope\"; known: authority.db_fallback"),
+        "{}",
+        text(&o)
+    );
+    let o = vigil(&[
+        "switch",
+        "set",
+        "--store",
+        db,
+        "authority.db_fallback",
+        "maybe",
+        "--reason",
+        "x",
+    ]);
+    assert!(text(&o).contains("expected on or off"), "{}", text(&o));
+}
+
+#[test]
+fn several_processes_write_one_sqlite_store_without_losing_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let db = db.to_str().unwrap().to_owned();
+    // Six processes start at once (concurrent migrations), each flipping the
+    // switch ten times: every write lands and is audited.
+    let children: Vec<_> = (0..6)
+        .map(|p| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let v = if (p + i) % 2 == 0 { "on" } else { "off" };
+                    let who = format!("proc-{p}");
+                    let o = vigil(&[
+                        "switch",
+                        "set",
+                        "--store",
+                        &db,
+                        "authority.db_fallback",
+                        v,
+                        "--reason",
+                        "load",
+                        "--who",
+                        &who,
+                    ]);
+                    assert!(o.status.success(), "{}", text(&o));
+                }
+            })
+        })
+        .collect();
+    for c in children {
+        c.join().unwrap();
+    }
+    let o = vigil(&["switch", "audit", "--store", &db, "authority.db_fallback"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        60,
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let t = text(&vigil(&["--help"]));
+    for cmd in ["demo", "workflows", "switch", "runs", "run"] {
+        assert!(t.contains(cmd), "{cmd} missing from --help");
+    }
+}
