@@ -995,7 +995,53 @@ async fn http_steps_classify_status_codes(db: &TestDb) {
     );
 }
 
+async fn authority_contains_store_errors_evicts_and_recovers(db: &TestDb) {
+    let reg = registry(&[FAN_IN]);
+    let h = db.open().await;
+    let run = engine_with(&h, &reg, fast("pod-a"))
+        .await
+        .submit("fan", json!({}), None)
+        .await
+        .unwrap();
+    run_until_parked(db, &reg, &run.id, "gate").await;
+    let hb = db.open().await;
+    let b = engine_with(&hb, &reg, fast("pod-b")).await;
+    let keys: Vec<String> = vec!["a".into(), "b".into()];
+    // A real store error: the column the lookup reads is gone.
+    h.exec("ALTER TABLE steps RENAME COLUMN output_raw TO output_raw_gone")
+        .await;
+    let l = b
+        .authority
+        .outputs(&run.id, &keys, FallbackSource::Predecessors)
+        .await;
+    assert!(l.errored && l.found.is_empty(), "{l:?}");
+    assert_eq!(l.missing, keys);
+    assert_eq!(
+        hb.store
+            .metrics()
+            .fallback(FallbackSource::Predecessors, FallbackOutcome::Error),
+        1
+    );
+    assert!(
+        !b.authority.tracked(&run.id, "a"),
+        "nothing half-known stays cached"
+    );
+    h.exec("ALTER TABLE steps RENAME COLUMN output_raw_gone TO output_raw")
+        .await;
+    let l = b
+        .authority
+        .outputs(&run.id, &keys, FallbackSource::Predecessors)
+        .await;
+    assert!(!l.errored && l.missing.is_empty(), "{l:?}");
+    assert_eq!(l.found["a"]["token"], "tok-a");
+    assert!(
+        b.authority.tracked(&run.id, "a"),
+        "hydrated into the tracker"
+    );
+}
+
 on_both_stores!(
+    authority_contains_store_errors_evicts_and_recovers,
     http_steps_classify_status_codes,
     fan_in_resumed_in_fresh_executor_hydrates_raw_outputs_in_one_query,
     null_output_raw_is_a_miss_and_redacted_never_flows_downstream,

@@ -44,7 +44,14 @@ impl Handle {
     pub async fn exec(&self, sql: &'static str) {
         match &self.raw {
             Raw::Sqlite(s) => {
-                sqlx::query(sql).execute(s.pool()).await.expect(sql);
+                // SQLite prepares DDL against the connection's cached schema:
+                // read the schema first so another connection's DDL is seen.
+                let mut conn = s.pool().acquire().await.expect("connection");
+                sqlx::query("SELECT count(*) FROM sqlite_schema")
+                    .execute(&mut *conn)
+                    .await
+                    .expect("schema");
+                sqlx::query(sql).execute(&mut *conn).await.expect(sql);
             }
             Raw::Postgres(s) => {
                 sqlx::query(sql).execute(s.pool()).await.expect(sql);
