@@ -1,5 +1,6 @@
 //! The command line: parses arguments and calls one module per subcommand.
 
+use crate::client::PodClient;
 use crate::engine::run::RunState;
 use crate::engine::store::{self, RunFilter};
 use crate::engine::switches;
@@ -28,12 +29,40 @@ pub struct StoreArg {
     /// Store: a SQLite file path (created if missing), sqlite://PATH, or postgres://USER@HOST:PORT/DB.
     #[arg(long, env = "VIGIL_STORE", default_value = "data/vigil.db")]
     pub store: String,
+    /// Talk to this pod's API (http://HOST:PORT) instead of the store.
+    #[arg(long, env = "VIGIL_POD")]
+    pub pod: Option<String>,
+}
+
+impl StoreArg {
+    fn client(&self) -> Result<Option<PodClient>> {
+        self.pod
+            .as_deref()
+            .map(PodClient::new)
+            .transpose()
+            .map_err(Into::into)
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PodArg {
+    /// The pod's API, e.g. http://127.0.0.1:7700.
+    #[arg(long, env = "VIGIL_POD", default_value = "http://127.0.0.1:7700")]
+    pub pod: String,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The one-command tour: runs on the embedded store, a pod killed mid-stream, another resuming.
     Demo(crate::demo::DemoArgs),
+    /// Run one engine pod: dispatch runs, serve the HTTP API and /metrics.
+    Pod(crate::pod::PodArgs),
+    /// Submit a run to a pod.
+    Submit(SubmitArgs),
+    /// Follow a run's stream live (chunks on stdout; resets and the end on stderr).
+    Attach(AttachArgs),
+    /// Cancel a run.
+    Cancel(CancelArgs),
     /// List or validate workflow definitions.
     #[command(subcommand)]
     Workflows(WorkflowsCmd),
@@ -44,6 +73,44 @@ pub enum Command {
     Runs(RunsArgs),
     /// Show one run: its state, steps (redacted outputs), transitions and stream.
     Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub pod: PodArg,
+    /// Workflow name.
+    pub workflow: String,
+    /// The run's input, as JSON.
+    #[arg(long, default_value = "{}")]
+    pub input: String,
+    /// A repeated key returns the same run, never a second one.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Follow the run's stream until it ends.
+    #[arg(long)]
+    pub attach: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub pod: PodArg,
+    pub id: String,
+    /// One JSON object per event instead of raw chunk text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub pod: PodArg,
+    pub id: String,
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +226,33 @@ fn init_tracing() {
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Pod(args) => {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            crate::pod::cancel_on_signals(shutdown.clone())?;
+            crate::pod::serve(args, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit(args) => submit(args).await,
+        Command::Attach(args) => {
+            let client = PodClient::new(&args.pod.pod)?;
+            attach(&client, &args.id, args.json).await
+        }
+        Command::Cancel(args) => {
+            let client = PodClient::new(&args.pod.pod)?;
+            match client.cancel(&args.id, args.reason).await {
+                Ok(t) => {
+                    println!("run {} {} -> {}", args.id, t.from, t.to);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => match e.already_terminal() {
+                    Some(state) => {
+                        eprintln!("run {} is already {state}: nothing to cancel", args.id);
+                        Ok(ExitCode::from(3))
+                    }
+                    None => Err(e.into()),
+                },
+            }
+        }
         Command::Workflows(cmd) => workflows(cmd),
         Command::Switch(cmd) => switch(cmd).await,
         Command::Runs(args) => runs(args).await,
@@ -224,6 +318,22 @@ fn workflows(cmd: WorkflowsCmd) -> Result<ExitCode> {
 async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
     match cmd {
         SwitchCmd::List(s) => {
+            if let Some(client) = s.client()? {
+                for v in client.switches().await?.switches {
+                    println!(
+                        "{:<24} {:<3}  {}\n    off disables: {}\n    metric: {}",
+                        v.name,
+                        if v.enabled { "on" } else { "off" },
+                        match (&v.updated_by, &v.reason) {
+                            (Some(by), Some(why)) => format!("set by {by} ({why})"),
+                            _ => "default".to_string(),
+                        },
+                        v.disables,
+                        v.metric
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let store = store::open(&s.store).await?;
             let rows = store.switches().await?;
             for spec in switches::KNOWN {
@@ -256,8 +366,20 @@ async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
             if reason.trim().is_empty() {
                 bail!("--reason must say why (it goes into the audit trail)");
             }
-            let store = store::open(&s.store).await?;
-            let audit = switches::set(store.as_ref(), &name, enabled, &who, &reason).await?;
+            let audit = match s.client()? {
+                Some(client) => {
+                    let req = crate::pod::api::SetSwitchRequest {
+                        enabled,
+                        reason: reason.clone(),
+                        who: Some(who.clone()),
+                    };
+                    client.set_switch(&name, &req).await?
+                }
+                None => {
+                    let store = store::open(&s.store).await?;
+                    switches::set(store.as_ref(), &name, enabled, &who, &reason).await?
+                }
+            };
             let show = |v: Option<bool>| match v {
                 Some(true) => "on",
                 Some(false) => "off",
@@ -272,6 +394,9 @@ async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
         }
         SwitchCmd::Audit { store: s, name } => {
             switches::spec(&name)?;
+            if s.pod.is_some() {
+                bail!("the audit trail is read from the store: pass --store, not --pod");
+            }
             let store = store::open(&s.store).await?;
             for a in store.switch_audit(&name).await? {
                 println!(
@@ -285,14 +410,31 @@ async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
 }
 
 async fn runs(args: RunsArgs) -> Result<ExitCode> {
-    let store = store::open(&args.store.store).await?;
-    let filter = RunFilter {
-        state: args.state,
-        lane: args.lane,
-        owner_pod: args.owner,
-        limit: Some(args.limit),
+    let runs = match args.store.client()? {
+        Some(client) => {
+            let mut q = vec![("limit", args.limit.to_string())];
+            if let Some(s) = args.state {
+                q.push(("state", s.as_str().to_owned()));
+            }
+            if let Some(l) = args.lane {
+                q.push(("lane", l));
+            }
+            if let Some(o) = args.owner {
+                q.push(("owner", o));
+            }
+            client.runs(&q).await?.runs
+        }
+        None => {
+            let store = store::open(&args.store.store).await?;
+            let filter = RunFilter {
+                state: args.state,
+                lane: args.lane,
+                owner_pod: args.owner,
+                limit: Some(args.limit),
+            };
+            store.list_runs(&filter).await?
+        }
     };
-    let runs = store.list_runs(&filter).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(ExitCode::SUCCESS);
@@ -316,29 +458,43 @@ async fn runs(args: RunsArgs) -> Result<ExitCode> {
 }
 
 async fn show_run(args: RunArgs) -> Result<ExitCode> {
-    let store = store::open(&args.store.store).await?;
-    let Some(run) = store.get_run(&args.id).await? else {
-        bail!("run {} not found in {}", args.id, args.store.store);
-    };
-    let steps = store.steps(&run.id).await?;
-    let transitions = store.transitions(&run.id).await?;
-    let chunks = store.chunks(&run.id).await?;
-    if args.json {
-        let steps: Vec<_> = steps
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "node_id": s.node_id, "status": s.status, "attempts": s.attempts,
-                    "output": s.output, "error": s.error,
+    let detail = match args.store.client()? {
+        Some(client) => client.run(&args.id).await?,
+        None => {
+            let store = store::open(&args.store.store).await?;
+            let Some(run) = store.get_run(&args.id).await? else {
+                bail!("run {} not found in {}", args.id, args.store.store);
+            };
+            let steps = store
+                .steps(&run.id)
+                .await?
+                .into_iter()
+                .map(|s| crate::pod::api::StepView {
+                    node_id: s.node_id,
+                    status: s.status,
+                    attempts: s.attempts,
+                    output: s.output,
+                    error: s.error,
+                    updated_at_ms: s.updated_at_ms,
                 })
-            })
-            .collect();
-        let out = serde_json::json!({
-            "run": run, "steps": steps, "transitions": transitions, "chunks": chunks,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+                .collect();
+            let transitions = store.transitions(&run.id).await?;
+            crate::pod::api::RunDetail {
+                run,
+                steps,
+                transitions,
+            }
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&detail)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let crate::pod::api::RunDetail {
+        run,
+        steps,
+        transitions,
+    } = detail;
     println!(
         "run {}  {}  workflow={} lane={} owner={} epoch={}",
         run.id,
@@ -373,6 +529,71 @@ async fn show_run(args: RunArgs) -> Result<ExitCode> {
             if t.late { " [late]" } else { "" }
         );
     }
-    println!("stream: {} chunks", chunks.len());
     Ok(ExitCode::SUCCESS)
+}
+
+async fn submit(args: SubmitArgs) -> Result<ExitCode> {
+    let client = PodClient::new(&args.pod.pod)?;
+    let input: serde_json::Value = serde_json::from_str(&args.input)
+        .with_context(|| format!("--input is not JSON: {:?}", args.input))?;
+    let req = crate::pod::api::SubmitRequest {
+        workflow: args.workflow,
+        input,
+        idempotency_key: args.idempotency_key,
+    };
+    let resp = client.submit(&req).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&resp)?);
+    } else if resp.created {
+        eprintln!("submitted run {} ({})", resp.run.id, resp.run.workflow);
+        println!("{}", resp.run.id);
+    } else {
+        eprintln!(
+            "idempotency key already used: run {} ({})",
+            resp.run.id, resp.run.state
+        );
+        println!("{}", resp.run.id);
+    }
+    if args.attach {
+        return attach(&client, &resp.run.id, args.json).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn attach(client: &PodClient, id: &str, json: bool) -> Result<ExitCode> {
+    use crate::client::StreamEvent;
+    use std::io::Write as _;
+    let end = client
+        .attach(id, |ev| {
+            if json {
+                println!("{}", serde_json::to_string(ev).unwrap_or_default());
+                return;
+            }
+            match ev {
+                StreamEvent::Chunk { data, .. } => {
+                    print!("{data}");
+                    let _ = std::io::stdout().flush();
+                }
+                StreamEvent::Reset { epoch } => {
+                    eprintln!(
+                        "\n[reset: the run resumed at epoch {epoch}; discard the output above]"
+                    );
+                }
+                StreamEvent::End { .. } => {}
+            }
+        })
+        .await?;
+    if !json {
+        println!();
+        eprintln!(
+            "[end: {}{}]",
+            end.state,
+            end.error.map(|e| format!(": {e}")).unwrap_or_default()
+        );
+    }
+    Ok(if end.state == RunState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

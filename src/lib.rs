@@ -3,5 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod client;
 pub mod demo;
 pub mod engine;
+pub mod pod;

@@ -149,6 +149,16 @@ impl Engine {
         input: Value,
         idempotency_key: Option<String>,
     ) -> Result<RunRecord, EngineError> {
+        Ok(self.submit_keyed(workflow, input, idempotency_key).await?.0)
+    }
+
+    /// [`Engine::submit`], also saying whether this call created the run.
+    pub async fn submit_keyed(
+        &self,
+        workflow: &str,
+        input: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<(RunRecord, bool), EngineError> {
         let wf = self.workflows.get(workflow)?;
         let deadline_at_ms = wf.deadline_ms.map(|d| {
             self.clock

@@ -7,6 +7,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -90,6 +91,10 @@ pub struct Metrics {
     pub step_attempts: Family<Outcome, Counter>,
     pub fenced_writes: Family<Kind, Counter>,
     pub switch_flips: Family<Kind, Counter>,
+    pub too_late_events: Family<Kind, Counter>,
+    pub dispatch_claims: Family<Outcome, Counter>,
+    pub runs_active: Gauge,
+    pub attachers_active: Gauge,
 }
 
 impl Default for Metrics {
@@ -149,8 +154,36 @@ impl Metrics {
             "Kill-switch changes seen by this process",
             switch_flips.clone(),
         );
+        let too_late_events = Family::<Kind, Counter>::default();
+        registry.register(
+            "vigil_too_late_events",
+            "Events for runs already terminal, answered 409 already_terminal (never retried)",
+            too_late_events.clone(),
+        );
+        let dispatch_claims = Family::<Outcome, Counter>::default();
+        registry.register(
+            "vigil_dispatch_claims",
+            "Claims this pod attempted on pending runs and its own previous incarnation's runs",
+            dispatch_claims.clone(),
+        );
+        let runs_active = Gauge::default();
+        registry.register(
+            "vigil_runs_active",
+            "Runs this process is driving now",
+            runs_active.clone(),
+        );
+        let attachers_active = Gauge::default();
+        registry.register(
+            "vigil_attachers_active",
+            "Clients attached to run streams on this process",
+            attachers_active.clone(),
+        );
         Metrics {
             registry,
+            too_late_events,
+            dispatch_claims,
+            runs_active,
+            attachers_active,
             tracker_db_fallback,
             tracker_db_fallback_duration,
             spurious_recovery,
@@ -268,6 +301,26 @@ impl Metrics {
 
     pub fn inc_attempt(&self, outcome: &str) {
         self.step_attempts
+            .get_or_create(&Outcome {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn inc_too_late(&self, kind: &str) {
+        self.too_late_events
+            .get_or_create(&Kind { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn too_late(&self, kind: &str) -> u64 {
+        self.too_late_events
+            .get_or_create(&Kind { kind: kind.into() })
+            .get()
+    }
+
+    pub fn inc_dispatch(&self, outcome: &str) {
+        self.dispatch_claims
             .get_or_create(&Outcome {
                 outcome: outcome.into(),
             })

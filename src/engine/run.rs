@@ -12,7 +12,19 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The lifecycle of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    PartialOrd,
+    Ord,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Pending,
@@ -119,7 +131,7 @@ pub fn is_allowed(from: RunState, to: RunState, policy: LateCompletion) -> bool 
 }
 
 /// What to do with a completion that arrives after a run was marked `lost`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LateCompletion {
     /// Terminal means terminal: the late event gets an "already terminal" answer.
@@ -130,7 +142,7 @@ pub enum LateCompletion {
 }
 
 /// Status of one step of a run, as checkpointed in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Running,
@@ -157,7 +169,7 @@ impl StepStatus {
 }
 
 /// A run as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {
     pub id: String,
     pub workflow: String,
@@ -191,7 +203,7 @@ pub struct StepRecord {
 }
 
 /// One row of the transition log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransitionRecord {
     pub run_id: String,
     pub from: RunState,
@@ -205,7 +217,7 @@ pub struct TransitionRecord {
 }
 
 /// A chunk of a run's output stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Chunk {
     pub run_id: String,
     pub epoch: i64,

@@ -147,11 +147,9 @@ impl Switches {
                     .inc();
             }
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default();
-        self.0.last_tick_ms.store(now, Ordering::Relaxed);
+        self.0
+            .last_tick_ms
+            .store(crate::engine::clock::wall_ms(), Ordering::Relaxed);
         Ok(())
     }
 

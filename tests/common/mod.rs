@@ -7,6 +7,8 @@
 //! where a missing service is a failure.
 #![allow(dead_code)]
 
+pub mod pods;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};

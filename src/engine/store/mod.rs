@@ -143,7 +143,7 @@ pub struct StepSuccess<'a> {
 }
 
 /// A kill switch as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SwitchRow {
     pub name: String,
     pub enabled: bool,
@@ -153,7 +153,7 @@ pub struct SwitchRow {
 }
 
 /// One audit row: every switch change, who, when, old, new and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SwitchAudit {
     pub name: String,
     pub old: Option<bool>,
@@ -199,13 +199,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The metrics registry this store counts transitions and fences in.
     fn metrics(&self) -> &Arc<crate::engine::metrics::Metrics>;
 
-    async fn create_run(&self, run: NewRun) -> StoreResult<RunRecord>;
+    /// Create a run; with an idempotency key already used, return the run it
+    /// created first. The flag says whether this call created the run.
+    async fn create_run(&self, run: NewRun) -> StoreResult<(RunRecord, bool)>;
     async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>>;
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>>;
 
     /// Take ownership of a run with a compare-and-set on the previous owner
     /// (`IS NOT DISTINCT FROM`). A pending run becomes running; a running
-    /// run changes hands. Either way the epoch is bumped.
+    /// run changes hands. Either way the epoch is bumped, and in the same
+    /// transaction the stream chunks of older epochs are purged, so nobody
+    /// attaching after the claim can see the dead owner's prefix.
     async fn claim_run(
         &self,
         run_id: &str,
@@ -260,6 +264,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn append_chunk(&self, run_id: &str, epoch: i64, seq: i64, data: &str)
     -> StoreResult<()>;
     async fn chunks(&self, run_id: &str) -> StoreResult<Vec<Chunk>>;
+    /// Chunks strictly after the cursor `(epoch, seq)`, in stream order.
+    async fn chunks_after(
+        &self,
+        run_id: &str,
+        epoch: i64,
+        seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Chunk>>;
+
+    /// Ids of pending runs, oldest first: the dispatch queue.
+    async fn pending_runs(&self, limit: i64) -> StoreResult<Vec<String>>;
 
     /// Record that a step body executed (the side effect an external system sees).
     async fn record_effect(&self, effect: &EffectRecord) -> StoreResult<()>;

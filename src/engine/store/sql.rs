@@ -82,6 +82,16 @@ macro_rules! impl_store {
             })
         }
 
+        fn decode_chunk(row: &DbRow) -> StoreResult<Chunk> {
+            Ok(Chunk {
+                run_id: row.try_get("run_id")?,
+                epoch: row.try_get("epoch")?,
+                seq: row.try_get("seq")?,
+                data: row.try_get("data")?,
+                at_ms: row.try_get("at")?,
+            })
+        }
+
         fn late_str(p: LateCompletion) -> &'static str {
             match p {
                 LateCompletion::Reject => "reject",
@@ -134,7 +144,7 @@ macro_rules! impl_store {
                 &self.metrics
             }
 
-            async fn create_run(&self, run: NewRun) -> StoreResult<RunRecord> {
+            async fn create_run(&self, run: NewRun) -> StoreResult<(RunRecord, bool)> {
                 let now = self.clock.now_ms();
                 let id = uuid::Uuid::now_v7().to_string();
                 let input = serde_json::to_string(&run.input).unwrap_or_else(|_| "null".into());
@@ -173,7 +183,9 @@ macro_rules! impl_store {
                             .await?
                     }
                 };
-                decode_run(&row)
+                let run = decode_run(&row)?;
+                let created = run.id == id;
+                Ok((run, created))
             }
 
             async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
@@ -250,6 +262,11 @@ macro_rules! impl_store {
                     });
                 };
                 let epoch: i64 = updated.try_get("epoch")?;
+                sqlx::query("DELETE FROM chunks WHERE run_id = $1 AND epoch < $2")
+                    .bind(run_id)
+                    .bind(epoch)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query(
                     "INSERT INTO run_claims (run_id, from_pod, to_pod, epoch, at) \
                      VALUES ($1, $2, $3, $4, $5)",
@@ -574,17 +591,37 @@ macro_rules! impl_store {
                 .bind(run_id)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(Chunk {
-                            run_id: row.try_get("run_id")?,
-                            epoch: row.try_get("epoch")?,
-                            seq: row.try_get("seq")?,
-                            data: row.try_get("data")?,
-                            at_ms: row.try_get("at")?,
-                        })
-                    })
-                    .collect()
+                rows.iter().map(decode_chunk).collect()
+            }
+
+            async fn chunks_after(
+                &self,
+                run_id: &str,
+                epoch: i64,
+                seq: i64,
+                limit: i64,
+            ) -> StoreResult<Vec<Chunk>> {
+                let rows = sqlx::query(
+                    "SELECT run_id, epoch, seq, data, at FROM chunks WHERE run_id = $1 \
+                     AND (epoch > $2 OR (epoch = $2 AND seq > $3)) ORDER BY epoch, seq LIMIT $4",
+                )
+                .bind(run_id)
+                .bind(epoch)
+                .bind(seq)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(decode_chunk).collect()
+            }
+
+            async fn pending_runs(&self, limit: i64) -> StoreResult<Vec<String>> {
+                let rows = sqlx::query(
+                    "SELECT id FROM runs WHERE state = 'pending' ORDER BY created_at, id LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
             }
 
             async fn record_effect(&self, e: &EffectRecord) -> StoreResult<()> {

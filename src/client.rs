@@ -1,0 +1,362 @@
+//! A client of the pod API, for the ops verbs, the console and the chaos
+//! runner. It retries only what can succeed on retry (connection errors and
+//! 503), a bounded number of times; a 4xx, above all 409 `already_terminal`,
+//! is an answer, never retried: no retry storms from Vigil's own clients.
+
+use crate::engine::run::{RunState, TransitionRecord};
+use crate::engine::store::SwitchAudit;
+use crate::pod::api::{
+    ApiErrorBody, RunDetail, RunList, SetSwitchRequest, SubmitRequest, SubmitResponse, SwitchList,
+};
+use crate::pod::stream::{ChunkEvent, EndEvent, ResetEvent};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad pod URL {url:?}: {problem}")]
+    BadUrl { url: String, problem: String },
+    #[error("pod at {url} answered {status}: {} ({})", body.message, body.error)]
+    Api {
+        url: String,
+        status: StatusCode,
+        body: ApiErrorBody,
+    },
+    #[error("pod at {url} unreachable: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("pod at {url} sent something unexpected: {problem}")]
+    Protocol { url: String, problem: String },
+}
+
+impl ClientError {
+    /// The run's state, when the pod answered that it is already terminal.
+    pub fn already_terminal(&self) -> Option<RunState> {
+        match self {
+            ClientError::Api { body, .. } if body.error == "already_terminal" => body.state,
+            _ => None,
+        }
+    }
+}
+
+/// One event of a run's stream, as a client sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum StreamEvent {
+    Chunk {
+        id: String,
+        epoch: i64,
+        seq: i64,
+        data: String,
+    },
+    Reset {
+        epoch: i64,
+    },
+    End {
+        state: RunState,
+        error: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct PodClient {
+    base: url::Url,
+    http: reqwest::Client,
+    /// Attempts for retryable failures (connection errors, 503).
+    pub attempts: u32,
+}
+
+impl PodClient {
+    pub fn new(url: &str) -> Result<Self, ClientError> {
+        let bad = |problem: &str| ClientError::BadUrl {
+            url: url.to_owned(),
+            problem: problem.into(),
+        };
+        let base = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(bad("use http://HOST:PORT"));
+        }
+        if base.host().is_none() {
+            return Err(bad("no host"));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| bad(&e.to_string()))?;
+        Ok(PodClient {
+            base,
+            http,
+            attempts: 3,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    fn endpoint(&self, path: &str) -> Result<url::Url, ClientError> {
+        self.base.join(path).map_err(|e| ClientError::BadUrl {
+            url: format!("{}{path}", self.base),
+            problem: e.to_string(),
+        })
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let url = self.endpoint(path)?;
+        let mut last = None;
+        for attempt in 1..=self.attempts.max(1) {
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .timeout(Duration::from_secs(30));
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let text = resp.text().await.map_err(|source| ClientError::Transport {
+                        url: url.to_string(),
+                        source,
+                    })?;
+                    if status.is_success() {
+                        let v = serde_json::from_str(&text).map_err(|e| ClientError::Protocol {
+                            url: url.to_string(),
+                            problem: format!("{e}: {text:.200}"),
+                        })?;
+                        return Ok((status, v));
+                    }
+                    let body: ApiErrorBody = serde_json::from_str(&text).unwrap_or(ApiErrorBody {
+                        error: "http_error".into(),
+                        message: text.chars().take(200).collect(),
+                        state: None,
+                    });
+                    let err = ClientError::Api {
+                        url: url.to_string(),
+                        status,
+                        body,
+                    };
+                    if status != StatusCode::SERVICE_UNAVAILABLE {
+                        return Err(err);
+                    }
+                    last = Some(err);
+                }
+                Err(source) if source.is_connect() || source.is_timeout() => {
+                    last = Some(ClientError::Transport {
+                        url: url.to_string(),
+                        source,
+                    });
+                }
+                Err(source) => {
+                    return Err(ClientError::Transport {
+                        url: url.to_string(),
+                        source,
+                    });
+                }
+            }
+            if attempt < self.attempts {
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Protocol {
+            url: url.to_string(),
+            problem: "no attempt made".into(),
+        }))
+    }
+
+    pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitResponse, ClientError> {
+        Ok(self.call(Method::POST, "v1/runs", Some(req)).await?.1)
+    }
+
+    pub async fn runs(&self, query: &[(&str, String)]) -> Result<RunList, ClientError> {
+        let mut url = self.endpoint("v1/runs")?;
+        url.query_pairs_mut()
+            .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        let path = format!("v1/runs?{}", url.query().unwrap_or(""));
+        Ok(self.call::<(), _>(Method::GET, &path, None).await?.1)
+    }
+
+    pub async fn run(&self, id: &str) -> Result<RunDetail, ClientError> {
+        Ok(self
+            .call::<(), _>(Method::GET, &format!("v1/runs/{}", enc(id)), None)
+            .await?
+            .1)
+    }
+
+    pub async fn cancel(
+        &self,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<TransitionRecord, ClientError> {
+        let body = crate::pod::api::CancelRequest { reason };
+        Ok(self
+            .call(
+                Method::POST,
+                &format!("v1/runs/{}/cancel", enc(id)),
+                Some(&body),
+            )
+            .await?
+            .1)
+    }
+
+    pub async fn event(&self, id: &str, ev: &crate::pod::api::RunEvent) -> Result<(), ClientError> {
+        let _: crate::pod::api::EventAccepted = self
+            .call(
+                Method::POST,
+                &format!("v1/runs/{}/events", enc(id)),
+                Some(ev),
+            )
+            .await?
+            .1;
+        Ok(())
+    }
+
+    pub async fn switches(&self) -> Result<SwitchList, ClientError> {
+        Ok(self
+            .call::<(), _>(Method::GET, "v1/switches", None)
+            .await?
+            .1)
+    }
+
+    pub async fn set_switch(
+        &self,
+        name: &str,
+        req: &SetSwitchRequest,
+    ) -> Result<SwitchAudit, ClientError> {
+        Ok(self
+            .call(
+                Method::PUT,
+                &format!("v1/switches/{}", enc(name)),
+                Some(req),
+            )
+            .await?
+            .1)
+    }
+
+    pub async fn metrics_text(&self) -> Result<String, ClientError> {
+        let url = self.endpoint("metrics")?;
+        let resp =
+            self.http
+                .get(url.clone())
+                .send()
+                .await
+                .map_err(|source| ClientError::Transport {
+                    url: url.to_string(),
+                    source,
+                })?;
+        resp.text().await.map_err(|source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        })
+    }
+
+    /// Follow a run's stream to its `end` event, calling `on_event` for each
+    /// event. A dropped connection is resumed from the last event id.
+    pub async fn attach(
+        &self,
+        id: &str,
+        mut on_event: impl FnMut(&StreamEvent),
+    ) -> Result<EndEvent, ClientError> {
+        let url = self.endpoint(&format!("v1/runs/{}/stream", enc(id)))?;
+        let mut last_id: Option<String> = None;
+        let mut failures = 0u32;
+        loop {
+            let mut req = self.http.get(url.clone());
+            if let Some(l) = &last_id {
+                req = req.header("Last-Event-ID", l);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(source) => {
+                    failures += 1;
+                    if failures > self.attempts {
+                        return Err(ClientError::Transport {
+                            url: url.to_string(),
+                            source,
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                }
+            };
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                let body = serde_json::from_str(&text).unwrap_or(ApiErrorBody {
+                    error: "http_error".into(),
+                    message: text,
+                    state: None,
+                });
+                return Err(ClientError::Api {
+                    url: url.to_string(),
+                    status,
+                    body,
+                });
+            }
+            let mut events = resp.bytes_stream().eventsource();
+            while let Some(ev) = events.next().await {
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(_) => break, // connection dropped: resume below
+                };
+                let proto = |e: serde_json::Error| ClientError::Protocol {
+                    url: url.to_string(),
+                    problem: format!("bad {} event: {e}", ev.event),
+                };
+                match ev.event.as_str() {
+                    "chunk" => {
+                        let c: ChunkEvent = serde_json::from_str(&ev.data).map_err(proto)?;
+                        last_id = Some(ev.id.clone());
+                        failures = 0;
+                        on_event(&StreamEvent::Chunk {
+                            id: ev.id.clone(),
+                            epoch: c.epoch,
+                            seq: c.seq,
+                            data: c.data,
+                        });
+                    }
+                    "reset" => {
+                        let r: ResetEvent = serde_json::from_str(&ev.data).map_err(proto)?;
+                        on_event(&StreamEvent::Reset { epoch: r.epoch });
+                    }
+                    "end" => {
+                        let e: EndEvent = serde_json::from_str(&ev.data).map_err(proto)?;
+                        on_event(&StreamEvent::End {
+                            state: e.state,
+                            error: e.error.clone(),
+                        });
+                        return Ok(e);
+                    }
+                    _ => {}
+                }
+            }
+            failures += 1;
+            if failures > self.attempts {
+                return Err(ClientError::Protocol {
+                    url: url.to_string(),
+                    problem: "stream ended without an end event".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// Percent-encode one path segment.
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}

@@ -1,0 +1,792 @@
+//! The pod's HTTP API (axum). Every error is a JSON body naming the problem;
+//! store driver details stay in the logs. The OpenAPI document at
+//! `/openapi.json` is generated from these handlers and types.
+
+use super::Pod;
+use super::stream::{self, ChunkEvent, Cursor, EndEvent, ResetEvent};
+use crate::engine::EngineError;
+use crate::engine::run::{RunRecord, RunState, StepStatus, TransitionRecord};
+use crate::engine::store::{RunFilter, StoreError, SwitchAudit, TransitionCtx};
+use crate::engine::switches::{self, SwitchError};
+use crate::engine::workflow::WorkflowError;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+/// The error body of every 4xx and 5xx answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiErrorBody {
+    /// A stable machine-readable code, e.g. `already_terminal`.
+    pub error: String,
+    /// What is wrong, for a person.
+    pub message: String,
+    /// The run's state, where the error is about one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<RunState>,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ApiErrorBody,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ApiErrorBody {
+                error: code.into(),
+                message: message.into(),
+                state: None,
+            },
+        }
+    }
+
+    fn with_state(mut self, state: RunState) -> Self {
+        self.body.state = Some(state);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::RunNotFound { run_id } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "run_not_found",
+                format!("run {run_id} not found"),
+            ),
+            StoreError::AlreadyTerminal { run_id, state, to } => ApiError::new(
+                StatusCode::CONFLICT,
+                "already_terminal",
+                format!(
+                    "run {run_id} is already {state}; {to} is too late and will not be retried"
+                ),
+            )
+            .with_state(state),
+            StoreError::IllegalTransition { run_id, from, to } => ApiError::new(
+                StatusCode::CONFLICT,
+                "illegal_transition",
+                format!("run {run_id}: {from} -> {to} is not allowed"),
+            )
+            .with_state(from),
+            StoreError::Fenced {
+                run_id,
+                held,
+                current,
+                state,
+            } => ApiError::new(
+                StatusCode::CONFLICT,
+                "fenced",
+                format!("run {run_id}: epoch {held} is stale, the run is at epoch {current}"),
+            )
+            .with_state(state),
+            StoreError::ClaimLost { run_id, .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "claim_lost",
+                format!("run {run_id} is owned by someone else"),
+            ),
+            StoreError::Corrupt { .. } => {
+                tracing::error!(error = %e, "corrupt row");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "corrupt_row",
+                    e.to_string(),
+                )
+            }
+            other => {
+                tracing::warn!(error = %other, "store error answered 503");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store is unavailable; retry later",
+                )
+            }
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Store(s) => s.into(),
+            EngineError::Workflow(w @ WorkflowError::Unknown { .. }) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_workflow",
+                w.to_string(),
+            ),
+            EngineError::Workflow(w) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_workflow",
+                w.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::new(r.status(), "bad_request", r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_query", r.body_text())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// Name of a workflow this pod knows (GET /v1/workflows).
+    pub workflow: String,
+    /// The run's input; any JSON value.
+    #[serde(default)]
+    pub input: serde_json::Value,
+    /// A repeated key returns the run it created first, never a second run.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubmitResponse {
+    pub run: RunRecord,
+    /// False when the idempotency key had already created this run.
+    pub created: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StepView {
+    pub node_id: String,
+    pub status: StepStatus,
+    pub attempts: i64,
+    /// The redacted output; the raw copy never leaves the engine.
+    pub output: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunDetail {
+    pub run: RunRecord,
+    pub steps: Vec<StepView>,
+    pub transitions: Vec<TransitionRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RunList {
+    pub runs: Vec<RunRecord>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only runs in this state.
+    pub state: Option<RunState>,
+    pub lane: Option<String>,
+    /// Only runs owned by this pod.
+    pub owner: Option<String>,
+    /// At most this many (1..=1000, default 100), newest first.
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// An event from an external worker about a run it holds at `epoch`.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RunEvent {
+    /// The run finished successfully.
+    Complete { epoch: i64 },
+    /// The run failed.
+    Fail { epoch: i64, error: String },
+    /// One more chunk of the run's stream.
+    Chunk { epoch: i64, seq: i64, data: String },
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventAccepted {
+    pub accepted: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SwitchView {
+    pub name: String,
+    pub enabled: bool,
+    pub default: bool,
+    /// `store` when a row sets it, `default` otherwise.
+    pub source: String,
+    pub disables: String,
+    pub metric: String,
+    pub updated_by: Option<String>,
+    pub reason: Option<String>,
+    pub updated_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SwitchList {
+    pub switches: Vec<SwitchView>,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetSwitchRequest {
+    pub enabled: bool,
+    /// Why: recorded in the audit trail. Required.
+    pub reason: String,
+    /// Who: recorded in the audit trail.
+    #[serde(default)]
+    pub who: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowView {
+    pub name: String,
+    pub description: String,
+    pub lane: String,
+    pub steps: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub pod_id: String,
+    pub store: String,
+    pub runs_active: usize,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Vigil pod API",
+        description = "One engine pod: runs, streams, kill switches, metrics."
+    ),
+    paths(
+        submit_run,
+        list_runs,
+        get_run,
+        attach,
+        cancel_run,
+        post_event,
+        list_switches,
+        set_switch,
+        list_workflows,
+        metrics,
+        healthz,
+        readyz
+    ),
+    components(schemas(ChunkEvent, ResetEvent, EndEvent))
+)]
+pub struct ApiDoc;
+
+pub fn router(pod: Arc<Pod>) -> Router {
+    Router::new()
+        .route("/v1/runs", post(submit_run).get(list_runs))
+        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/runs/{id}/stream", get(attach))
+        .route("/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/v1/runs/{id}/events", post(post_event))
+        .route("/v1/switches", get(list_switches))
+        .route("/v1/switches/{name}", put(set_switch))
+        .route("/v1/workflows", get(list_workflows))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see /openapi.json",
+            )
+        })
+        .with_state(pod)
+}
+
+/// Submit a run.
+#[utoipa::path(post, path = "/v1/runs", request_body = SubmitRequest,
+    responses(
+        (status = 201, description = "Created", body = SubmitResponse),
+        (status = 200, description = "The idempotency key had already created this run", body = SubmitResponse),
+        (status = 400, description = "Malformed request", body = ApiErrorBody),
+        (status = 415, description = "Not JSON", body = ApiErrorBody),
+        (status = 422, description = "Unknown workflow or invalid body", body = ApiErrorBody),
+        (status = 503, description = "Store unavailable", body = ApiErrorBody),
+    ))]
+async fn submit_run(
+    State(pod): State<Arc<Pod>>,
+    body: Result<Json<SubmitRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
+    let Json(req) = body?;
+    if pod.is_stopping() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "this pod is shutting down",
+        ));
+    }
+    if let Some(k) = &req.idempotency_key {
+        if k.is_empty() || k.len() > 200 {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_idempotency_key",
+                "idempotency_key must be 1-200 characters",
+            ));
+        }
+    }
+    let (run, created) = pod
+        .engine
+        .submit_keyed(&req.workflow, req.input, req.idempotency_key)
+        .await?;
+    pod.nudge();
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(SubmitResponse { run, created })))
+}
+
+/// List runs, newest first.
+#[utoipa::path(get, path = "/v1/runs", params(ListQuery),
+    responses(
+        (status = 200, body = RunList),
+        (status = 400, body = ApiErrorBody),
+        (status = 503, body = ApiErrorBody),
+    ))]
+async fn list_runs(
+    State(pod): State<Arc<Pod>>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<RunList>> {
+    let Query(q) = q?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "limit must be 1..=1000",
+        ));
+    }
+    let runs = pod
+        .store
+        .list_runs(&RunFilter {
+            state: q.state,
+            lane: q.lane,
+            owner_pod: q.owner,
+            limit: Some(limit),
+        })
+        .await?;
+    Ok(Json(RunList { runs }))
+}
+
+async fn run_or_404(pod: &Pod, id: &str) -> ApiResult<RunRecord> {
+    pod.store.get_run(id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "run_not_found",
+            format!("run {id} not found"),
+        )
+    })
+}
+
+/// One run with its steps (redacted outputs only) and transitions.
+#[utoipa::path(get, path = "/v1/runs/{id}", params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 200, body = RunDetail),
+        (status = 404, body = ApiErrorBody),
+        (status = 500, description = "A corrupt row, named", body = ApiErrorBody),
+        (status = 503, body = ApiErrorBody),
+    ))]
+async fn get_run(
+    State(pod): State<Arc<Pod>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunDetail>> {
+    let run = run_or_404(&pod, &id).await?;
+    let steps = pod
+        .store
+        .steps(&id)
+        .await?
+        .into_iter()
+        .map(|s| StepView {
+            node_id: s.node_id,
+            status: s.status,
+            attempts: s.attempts,
+            output: s.output,
+            error: s.error,
+            updated_at_ms: s.updated_at_ms,
+        })
+        .collect();
+    let transitions = pod.store.transitions(&id).await?;
+    Ok(Json(RunDetail {
+        run,
+        steps,
+        transitions,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AttachQuery {
+    /// Resume after this event id (`EPOCH:SEQ`); the `Last-Event-ID` header wins.
+    pub after: Option<String>,
+}
+
+/// Attach to a run's stream (Server-Sent Events): replay, then live tail.
+///
+/// Events: `chunk` (id `EPOCH:SEQ`, data ChunkEvent), `reset` (data
+/// ResetEvent: discard everything received so far), `end` (data EndEvent:
+/// the run's final state; the stream closes).
+#[utoipa::path(get, path = "/v1/runs/{id}/stream",
+    params(("id" = String, Path, description = "Run id"), AttachQuery,
+           ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 400, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody),
+        (status = 503, body = ApiErrorBody),
+    ))]
+async fn attach(
+    State(pod): State<Arc<Pod>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<AttachQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q?;
+    run_or_404(&pod, &id).await?;
+    let from = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(q.after);
+    let cursor = match from {
+        None => Cursor::START,
+        Some(s) => Cursor::parse(&s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_cursor",
+                format!("event id {s:?} is not EPOCH:SEQ"),
+            )
+        })?,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(stream::tail(pod.clone(), id, cursor, tx));
+    let sse =
+        Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx)).keep_alive(KeepAlive::default());
+    Ok(sse.into_response())
+}
+
+/// Cancel a run. A run already terminal answers 409 `already_terminal`.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", params(("id" = String, Path, description = "Run id")),
+    request_body(content = Option<CancelRequest>),
+    responses(
+        (status = 200, body = TransitionRecord),
+        (status = 400, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody),
+        (status = 409, description = "Already terminal", body = ApiErrorBody),
+        (status = 415, body = ApiErrorBody),
+        (status = 422, body = ApiErrorBody),
+        (status = 503, body = ApiErrorBody),
+    ))]
+async fn cancel_run(
+    State(pod): State<Arc<Pod>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<TransitionRecord>> {
+    // The body is optional: parse it only when one was sent.
+    let req: CancelRequest = if body.is_empty() {
+        CancelRequest::default()
+    } else {
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "bad_request",
+                "send the cancel body as application/json",
+            ));
+        }
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_request",
+                format!("cancel body: {e}"),
+            )
+        })?
+    };
+    let ctx = TransitionCtx {
+        expected_epoch: None,
+        pod: Some(pod.pod_id.clone()),
+        reason: req
+            .reason
+            .unwrap_or_else(|| "cancelled through the API".into()),
+        error: Some("cancelled".into()),
+    };
+    match pod.store.transition(&id, RunState::Cancelled, &ctx).await {
+        Ok(t) => Ok(Json(t)),
+        Err(e @ StoreError::AlreadyTerminal { .. }) => {
+            pod.engine.metrics.inc_too_late("cancel");
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Report an event for a run held at `epoch` (external workers).
+///
+/// An event for a run already terminal gets 409 `already_terminal` with the
+/// run's state: it is counted and must not be retried. An event carrying a
+/// stale epoch gets 409 `fenced`.
+#[utoipa::path(post, path = "/v1/runs/{id}/events", params(("id" = String, Path, description = "Run id")),
+    request_body = RunEvent,
+    responses(
+        (status = 200, body = EventAccepted),
+        (status = 400, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody),
+        (status = 409, description = "Already terminal, or fenced", body = ApiErrorBody),
+        (status = 415, body = ApiErrorBody),
+        (status = 422, body = ApiErrorBody),
+        (status = 503, body = ApiErrorBody),
+    ))]
+async fn post_event(
+    State(pod): State<Arc<Pod>>,
+    Path(id): Path<String>,
+    body: Result<Json<RunEvent>, JsonRejection>,
+) -> ApiResult<Json<EventAccepted>> {
+    let Json(ev) = body?;
+    let kind = match &ev {
+        RunEvent::Complete { .. } => "complete",
+        RunEvent::Fail { .. } => "fail",
+        RunEvent::Chunk { .. } => "chunk",
+    };
+    let ctx = |epoch, reason: &str, error| TransitionCtx {
+        expected_epoch: Some(epoch),
+        pod: None,
+        reason: reason.into(),
+        error,
+    };
+    let res = match ev {
+        RunEvent::Complete { epoch } => pod
+            .store
+            .transition(
+                &id,
+                RunState::Succeeded,
+                &ctx(epoch, "completion event", None),
+            )
+            .await
+            .map(|_| ()),
+        RunEvent::Fail { epoch, error } => pod
+            .store
+            .transition(
+                &id,
+                RunState::Failed,
+                &ctx(epoch, "failure event", Some(error)),
+            )
+            .await
+            .map(|_| ()),
+        RunEvent::Chunk { epoch, seq, data } => {
+            if seq < 0 {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "bad_request",
+                    "seq must be >= 0",
+                ));
+            }
+            pod.store.append_chunk(&id, epoch, seq, &data).await
+        }
+    };
+    match res {
+        Ok(()) => Ok(Json(EventAccepted { accepted: true })),
+        Err(StoreError::Fenced { run_id, state, .. }) if state.is_terminal() => {
+            pod.engine.metrics.inc_too_late(kind);
+            Err(StoreError::AlreadyTerminal {
+                run_id,
+                state,
+                to: state,
+            }
+            .into())
+        }
+        Err(e @ StoreError::AlreadyTerminal { .. }) => {
+            pod.engine.metrics.inc_too_late(kind);
+            Err(e.into())
+        }
+        Err(StoreError::Db(sqlx::Error::Database(d))) if d.is_unique_violation() => {
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "duplicate_chunk",
+                format!("run {id}: that epoch and seq are already in the stream"),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn switch_views(pod: &Pod) -> ApiResult<Vec<SwitchView>> {
+    let rows = pod.store.switches().await?;
+    Ok(switches::KNOWN
+        .iter()
+        .map(|spec| {
+            let row = rows.iter().find(|r| r.name == spec.name);
+            SwitchView {
+                name: spec.name.into(),
+                enabled: row.map_or(pod.engine.switches.enabled(spec.name), |r| r.enabled),
+                default: spec.default,
+                source: if row.is_some() { "store" } else { "default" }.into(),
+                disables: spec.disables.into(),
+                metric: spec.metric.into(),
+                updated_by: row.map(|r| r.updated_by.clone()),
+                reason: row.map(|r| r.reason.clone()),
+                updated_at_ms: row.map(|r| r.updated_at_ms),
+            }
+        })
+        .collect())
+}
+
+/// Every kill switch: value, default, what turning it off disables.
+#[utoipa::path(get, path = "/v1/switches",
+    responses((status = 200, body = SwitchList), (status = 503, body = ApiErrorBody)))]
+async fn list_switches(State(pod): State<Arc<Pod>>) -> ApiResult<Json<SwitchList>> {
+    Ok(Json(SwitchList {
+        switches: switch_views(&pod).await?,
+    }))
+}
+
+/// Set a kill switch; every pod sees it within a second. Audited.
+#[utoipa::path(put, path = "/v1/switches/{name}", params(("name" = String, Path, description = "Switch name")),
+    request_body = SetSwitchRequest,
+    responses(
+        (status = 200, body = SwitchAudit),
+        (status = 400, body = ApiErrorBody),
+        (status = 404, description = "Unknown switch", body = ApiErrorBody),
+        (status = 415, body = ApiErrorBody),
+        (status = 422, body = ApiErrorBody),
+        (status = 503, body = ApiErrorBody),
+    ))]
+async fn set_switch(
+    State(pod): State<Arc<Pod>>,
+    Path(name): Path<String>,
+    body: Result<Json<SetSwitchRequest>, JsonRejection>,
+) -> ApiResult<Json<SwitchAudit>> {
+    let Json(req) = body?;
+    if req.reason.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reason_required",
+            "say why: reason goes into the audit trail",
+        ));
+    }
+    let who = req.who.unwrap_or_else(|| "api".into());
+    match switches::set(pod.store.as_ref(), &name, req.enabled, &who, &req.reason).await {
+        Ok(a) => {
+            // This pod applies it at once; others within one watch interval.
+            let _ = pod.engine.switches.refresh(pod.store.as_ref()).await;
+            Ok(Json(a))
+        }
+        Err(e @ SwitchError::Unknown { .. }) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_switch",
+            e.to_string(),
+        )),
+        Err(SwitchError::Store(s)) => Err(s.into()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_switch",
+            e.to_string(),
+        )),
+    }
+}
+
+/// The workflows this pod can run.
+#[utoipa::path(get, path = "/v1/workflows", responses((status = 200, body = WorkflowList)))]
+async fn list_workflows(State(pod): State<Arc<Pod>>) -> Json<WorkflowList> {
+    let reg = &pod.engine.workflows;
+    let workflows = reg
+        .names()
+        .filter_map(|n| reg.get(n).ok())
+        .map(|w| WorkflowView {
+            name: w.name.clone(),
+            description: w.description.clone(),
+            lane: w.lane.clone(),
+            steps: w.steps.iter().map(|s| s.id.clone()).collect(),
+        })
+        .collect();
+    Json(WorkflowList { workflows })
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics",
+    responses((status = 200, content_type = "text/plain", body = String)))]
+async fn metrics(State(pod): State<Arc<Pod>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        pod.engine.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Liveness of the process.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+async fn healthz(State(pod): State<Arc<Pod>>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        pod_id: pod.pod_id.clone(),
+        store: pod.store.backend().into(),
+        runs_active: pod.runs_active(),
+    })
+}
+
+/// Readiness: the store answers and the pod is not stopping.
+#[utoipa::path(get, path = "/readyz",
+    responses((status = 200, body = Health), (status = 503, body = ApiErrorBody)))]
+async fn readyz(State(pod): State<Arc<Pod>>) -> ApiResult<Json<Health>> {
+    if pod.is_stopping() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "this pod is shutting down",
+        ));
+    }
+    pod.store.switches().await?;
+    Ok(Json(Health {
+        status: "ready".into(),
+        pod_id: pod.pod_id.clone(),
+        store: pod.store.backend().into(),
+        runs_active: pod.runs_active(),
+    }))
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

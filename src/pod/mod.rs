@@ -1,0 +1,383 @@
+//! `vigil pod`: one engine pod. Several pods share one store.
+//!
+//! A pod claims pending runs (compare-and-set on owner NULL), resumes the
+//! runs its own previous incarnation owned (same stable pod id), drives each
+//! with the engine, and serves the HTTP API. On SIGTERM it stops taking work,
+//! stops its runs' local machinery *without* touching their ownership (so
+//! the recovery path finds them exactly as after a SIGKILL) and exits within
+//! a bounded time.
+
+pub mod api;
+pub mod stream;
+
+use crate::engine::clock;
+use crate::engine::run::RunState;
+use crate::engine::store::{self, RunFilter, Store, StoreError};
+use crate::engine::switches::Switches;
+use crate::engine::workflow::WorkflowRegistry;
+use crate::engine::{Engine, EngineConfig, RunOutcome};
+use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PodArgs {
+    /// Store: a SQLite file path, sqlite://PATH, or postgres://USER@HOST:PORT/DB.
+    #[arg(long, env = "VIGIL_STORE", default_value = "data/vigil.db")]
+    pub store: String,
+    /// Address of the HTTP API.
+    #[arg(long, env = "VIGIL_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Stable identity of this pod. Required in production: a random id per
+    /// restart would strand this pod's runs.
+    #[arg(long, env = "VIGIL_POD_ID")]
+    pub pod_id: Option<String>,
+    /// Production mode: refuse to start without --pod-id (also VIGIL_ENV=production).
+    #[arg(long)]
+    pub production: bool,
+    /// Directory of workflow definitions.
+    #[arg(long, env = "VIGIL_WORKFLOWS", default_value = "fixtures/workflows")]
+    pub workflows: PathBuf,
+    /// Most runs this pod drives at once.
+    #[arg(long, env = "VIGIL_MAX_RUNS", default_value_t = 64)]
+    pub max_runs: usize,
+    /// How often the dispatcher looks for pending runs (ms).
+    #[arg(long, env = "VIGIL_DISPATCH_INTERVAL_MS", default_value_t = 100)]
+    pub dispatch_interval_ms: u64,
+    /// Bound on graceful shutdown (ms): after it, remaining tasks are dropped.
+    #[arg(long, env = "VIGIL_SHUTDOWN_GRACE_MS", default_value_t = 5000)]
+    pub shutdown_grace_ms: u64,
+}
+
+/// A run this pod is driving now.
+#[derive(Debug)]
+struct LocalRun {
+    epoch: i64,
+    cancel: CancellationToken,
+    claimed_at: Instant,
+}
+
+/// The state every handler and loop of one pod shares.
+#[derive(Debug)]
+pub struct Pod {
+    pub engine: Arc<Engine>,
+    pub store: Arc<dyn Store>,
+    pub pod_id: String,
+    pub args: PodArgs,
+    local: Mutex<HashMap<String, LocalRun>>,
+    wake: Notify,
+    /// Fires when the pod stops: no new work, runs abandoned in place.
+    pub shutdown: CancellationToken,
+    tasks: TaskTracker,
+    stopping: AtomicBool,
+    /// Wall-clock ms of each loop's last tick, for /readyz and the console.
+    pub dispatcher_tick_ms: AtomicI64,
+    pub watch_tick_ms: AtomicI64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Resolve the pod id: stable identity, required in production.
+pub fn resolve_pod_id(given: Option<&str>, production: bool) -> Result<String> {
+    match given.map(str::trim) {
+        Some(id) if !id.is_empty() => {
+            if id.len() > 128 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                bail!("--pod-id {id:?}: use at most 128 printable characters without spaces");
+            }
+            Ok(id.to_owned())
+        }
+        _ if production => bail!(
+            "refusing to start: production mode needs a stable pod id. Set --pod-id or \
+             VIGIL_POD_ID (e.g. the StatefulSet pod name); a random id per restart would \
+             strand this pod's runs"
+        ),
+        _ => {
+            let id = format!("pod-{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
+            tracing::warn!(pod_id = %id, "no --pod-id given: generated one (not stable across restarts; required with --production)");
+            Ok(id)
+        }
+    }
+}
+
+impl Pod {
+    pub fn runs_active(&self) -> usize {
+        lock(&self.local).len()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Wake the dispatcher now (a run was just submitted here).
+    pub fn nudge(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Claim `run_id` (CAS on `expected_owner`) and drive it in the background.
+    async fn start_run(self: &Arc<Self>, run_id: &str, expected_owner: Option<&str>) {
+        if self.is_stopping() || lock(&self.local).contains_key(run_id) {
+            return;
+        }
+        let claim = match self
+            .store
+            .claim_run(run_id, &self.pod_id, expected_owner)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if e.is_rejection() => {
+                // Another pod won the race, or the run ended: not ours.
+                self.engine.metrics.inc_dispatch("lost_race");
+                tracing::debug!(run_id, error = %e, "claim not taken");
+                return;
+            }
+            Err(e) => {
+                self.engine.metrics.inc_dispatch("error");
+                tracing::warn!(run_id, error = %e, "claim failed");
+                return;
+            }
+        };
+        self.engine
+            .metrics
+            .inc_dispatch(if claim.from == RunState::Pending {
+                "pending"
+            } else {
+                "resumed"
+            });
+        let cancel = self.shutdown.child_token();
+        lock(&self.local).insert(
+            run_id.to_owned(),
+            LocalRun {
+                epoch: claim.epoch,
+                cancel: cancel.clone(),
+                claimed_at: Instant::now(),
+            },
+        );
+        self.engine.metrics.runs_active.inc();
+        let me = self.clone();
+        let id = run_id.to_owned();
+        self.tasks.spawn(async move {
+            let out = me.engine.drive(&id, claim.epoch, cancel).await;
+            match &out {
+                Ok(RunOutcome::Abandoned) => tracing::info!(run_id = %id, "run left in place (pod stopping or ownership moved)"),
+                Ok(o) => tracing::info!(run_id = %id, outcome = ?o, "run ended here"),
+                Err(e) => tracing::warn!(run_id = %id, error = %e, "run driver stopped on an error; ownership stays for recovery"),
+            }
+            let mut local = lock(&me.local);
+            if local.get(&id).is_some_and(|l| l.epoch == claim.epoch) {
+                local.remove(&id);
+            }
+            drop(local);
+            me.engine.metrics.runs_active.dec();
+        });
+    }
+
+    /// Resume the runs this pod id owned before it restarted.
+    async fn startup_sweep(self: &Arc<Self>) -> Result<(), StoreError> {
+        let mine = self
+            .store
+            .list_runs(&RunFilter {
+                state: Some(RunState::Running),
+                owner_pod: Some(self.pod_id.clone()),
+                ..Default::default()
+            })
+            .await?;
+        for run in mine {
+            tracing::info!(run_id = %run.id, "resuming a run owned by this pod's previous incarnation");
+            self.start_run(&run.id, Some(&self.pod_id)).await;
+        }
+        Ok(())
+    }
+
+    async fn dispatcher(self: Arc<Self>) {
+        let every = Duration::from_millis(self.args.dispatch_interval_ms.max(10));
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(every) => {}
+            }
+            let room = self.args.max_runs.saturating_sub(self.runs_active());
+            if room == 0 {
+                continue;
+            }
+            match self
+                .store
+                .pending_runs(i64::try_from(room).unwrap_or(64))
+                .await
+            {
+                Ok(ids) => {
+                    for id in ids {
+                        self.start_run(&id, None).await;
+                    }
+                    self.dispatcher_tick_ms
+                        .store(clock::wall_ms(), Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "dispatcher cannot read pending runs; retrying")
+                }
+            }
+        }
+    }
+
+    /// Stop local machinery for runs this pod no longer owns at its epoch
+    /// (cancelled through the API, claimed by another pod): they would be
+    /// fenced at their next write anyway; this stops them promptly.
+    async fn ownership_watch(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            let snapshot_at = Instant::now();
+            let owned = match self
+                .store
+                .list_runs(&RunFilter {
+                    state: Some(RunState::Running),
+                    owner_pod: Some(self.pod_id.clone()),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(runs) => runs,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ownership watch cannot read the store");
+                    continue;
+                }
+            };
+            let held: HashMap<&str, i64> = owned.iter().map(|r| (r.id.as_str(), r.epoch)).collect();
+            for (id, l) in lock(&self.local).iter() {
+                if l.claimed_at < snapshot_at && held.get(id.as_str()) != Some(&l.epoch) {
+                    tracing::warn!(run_id = %id, epoch = l.epoch, "no longer ours at this epoch: stopping its machinery");
+                    l.cancel.cancel();
+                }
+            }
+            self.watch_tick_ms
+                .store(clock::wall_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Build a pod from its arguments: open the store, load workflows, read the
+/// switches. Fails with a message naming what is wrong.
+pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod>> {
+    let production = args.production
+        || std::env::var("VIGIL_ENV").is_ok_and(|v| v.eq_ignore_ascii_case("production"));
+    let pod_id = resolve_pod_id(args.pod_id.as_deref(), production)?;
+    let workflows = WorkflowRegistry::load_dir(&args.workflows)
+        .with_context(|| format!("loading workflows from {}", args.workflows.display()))?;
+    let store = store::open(&args.store)
+        .await
+        .context("opening the store")?;
+    let switches = Switches::from_env()?;
+    switches
+        .refresh(store.as_ref())
+        .await
+        .context("reading kill switches")?;
+    switches.spawn_watcher(store.clone(), shutdown.clone());
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        Arc::new(workflows),
+        switches,
+        clock::system(),
+        EngineConfig::new(pod_id.clone()),
+    ));
+    Ok(Arc::new(Pod {
+        engine,
+        store,
+        pod_id,
+        args,
+        local: Mutex::default(),
+        wake: Notify::new(),
+        shutdown,
+        tasks: TaskTracker::new(),
+        stopping: AtomicBool::new(false),
+        dispatcher_tick_ms: AtomicI64::new(0),
+        watch_tick_ms: AtomicI64::new(0),
+    }))
+}
+
+/// Run a pod until `shutdown` fires, then stop within the grace bound.
+pub async fn serve(args: PodArgs, shutdown: CancellationToken) -> Result<()> {
+    let listen = args.listen;
+    let pod = build(args, shutdown.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local_addr = listener.local_addr()?;
+    tracing::info!(pod_id = %pod.pod_id, addr = %local_addr, store = pod.store.backend(), "pod up");
+    // One line on stdout that scripts (and the chaos runner) wait for.
+    println!("vigil pod {} listening on http://{local_addr}", pod.pod_id);
+
+    pod.startup_sweep().await.context("startup sweep")?;
+    let loops = TaskTracker::new();
+    loops.spawn(pod.clone().dispatcher());
+    loops.spawn(pod.clone().ownership_watch());
+    loops.close();
+
+    let app = api::router(pod.clone());
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let served = server.await;
+
+    // Stop taking work; leave every run exactly where a crash would.
+    pod.stopping.store(true, Ordering::Relaxed);
+    shutdown.cancel();
+    pod.tasks.close();
+    let grace = Duration::from_millis(pod.args.shutdown_grace_ms);
+    let drained = tokio::time::timeout(grace, async {
+        pod.tasks.wait().await;
+        loops.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            ?grace,
+            "shutdown grace elapsed with tasks still running; exiting anyway"
+        );
+    }
+    tracing::info!(pod_id = %pod.pod_id, "pod stopped; its runs keep their owner for recovery");
+    served.context("HTTP server")?;
+    Ok(())
+}
+
+/// Cancel `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_refuses_a_missing_pod_id() {
+        let err = resolve_pod_id(None, true).unwrap_err().to_string();
+        assert!(
+            err.contains("--pod-id") && err.contains("VIGIL_POD_ID"),
+            "{err}"
+        );
+        assert!(resolve_pod_id(Some("  "), true).is_err());
+        assert_eq!(resolve_pod_id(Some("web-0"), true).unwrap(), "web-0");
+        assert!(resolve_pod_id(None, false).unwrap().starts_with("pod-"));
+        assert!(resolve_pod_id(Some("a b"), false).is_err());
+    }
+}

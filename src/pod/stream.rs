@@ -1,0 +1,187 @@
+//! Run streams over Server-Sent Events.
+//!
+//! Attach = replay from the start (or from `Last-Event-ID`), then tail.
+//! Every chunk event carries `id: EPOCH:SEQ`. When the run is resumed by a
+//! new owner its claim bumps the epoch and purges older chunks in the same
+//! transaction; a client that already received chunks of an older epoch gets
+//! a `reset` event naming the new epoch and must discard what it has. A run
+//! that ends closes its stream with an `end` event carrying the final state.
+//!
+//! The tail reads the store (not an in-process channel), so a client can
+//! attach to any pod, not just the owner.
+
+use super::Pod;
+use crate::engine::run::RunState;
+use axum::response::sse::Event;
+use serde::Serialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How often an attached stream polls the store for new chunks.
+pub const POLL: Duration = Duration::from_millis(25);
+const BATCH: i64 = 500;
+
+/// Where a client is in a stream: the last `(epoch, seq)` it received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub epoch: i64,
+    pub seq: i64,
+}
+
+impl Cursor {
+    pub const START: Cursor = Cursor { epoch: 0, seq: -1 };
+
+    /// Parse an SSE id `EPOCH:SEQ`.
+    pub fn parse(s: &str) -> Option<Cursor> {
+        let (e, q) = s.trim().split_once(':')?;
+        let c = Cursor {
+            epoch: e.parse().ok()?,
+            seq: q.parse().ok()?,
+        };
+        (c.epoch >= 0 && c.seq >= -1).then_some(c)
+    }
+}
+
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ChunkEvent {
+    pub epoch: i64,
+    pub seq: i64,
+    pub data: String,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ResetEvent {
+    /// The epoch the stream continues at; discard everything received before.
+    pub epoch: i64,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct EndEvent {
+    pub state: RunState,
+    pub error: Option<String>,
+}
+
+fn event<T: Serialize>(kind: &str, body: &T) -> Event {
+    Event::default()
+        .event(kind)
+        .data(serde_json::to_string(body).unwrap_or_else(|_| "{}".into()))
+}
+
+/// Feed `tx` with the run's stream from `cursor` until the run ends, the
+/// client goes away or the pod stops.
+pub async fn tail(
+    pod: Arc<Pod>,
+    run_id: String,
+    mut cursor: Cursor,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    pod.engine.metrics.attachers_active.inc();
+    // The epoch of what this client holds (a resuming client holds its cursor's).
+    let mut holding: Option<i64> = (cursor.epoch > 0).then_some(cursor.epoch);
+    let send = |ev: Event| {
+        let tx = tx.clone();
+        async move { tx.send(Ok(ev)).await.is_ok() }
+    };
+    'outer: loop {
+        // Read the run first: if it is terminal now, every chunk it will
+        // ever have is already committed (the fence rejects later writes).
+        let run = match pod.store.get_run(&run_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(run_id, error = %e, "stream: store read failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = pod.shutdown.cancelled() => break,
+                    _ = tx.closed() => break,
+                }
+            }
+        };
+        loop {
+            let chunks = match pod
+                .store
+                .chunks_after(&run_id, cursor.epoch, cursor.seq, BATCH)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(run_id, error = %e, "stream: chunk read failed; retrying");
+                    break;
+                }
+            };
+            let n = chunks.len();
+            for c in chunks {
+                if holding.is_some_and(|h| c.epoch > h)
+                    && !send(event("reset", &ResetEvent { epoch: c.epoch })).await
+                {
+                    break 'outer;
+                }
+                holding = Some(c.epoch);
+                let ev = event(
+                    "chunk",
+                    &ChunkEvent {
+                        epoch: c.epoch,
+                        seq: c.seq,
+                        data: c.data,
+                    },
+                )
+                .id(format!("{}:{}", c.epoch, c.seq));
+                if !send(ev).await {
+                    break 'outer;
+                }
+                cursor = Cursor {
+                    epoch: c.epoch,
+                    seq: c.seq,
+                };
+            }
+            if i64::try_from(n).unwrap_or(0) < BATCH {
+                break;
+            }
+        }
+        // A new owner claimed the run: tell the client now, not when the
+        // first new chunk arrives, so it stops showing the dead prefix.
+        if holding.is_some_and(|h| run.epoch > h) {
+            if !send(event("reset", &ResetEvent { epoch: run.epoch })).await {
+                break;
+            }
+            holding = Some(run.epoch);
+            cursor = Cursor {
+                epoch: run.epoch,
+                seq: -1,
+            };
+        }
+        if run.state.is_terminal() {
+            let _ = send(event(
+                "end",
+                &EndEvent {
+                    state: run.state,
+                    error: run.error,
+                },
+            ))
+            .await;
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = pod.shutdown.cancelled() => break,
+            _ = tx.closed() => break,
+        }
+    }
+    pod.engine.metrics.attachers_active.dec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_parse_strictly() {
+        assert_eq!(Cursor::parse("2:7"), Some(Cursor { epoch: 2, seq: 7 }));
+        assert_eq!(Cursor::parse(" 1:-1 "), Some(Cursor { epoch: 1, seq: -1 }));
+        for bad in ["", "2", "a:1", "1:b", "-1:0", "1:-2", "1:2:3"] {
+            assert_eq!(Cursor::parse(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! `vigil pod` as a process: the HTTP API, streams, shutdown. Real pods on
+//! loopback against SQLite and PostgreSQL, talked to with reqwest.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::TestDb;
+use common::pods::PodProc;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use std::time::Duration;
+use vigil::client::{PodClient, StreamEvent};
+use vigil::engine::run::RunState;
+
+async fn post(url: &str, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let r = reqwest::get(url).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_state(c: &PodClient, id: &str, want: RunState) {
+    for _ in 0..1000 {
+        if c.run(id).await.unwrap().run.state == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("run {id} never reached {want}");
+}
+
+async fn api_end_to_end(db: &TestDb) {
+    let pod = PodProc::spawn(&db.target(), "api-1", &[]);
+    let u = &pod.url;
+    let c = PodClient::new(u).unwrap();
+
+    // Submit + idempotency.
+    let body = json!({"workflow": "flaky_sync", "input": {"n": 1}, "idempotency_key": "k-1"});
+    let (s1, r1) = post(&format!("{u}v1/runs"), &body).await;
+    let (s2, r2) = post(
+        &format!("{u}v1/runs"),
+        &json!({"workflow": "flaky_sync", "input": {"n": 2}, "idempotency_key": "k-1"}),
+    )
+    .await;
+    assert_eq!((s1, s2), (201, 200), "{r1} {r2}");
+    assert_eq!(r1["run"]["id"], r2["run"]["id"]);
+    assert_eq!(r2["created"], false);
+    let id = r1["run"]["id"].as_str().unwrap().to_owned();
+    wait_state(&c, &id, RunState::Succeeded).await;
+    let (s, detail) = get(&format!("{u}v1/runs/{id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        detail["run"]["run_state"],
+        json!({"phase": "pushed", "pushed": true})
+    );
+    assert!(
+        detail["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s.get("output_raw").is_none())
+    );
+
+    // Bad requests: JSON errors naming the problem, nothing written.
+    let before = c
+        .runs(&[("limit", "1000".into())])
+        .await
+        .unwrap()
+        .runs
+        .len();
+    let (s, e) = post(&format!("{u}v1/runs"), &json!({"workflow": "nope"})).await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (422, Some("unknown_workflow")),
+        "{e}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("chat_reply"));
+    let r = reqwest::Client::new()
+        .post(format!("{u}v1/runs"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "bad_request");
+    let (s, e) = post(
+        &format!("{u}v1/runs"),
+        &json!({"workflow": "chat_reply", "surprise": 1}),
+    )
+    .await;
+    assert_eq!(s, 422, "unknown fields are refused: {e}");
+    assert_eq!(
+        c.runs(&[("limit", "1000".into())])
+            .await
+            .unwrap()
+            .runs
+            .len(),
+        before
+    );
+    let (s, e) = get(&format!("{u}v1/runs/no-such-run")).await;
+    assert_eq!((s, e["error"].as_str()), (404, Some("run_not_found")));
+    let (s, _) = get(&format!("{u}v1/runs?state=bogus")).await;
+    assert_eq!(s, 400);
+    let (s, e) = get(&format!("{u}v1/nothing-here")).await;
+    assert_eq!((s, e["error"].as_str()), (404, Some("not_found")));
+
+    // Filters.
+    let (s, list) = get(&format!("{u}v1/runs?state=succeeded&lane=sync&owner=api-1")).await;
+    assert_eq!(s, 200);
+    assert!(
+        list["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str())
+    );
+    let (_, list) = get(&format!("{u}v1/runs?owner=someone-else")).await;
+    assert!(list["runs"].as_array().unwrap().is_empty());
+
+    // Attach: the whole stream, then the end event.
+    let sub = c
+        .submit(&serde_json::from_value(json!({"workflow": "chat_reply"})).unwrap())
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    let end = c
+        .attach(&sub.run.id, |e| events.push(e.clone()))
+        .await
+        .unwrap();
+    assert_eq!(end.state, RunState::Succeeded);
+    let text: String = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Chunk { data, .. } => Some(data.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        text,
+        (0..12).map(|i| format!("token {i} ")).collect::<String>()
+    );
+    // Resuming from an event id replays only what follows it.
+    let r = reqwest::Client::new()
+        .get(format!("{u}v1/runs/{}/stream", sub.run.id))
+        .header("Last-Event-ID", "1:9")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        r.contains("id: 1:10") && r.contains("id: 1:11") && !r.contains("id: 1:9\n"),
+        "{r}"
+    );
+    assert!(r.contains("event: end"));
+
+    // Cancel, and cancel again: the second is too late, answered 409 with the state.
+    let slow = c
+        .submit(&serde_json::from_value(json!({"workflow": "embed_backfill"})).unwrap())
+        .await
+        .unwrap();
+    let t = c.cancel(&slow.run.id, Some("test".into())).await.unwrap();
+    assert_eq!(t.to, RunState::Cancelled);
+    let again = c.cancel(&slow.run.id, None).await.unwrap_err();
+    assert_eq!(
+        again.already_terminal(),
+        Some(RunState::Cancelled),
+        "{again}"
+    );
+    // A late completion event for a terminal run: structured answer, counted.
+    let (s, e) = post(
+        &format!("{u}v1/runs/{}/events", sub.run.id),
+        &json!({"type": "complete", "epoch": 1}),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"].as_str(), e["state"].as_str()),
+        (409, Some("already_terminal"), Some("succeeded")),
+        "{e}"
+    );
+    let (s, e) = post(
+        &format!("{u}v1/runs/{}/events", sub.run.id),
+        &json!({"type": "chunk", "epoch": 1, "seq": 99, "data": "late"}),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (409, Some("already_terminal")),
+        "{e}"
+    );
+
+    // Switches through the API, audited.
+    let (s, sw) = get(&format!("{u}v1/switches")).await;
+    assert_eq!(s, 200);
+    assert_eq!(sw["switches"][0]["name"], "authority.db_fallback");
+    assert_eq!(sw["switches"][0]["source"], "default");
+    let r = reqwest::Client::new()
+        .put(format!("{u}v1/switches/authority.db_fallback"))
+        .json(&json!({"enabled": false, "reason": "drill", "who": "ops"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, sw) = get(&format!("{u}v1/switches")).await;
+    assert_eq!(
+        (
+            sw["switches"][0]["enabled"].as_bool(),
+            sw["switches"][0]["updated_by"].as_str()
+        ),
+        (Some(false), Some("ops"))
+    );
+    let r = reqwest::Client::new()
+        .put(format!("{u}v1/switches/no.such"))
+        .json(&json!({"enabled": false, "reason": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let r = reqwest::Client::new()
+        .put(format!("{u}v1/switches/authority.db_fallback"))
+        .json(&json!({"enabled": true, "reason": " "}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422, "a reason is required");
+
+    // Metrics, parsed by a real Prometheus text parser.
+    let text = c.metrics_text().await.unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let value = |name: &str, label: (&str, &str)| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(
+        value("vigil_too_late_events_total", ("kind", "complete")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("vigil_too_late_events_total", ("kind", "cancel")),
+        Some(1.0)
+    );
+    assert!(value("vigil_run_transitions_total", ("to", "succeeded")).unwrap_or(0.0) >= 2.0);
+    assert!(
+        value("vigil_step_attempts_total", ("outcome", "failed_transient")).unwrap_or(0.0) >= 2.0
+    );
+
+    // Health, readiness, and the OpenAPI document.
+    let (s, h) = get(&format!("{u}healthz")).await;
+    assert_eq!((s, h["pod_id"].as_str()), (200, Some("api-1")));
+    let (s, _) = get(&format!("{u}readyz")).await;
+    assert_eq!(s, 200);
+    let (s, doc) = get(&format!("{u}openapi.json")).await;
+    assert_eq!(s, 200);
+    for p in [
+        "/v1/runs",
+        "/v1/runs/{id}",
+        "/v1/runs/{id}/stream",
+        "/v1/runs/{id}/cancel",
+        "/v1/runs/{id}/events",
+        "/v1/switches",
+        "/v1/switches/{name}",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(
+            doc["paths"].get(p).is_some(),
+            "{p} missing from /openapi.json"
+        );
+    }
+}
+
+async fn early_and_late_attachers_see_each_chunk_of_the_final_run_once(db: &TestDb) {
+    // pod-a runs a slow stream; a viewer pod serves both attachers.
+    let mut a = PodProc::spawn(&db.target(), "stream-a", &[]);
+    let viewer = PodProc::spawn(&db.target(), "viewer", &["--max-runs", "0"]);
+    let ca = PodClient::new(&a.url).unwrap();
+    let cv = PodClient::new(&viewer.url).unwrap();
+    let run = ca
+        .submit(&serde_json::from_value(json!({"workflow": "chat_reply"})).unwrap())
+        .await
+        .unwrap()
+        .run;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let early = {
+        let (cv, id, received) = (cv.clone(), run.id.clone(), received.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let end = cv
+                .attach(&id, |e| {
+                    received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    seen.push(e.clone());
+                })
+                .await
+                .unwrap();
+            (seen, end)
+        })
+    };
+    // Kill pod-a hard once the early attacher holds 4 chunks of the reply.
+    let h = db.open().await;
+    for _ in 0..4000 {
+        if received.load(std::sync::atomic::Ordering::SeqCst) >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    a.signal(Signal::SIGKILL);
+    a.wait_exit(Duration::from_secs(5))
+        .expect("SIGKILLed pod exits");
+    let r = h.store.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.owner_pod.as_deref(), r.epoch),
+        (RunState::Running, Some("stream-a"), 1)
+    );
+    // Same stable id restarts: its startup sweep resumes the run at epoch 2,
+    // purging epoch 1's chunks in the claim's transaction.
+    let _a2 = PodProc::spawn(&db.target(), "stream-a", &[]);
+    let (seen, end) = early.await.unwrap();
+    assert_eq!(end.state, RunState::Succeeded);
+    let late_seen = {
+        let mut v = Vec::new();
+        cv.attach(&run.id, |e| v.push(e.clone())).await.unwrap();
+        v
+    };
+
+    let chunks_of = |evs: &[StreamEvent]| -> Vec<(i64, i64)> {
+        evs.iter()
+            .filter_map(|e| match e {
+                StreamEvent::Chunk { epoch, seq, .. } => Some((*epoch, *seq)),
+                _ => None,
+            })
+            .collect()
+    };
+    let final_run: Vec<(i64, i64)> = (0..12).map(|s| (2, s)).collect();
+    // Late: exactly the final run's chunks, once each, in order, no reset.
+    assert_eq!(chunks_of(&late_seen), final_run);
+    assert!(
+        !late_seen
+            .iter()
+            .any(|e| matches!(e, StreamEvent::Reset { .. }))
+    );
+    // Early: a prefix of epoch 1, one reset to epoch 2, then every chunk once.
+    let reset_at = seen
+        .iter()
+        .position(|e| matches!(e, StreamEvent::Reset { epoch: 2 }))
+        .expect("a reset");
+    assert_eq!(
+        seen.iter()
+            .filter(|e| matches!(e, StreamEvent::Reset { .. }))
+            .count(),
+        1
+    );
+    let before = chunks_of(&seen[..reset_at]);
+    assert!(
+        before.len() >= 4 && before.iter().enumerate().all(|(i, c)| *c == (1, i as i64)),
+        "{before:?}"
+    );
+    assert_eq!(chunks_of(&seen[reset_at..]), final_run);
+    assert_eq!(
+        h.store.chunks(&run.id).await.unwrap().len(),
+        12,
+        "epoch 1 was purged"
+    );
+}
+
+async fn sigterm_keeps_ownership_and_exits_within_its_bound(db: &TestDb) {
+    let mut pod = PodProc::spawn(&db.target(), "term-1", &["--shutdown-grace-ms", "2000"]);
+    let c = PodClient::new(&pod.url).unwrap();
+    let run = c
+        .submit(&serde_json::from_value(json!({"workflow": "chat_reply"})).unwrap())
+        .await
+        .unwrap()
+        .run;
+    let h = db.open().await;
+    for _ in 0..2000 {
+        if !h.store.chunks(&run.id).await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // An attacher must not hold the shutdown up.
+    let attached = {
+        let c = c.clone();
+        let id = run.id.clone();
+        tokio::spawn(async move { c.attach(&id, |_| {}).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    pod.signal(Signal::SIGTERM);
+    let (took, status) = pod
+        .wait_exit(Duration::from_secs(10))
+        .expect("pod exits after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", pod.log_text());
+    assert!(
+        took < Duration::from_millis(3000),
+        "took {took:?} with a 2000 ms grace"
+    );
+    let r = h.store.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.owner_pod.as_deref()),
+        (RunState::Running, Some("term-1")),
+        "ownership stays for recovery"
+    );
+    attached.abort();
+    let chunks = h.store.chunks(&run.id).await.unwrap().len();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        h.store.chunks(&run.id).await.unwrap().len(),
+        chunks,
+        "nothing written after exit"
+    );
+}
+
+on_both_stores!(
+    api_end_to_end,
+    early_and_late_attachers_see_each_chunk_of_the_final_run_once,
+    sigterm_keeps_ownership_and_exits_within_its_bound,
+);
