@@ -352,14 +352,16 @@ async fn submit_run(
             "this pod is shutting down",
         ));
     }
-    if let Some(k) = &req.idempotency_key {
-        if k.is_empty() || k.len() > 200 {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "bad_idempotency_key",
-                "idempotency_key must be 1-200 characters",
-            ));
-        }
+    if req
+        .idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 200)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_idempotency_key",
+            "idempotency_key must be 1-200 characters",
+        ));
     }
     let (run, created) = pod
         .engine
