@@ -59,3 +59,9 @@ log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 log "cargo test (embedded SQLite + PostgreSQL suites)"
 cargo test --all-targets "$@"
+if [ $# -eq 0 ]; then
+    log "schemathesis against a live pod (SQLite, then PostgreSQL)"
+    ./scripts/api-fuzz.sh "$PGDIR/fuzz.db"
+    as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -qc 'CREATE DATABASE vigil_fuzz' >/dev/null
+    ./scripts/api-fuzz.sh "postgres://postgres@127.0.0.1:$PORT/vigil_fuzz"
+fi

@@ -453,6 +453,24 @@ async fn get_run(
     }))
 }
 
+/// One Server-Sent Event of a run stream, as a client parses it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SseEvent {
+    pub event: SseKind,
+    /// JSON: a ChunkEvent, ResetEvent or EndEvent, by `event`.
+    pub data: String,
+    /// `EPOCH:SEQ`, on chunk events: resume after it with Last-Event-ID.
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SseKind {
+    Chunk,
+    Reset,
+    End,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AttachQuery {
@@ -469,7 +487,7 @@ pub struct AttachQuery {
     params(("id" = String, Path, description = "Run id"), AttachQuery,
            ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
     responses(
-        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = SseEvent),
         (status = 400, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody),
         (status = 503, body = ApiErrorBody),
@@ -789,6 +807,17 @@ async fn readyz(State(pod): State<Arc<Pod>>) -> ApiResult<Json<Health>> {
     }))
 }
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// The document generated from the code, with this pod's workflow names
+/// and the known switch names filled in as enums (they are data, not types).
+async fn openapi(State(pod): State<Arc<Pod>>) -> Json<serde_json::Value> {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let names: Vec<&str> = pod.engine.workflows.names().collect();
+    if let Some(w) = doc.pointer_mut("/components/schemas/SubmitRequest/properties/workflow") {
+        w["enum"] = serde_json::json!(names);
+    }
+    let switch_names: Vec<&str> = switches::KNOWN.iter().map(|s| s.name).collect();
+    if let Some(p) = doc.pointer_mut("/paths/~1v1~1switches~1{name}/put/parameters/0/schema") {
+        p["enum"] = serde_json::json!(switch_names);
+    }
+    Json(doc)
 }
