@@ -58,10 +58,13 @@ cargo fmt --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 log "cargo test (embedded SQLite + PostgreSQL suites)"
-cargo test --all-targets "$@"
+TEST_LOG="$PGDIR/cargo-test.log"
+cargo test --all-targets "$@" 2>&1 | tee "$TEST_LOG"
 if [ $# -eq 0 ]; then
     log "schemathesis against a live pod (SQLite, then PostgreSQL)"
     ./scripts/api-fuzz.sh "$PGDIR/fuzz.db"
     as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -qc 'CREATE DATABASE vigil_fuzz' >/dev/null
     ./scripts/api-fuzz.sh "postgres://postgres@127.0.0.1:$PORT/vigil_fuzz"
 fi
+# One plain closing line for whoever reads the end of this output.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$TEST_LOG"

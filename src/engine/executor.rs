@@ -75,6 +75,7 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
     pub config: EngineConfig,
+    pub lanes: crate::engine::lanes::Lanes,
     http: reqwest::Client,
 }
 
@@ -137,8 +138,17 @@ impl Engine {
             metrics,
             clock,
             config,
+            lanes: crate::engine::lanes::Lanes::builtin(),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Replace the lane config (the default is [`Lanes::builtin`]).
+    ///
+    /// [`Lanes::builtin`]: crate::engine::lanes::Lanes::builtin
+    pub fn with_lanes(mut self, lanes: crate::engine::lanes::Lanes) -> Self {
+        self.lanes = lanes;
+        self
     }
 
     /// Create a run of `workflow`. A repeated idempotency key returns the
@@ -160,6 +170,7 @@ impl Engine {
         idempotency_key: Option<String>,
     ) -> Result<(RunRecord, bool), EngineError> {
         let wf = self.workflows.get(workflow)?;
+        let (heartbeat_timeout_ms, retries_left) = self.lanes.run_policy(&wf.lane);
         let deadline_at_ms = wf.deadline_ms.map(|d| {
             self.clock
                 .now_ms()
@@ -174,6 +185,8 @@ impl Engine {
                 late_completion: wf.late_completion,
                 idempotency_key,
                 deadline_at_ms,
+                heartbeat_timeout_ms,
+                retries_left,
             })
             .await?)
     }
@@ -262,6 +275,22 @@ impl Engine {
                     None => std::future::pending().await,
                 }
             };
+            // Runs on heartbeating lanes say they are alive while their
+            // machinery is; a fenced heartbeat means another owner took over.
+            let heartbeat = async {
+                let Some(t) = run.heartbeat_timeout_ms else {
+                    return std::future::pending().await;
+                };
+                let every = Duration::from_millis(u64::try_from(t / 4).unwrap_or(250).max(10));
+                loop {
+                    tokio::time::sleep(every).await;
+                    match self.store.heartbeat_run(run_id, epoch).await {
+                        Ok(()) => {}
+                        Err(e @ StoreError::Fenced { .. }) => return e,
+                        Err(e) => tracing::warn!(run_id, error = %e, "run heartbeat failed"),
+                    }
+                }
+            };
             let mut deadline_hit = false;
             let end = tokio::select! {
                 end = &mut work => end?,
@@ -272,6 +301,11 @@ impl Engine {
                     run_cancel.cancel();
                     let _ = work.await;
                     LoopEnd::Cancelled
+                }
+                fenced = heartbeat => {
+                    run_cancel.cancel();
+                    let _ = work.await;
+                    return Err(fenced.into());
                 }
             };
             return match end {

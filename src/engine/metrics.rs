@@ -95,6 +95,24 @@ pub struct Metrics {
     pub dispatch_claims: Family<Outcome, Counter>,
     pub runs_active: Gauge,
     pub attachers_active: Gauge,
+    pub pod_deaths: Counter,
+    pub detection_latency: Histogram,
+    pub recovery_claims: Family<Outcome, Counter>,
+    pub reaper_timeouts: Family<Lane, Counter>,
+    pub reaper_retries: Family<Lane, Counter>,
+    pub janitor_lost: Counter,
+    pub ghost_rejected: Counter,
+    pub loop_last_tick: Family<Loop, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Lane {
+    pub lane: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Loop {
+    pub r#loop: String,
 }
 
 impl Default for Metrics {
@@ -178,8 +196,64 @@ impl Metrics {
             "Clients attached to run streams on this process",
             attachers_active.clone(),
         );
+        let pod_deaths = Counter::default();
+        registry.register(
+            "vigil_pod_deaths_detected",
+            "Peer pods this process found dead (and unregistered)",
+            pod_deaths.clone(),
+        );
+        let detection_latency = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "vigil_detection_latency_seconds",
+            "From a dead pod's last sign of life to its detection",
+            detection_latency.clone(),
+        );
+        let recovery_claims = Family::<Outcome, Counter>::default();
+        registry.register(
+            "vigil_recovery_claims",
+            "Claims of orphaned runs: won, or lost to another survivor",
+            recovery_claims.clone(),
+        );
+        let reaper_timeouts = Family::<Lane, Counter>::default();
+        registry.register(
+            "vigil_reaper_timeouts",
+            "Runs timed out by the stale-run reaper",
+            reaper_timeouts.clone(),
+        );
+        let reaper_retries = Family::<Lane, Counter>::default();
+        registry.register(
+            "vigil_reaper_retries",
+            "Retries queued by the reaper, in the statement that timed the run out",
+            reaper_retries.clone(),
+        );
+        let janitor_lost = Counter::default();
+        registry.register(
+            "vigil_janitor_lost",
+            "Runs the janitor marked lost",
+            janitor_lost.clone(),
+        );
+        let ghost_rejected = Counter::default();
+        registry.register(
+            "vigil_ghost_transitions_rejected",
+            "Transitions out of a terminal state rejected (lost -> succeeded and the like)",
+            ghost_rejected.clone(),
+        );
+        let loop_last_tick = Family::<Loop, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "vigil_loop_last_tick_seconds",
+            "Unix time of each background loop's last completed tick",
+            loop_last_tick.clone(),
+        );
         Metrics {
             registry,
+            pod_deaths,
+            detection_latency,
+            recovery_claims,
+            reaper_timeouts,
+            reaper_retries,
+            janitor_lost,
+            ghost_rejected,
+            loop_last_tick,
             too_late_events,
             dispatch_claims,
             runs_active,
@@ -325,6 +399,28 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+
+    pub fn inc_lane(&self, family: &Family<Lane, Counter>, lane: &str) {
+        family.get_or_create(&Lane { lane: lane.into() }).inc();
+    }
+
+    pub fn lane_count(&self, family: &Family<Lane, Counter>, lane: &str) -> u64 {
+        family.get_or_create(&Lane { lane: lane.into() }).get()
+    }
+
+    pub fn inc_claim(&self, outcome: &str) {
+        self.recovery_claims
+            .get_or_create(&Outcome { outcome: outcome.into() })
+            .inc();
+    }
+
+    /// Record that a background loop finished a tick now.
+    pub fn tick(&self, name: &str) {
+        let now = crate::engine::clock::wall_ms() as f64 / 1000.0;
+        self.loop_last_tick
+            .get_or_create(&Loop { r#loop: name.into() })
+            .set(now);
     }
 
     pub fn fenced(&self, kind: &str) -> u64 {

@@ -3,6 +3,8 @@
 pub mod authority;
 pub mod clock;
 pub mod executor;
+pub mod lanes;
+pub mod liveness;
 pub mod metrics;
 pub mod run;
 pub mod store;

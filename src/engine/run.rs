@@ -187,6 +187,15 @@ pub struct RunRecord {
     pub deadline_at_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// None: the run's lane does not heartbeat and the reaper never touches it.
+    pub heartbeat_timeout_ms: Option<i64>,
+    pub heartbeat_at_ms: Option<i64>,
+    /// Reaper retries left; a retry run gets one less.
+    pub retries_left: i64,
+    /// The first run of this retry chain (the run itself for a first run).
+    pub family: Option<String>,
+    /// The run this one retries, if it is a retry.
+    pub retry_of: Option<String>,
 }
 
 /// A step row as stored. `output_raw` never leaves the engine.

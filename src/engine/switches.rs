@@ -27,15 +27,44 @@ pub struct SwitchSpec {
 
 pub const AUTHORITY_DB_FALLBACK: &str = "authority.db_fallback";
 
-pub const KNOWN: &[SwitchSpec] = &[SwitchSpec {
-    name: AUTHORITY_DB_FALLBACK,
-    default: true,
-    env: "VIGIL_SWITCH_AUTHORITY_DB_FALLBACK",
-    disables: "the batched store lookup of predecessor outputs on a tracker miss; a run \
-               resumed on another process then sees missing predecessors as absent (the \
-               pre-fix behaviour of FIELD-NOTES section 1)",
-    metric: "vigil_tracker_db_fallback_total{outcome=\"disabled\"}",
-}];
+pub const RECOVERY_ENABLED: &str = "recovery.enabled";
+pub const REAPER_ENABLED: &str = "reaper.enabled";
+pub const JANITOR_ENABLED: &str = "janitor.enabled";
+
+pub const KNOWN: &[SwitchSpec] = &[
+    SwitchSpec {
+        name: AUTHORITY_DB_FALLBACK,
+        default: true,
+        env: "VIGIL_SWITCH_AUTHORITY_DB_FALLBACK",
+        disables: "the batched store lookup of predecessor outputs on a tracker miss; a run \
+                   resumed on another process then sees missing predecessors as absent (the \
+                   pre-fix behaviour of FIELD-NOTES section 1)",
+        metric: "vigil_tracker_db_fallback_total{outcome=\"disabled\"}",
+    },
+    SwitchSpec {
+        name: RECOVERY_ENABLED,
+        default: true,
+        env: "VIGIL_SWITCH_RECOVERY_ENABLED",
+        disables: "claiming the runs of dead pods; dead pods are still detected and counted, \
+                   their runs wait (and the janitor may mark them lost)",
+        metric: "vigil_recovery_claims_total",
+    },
+    SwitchSpec {
+        name: REAPER_ENABLED,
+        default: true,
+        env: "VIGIL_SWITCH_REAPER_ENABLED",
+        disables: "timing out stale heartbeating runs (and queueing their retries) and runs past \
+                   their deadline",
+        metric: "vigil_reaper_timeouts_total",
+    },
+    SwitchSpec {
+        name: JANITOR_ENABLED,
+        default: true,
+        env: "VIGIL_SWITCH_JANITOR_ENABLED",
+        disables: "marking lost the runs whose owner is gone and that nobody resumed",
+        metric: "vigil_janitor_lost_total",
+    },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SwitchError {

@@ -11,6 +11,7 @@ pub mod api;
 pub mod stream;
 
 use crate::engine::clock;
+use crate::engine::lanes::Lanes;
 use crate::engine::run::RunState;
 use crate::engine::store::{self, RunFilter, Store, StoreError};
 use crate::engine::switches::Switches;
@@ -54,6 +55,37 @@ pub struct PodArgs {
     /// Bound on graceful shutdown (ms): after it, remaining tasks are dropped.
     #[arg(long, env = "VIGIL_SHUTDOWN_GRACE_MS", default_value_t = 5000)]
     pub shutdown_grace_ms: u64,
+    /// Lane config (TOML, `[lanes.NAME]` tables) over the built-in lanes.
+    #[arg(long, env = "VIGIL_LANES")]
+    pub lanes: Option<PathBuf>,
+    /// Liveness timeout (ms): the SQLite lease TTL, PostgreSQL's idle_session_timeout
+    /// on the liveness connection. Renewed every fifth of it.
+    #[arg(long, env = "VIGIL_LIVENESS_TIMEOUT_MS", default_value_t = 2000)]
+    pub liveness_timeout_ms: u64,
+    /// How often this pod probes its peers and looks for orphaned runs (ms).
+    #[arg(long, env = "VIGIL_PROBE_INTERVAL_MS", default_value_t = 200)]
+    pub probe_interval_ms: u64,
+    /// How often the stale-run reaper runs (ms).
+    #[arg(long, env = "VIGIL_REAPER_INTERVAL_MS", default_value_t = 500)]
+    pub reaper_interval_ms: u64,
+    /// How far past its deadline a run may be before the reaper times it out (ms).
+    #[arg(long, env = "VIGIL_DEADLINE_GRACE_MS", default_value_t = 2000)]
+    pub deadline_grace_ms: u64,
+    /// How often the janitor runs (ms).
+    #[arg(long, env = "VIGIL_JANITOR_INTERVAL_MS", default_value_t = 1000)]
+    pub janitor_interval_ms: u64,
+    /// An orphaned run nobody resumed for this long is marked lost (ms).
+    #[arg(long, env = "VIGIL_LOST_AFTER_MS", default_value_t = 300_000)]
+    pub lost_after_ms: u64,
+    /// Serve fault-injection endpoints under /v1/chaos (tests and chaos runs only).
+    #[arg(long, env = "VIGIL_CHAOS_HOOKS")]
+    pub chaos_hooks: bool,
+}
+
+impl PodArgs {
+    fn liveness_timeout(&self) -> Duration {
+        Duration::from_millis(self.liveness_timeout_ms.max(200))
+    }
 }
 
 /// A run this pod is driving now.
@@ -77,6 +109,8 @@ pub struct Pod {
     pub shutdown: CancellationToken,
     tasks: TaskTracker,
     stopping: AtomicBool,
+    /// Runs whose machinery a chaos hook stopped while keeping ownership.
+    stalled: Mutex<std::collections::HashSet<String>>,
     /// Wall-clock ms of each loop's last tick, for /readyz and the console.
     pub dispatcher_tick_ms: AtomicI64,
     pub watch_tick_ms: AtomicI64,
@@ -122,10 +156,14 @@ impl Pod {
         self.wake.notify_one();
     }
 
-    /// Claim `run_id` (CAS on `expected_owner`) and drive it in the background.
-    async fn start_run(self: &Arc<Self>, run_id: &str, expected_owner: Option<&str>) {
-        if self.is_stopping() || lock(&self.local).contains_key(run_id) {
-            return;
+    /// Claim `run_id` (CAS on `expected_owner`) and drive it in the
+    /// background. True when this pod won the claim.
+    async fn start_run(self: &Arc<Self>, run_id: &str, expected_owner: Option<&str>) -> bool {
+        if self.is_stopping()
+            || lock(&self.local).contains_key(run_id)
+            || lock(&self.stalled).contains(run_id)
+        {
+            return false;
         }
         let claim = match self
             .store
@@ -137,12 +175,12 @@ impl Pod {
                 // Another pod won the race, or the run ended: not ours.
                 self.engine.metrics.inc_dispatch("lost_race");
                 tracing::debug!(run_id, error = %e, "claim not taken");
-                return;
+                return false;
             }
             Err(e) => {
                 self.engine.metrics.inc_dispatch("error");
                 tracing::warn!(run_id, error = %e, "claim failed");
-                return;
+                return false;
             }
         };
         self.engine
@@ -178,6 +216,170 @@ impl Pod {
             drop(local);
             me.engine.metrics.runs_active.dec();
         });
+        true
+    }
+
+    /// Chaos hook: stop a run's machinery here while keeping its ownership,
+    /// as if its driver had died on a live pod. Only the reaper (heartbeating
+    /// lanes) or the deadline can end it now.
+    pub fn stall(&self, run_id: &str) -> bool {
+        let local = lock(&self.local);
+        let Some(l) = local.get(run_id) else { return false };
+        lock(&self.stalled).insert(run_id.to_owned());
+        l.cancel.cancel();
+        true
+    }
+
+    fn stop_all_local(&self) {
+        for l in lock(&self.local).values() {
+            l.cancel.cancel();
+        }
+    }
+
+    /// Probe every peer; claim the runs of the dead (CAS on the dead owner).
+    async fn probe_and_recover(self: &Arc<Self>) {
+        let liveness = self.store.liveness();
+        let peers = match liveness.pods().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the pod registry");
+                return;
+            }
+        };
+        for peer in peers.iter().filter(|p| p.pod_id != self.pod_id) {
+            match liveness.probe(peer, &self.pod_id).await {
+                Ok(Some(death)) => {
+                    let latency = (death.detected_at_ms - death.last_heartbeat_at_ms).max(0) as f64 / 1000.0;
+                    self.engine.metrics.pod_deaths.inc();
+                    self.engine.metrics.detection_latency.observe(latency);
+                    tracing::warn!(pod = %death.pod_id, incarnation = %death.incarnation, latency_s = latency, "peer pod is dead");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(pod = %peer.pod_id, error = %e, "probe failed"),
+            }
+        }
+        if self.is_stopping() || !self.engine.switches.enabled(crate::engine::switches::RECOVERY_ENABLED) {
+            return;
+        }
+        let room = self.args.max_runs.saturating_sub(self.runs_active());
+        if room == 0 {
+            return;
+        }
+        match self.store.orphaned_runs(i64::try_from(room).unwrap_or(64)).await {
+            Ok(orphans) => {
+                for (id, owner) in orphans {
+                    if self.start_run(&id, owner.as_deref()).await {
+                        self.engine.metrics.inc_claim("won");
+                        tracing::info!(run_id = %id, from = ?owner, "recovered an orphaned run");
+                    } else {
+                        self.engine.metrics.inc_claim("lost");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list orphaned runs"),
+        }
+    }
+
+    /// Keep our membership alive, probe peers, recover orphans. Returns the
+    /// membership so the caller can leave after the runs have stopped.
+    async fn liveness_loop(
+        self: Arc<Self>,
+        mut membership: Box<dyn crate::engine::liveness::Membership>,
+        mut identity: crate::engine::liveness::Identity,
+        stop: CancellationToken,
+    ) -> Box<dyn crate::engine::liveness::Membership> {
+        let mut renew = tokio::time::interval(identity.timeout / 5);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe = tokio::time::interval(Duration::from_millis(self.args.probe_interval_ms.max(10)));
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = renew.tick() => {
+                    if matches!(membership.renew().await, Ok(true)) {
+                        continue;
+                    }
+                    // Declared dead (paused, partitioned, or our session was
+                    // killed): peers are taking our runs. Stop ours, rejoin as
+                    // a new incarnation, and take back what is still ours.
+                    tracing::error!(pod_id = %self.pod_id, "lost liveness: stopping local runs and rejoining");
+                    self.stop_all_local();
+                    identity.incarnation = uuid::Uuid::now_v7().to_string();
+                    loop {
+                        match self.store.liveness().join(&identity, identity.timeout * 2).await {
+                            Ok(m) => {
+                                membership = m;
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "rejoin failed; retrying");
+                                tokio::select! {
+                                    _ = stop.cancelled() => return membership,
+                                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                                }
+                            }
+                        }
+                    }
+                    if let Err(e) = self.startup_sweep().await {
+                        tracing::warn!(error = %e, "sweep after rejoin failed");
+                    }
+                }
+                _ = probe.tick() => {
+                    self.probe_and_recover().await;
+                    self.engine.metrics.tick("liveness");
+                }
+            }
+        }
+        membership
+    }
+
+    async fn reaper_loop(self: Arc<Self>) {
+        use crate::engine::switches::REAPER_ENABLED;
+        let every = Duration::from_millis(self.args.reaper_interval_ms.max(10));
+        let grace = i64::try_from(self.args.deadline_grace_ms).unwrap_or(i64::MAX);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if !self.engine.switches.enabled(REAPER_ENABLED) {
+                continue;
+            }
+            match self.store.reap_stale(&self.pod_id).await {
+                Ok(r) if !r.timed_out.is_empty() => tracing::warn!(
+                    timed_out = ?r.timed_out, retried = ?r.retried, "reaper timed out stale runs"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
+            }
+            match self.store.time_out_overdue(grace, &self.pod_id).await {
+                Ok(ids) if !ids.is_empty() => tracing::warn!(runs = ?ids, "reaper timed out runs past their deadline"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "deadline pass failed"),
+            }
+            self.engine.metrics.tick("reaper");
+        }
+    }
+
+    async fn janitor_loop(self: Arc<Self>) {
+        use crate::engine::switches::JANITOR_ENABLED;
+        let every = Duration::from_millis(self.args.janitor_interval_ms.max(10));
+        let lost_after = i64::try_from(self.args.lost_after_ms).unwrap_or(i64::MAX);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if !self.engine.switches.enabled(JANITOR_ENABLED) {
+                continue;
+            }
+            match self.store.mark_lost(lost_after, &self.pod_id).await {
+                Ok(ids) if !ids.is_empty() => tracing::warn!(runs = ?ids, "janitor marked runs lost"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "janitor pass failed"),
+            }
+            self.engine.metrics.tick("janitor");
+        }
     }
 
     /// Resume the runs this pod id owned before it restarted.
@@ -191,6 +393,9 @@ impl Pod {
             })
             .await?;
         for run in mine {
+            if lock(&self.local).contains_key(&run.id) {
+                continue;
+            }
             tracing::info!(run_id = %run.id, "resuming a run owned by this pod's previous incarnation");
             self.start_run(&run.id, Some(&self.pod_id)).await;
         }
@@ -277,19 +482,27 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
     let store = store::open(&args.store)
         .await
         .context("opening the store")?;
+    let lanes = match &args.lanes {
+        Some(f) => Lanes::load(f)?,
+        None => Lanes::builtin(),
+    };
+    lanes.check(&workflows)?;
     let switches = Switches::from_env()?;
     switches
         .refresh(store.as_ref())
         .await
         .context("reading kill switches")?;
     switches.spawn_watcher(store.clone(), shutdown.clone());
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        Arc::new(workflows),
-        switches,
-        clock::system(),
-        EngineConfig::new(pod_id.clone()),
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            store.clone(),
+            Arc::new(workflows),
+            switches,
+            clock::system(),
+            EngineConfig::new(pod_id.clone()),
+        )
+        .with_lanes(lanes),
+    );
     Ok(Arc::new(Pod {
         engine,
         store,
@@ -300,6 +513,7 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
         shutdown,
         tasks: TaskTracker::new(),
         stopping: AtomicBool::new(false),
+        stalled: Mutex::default(),
         dispatcher_tick_ms: AtomicI64::new(0),
         watch_tick_ms: AtomicI64::new(0),
     }))
@@ -314,6 +528,18 @@ pub async fn serve(args: PodArgs, shutdown: CancellationToken) -> Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local_addr = listener.local_addr()?;
     tracing::info!(pod_id = %pod.pod_id, addr = %local_addr, store = pod.store.backend(), "pod up");
+    let identity = crate::engine::liveness::Identity {
+        pod_id: pod.pod_id.clone(),
+        incarnation: uuid::Uuid::now_v7().to_string(),
+        addr: Some(format!("http://{local_addr}")),
+        timeout: pod.args.liveness_timeout(),
+    };
+    let membership = pod
+        .store
+        .liveness()
+        .join(&identity, identity.timeout * 3)
+        .await
+        .context("joining the pod registry")?;
     // One line on stdout that scripts (and the chaos runner) wait for.
     println!("vigil pod {} listening on http://{local_addr}", pod.pod_id);
 
@@ -321,7 +547,11 @@ pub async fn serve(args: PodArgs, shutdown: CancellationToken) -> Result<()> {
     let loops = TaskTracker::new();
     loops.spawn(pod.clone().dispatcher());
     loops.spawn(pod.clone().ownership_watch());
+    loops.spawn(pod.clone().reaper_loop());
+    loops.spawn(pod.clone().janitor_loop());
     loops.close();
+    let liveness_stop = CancellationToken::new();
+    let liveness = tokio::spawn(pod.clone().liveness_loop(membership, identity, liveness_stop.clone()));
 
     let app = api::router(pod.clone());
     let server =
@@ -343,6 +573,17 @@ pub async fn serve(args: PodArgs, shutdown: CancellationToken) -> Result<()> {
             ?grace,
             "shutdown grace elapsed with tasks still running; exiting anyway"
         );
+    }
+    // Only now, with our runs stopped, give up liveness: peers recover our
+    // runs by the same path as after a SIGKILL.
+    liveness_stop.cancel();
+    match liveness.await {
+        Ok(m) => {
+            if let Err(e) = m.leave().await {
+                tracing::warn!(error = %e, "leaving the registry failed; peers will find us dead anyway");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "liveness loop ended abnormally"),
     }
     tracing::info!(pod_id = %pod.pod_id, "pod stopped; its runs keep their owner for recovery");
     served.context("HTTP server")?;

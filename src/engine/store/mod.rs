@@ -100,6 +100,9 @@ pub struct NewRun {
     pub late_completion: LateCompletion,
     pub idempotency_key: Option<String>,
     pub deadline_at_ms: Option<i64>,
+    /// From the lane config: None when the lane does not heartbeat.
+    pub heartbeat_timeout_ms: Option<i64>,
+    pub retries_left: i64,
 }
 
 /// Who asks for a transition, and with what authority.
@@ -180,6 +183,25 @@ pub struct EffectRecord {
     pub attempt: i64,
     pub epoch: i64,
     pub pod: String,
+}
+
+/// What one reaper pass did: runs timed out and retries queued, with lanes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReapReport {
+    /// `(run_id, lane)` of every run timed out.
+    pub timed_out: Vec<(String, String)>,
+    /// `(new_run_id, lane, retry_of)` of every retry queued.
+    pub retried: Vec<(String, String, String)>,
+}
+
+/// One row of the claim log: who took a run from whom, at which epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ClaimRecord {
+    pub run_id: String,
+    pub from_pod: Option<String>,
+    pub to_pod: String,
+    pub epoch: i64,
+    pub at_ms: i64,
 }
 
 /// Counters a test can read to prove how many queries a path issued.
@@ -279,6 +301,32 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Record that a step body executed (the side effect an external system sees).
     async fn record_effect(&self, effect: &EffectRecord) -> StoreResult<()>;
     async fn effects(&self, run_id: &str) -> StoreResult<Vec<EffectRecord>>;
+
+    /// This store's liveness mechanism (advisory locks or leases).
+    fn liveness(&self) -> &dyn crate::engine::liveness::Liveness;
+
+    /// The owner's progress signal for runs on heartbeating lanes (fenced).
+    async fn heartbeat_run(&self, run_id: &str, epoch: i64) -> StoreResult<()>;
+
+    /// Running runs whose owner is not in the pod registry: `(run_id, owner)`.
+    async fn orphaned_runs(&self, limit: i64) -> StoreResult<Vec<(String, Option<String>)>>;
+
+    /// Time out every running run whose lane heartbeats and whose heartbeat
+    /// is older than its lane's timeout, and queue a retry for those with
+    /// retries left and no active sibling: atomically, in one statement on
+    /// PostgreSQL (a CTE) and one transaction on SQLite.
+    async fn reap_stale(&self, by: &str) -> StoreResult<ReapReport>;
+
+    /// Time out running runs more than `grace_ms` past their deadline (their
+    /// owner should have; the bound for lanes that do not heartbeat).
+    async fn time_out_overdue(&self, grace_ms: i64, by: &str) -> StoreResult<Vec<String>>;
+
+    /// Mark `lost` the running runs whose owner is gone and that nobody
+    /// resumed within `lost_after_ms`, in one transaction.
+    async fn mark_lost(&self, lost_after_ms: i64, by: &str) -> StoreResult<Vec<String>>;
+
+    /// The claim log of a run, oldest first.
+    async fn claims(&self, run_id: &str) -> StoreResult<Vec<ClaimRecord>>;
 
     async fn switches(&self) -> StoreResult<Vec<SwitchRow>>;
     /// Set a switch and write its audit row in one transaction.

@@ -14,6 +14,8 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// For the dedicated liveness connection of this process.
+    options: PgConnectOptions,
     url: String,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -71,7 +73,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|source| super::StoreError::Unreachable {
                 target: shown.clone(),
@@ -81,6 +83,7 @@ impl PgStore {
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(PgStore {
             pool,
+            options,
             url: shown,
             clock,
             metrics,
@@ -103,3 +106,221 @@ impl PgStore {
 }
 
 impl_store!(PgStore, Postgres, dialect);
+
+impl PgStore {
+    /// The reaper's one statement: time out stale heartbeating runs, log the
+    /// transitions and queue retries (no active sibling) in a single CTE, so
+    /// the timed-out count and the retries-queued count cannot disagree.
+    async fn reap_stale_impl(&self, now: i64, by: &str) -> super::StoreResult<super::ReapReport> {
+        use sqlx::Row as _;
+        let rows = sqlx::query(
+            "WITH reaped AS ( \
+               UPDATE runs SET state = 'timed_out', updated_at = $1, \
+                 error = 'reaped: no heartbeat within its lane''s timeout' \
+               WHERE state = 'running' AND heartbeat_timeout_ms IS NOT NULL \
+                 AND heartbeat_at + heartbeat_timeout_ms < $1 \
+               RETURNING id, epoch, workflow, lane, input, late_completion, deadline_at, \
+                 created_at, heartbeat_timeout_ms, retries_left, family \
+             ), logged AS ( \
+               INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, reason, late, at) \
+               SELECT id, 'running', 'timed_out', epoch, $2, \
+                 'reaper: no heartbeat within its lane''s timeout', FALSE, $1 FROM reaped \
+             ), retried AS ( \
+               INSERT INTO runs (id, workflow, lane, input, state, epoch, late_completion, \
+                 run_state, deadline_at, created_at, updated_at, heartbeat_timeout_ms, \
+                 retries_left, family, retry_of) \
+               SELECT gen_random_uuid()::text, r.workflow, r.lane, r.input, 'pending', 0, \
+                 r.late_completion, '{}', \
+                 CASE WHEN r.deadline_at IS NULL THEN NULL ELSE $1 + (r.deadline_at - r.created_at) END, \
+                 $1, $1, r.heartbeat_timeout_ms, r.retries_left - 1, COALESCE(r.family, r.id), r.id \
+               FROM reaped r \
+               WHERE r.retries_left > 0 AND NOT EXISTS ( \
+                 SELECT 1 FROM runs s WHERE s.family = r.family AND s.id <> r.id \
+                   AND s.state IN ('pending', 'running')) \
+               RETURNING id, lane, retry_of \
+             ) \
+             SELECT 'timed_out' AS kind, id, lane, NULL::text AS retry_of FROM reaped \
+             UNION ALL SELECT 'retried', id, lane, retry_of FROM retried",
+        )
+        .bind(now)
+        .bind(by)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut report = super::ReapReport::default();
+        for row in rows {
+            let kind: String = row.try_get("kind")?;
+            let id: String = row.try_get("id")?;
+            let lane: String = row.try_get("lane")?;
+            if kind == "timed_out" {
+                report.timed_out.push((id, lane));
+            } else {
+                let of: Option<String> = row.try_get("retry_of")?;
+                report.retried.push((id, lane, of.unwrap_or_default()));
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// This process's liveness: a session advisory lock on a dedicated
+/// connection, kept busy enough that `idle_session_timeout` never fires
+/// while the process runs, and fires soon after it stops (SIGSTOP, a cut
+/// network) so the lock is released.
+struct LockMembership {
+    conn: sqlx::PgConnection,
+    clock: Arc<dyn Clock>,
+    me: crate::engine::liveness::Identity,
+}
+
+impl std::fmt::Debug for LockMembership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockMembership").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::engine::liveness::Membership for LockMembership {
+    async fn renew(&mut self) -> Result<bool, super::StoreError> {
+        let now = self.clock.now_ms();
+        // Any failure here means our session (and so our lock) may be gone.
+        let done = sqlx::query("UPDATE pods SET heartbeat_at = $3 WHERE pod_id = $1 AND incarnation = $2")
+            .bind(&self.me.pod_id)
+            .bind(&self.me.incarnation)
+            .bind(now)
+            .execute(&mut self.conn)
+            .await;
+        match done {
+            Ok(r) => Ok(r.rows_affected() == 1),
+            Err(e) => {
+                tracing::warn!(error = %e, "liveness connection failed: our lock is gone");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn leave(self: Box<Self>) -> Result<(), super::StoreError> {
+        use sqlx::Connection as _;
+        // Closing the session releases the lock; peers see us dead at their
+        // next probe and recover our runs as after a SIGKILL.
+        self.conn.close().await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::engine::liveness::Liveness for PgStore {
+    async fn join(
+        &self,
+        me: &crate::engine::liveness::Identity,
+        wait: Duration,
+    ) -> Result<Box<dyn crate::engine::liveness::Membership>, crate::engine::liveness::LivenessError> {
+        use sqlx::Connection as _;
+        let store_err = |e: sqlx::Error| crate::engine::liveness::LivenessError::Store(e.into());
+        let mut conn = sqlx::PgConnection::connect_with(&self.options).await.map_err(store_err)?;
+        let timeout = format!("{}ms", me.timeout.as_millis().max(100));
+        // Session settings on the liveness connection only (FIELD-NOTES s.2):
+        // the server drops a silent session, and with it our lock.
+        for (key, value) in [
+            ("idle_session_timeout", timeout.as_str()),
+            ("client_connection_check_interval", "1s"),
+            ("tcp_keepalives_idle", "5"),
+            ("tcp_keepalives_interval", "2"),
+            ("tcp_keepalives_count", "3"),
+        ] {
+            sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(key)
+                .bind(value)
+                .execute(&mut conn)
+                .await
+                .map_err(store_err)?;
+        }
+        let key = crate::engine::liveness::lock_key(&me.pod_id);
+        let started = std::time::Instant::now();
+        // The lock first, then the registry row: a peer can never find our
+        // row without our lock held, so it cannot declare a booting pod dead.
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(store_err)?;
+            if got {
+                break;
+            }
+            if started.elapsed() >= wait {
+                return Err(crate::engine::liveness::LivenessError::LockTimeout {
+                    pod_id: me.pod_id.clone(),
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let now = self.clock.now_ms();
+        sqlx::query(
+            "INSERT INTO pods (pod_id, incarnation, addr, started_at, heartbeat_at, lease_until) \
+             VALUES ($1, $2, $3, $4, $4, 0) ON CONFLICT (pod_id) DO UPDATE SET \
+             incarnation = $2, addr = $3, started_at = $4, heartbeat_at = $4, lease_until = 0",
+        )
+        .bind(&me.pod_id)
+        .bind(&me.incarnation)
+        .bind(&me.addr)
+        .bind(now)
+        .execute(&mut conn)
+        .await
+        .map_err(store_err)?;
+        Ok(Box::new(LockMembership { conn, clock: self.clock.clone(), me: me.clone() }))
+    }
+
+    async fn probe(
+        &self,
+        peer: &crate::engine::liveness::PodRow,
+        prober: &str,
+    ) -> Result<Option<crate::engine::liveness::Death>, super::StoreError> {
+        use sqlx::Row as _;
+        let mut tx = self.pool.begin().await?;
+        // Held until commit: a replacement with the same id blocks on its
+        // own lock acquisition until our DELETE is done, then registers.
+        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(crate::engine::liveness::lock_key(&peer.pod_id))
+            .fetch_one(&mut *tx)
+            .await?;
+        if !free {
+            return Ok(None);
+        }
+        let now = self.clock.now_ms();
+        let gone = sqlx::query("DELETE FROM pods WHERE pod_id = $1 AND incarnation = $2 RETURNING heartbeat_at")
+            .bind(&peer.pod_id)
+            .bind(&peer.incarnation)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(gone) = gone else { return Ok(None) };
+        let last: i64 = gone.try_get("heartbeat_at")?;
+        sqlx::query(
+            "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, last_heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&peer.pod_id)
+        .bind(&peer.incarnation)
+        .bind(prober)
+        .bind(now)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(crate::engine::liveness::Death {
+            pod_id: peer.pod_id.clone(),
+            incarnation: peer.incarnation.clone(),
+            detected_by: prober.to_owned(),
+            detected_at_ms: now,
+            last_heartbeat_at_ms: last,
+        }))
+    }
+
+    async fn pods(&self) -> Result<Vec<crate::engine::liveness::PodRow>, super::StoreError> {
+        self.pods_impl().await
+    }
+
+    async fn deaths(&self, limit: i64) -> Result<Vec<crate::engine::liveness::Death>, super::StoreError> {
+        self.deaths_impl(limit).await
+    }
+}

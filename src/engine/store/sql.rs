@@ -9,7 +9,8 @@
 macro_rules! run_cols {
     () => {
         "id, workflow, lane, input, state, owner_pod, epoch, late_completion, run_state, \
-         idempotency_key, error, deadline_at, created_at, updated_at"
+         idempotency_key, error, deadline_at, created_at, updated_at, heartbeat_timeout_ms, \
+         heartbeat_at, retries_left, family, retry_of"
     };
 }
 pub(crate) use run_cols;
@@ -18,7 +19,7 @@ macro_rules! impl_store {
     ($store:ty, $db:ty, $dialect:ident) => {
         use $crate::engine::store::sql::run_cols;
         use $crate::engine::store::{
-            BeginAttempt, Claim, EffectRecord, NewRun, RunFilter, StepSuccess, StoreError,
+            BeginAttempt, Claim, ClaimRecord, ReapReport, EffectRecord, NewRun, RunFilter, StepSuccess, StoreError,
             StoreResult, StoreStats, SwitchAudit, SwitchRow, TransitionCtx, json_from_str,
             state_from_str, status_from_str,
         };
@@ -62,6 +63,11 @@ macro_rules! impl_store {
                 deadline_at_ms: row.try_get("deadline_at")?,
                 created_at_ms: row.try_get("created_at")?,
                 updated_at_ms: row.try_get("updated_at")?,
+                heartbeat_timeout_ms: row.try_get("heartbeat_timeout_ms")?,
+                heartbeat_at_ms: row.try_get("heartbeat_at")?,
+                retries_left: row.try_get("retries_left")?,
+                family: row.try_get("family")?,
+                retry_of: row.try_get("retry_of")?,
                 id,
             })
         }
@@ -99,6 +105,43 @@ macro_rules! impl_store {
             }
         }
 
+        /// The transition-log rows of a bulk state change (reaper, janitor),
+        /// in the caller's transaction. `rows` carry `id` and `epoch`.
+        async fn log_bulk(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            rows: &[DbRow],
+            from: &str,
+            to: &str,
+            by: &str,
+            reason: &str,
+            now: i64,
+        ) -> StoreResult<Vec<String>> {
+            debug_assert!(allowed_sources(to.parse().unwrap_or(RunState::Pending))
+                .iter()
+                .any(|s| s.as_str() == from));
+            let mut ids = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id: String = row.try_get("id")?;
+                let epoch: i64 = row.try_get("epoch")?;
+                sqlx::query(
+                    "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, \
+                     reason, late, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&id)
+                .bind(from)
+                .bind(to)
+                .bind(epoch)
+                .bind(by)
+                .bind(reason)
+                .bind(false)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                ids.push(id);
+            }
+            Ok(ids)
+        }
+
         /// The fence every owner write passes inside its transaction: the run
         /// must still be `running` at the epoch the writer holds.
         async fn check_fence(
@@ -130,6 +173,50 @@ macro_rules! impl_store {
             Ok(())
         }
 
+        impl $store {
+            async fn pods_impl(&self) -> StoreResult<Vec<$crate::engine::liveness::PodRow>> {
+                let rows = sqlx::query(
+                    "SELECT pod_id, incarnation, addr, started_at, heartbeat_at, lease_until \
+                     FROM pods ORDER BY pod_id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok($crate::engine::liveness::PodRow {
+                            pod_id: r.try_get("pod_id")?,
+                            incarnation: r.try_get("incarnation")?,
+                            addr: r.try_get("addr")?,
+                            started_at_ms: r.try_get("started_at")?,
+                            heartbeat_at_ms: r.try_get("heartbeat_at")?,
+                            lease_until_ms: r.try_get("lease_until")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn deaths_impl(&self, limit: i64) -> StoreResult<Vec<$crate::engine::liveness::Death>> {
+                let rows = sqlx::query(
+                    "SELECT pod_id, incarnation, detected_by, detected_at, last_heartbeat_at \
+                     FROM pod_deaths ORDER BY id DESC LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok($crate::engine::liveness::Death {
+                            pod_id: r.try_get("pod_id")?,
+                            incarnation: r.try_get("incarnation")?,
+                            detected_by: r.try_get("detected_by")?,
+                            detected_at_ms: r.try_get("detected_at")?,
+                            last_heartbeat_at_ms: r.try_get("last_heartbeat_at")?,
+                        })
+                    })
+                    .collect()
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::engine::store::Store for $store {
             fn backend(&self) -> &'static str {
@@ -150,8 +237,9 @@ macro_rules! impl_store {
                 let input = serde_json::to_string(&run.input).unwrap_or_else(|_| "null".into());
                 sqlx::query(
                     "INSERT INTO runs (id, workflow, lane, input, state, epoch, late_completion, \
-                     run_state, idempotency_key, deadline_at, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, '{}', $6, $7, $8, $8) \
+                     run_state, idempotency_key, deadline_at, created_at, updated_at, \
+                     heartbeat_timeout_ms, retries_left, family) \
+                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, '{}', $6, $7, $8, $8, $9, $10, $1) \
                      ON CONFLICT (idempotency_key) DO NOTHING",
                 )
                 .bind(&id)
@@ -162,6 +250,8 @@ macro_rules! impl_store {
                 .bind(&run.idempotency_key)
                 .bind(run.deadline_at_ms)
                 .bind(now)
+                .bind(run.heartbeat_timeout_ms)
+                .bind(run.retries_left)
                 .execute(&self.pool)
                 .await?;
                 // A repeated idempotency key returns the run it created first.
@@ -234,7 +324,7 @@ macro_rules! impl_store {
                 // and only a pending or running run may be claimed.
                 let updated = sqlx::query(
                     "UPDATE runs SET owner_pod = $2, epoch = epoch + 1, state = 'running', \
-                     updated_at = $4 \
+                     updated_at = $4, heartbeat_at = $4 \
                      WHERE id = $1 AND owner_pod IS NOT DISTINCT FROM $3 \
                      AND state IN ('pending', 'running') RETURNING epoch",
                 )
@@ -347,6 +437,7 @@ macro_rules! impl_store {
                             state: from,
                         }
                     } else if from.is_terminal() {
+                        self.metrics.ghost_rejected.inc();
                         StoreError::AlreadyTerminal { run_id: run_id.to_owned(), state: from, to }
                     } else {
                         StoreError::IllegalTransition { run_id: run_id.to_owned(), from, to }
@@ -656,6 +747,113 @@ macro_rules! impl_store {
                             attempt: row.try_get("attempt")?,
                             epoch: row.try_get("epoch")?,
                             pod: row.try_get("pod")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            fn liveness(&self) -> &dyn $crate::engine::liveness::Liveness {
+                self
+            }
+
+            async fn heartbeat_run(&self, run_id: &str, epoch: i64) -> StoreResult<()> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin_write().await?;
+                check_fence(&mut tx, &self.metrics, run_id, epoch, "heartbeat").await?;
+                sqlx::query("UPDATE runs SET heartbeat_at = $2 WHERE id = $1")
+                    .bind(run_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn orphaned_runs(&self, limit: i64) -> StoreResult<Vec<(String, Option<String>)>> {
+                let rows = sqlx::query(
+                    "SELECT id, owner_pod FROM runs r WHERE state = 'running' \
+                     AND NOT EXISTS (SELECT 1 FROM pods p WHERE p.pod_id = r.owner_pod) \
+                     ORDER BY updated_at LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("id")?, r.try_get("owner_pod")?)))
+                    .collect()
+            }
+
+            async fn reap_stale(&self, by: &str) -> StoreResult<ReapReport> {
+                let report = self.reap_stale_impl(self.clock.now_ms(), by).await?;
+                for (_, lane) in &report.timed_out {
+                    self.metrics.inc_transition("running", "timed_out");
+                    self.metrics.inc_lane(&self.metrics.reaper_timeouts, lane);
+                }
+                for (_, lane, _) in &report.retried {
+                    self.metrics.inc_lane(&self.metrics.reaper_retries, lane);
+                }
+                Ok(report)
+            }
+
+            async fn time_out_overdue(&self, grace_ms: i64, by: &str) -> StoreResult<Vec<String>> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin_write().await?;
+                let rows = sqlx::query(
+                    "UPDATE runs SET state = 'timed_out', updated_at = $1, \
+                     error = COALESCE(error, 'run deadline passed (timed out by the reaper)') \
+                     WHERE state = 'running' AND deadline_at IS NOT NULL AND deadline_at < $2 \
+                     RETURNING id, epoch",
+                )
+                .bind(now)
+                .bind(now.saturating_sub(grace_ms))
+                .fetch_all(&mut *tx)
+                .await?;
+                let ids = log_bulk(&mut tx, &rows, "running", "timed_out", by, "reaper: past its deadline", now).await?;
+                tx.commit().await?;
+                for _ in &ids {
+                    self.metrics.inc_transition("running", "timed_out");
+                }
+                Ok(ids)
+            }
+
+            async fn mark_lost(&self, lost_after_ms: i64, by: &str) -> StoreResult<Vec<String>> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin_write().await?;
+                let rows = sqlx::query(
+                    "UPDATE runs SET state = 'lost', updated_at = $1, \
+                     error = COALESCE(error, 'lost: its owner died and nobody resumed it') \
+                     WHERE state = 'running' AND updated_at < $2 \
+                     AND NOT EXISTS (SELECT 1 FROM pods p WHERE p.pod_id = runs.owner_pod) \
+                     RETURNING id, epoch",
+                )
+                .bind(now)
+                .bind(now.saturating_sub(lost_after_ms))
+                .fetch_all(&mut *tx)
+                .await?;
+                let ids = log_bulk(&mut tx, &rows, "running", "lost", by, "janitor: owner gone, not resumed", now).await?;
+                tx.commit().await?;
+                for _ in &ids {
+                    self.metrics.inc_transition("running", "lost");
+                    self.metrics.janitor_lost.inc();
+                }
+                Ok(ids)
+            }
+
+            async fn claims(&self, run_id: &str) -> StoreResult<Vec<ClaimRecord>> {
+                let rows = sqlx::query(
+                    "SELECT run_id, from_pod, to_pod, epoch, at FROM run_claims WHERE run_id = $1 ORDER BY id",
+                )
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(ClaimRecord {
+                            run_id: r.try_get("run_id")?,
+                            from_pod: r.try_get("from_pod")?,
+                            to_pod: r.try_get("to_pod")?,
+                            epoch: r.try_get("epoch")?,
+                            at_ms: r.try_get("at")?,
                         })
                     })
                     .collect()

@@ -127,3 +127,226 @@ impl SqliteStore {
 }
 
 impl_store!(SqliteStore, Sqlite, dialect);
+
+/// Columns the reaper reads off a timed-out run to queue its retry.
+const REAPED_COLS: &str = "id, epoch, workflow, lane, input, late_completion, deadline_at, \
+     created_at, heartbeat_timeout_ms, retries_left, family";
+
+impl SqliteStore {
+    /// The reaper's one transaction: time out stale heartbeating runs and
+    /// queue their retries, or do neither.
+    async fn reap_stale_impl(&self, now: i64, by: &str) -> super::StoreResult<super::ReapReport> {
+        use sqlx::Row as _;
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "UPDATE runs SET state = 'timed_out', updated_at = $1, \
+             error = 'reaped: no heartbeat within its lane''s timeout' \
+             WHERE state = 'running' AND heartbeat_timeout_ms IS NOT NULL \
+             AND heartbeat_at + heartbeat_timeout_ms < $1 RETURNING {REAPED_COLS}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).fetch_all(&mut *tx).await?;
+        let mut report = super::ReapReport::default();
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let lane: String = row.try_get("lane")?;
+            let epoch: i64 = row.try_get("epoch")?;
+            sqlx::query(
+                "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, reason, \
+                 late, at) VALUES ($1, 'running', 'timed_out', $2, $3, \
+                 'reaper: no heartbeat within its lane''s timeout', 0, $4)",
+            )
+            .bind(&id)
+            .bind(epoch)
+            .bind(by)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            report.timed_out.push((id.clone(), lane.clone()));
+            let retries_left: i64 = row.try_get("retries_left")?;
+            let family: Option<String> = row.try_get("family")?;
+            if retries_left <= 0 {
+                continue;
+            }
+            let active: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM runs WHERE family = $1 AND id <> $2 \
+                 AND state IN ('pending', 'running')",
+            )
+            .bind(&family)
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if active > 0 {
+                continue;
+            }
+            let new_id = uuid::Uuid::now_v7().to_string();
+            let deadline: Option<i64> = row.try_get("deadline_at")?;
+            let created: i64 = row.try_get("created_at")?;
+            sqlx::query(
+                "INSERT INTO runs (id, workflow, lane, input, state, epoch, late_completion, \
+                 run_state, deadline_at, created_at, updated_at, heartbeat_timeout_ms, \
+                 retries_left, family, retry_of) \
+                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, '{}', $6, $7, $7, $8, $9, $10, $11)",
+            )
+            .bind(&new_id)
+            .bind(row.try_get::<String, _>("workflow")?)
+            .bind(&lane)
+            .bind(row.try_get::<String, _>("input")?)
+            .bind(row.try_get::<String, _>("late_completion")?)
+            .bind(deadline.map(|d| now + (d - created)))
+            .bind(now)
+            .bind(row.try_get::<Option<i64>, _>("heartbeat_timeout_ms")?)
+            .bind(retries_left - 1)
+            .bind(family.unwrap_or_else(|| id.clone()))
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+            report.retried.push((new_id, lane, id));
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+}
+
+#[derive(Debug)]
+struct LeaseMembership {
+    pool: SqlitePool,
+    clock: Arc<dyn Clock>,
+    me: crate::engine::liveness::Identity,
+}
+
+fn timeout_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[async_trait::async_trait]
+impl crate::engine::liveness::Membership for LeaseMembership {
+    async fn renew(&mut self) -> Result<bool, super::StoreError> {
+        let now = self.clock.now_ms();
+        let done = sqlx::query(
+            "UPDATE pods SET heartbeat_at = $3, lease_until = $4 \
+             WHERE pod_id = $1 AND incarnation = $2",
+        )
+        .bind(&self.me.pod_id)
+        .bind(&self.me.incarnation)
+        .bind(now)
+        .bind(now + timeout_ms(self.me.timeout))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    async fn leave(self: Box<Self>) -> Result<(), super::StoreError> {
+        // Expire the lease now: peers find us dead at their next probe.
+        sqlx::query("UPDATE pods SET lease_until = 0 WHERE pod_id = $1 AND incarnation = $2")
+            .bind(&self.me.pod_id)
+            .bind(&self.me.incarnation)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::engine::liveness::Liveness for SqliteStore {
+    async fn join(
+        &self,
+        me: &crate::engine::liveness::Identity,
+        wait: Duration,
+    ) -> Result<Box<dyn crate::engine::liveness::Membership>, crate::engine::liveness::LivenessError> {
+        use sqlx::Row as _;
+        let started = std::time::Instant::now();
+        loop {
+            let now = self.clock.now_ms();
+            let mut tx = self.begin_write().await.map_err(super::StoreError::from)?;
+            let held = sqlx::query("SELECT incarnation, lease_until FROM pods WHERE pod_id = $1")
+                .bind(&me.pod_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(super::StoreError::from)?;
+            if let Some(row) = held {
+                let inc: String = row.try_get("incarnation").map_err(super::StoreError::from)?;
+                let until: i64 = row.try_get("lease_until").map_err(super::StoreError::from)?;
+                if until >= now && inc != me.incarnation {
+                    drop(tx);
+                    if started.elapsed() >= wait {
+                        return Err(crate::engine::liveness::LivenessError::InUse {
+                            pod_id: me.pod_id.clone(),
+                            incarnation: inc,
+                            until_ms: until,
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+            sqlx::query(
+                "INSERT INTO pods (pod_id, incarnation, addr, started_at, heartbeat_at, lease_until) \
+                 VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (pod_id) DO UPDATE SET \
+                 incarnation = $2, addr = $3, started_at = $4, heartbeat_at = $4, lease_until = $5",
+            )
+            .bind(&me.pod_id)
+            .bind(&me.incarnation)
+            .bind(&me.addr)
+            .bind(now)
+            .bind(now + timeout_ms(me.timeout))
+            .execute(&mut *tx)
+            .await
+            .map_err(super::StoreError::from)?;
+            tx.commit().await.map_err(super::StoreError::from)?;
+            return Ok(Box::new(LeaseMembership {
+                pool: self.pool.clone(),
+                clock: self.clock.clone(),
+                me: me.clone(),
+            }));
+        }
+    }
+
+    async fn probe(
+        &self,
+        peer: &crate::engine::liveness::PodRow,
+        prober: &str,
+    ) -> Result<Option<crate::engine::liveness::Death>, super::StoreError> {
+        use sqlx::Row as _;
+        let now = self.clock.now_ms();
+        let mut tx = self.begin_write().await?;
+        let gone = sqlx::query(
+            "DELETE FROM pods WHERE pod_id = $1 AND incarnation = $2 AND lease_until < $3 \
+             RETURNING heartbeat_at",
+        )
+        .bind(&peer.pod_id)
+        .bind(&peer.incarnation)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(gone) = gone else { return Ok(None) };
+        let last: i64 = gone.try_get("heartbeat_at")?;
+        sqlx::query(
+            "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, last_heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&peer.pod_id)
+        .bind(&peer.incarnation)
+        .bind(prober)
+        .bind(now)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(crate::engine::liveness::Death {
+            pod_id: peer.pod_id.clone(),
+            incarnation: peer.incarnation.clone(),
+            detected_by: prober.to_owned(),
+            detected_at_ms: now,
+            last_heartbeat_at_ms: last,
+        }))
+    }
+
+    async fn pods(&self) -> Result<Vec<crate::engine::liveness::PodRow>, super::StoreError> {
+        self.pods_impl().await
+    }
+
+    async fn deaths(&self, limit: i64) -> Result<Vec<crate::engine::liveness::Death>, super::StoreError> {
+        self.deaths_impl(limit).await
+    }
+}
