@@ -1040,7 +1040,76 @@ async fn authority_contains_store_errors_evicts_and_recovers(db: &TestDb) {
     );
 }
 
+const SYNC_RUN: &str = r#"
+name = "sync-run"
+lane = "sync"
+[[steps]]
+id = "s"
+kind = "sleep"
+ms = 1
+"#;
+
+async fn reaper_retries_atomically_and_never_beside_an_active_sibling(db: &TestDb) {
+    let reg = registry(&[SYNC_RUN]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let stale = e.submit("sync-run", json!({"n": 1}), None).await.unwrap();
+    let lonely = e.submit("sync-run", json!({"n": 2}), None).await.unwrap();
+    let healthy = e.submit("sync-run", json!({"n": 3}), None).await.unwrap();
+    for r in [&stale, &lonely, &healthy] {
+        h.store.claim_run(&r.id, "pod-a", None).await.unwrap();
+        assert_eq!(r.heartbeat_timeout_ms, Some(5000), "sync heartbeats");
+    }
+    // Two runs went silent long ago; `stale` already has an active retry.
+    h.exec_owned(format!(
+        "UPDATE runs SET heartbeat_at = 0, retries_left = 1 WHERE id IN ('{}', '{}')",
+        stale.id, lonely.id
+    ))
+    .await;
+    let sibling = e.submit("sync-run", json!({"n": 1}), None).await.unwrap();
+    h.exec_owned(format!(
+        "UPDATE runs SET family = '{}' WHERE id = '{}'",
+        stale.id, sibling.id
+    ))
+    .await;
+
+    let report = h.store.reap_stale("reaper-test").await.unwrap();
+    let mut timed_out: Vec<_> = report.timed_out.iter().map(|(id, _)| id.clone()).collect();
+    timed_out.sort();
+    let mut want = vec![stale.id.clone(), lonely.id.clone()];
+    want.sort();
+    assert_eq!(timed_out, want, "only the silent runs");
+    assert_eq!(
+        report.retried.len(),
+        1,
+        "no retry beside an active sibling: {report:?}"
+    );
+    let (retry_id, lane, of) = &report.retried[0];
+    assert_eq!((lane.as_str(), of.as_str()), ("sync", lonely.id.as_str()));
+    let retry = h.store.get_run(retry_id).await.unwrap().unwrap();
+    assert_eq!((retry.state, retry.retries_left), (RunState::Pending, 0));
+    assert_eq!(retry.family.as_deref(), Some(lonely.id.as_str()));
+    assert_eq!(retry.input, json!({"n": 2}));
+    for id in [&stale.id, &lonely.id] {
+        let log = h.store.transitions(id).await.unwrap();
+        assert_eq!(
+            log.last().map(|t| (t.from, t.to)),
+            Some((RunState::Running, RunState::TimedOut))
+        );
+    }
+    assert_eq!(
+        h.store.get_run(&healthy.id).await.unwrap().unwrap().state,
+        RunState::Running
+    );
+    // A second pass finds nothing: the statement is not repeatable damage.
+    assert_eq!(
+        h.store.reap_stale("reaper-test").await.unwrap(),
+        Default::default()
+    );
+}
+
 on_both_stores!(
+    reaper_retries_atomically_and_never_beside_an_active_sibling,
     authority_contains_store_errors_evicts_and_recovers,
     http_steps_classify_status_codes,
     fan_in_resumed_in_fresh_executor_hydrates_raw_outputs_in_one_query,

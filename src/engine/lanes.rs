@@ -48,7 +48,9 @@ pub enum LaneError {
         lane: String,
         problem: String,
     },
-    #[error("workflow {workflow:?} uses lane {lane:?}, which is not configured; known lanes: {known}")]
+    #[error(
+        "workflow {workflow:?} uses lane {lane:?}, which is not configured; known lanes: {known}"
+    )]
     Unknown {
         workflow: String,
         lane: String,
@@ -78,7 +80,11 @@ impl Lanes {
     /// The four lanes of the field notes: `sync` and `auth` heartbeat,
     /// `action` and `embed_backfill` do not.
     pub fn builtin() -> Self {
-        let lane = |heartbeat, retries| LaneSpec { heartbeat, heartbeat_timeout_ms: default_timeout(), retries };
+        let lane = |heartbeat, retries| LaneSpec {
+            heartbeat,
+            heartbeat_timeout_ms: default_timeout(),
+            retries,
+        };
         let by_name = BTreeMap::from([
             ("sync".to_owned(), lane(true, 1)),
             ("auth".to_owned(), lane(true, 0)),
@@ -92,8 +98,14 @@ impl Lanes {
     /// `[lanes.NAME]` tables.
     pub fn load(file: &Path) -> Result<Self, LaneError> {
         let fname = file.display().to_string();
-        let text = std::fs::read_to_string(file).map_err(|source| LaneError::Read { file: fname.clone(), source })?;
-        let parsed: LanesFile = toml::from_str(&text).map_err(|source| LaneError::Parse { file: fname.clone(), source })?;
+        let text = std::fs::read_to_string(file).map_err(|source| LaneError::Read {
+            file: fname.clone(),
+            source,
+        })?;
+        let parsed: LanesFile = toml::from_str(&text).map_err(|source| LaneError::Parse {
+            file: fname.clone(),
+            source,
+        })?;
         let mut lanes = Self::builtin();
         for (name, spec) in parsed.lanes {
             if spec.heartbeat && spec.heartbeat_timeout_ms < 100 {
@@ -117,9 +129,14 @@ impl Lanes {
     }
 
     /// Every lane a workflow uses must be configured.
-    pub fn check(&self, workflows: &crate::engine::workflow::WorkflowRegistry) -> Result<(), LaneError> {
+    pub fn check(
+        &self,
+        workflows: &crate::engine::workflow::WorkflowRegistry,
+    ) -> Result<(), LaneError> {
         for name in workflows.names() {
-            let Ok(wf) = workflows.get(name) else { continue };
+            let Ok(wf) = workflows.get(name) else {
+                continue;
+            };
             let used = std::iter::once(&wf.lane).chain(wf.steps.iter().map(|s| &s.lane));
             for lane in used {
                 if self.get(lane).is_none() {

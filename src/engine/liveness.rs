@@ -83,7 +83,11 @@ pub enum LivenessError {
 pub trait Liveness: Send + Sync {
     /// Become live and registered. Waits up to `wait` for a previous
     /// incarnation of the same id to die.
-    async fn join(&self, me: &Identity, wait: Duration) -> Result<Box<dyn Membership>, LivenessError>;
+    async fn join(
+        &self,
+        me: &Identity,
+        wait: Duration,
+    ) -> Result<Box<dyn Membership>, LivenessError>;
     /// Probe one peer: `Some(death)` when it is dead and this call removed
     /// its registry row (exactly one prober wins).
     async fn probe(&self, peer: &PodRow, prober: &str) -> Result<Option<Death>, StoreError>;

@@ -411,7 +411,9 @@ impl Metrics {
 
     pub fn inc_claim(&self, outcome: &str) {
         self.recovery_claims
-            .get_or_create(&Outcome { outcome: outcome.into() })
+            .get_or_create(&Outcome {
+                outcome: outcome.into(),
+            })
             .inc();
     }
 
@@ -419,7 +421,9 @@ impl Metrics {
     pub fn tick(&self, name: &str) {
         let now = crate::engine::clock::wall_ms() as f64 / 1000.0;
         self.loop_last_tick
-            .get_or_create(&Loop { r#loop: name.into() })
+            .get_or_create(&Loop {
+                r#loop: name.into(),
+            })
             .set(now);
     }
 

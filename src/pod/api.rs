@@ -826,13 +826,24 @@ async fn openapi(State(pod): State<Arc<Pod>>) -> Json<serde_json::Value> {
 /// Chaos hook (only with `--chaos-hooks`; not part of the public API):
 /// stop a run's machinery on this pod while keeping its ownership, as if its
 /// driver had died on a live pod.
-async fn chaos_stall(State(pod): State<Arc<Pod>>, Path(id): Path<String>) -> ApiResult<Json<EventAccepted>> {
+async fn chaos_stall(
+    State(pod): State<Arc<Pod>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EventAccepted>> {
     if !pod.args.chaos_hooks {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "chaos_hooks_disabled", "start the pod with --chaos-hooks"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "chaos_hooks_disabled",
+            "start the pod with --chaos-hooks",
+        ));
     }
     if pod.stall(&id) {
         Ok(Json(EventAccepted { accepted: true }))
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, "run_not_local", format!("run {id} is not running on this pod")))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "run_not_local",
+            format!("run {id} is not running on this pod"),
+        ))
     }
 }

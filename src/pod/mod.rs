@@ -80,6 +80,11 @@ pub struct PodArgs {
     /// Serve fault-injection endpoints under /v1/chaos (tests and chaos runs only).
     #[arg(long, env = "VIGIL_CHAOS_HOOKS")]
     pub chaos_hooks: bool,
+    /// Chaos testing only: when this pod loses a run's ownership or its own
+    /// liveness, keep the run's machinery going, so the store's epoch fence
+    /// is the only thing between a zombie and its successor's data.
+    #[arg(long, env = "VIGIL_CHAOS_KEEP_ZOMBIE_RUNS")]
+    pub chaos_keep_zombie_runs: bool,
 }
 
 impl PodArgs {
@@ -224,13 +229,18 @@ impl Pod {
     /// lanes) or the deadline can end it now.
     pub fn stall(&self, run_id: &str) -> bool {
         let local = lock(&self.local);
-        let Some(l) = local.get(run_id) else { return false };
+        let Some(l) = local.get(run_id) else {
+            return false;
+        };
         lock(&self.stalled).insert(run_id.to_owned());
         l.cancel.cancel();
         true
     }
 
     fn stop_all_local(&self) {
+        if self.args.chaos_keep_zombie_runs {
+            return;
+        }
         for l in lock(&self.local).values() {
             l.cancel.cancel();
         }
@@ -249,7 +259,8 @@ impl Pod {
         for peer in peers.iter().filter(|p| p.pod_id != self.pod_id) {
             match liveness.probe(peer, &self.pod_id).await {
                 Ok(Some(death)) => {
-                    let latency = (death.detected_at_ms - death.last_heartbeat_at_ms).max(0) as f64 / 1000.0;
+                    let latency =
+                        (death.detected_at_ms - death.last_heartbeat_at_ms).max(0) as f64 / 1000.0;
                     self.engine.metrics.pod_deaths.inc();
                     self.engine.metrics.detection_latency.observe(latency);
                     tracing::warn!(pod = %death.pod_id, incarnation = %death.incarnation, latency_s = latency, "peer pod is dead");
@@ -258,14 +269,23 @@ impl Pod {
                 Err(e) => tracing::warn!(pod = %peer.pod_id, error = %e, "probe failed"),
             }
         }
-        if self.is_stopping() || !self.engine.switches.enabled(crate::engine::switches::RECOVERY_ENABLED) {
+        if self.is_stopping()
+            || !self
+                .engine
+                .switches
+                .enabled(crate::engine::switches::RECOVERY_ENABLED)
+        {
             return;
         }
         let room = self.args.max_runs.saturating_sub(self.runs_active());
         if room == 0 {
             return;
         }
-        match self.store.orphaned_runs(i64::try_from(room).unwrap_or(64)).await {
+        match self
+            .store
+            .orphaned_runs(i64::try_from(room).unwrap_or(64))
+            .await
+        {
             Ok(orphans) => {
                 for (id, owner) in orphans {
                     if self.start_run(&id, owner.as_deref()).await {
@@ -290,7 +310,8 @@ impl Pod {
     ) -> Box<dyn crate::engine::liveness::Membership> {
         let mut renew = tokio::time::interval(identity.timeout / 5);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut probe = tokio::time::interval(Duration::from_millis(self.args.probe_interval_ms.max(10)));
+        let mut probe =
+            tokio::time::interval(Duration::from_millis(self.args.probe_interval_ms.max(10)));
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -353,7 +374,9 @@ impl Pod {
                 Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
             }
             match self.store.time_out_overdue(grace, &self.pod_id).await {
-                Ok(ids) if !ids.is_empty() => tracing::warn!(runs = ?ids, "reaper timed out runs past their deadline"),
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::warn!(runs = ?ids, "reaper timed out runs past their deadline")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "deadline pass failed"),
             }
@@ -374,7 +397,9 @@ impl Pod {
                 continue;
             }
             match self.store.mark_lost(lost_after, &self.pod_id).await {
-                Ok(ids) if !ids.is_empty() => tracing::warn!(runs = ?ids, "janitor marked runs lost"),
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::warn!(runs = ?ids, "janitor marked runs lost")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "janitor pass failed"),
             }
@@ -459,6 +484,9 @@ impl Pod {
                 }
             };
             let held: HashMap<&str, i64> = owned.iter().map(|r| (r.id.as_str(), r.epoch)).collect();
+            if self.args.chaos_keep_zombie_runs {
+                continue;
+            }
             for (id, l) in lock(&self.local).iter() {
                 if l.claimed_at < snapshot_at && held.get(id.as_str()) != Some(&l.epoch) {
                     tracing::warn!(run_id = %id, epoch = l.epoch, "no longer ours at this epoch: stopping its machinery");
@@ -551,7 +579,11 @@ pub async fn serve(args: PodArgs, shutdown: CancellationToken) -> Result<()> {
     loops.spawn(pod.clone().janitor_loop());
     loops.close();
     let liveness_stop = CancellationToken::new();
-    let liveness = tokio::spawn(pod.clone().liveness_loop(membership, identity, liveness_stop.clone()));
+    let liveness = tokio::spawn(pod.clone().liveness_loop(
+        membership,
+        identity,
+        liveness_stop.clone(),
+    ));
 
     let app = api::router(pod.clone());
     let server =

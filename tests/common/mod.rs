@@ -62,6 +62,26 @@ impl Handle {
     }
 }
 
+impl Handle {
+    /// [`Handle::exec`] for SQL built at run time (test fault injection only).
+    pub async fn exec_owned(&self, sql: String) {
+        match &self.raw {
+            Raw::Sqlite(s) => {
+                sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .execute(s.pool())
+                    .await
+                    .expect(&sql);
+            }
+            Raw::Postgres(s) => {
+                sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .execute(s.pool())
+                    .await
+                    .expect(&sql);
+            }
+        }
+    }
+}
+
 impl TestDb {
     pub async fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("tempdir");

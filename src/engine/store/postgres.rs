@@ -174,7 +174,9 @@ struct LockMembership {
 
 impl std::fmt::Debug for LockMembership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LockMembership").field("me", &self.me).finish_non_exhaustive()
+        f.debug_struct("LockMembership")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
     }
 }
 
@@ -183,12 +185,13 @@ impl crate::engine::liveness::Membership for LockMembership {
     async fn renew(&mut self) -> Result<bool, super::StoreError> {
         let now = self.clock.now_ms();
         // Any failure here means our session (and so our lock) may be gone.
-        let done = sqlx::query("UPDATE pods SET heartbeat_at = $3 WHERE pod_id = $1 AND incarnation = $2")
-            .bind(&self.me.pod_id)
-            .bind(&self.me.incarnation)
-            .bind(now)
-            .execute(&mut self.conn)
-            .await;
+        let done =
+            sqlx::query("UPDATE pods SET heartbeat_at = $3 WHERE pod_id = $1 AND incarnation = $2")
+                .bind(&self.me.pod_id)
+                .bind(&self.me.incarnation)
+                .bind(now)
+                .execute(&mut self.conn)
+                .await;
         match done {
             Ok(r) => Ok(r.rows_affected() == 1),
             Err(e) => {
@@ -213,10 +216,13 @@ impl crate::engine::liveness::Liveness for PgStore {
         &self,
         me: &crate::engine::liveness::Identity,
         wait: Duration,
-    ) -> Result<Box<dyn crate::engine::liveness::Membership>, crate::engine::liveness::LivenessError> {
+    ) -> Result<Box<dyn crate::engine::liveness::Membership>, crate::engine::liveness::LivenessError>
+    {
         use sqlx::Connection as _;
         let store_err = |e: sqlx::Error| crate::engine::liveness::LivenessError::Store(e.into());
-        let mut conn = sqlx::PgConnection::connect_with(&self.options).await.map_err(store_err)?;
+        let mut conn = sqlx::PgConnection::connect_with(&self.options)
+            .await
+            .map_err(store_err)?;
         let timeout = format!("{}ms", me.timeout.as_millis().max(100));
         // Session settings on the liveness connection only (FIELD-NOTES s.2):
         // the server drops a silent session, and with it our lock.
@@ -268,7 +274,11 @@ impl crate::engine::liveness::Liveness for PgStore {
         .execute(&mut conn)
         .await
         .map_err(store_err)?;
-        Ok(Box::new(LockMembership { conn, clock: self.clock.clone(), me: me.clone() }))
+        Ok(Box::new(LockMembership {
+            conn,
+            clock: self.clock.clone(),
+            me: me.clone(),
+        }))
     }
 
     async fn probe(
@@ -288,11 +298,13 @@ impl crate::engine::liveness::Liveness for PgStore {
             return Ok(None);
         }
         let now = self.clock.now_ms();
-        let gone = sqlx::query("DELETE FROM pods WHERE pod_id = $1 AND incarnation = $2 RETURNING heartbeat_at")
-            .bind(&peer.pod_id)
-            .bind(&peer.incarnation)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let gone = sqlx::query(
+            "DELETE FROM pods WHERE pod_id = $1 AND incarnation = $2 RETURNING heartbeat_at",
+        )
+        .bind(&peer.pod_id)
+        .bind(&peer.incarnation)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(gone) = gone else { return Ok(None) };
         let last: i64 = gone.try_get("heartbeat_at")?;
         sqlx::query(
@@ -320,7 +332,10 @@ impl crate::engine::liveness::Liveness for PgStore {
         self.pods_impl().await
     }
 
-    async fn deaths(&self, limit: i64) -> Result<Vec<crate::engine::liveness::Death>, super::StoreError> {
+    async fn deaths(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<crate::engine::liveness::Death>, super::StoreError> {
         self.deaths_impl(limit).await
     }
 }

@@ -144,7 +144,10 @@ impl SqliteStore {
              WHERE state = 'running' AND heartbeat_timeout_ms IS NOT NULL \
              AND heartbeat_at + heartbeat_timeout_ms < $1 RETURNING {REAPED_COLS}"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).fetch_all(&mut *tx).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
         let mut report = super::ReapReport::default();
         for row in &rows {
             let id: String = row.try_get("id")?;
@@ -253,7 +256,8 @@ impl crate::engine::liveness::Liveness for SqliteStore {
         &self,
         me: &crate::engine::liveness::Identity,
         wait: Duration,
-    ) -> Result<Box<dyn crate::engine::liveness::Membership>, crate::engine::liveness::LivenessError> {
+    ) -> Result<Box<dyn crate::engine::liveness::Membership>, crate::engine::liveness::LivenessError>
+    {
         use sqlx::Row as _;
         let started = std::time::Instant::now();
         loop {
@@ -265,8 +269,12 @@ impl crate::engine::liveness::Liveness for SqliteStore {
                 .await
                 .map_err(super::StoreError::from)?;
             if let Some(row) = held {
-                let inc: String = row.try_get("incarnation").map_err(super::StoreError::from)?;
-                let until: i64 = row.try_get("lease_until").map_err(super::StoreError::from)?;
+                let inc: String = row
+                    .try_get("incarnation")
+                    .map_err(super::StoreError::from)?;
+                let until: i64 = row
+                    .try_get("lease_until")
+                    .map_err(super::StoreError::from)?;
                 if until >= now && inc != me.incarnation {
                     drop(tx);
                     if started.elapsed() >= wait {
@@ -346,7 +354,10 @@ impl crate::engine::liveness::Liveness for SqliteStore {
         self.pods_impl().await
     }
 
-    async fn deaths(&self, limit: i64) -> Result<Vec<crate::engine::liveness::Death>, super::StoreError> {
+    async fn deaths(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<crate::engine::liveness::Death>, super::StoreError> {
         self.deaths_impl(limit).await
     }
 }
