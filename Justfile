@@ -25,5 +25,9 @@ test:
 test-all:
     ./scripts/test-all.sh
 
+# Recovery latency over 20 SIGKILLs per store (SQLite and a throwaway PostgreSQL).
+bench:
+    ./scripts/with-pg.sh cargo bench --bench recovery
+
 # lint + the full suite.
 verify: test-all
