@@ -38,6 +38,8 @@ struct Series {
 }
 
 async fn run_store(label: &str, target: &str, kills: usize, extra: &[&str]) -> Series {
+    let label: String = label.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let label = label.as_str();
     let store: std::sync::Arc<dyn Store> = store::open(target).await.expect("store");
     let survivor = PodProc::spawn(target, &format!("{label}-survivor"), extra);
     let mut s = Series { detect: vec![], claim: vec![], resume: vec![] };

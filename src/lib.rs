@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod demo;
 pub mod engine;
 pub mod pod;

@@ -85,6 +85,10 @@ pub struct PodArgs {
     /// is the only thing between a zombie and its successor's data.
     #[arg(long, env = "VIGIL_CHAOS_KEEP_ZOMBIE_RUNS")]
     pub chaos_keep_zombie_runs: bool,
+    /// Exit (abruptly, like a crash) when this process is gone: a cluster
+    /// runner that dies, even by SIGKILL, leaves no pods behind.
+    #[arg(long, env = "VIGIL_PARENT_PID")]
+    pub parent_pid: Option<i32>,
 }
 
 impl PodArgs {
@@ -585,6 +589,18 @@ pub async fn serve(args: PodArgs, shutdown: CancellationToken) -> Result<()> {
         liveness_stop.clone(),
     ));
 
+    if let Some(parent) = pod.args.parent_pid {
+        tokio::spawn(async move {
+            let pid = nix::unistd::Pid::from_raw(parent);
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if nix::sys::signal::kill(pid, None).is_err() {
+                    tracing::error!(parent, "parent process is gone: exiting");
+                    std::process::exit(70);
+                }
+            }
+        });
+    }
     let app = api::router(pod.clone());
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
