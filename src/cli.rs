@@ -57,6 +57,8 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Run one engine pod: dispatch runs, serve the HTTP API and /metrics.
     Pod(crate::pod::PodArgs),
+    /// The live ops console: runs, pods, recovery activity, kill switches, events.
+    Console(crate::console::ConsoleArgs),
     /// Submit a run to a pod.
     Submit(SubmitArgs),
     /// Follow a run's stream live (chunks on stdout; resets and the end on stderr).
@@ -194,7 +196,10 @@ impl clap::ValueEnum for RunState {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The console and the demo own the screen: they set up their own logging.
+    if !matches!(cli.command, Command::Console(_) | Command::Demo(_)) {
+        init_tracing();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -214,7 +219,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
@@ -226,6 +231,7 @@ fn init_tracing() {
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Console(args) => crate::console::run(args).await,
         Command::Pod(args) => {
             let shutdown = tokio_util::sync::CancellationToken::new();
             crate::pod::cancel_on_signals(shutdown.clone())?;

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod console;
 pub mod demo;
 pub mod engine;
 pub mod pod;

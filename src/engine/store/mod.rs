@@ -338,6 +338,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         reason: &str,
     ) -> StoreResult<SwitchAudit>;
     async fn switch_audit(&self, name: &str) -> StoreResult<Vec<SwitchAudit>>;
+
+    // console queries: read-only, one statement each, for `vigil console`.
+
+    /// The newest `limit` runs with their current step and latest event.
+    async fn console_runs(&self, limit: i64) -> StoreResult<Vec<RunSummary>>;
+    /// Counts of pending and running runs by state, lane and owner.
+    async fn console_active_counts(&self) -> StoreResult<Vec<ActiveCount>>;
+    /// Transitions, claims, pod deaths and switch changes after `cursor`,
+    /// at most `limit` of each table (the newest), newest first.
+    async fn console_events(
+        &self,
+        cursor: &EventCursor,
+        limit: i64,
+    ) -> StoreResult<Vec<ConsoleEvent>>;
+    /// PostgreSQL: the advisory-lock keys held now (see
+    /// [`crate::engine::liveness::lock_key`]). SQLite has no locks: `None`.
+    async fn console_liveness_locks(&self) -> StoreResult<Option<Vec<i64>>>;
 }
 
 /// Open a store from a URL or path: `postgres://...` / `postgresql://...`,
@@ -413,4 +430,87 @@ pub(crate) fn json_from_str(
         key: key.to_owned(),
         problem: format!("column {column} is not valid JSON: {e}"),
     })
+}
+
+// console queries: the row types of the `console_*` store methods.
+
+/// A run as the console's Runs view lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub workflow: String,
+    pub lane: String,
+    pub state: RunState,
+    pub owner_pod: Option<String>,
+    pub epoch: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub error: Option<String>,
+    pub retry_of: Option<String>,
+    /// The step updated last, with its status and attempts so far.
+    pub current_step: Option<(String, StepStatus, i64)>,
+    /// The latest transition or claim of the run: when, and what.
+    pub last_event: Option<(i64, String)>,
+}
+
+/// How many pending or running runs share a state, lane and owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActiveCount {
+    pub state: RunState,
+    pub lane: String,
+    pub owner_pod: Option<String>,
+    pub count: i64,
+}
+
+/// Where the console's event feed stands: the last row id seen per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EventCursor {
+    pub transitions: i64,
+    pub claims: i64,
+    pub deaths: i64,
+    pub switches: i64,
+}
+
+impl EventCursor {
+    /// Move past `ev`.
+    pub fn advance(&mut self, ev: &ConsoleEvent) {
+        let slot = match ev.kind {
+            EventKind::Transition => &mut self.transitions,
+            EventKind::Claim => &mut self.claims,
+            EventKind::Death => &mut self.deaths,
+            EventKind::Switch => &mut self.switches,
+        };
+        *slot = (*slot).max(ev.id);
+    }
+}
+
+/// Which table a [`ConsoleEvent`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// `run_transitions`: subject = run, from/to = states, actor = pod.
+    Transition,
+    /// `run_claims`: subject = run, from/to = pods, actor = the new owner.
+    Claim,
+    /// `pod_deaths`: subject = dead pod, from = its incarnation, actor =
+    /// who detected it, `extra_ms` = its last heartbeat.
+    Death,
+    /// `switch_audit`: subject = switch, from/to = "on"/"off", actor = who.
+    Switch,
+}
+
+/// One row of the console's event feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsoleEvent {
+    pub kind: EventKind,
+    /// Row id in its own table.
+    pub id: i64,
+    pub at_ms: i64,
+    pub subject: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub actor: Option<String>,
+    pub epoch: Option<i64>,
+    pub reason: String,
+    pub extra_ms: Option<i64>,
 }

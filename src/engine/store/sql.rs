@@ -950,6 +950,207 @@ macro_rules! impl_store {
                     })
                     .collect()
             }
+
+            // console queries
+
+            async fn console_runs(
+                &self,
+                limit: i64,
+            ) -> StoreResult<Vec<$crate::engine::store::RunSummary>> {
+                // One statement: the step and event columns are correlated
+                // subqueries on the (run_id, ...) keys and indexes, each
+                // folded into one text value so that each is one lookup.
+                let rows = sqlx::query(
+                    "SELECT r.id, r.workflow, r.lane, r.state, r.owner_pod, r.epoch, \
+                     r.created_at, r.updated_at, r.error, r.retry_of, \
+                     (SELECT s.status || '|' || s.attempts || '|' || s.node_id FROM steps s \
+                      WHERE s.run_id = r.id ORDER BY s.updated_at DESC, s.node_id DESC LIMIT 1) \
+                      AS step, \
+                     (SELECT t.at || '|' || t.from_state || ' -> ' || t.to_state || \
+                      CASE WHEN t.reason = '' THEN '' ELSE ': ' || t.reason END \
+                      FROM run_transitions t WHERE t.run_id = r.id ORDER BY t.id DESC LIMIT 1) \
+                      AS last_transition, \
+                     (SELECT c.at || '|claimed by ' || c.to_pod || ' from ' || \
+                      COALESCE(c.from_pod, '-') || ' (epoch ' || c.epoch || ')' \
+                      FROM run_claims c WHERE c.run_id = r.id ORDER BY c.id DESC LIMIT 1) \
+                      AS last_claim \
+                     FROM runs r ORDER BY r.created_at DESC, r.id DESC LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                let event = |v: Option<String>| -> Option<(i64, String)> {
+                    let v = v?;
+                    let (at, what) = v.split_once('|')?;
+                    Some((at.parse().ok()?, what.to_owned()))
+                };
+                rows.iter()
+                    .map(|row| {
+                        let id: String = row.try_get("id")?;
+                        let state: String = row.try_get("state")?;
+                        let step: Option<String> = row.try_get("step")?;
+                        let current_step = match step {
+                            None => None,
+                            Some(v) => {
+                                let mut parts = v.splitn(3, '|');
+                                let status = parts.next().unwrap_or_default();
+                                let attempts = parts.next().and_then(|a| a.parse().ok());
+                                match (attempts, parts.next()) {
+                                    (Some(a), Some(node)) => Some((
+                                        node.to_owned(),
+                                        status_from_str("steps", &id, status)?,
+                                        a,
+                                    )),
+                                    _ => {
+                                        return Err(StoreError::Corrupt {
+                                            table: "steps",
+                                            key: id,
+                                            problem: format!("unreadable step summary {v:?}"),
+                                        });
+                                    }
+                                }
+                            }
+                        };
+                        let t = event(row.try_get("last_transition")?);
+                        let c = event(row.try_get("last_claim")?);
+                        let last_event = match (t, c) {
+                            (Some(t), Some(c)) => Some(if c.0 > t.0 { c } else { t }),
+                            (t, c) => t.or(c),
+                        };
+                        Ok($crate::engine::store::RunSummary {
+                            state: state_from_str("runs", &id, &state)?,
+                            workflow: row.try_get("workflow")?,
+                            lane: row.try_get("lane")?,
+                            owner_pod: row.try_get("owner_pod")?,
+                            epoch: row.try_get("epoch")?,
+                            created_at_ms: row.try_get("created_at")?,
+                            updated_at_ms: row.try_get("updated_at")?,
+                            error: row.try_get("error")?,
+                            retry_of: row.try_get("retry_of")?,
+                            current_step,
+                            last_event,
+                            id,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn console_active_counts(
+                &self,
+            ) -> StoreResult<Vec<$crate::engine::store::ActiveCount>> {
+                let rows = sqlx::query(
+                    "SELECT state, lane, owner_pod, COUNT(*) AS n FROM runs \
+                     WHERE state IN ('pending', 'running') \
+                     GROUP BY state, lane, owner_pod ORDER BY state, lane, owner_pod",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let state: String = row.try_get("state")?;
+                        let lane: String = row.try_get("lane")?;
+                        Ok($crate::engine::store::ActiveCount {
+                            state: state_from_str("runs", &lane, &state)?,
+                            owner_pod: row.try_get("owner_pod")?,
+                            count: row.try_get("n")?,
+                            lane,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn console_events(
+                &self,
+                cursor: &$crate::engine::store::EventCursor,
+                limit: i64,
+            ) -> StoreResult<Vec<$crate::engine::store::ConsoleEvent>> {
+                use $crate::engine::store::{ConsoleEvent, EventKind};
+                // Each branch reads only the rows past its cursor, newest
+                // first, through its primary key; the union is one round trip.
+                let rows = sqlx::query(
+                    "SELECT kind, id, at, subject, from_v, to_v, actor, epoch, reason, extra FROM \
+                     (SELECT 'transition' AS kind, id, at, run_id AS subject, \
+                      from_state AS from_v, to_state AS to_v, pod AS actor, epoch, reason, \
+                      CAST(NULL AS BIGINT) AS extra \
+                      FROM run_transitions WHERE id > $1 ORDER BY id DESC LIMIT $5) t1 \
+                     UNION ALL SELECT * FROM \
+                     (SELECT 'claim', id, at, run_id, from_pod, to_pod, to_pod, epoch, '', \
+                      CAST(NULL AS BIGINT) \
+                      FROM run_claims WHERE id > $2 ORDER BY id DESC LIMIT $5) t2 \
+                     UNION ALL SELECT * FROM \
+                     (SELECT 'death', id, detected_at, pod_id, incarnation, CAST(NULL AS TEXT), \
+                      detected_by, CAST(NULL AS BIGINT), '', last_heartbeat_at \
+                      FROM pod_deaths WHERE id > $3 ORDER BY id DESC LIMIT $5) t3 \
+                     UNION ALL SELECT * FROM \
+                     (SELECT 'switch', id, at, name, \
+                      CASE WHEN old_value IS NULL THEN NULL WHEN old_value THEN 'on' ELSE 'off' END, \
+                      CASE WHEN new_value THEN 'on' ELSE 'off' END, who, CAST(NULL AS BIGINT), \
+                      reason, CAST(NULL AS BIGINT) \
+                      FROM switch_audit WHERE id > $4 ORDER BY id DESC LIMIT $5) t4 \
+                     ORDER BY at DESC, id DESC",
+                )
+                .bind(cursor.transitions)
+                .bind(cursor.claims)
+                .bind(cursor.deaths)
+                .bind(cursor.switches)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let kind: String = row.try_get("kind")?;
+                        let id: i64 = row.try_get("id")?;
+                        let kind = match kind.as_str() {
+                            "transition" => EventKind::Transition,
+                            "claim" => EventKind::Claim,
+                            "death" => EventKind::Death,
+                            "switch" => EventKind::Switch,
+                            other => {
+                                return Err(StoreError::Corrupt {
+                                    table: "console events",
+                                    key: id.to_string(),
+                                    problem: format!("unknown event kind {other:?}"),
+                                });
+                            }
+                        };
+                        Ok(ConsoleEvent {
+                            kind,
+                            id,
+                            at_ms: row.try_get("at")?,
+                            subject: row.try_get("subject")?,
+                            from: row.try_get("from_v")?,
+                            to: row.try_get("to_v")?,
+                            actor: row.try_get("actor")?,
+                            epoch: row.try_get("epoch")?,
+                            reason: row.try_get("reason")?,
+                            extra_ms: row.try_get("extra")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn console_liveness_locks(&self) -> StoreResult<Option<Vec<i64>>> {
+                if $dialect::NAME != "postgres" {
+                    return Ok(None);
+                }
+                // A bigint advisory key shows as classid (its high half) and
+                // objid (its low half), with objsubid = 1.
+                let rows = sqlx::query(
+                    "SELECT classid::bigint AS hi, objid::bigint AS lo FROM pg_locks \
+                     WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let hi: i64 = row.try_get("hi")?;
+                        let lo: i64 = row.try_get("lo")?;
+                        Ok((hi << 32) | (lo & 0xffff_ffff))
+                    })
+                    .collect::<StoreResult<Vec<i64>>>()
+                    .map(Some)
+            }
         }
     };
 }
