@@ -225,6 +225,9 @@ const HEARTBEAT_HISTORY: usize = 40;
 
 impl Activity {
     pub fn apply(&mut self, u: &MetricsUpdate) {
+        // Pods no longer scraped (gone from the registry) leave the sources
+        // list; what they counted stays in the totals.
+        self.scrapes.retain(|pod, _| u.pods.iter().any(|p| &p.pod == pod));
         let mut totals: BTreeMap<String, f64> = self
             .samples
             .iter()
@@ -419,6 +422,12 @@ impl App {
         }
         self.pending_g = false;
         if let Some(a) = self.keys.lookup(key) {
+            return Some(a);
+        }
+        // A fast Esc then a key arrives as alt-key: read it as the key.
+        if key.alt
+            && let Some(a) = self.keys.lookup(Key { alt: false, ..key })
+        {
             return Some(a);
         }
         match key.code {
@@ -693,6 +702,9 @@ impl App {
         self.view = v;
         self.detail = None;
         self.mode = Mode::Normal;
+        if self.status.as_ref().is_some_and(|s| s.level == Level::Error) {
+            self.status = None;
+        }
         self.watch_changed();
     }
 
@@ -917,9 +929,7 @@ impl App {
                 }
             }
             other => self.error(format!(
-                "unknown command :{other} (views: runs pods activity switches events chaos; \
-                 also run ID, state S, lane L, pod P, clear, sort COL, set NAME on|off, \
-                 kill/term/pause/resume/start POD, freeze, help, quit)"
+                "unknown command :{other} (:help lists the commands)"
             )),
         }
     }

@@ -189,14 +189,14 @@ fn header_line(app: &App) -> Line<'static> {
     ];
     match (&app.health.error, app.health.ok_at_ms) {
         (Some(e), ok) => {
+            let _ = e; // the error itself goes on the status line
             spans.push(Span::styled(
                 format!(
-                    "store UNREACHABLE · {} · {} ",
+                    "store UNREACHABLE · {} ",
                     match ok {
-                        Some(at) => format!("data {} old", age(app.now_ms - at)),
+                        Some(at) => format!("showing data {} old", age(app.now_ms - at)),
                         None => "no data yet".to_owned(),
-                    },
-                    trunc(e, 60)
+                    }
                 ),
                 t.style(Role::Bad),
             ));
@@ -274,6 +274,13 @@ fn status_line(app: &App) -> Line<'static> {
             ),
         ]),
         _ => match &app.status {
+            None if app.health.error.is_some() => Line::from(Span::styled(
+                format!(
+                    " store: {} (retrying)",
+                    app.health.error.as_deref().unwrap_or_default()
+                ),
+                t.style(Role::Bad),
+            )),
             Some(s) => Line::from(Span::styled(
                 format!(" {}", s.text),
                 t.style(if s.level == Level::Error {
@@ -380,7 +387,9 @@ fn draw_runs(frame: &mut Frame, app: &App, area: Rect) {
     frame.render_widget(b, area);
     if rows.is_empty() {
         let msg = if app.runs.is_empty() {
-            if app.health.ok_at_ms.is_none() {
+            if app.health.error.is_some() && app.health.ok_at_ms.is_none() {
+                "cannot read the store yet: the error is below"
+            } else if app.health.ok_at_ms.is_none() {
                 "waiting for the store…"
             } else {
                 "no runs in the store yet: submit one (vigil submit WORKFLOW) or start `vigil demo`"
@@ -713,7 +722,12 @@ fn draw_pods(frame: &mut Frame, app: &App, area: Rect) {
                     Cell::from(sparkline(&hist, Some(2000.0))),
                     Cell::from(app.owned_runs(&p.pod_id).to_string()),
                     Cell::from(loops),
-                    Cell::from(p.addr.clone().unwrap_or_else(|| "-".into())),
+                    Cell::from(
+                        p.addr
+                            .as_deref()
+                            .map_or("-", |a| a.trim_start_matches("http://"))
+                            .to_owned(),
+                    ),
                 ]);
                 if from + i == sel {
                     row.style(t.style(Role::Selected))
@@ -729,9 +743,9 @@ fn draw_pods(frame: &mut Frame, app: &App, area: Rect) {
                     Constraint::Length(10),
                     Constraint::Length(22),
                     Constraint::Length(9),
-                    Constraint::Length(20),
+                    Constraint::Length(16),
                     Constraint::Length(4),
-                    Constraint::Length(34),
+                    Constraint::Length(42),
                     Constraint::Fill(1),
                 ],
             )
@@ -741,7 +755,7 @@ fn draw_pods(frame: &mut Frame, app: &App, area: Rect) {
                     "POD",
                     "LIVENESS",
                     "HEARTBEAT",
-                    "HEARTBEAT AGE (older →)",
+                    "HISTORY (now →)",
                     "RUNS",
                     "LOOPS (last tick)",
                     "ADDR",
@@ -921,7 +935,7 @@ fn draw_activity(frame: &mut Frame, app: &App, area: Rect) {
         );
     } else {
         let spark_title = format!(
-            "PER 10 s, LAST {} (older →)",
+            "PER 10 s OVER {} (now →)",
             age(buckets * BUCKET_MS)
         );
         frame.render_widget(
@@ -1230,7 +1244,7 @@ fn draw_events(frame: &mut Frame, app: &App, area: Rect) {
             [
                 Constraint::Length(12),
                 Constraint::Length(10),
-                Constraint::Length(22),
+                Constraint::Length(17),
                 Constraint::Fill(1),
             ],
         )
@@ -1397,7 +1411,10 @@ fn draw_dialog(frame: &mut Frame, app: &App, d: &Dialog, area: Rect) {
             ],
         ),
     };
-    let r = centered(area, 72, lines.len() as u16 + 4);
+    // Height after wrapping at the dialog's inner width.
+    let inner_w = usize::from(area.width.min(72).saturating_sub(2)).max(1);
+    let height: usize = lines.iter().map(|l| l.width().max(1).div_ceil(inner_w)).sum();
+    let r = centered(area, 72, height as u16 + 2);
     frame.render_widget(Clear, r);
     frame.render_widget(
         Paragraph::new(lines)
@@ -1424,7 +1441,14 @@ fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
         ),
         ("1-6".into(), "views: runs pods activity switches events chaos".into()),
         (k(Action::Filter), "filter (regex; ! inverts)".into()),
-        (k(Action::Command), "command line (:help lists them in the status line)".into()),
+        (
+            k(Action::Command),
+            "runs pods activity switches events chaos · run ID · state/lane/pod X · clear".into(),
+        ),
+        (
+            String::new(),
+            "sort COL · set NAME on|off · kill/term/pause/resume/start POD · freeze · quit".into(),
+        ),
         (k(Action::Back), "back: close, clear the filter".into()),
         (k(Action::Freeze), "freeze / unfreeze updates".into()),
         (k(Action::Refresh), "read the store now".into()),
@@ -1435,8 +1459,8 @@ fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
         rows.push((
             sorts.iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>().join(" "),
             format!(
-                "sort by {} (again: reverse)",
-                sorts.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+                "sort: {} (again reverses)",
+                sorts.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(" ")
             ),
         ));
     }
@@ -1466,7 +1490,7 @@ fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
             ])
         })
         .collect();
-    let r = centered(area, 76, lines.len() as u16 + 2);
+    let r = centered(area, 100, lines.len() as u16 + 2);
     frame.render_widget(Clear, r);
     frame.render_widget(
         Paragraph::new(lines).block(
