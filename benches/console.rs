@@ -1,1 +1,245 @@
-fn main() {}
+//! What the console costs (a report, not a timed test):
+//!   - render: one frame of the Runs view with 10,000 runs loaded (filter,
+//!     sort and table), at 200x50, with and without a `/` filter;
+//!   - refresh: one store round as the collector runs it at its default
+//!     (Runs view, 1,000 newest runs) and with all 10,000 loaded, over a
+//!     store seeded with 10,000 runs (3 steps, 2 transitions, 1 claim each),
+//!     and the statements per round, hence the queries per second at the
+//!     default 500 ms refresh.
+//! SQLite always; PostgreSQL too when VIGIL_TEST_PG_URL is set (`./scripts/with-pg.sh
+//! cargo bench --bench console`). Env: VIGIL_BENCH_RUNS (default 10000).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vigil::console::{
+    Action, App, Keymap, QueryCount, RoundState, StoreData, StoreUpdate, Theme, View, Watch, draw,
+    round,
+};
+use vigil::engine::run::{RunState, StepStatus};
+use vigil::engine::store::{RunSummary, Store};
+
+const NOW: i64 = 1_760_000_000_000;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn summaries(n: usize) -> Vec<RunSummary> {
+    let states = [
+        RunState::Running,
+        RunState::Succeeded,
+        RunState::Pending,
+        RunState::Failed,
+    ];
+    (0..n)
+        .map(|i| RunSummary {
+            id: format!("0199a1b2-c3d4-7e5f-8a9b-{i:012x}"),
+            workflow: ["chat_reply", "fan_in", "slow_stream"][i % 3].into(),
+            lane: ["sync", "action"][i % 2].into(),
+            state: states[i % 4],
+            owner_pod: Some(format!("pod-{}", i % 3 + 1)),
+            epoch: 1,
+            created_at_ms: NOW - i as i64 * 100,
+            updated_at_ms: NOW - i as i64 * 50,
+            error: None,
+            retry_of: None,
+            current_step: Some(("reply".into(), StepStatus::Running, 1)),
+            last_event: Some((NOW - i as i64 * 50, "pending -> running: claimed".into())),
+        })
+        .collect()
+}
+
+fn bench_render(n: usize) {
+    let mut app = App::new("bench.db", Keymap::default(), Theme::default());
+    app.update(Action::Tick(NOW));
+    app.update(Action::Resize(200, 50));
+    app.apply_store(StoreUpdate {
+        generation: app.generation,
+        at_ms: NOW,
+        queries: 0,
+        took_ms: 0,
+        result: Ok(StoreData {
+            backend: "sqlite",
+            runs: Some(summaries(n)),
+            ..StoreData::default()
+        }),
+    });
+    let mut t = Terminal::new(TestBackend::new(200, 50)).unwrap();
+    let mut time = |app: &App| {
+        for _ in 0..5 {
+            t.draw(|f| draw(f, app)).unwrap();
+        }
+        let samples: Vec<Duration> = (0..40)
+            .map(|_| {
+                let s = Instant::now();
+                t.draw(|f| draw(f, app)).unwrap();
+                s.elapsed()
+            })
+            .collect();
+        median(samples)
+    };
+    let plain = time(&app);
+    for c in "/chat".chars() {
+        app.update(if c == '/' {
+            Action::Filter
+        } else {
+            Action::Input(c)
+        });
+    }
+    app.update(Action::Submit);
+    let filtered = time(&app);
+    println!(
+        "render Runs view, {n} runs loaded, 200x50: median {:.2} ms per frame ({:.0} frames/s); \
+         with /chat filter: {:.2} ms; frame budget 16 ms",
+        ms(plain),
+        1000.0 / ms(plain),
+        ms(filtered)
+    );
+}
+
+async fn seed_sqlite(n: usize) -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.db");
+    let s = vigil::engine::store::SqliteStore::open(&path)
+        .await
+        .unwrap();
+    let mut tx = s.pool().begin().await.unwrap();
+    for i in 0..n {
+        for q in seed_statements(i) {
+            sqlx::query(sqlx::AssertSqlSafe(q))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    drop(s);
+    let store = vigil::engine::store::open(&path.display().to_string())
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+async fn seed_pg(url: &str, n: usize) -> Arc<dyn Store> {
+    let db = format!("vigil_console_bench_{}", std::process::id());
+    let admin = vigil::engine::store::PgStore::connect(url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    let target = format!("{}/{db}", url.rsplit_once('/').unwrap().0);
+    let s = vigil::engine::store::PgStore::connect(&target)
+        .await
+        .unwrap();
+    let mut tx = s.pool().begin().await.unwrap();
+    for i in 0..n {
+        for q in seed_statements(i) {
+            sqlx::query(sqlx::AssertSqlSafe(q))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    vigil::engine::store::open(&target).await.unwrap()
+}
+
+fn seed_statements(i: usize) -> Vec<String> {
+    let id = format!("0199a1b2-c3d4-7e5f-8a9b-{i:012x}");
+    let at = NOW - (i as i64) * 100;
+    let state = ["running", "succeeded", "pending", "failed"][i % 4];
+    let owner = format!("pod-{}", i % 3 + 1);
+    let mut v = vec![format!(
+        "INSERT INTO runs (id, workflow, lane, input, state, owner_pod, epoch, created_at, updated_at, family) \
+         VALUES ('{id}', 'chat_reply', 'sync', '{{}}', '{state}', '{owner}', 1, {at}, {at}, '{id}')"
+    )];
+    for (k, node) in ["prompt", "reply", "summary"].iter().enumerate() {
+        v.push(format!(
+            "INSERT INTO steps (run_id, node_id, status, attempts, output, updated_at) \
+             VALUES ('{id}', '{node}', 'succeeded', 1, '{{}}', {})",
+            at + k as i64
+        ));
+    }
+    v.push(format!(
+        "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, reason, late, at) \
+         VALUES ('{id}', 'pending', 'running', 1, '{owner}', 'claimed', false, {at})"
+    ));
+    v.push(format!(
+        "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, reason, late, at) \
+         VALUES ('{id}', 'running', 'succeeded', 1, '{owner}', 'all steps succeeded', false, {})",
+        at + 10
+    ));
+    v.push(format!(
+        "INSERT INTO run_claims (run_id, from_pod, to_pod, epoch, at) VALUES ('{id}', NULL, '{owner}', 1, {at})"
+    ));
+    v
+}
+
+async fn bench_rounds(label: &str, store: &dyn Store) {
+    for (what, view, limit) in [
+        ("Runs view, default 1000 newest runs", View::Runs, 1000),
+        ("Runs view, all 10000 runs", View::Runs, 10_000),
+        ("Events view (always-on queries only)", View::Events, 1000),
+    ] {
+        let w = Watch {
+            generation: 0,
+            view,
+            run: None,
+            switch: None,
+        };
+        let q = QueryCount::default();
+        let mut st = RoundState::default();
+        // The first round reads the events backlog; steady state is what counts.
+        round(store, &w, &mut st, limit, 2000, &q).await.unwrap();
+        let before = q.get();
+        let rounds = 20;
+        let samples: Vec<Duration> = {
+            let mut v = Vec::new();
+            for _ in 0..rounds {
+                let s = Instant::now();
+                round(store, &w, &mut st, limit, 2000, &q).await.unwrap();
+                v.push(s.elapsed());
+            }
+            v
+        };
+        let per_round = (q.get() - before) as f64 / rounds as f64;
+        let m = median(samples);
+        println!(
+            "{label}: {what}: median {:.2} ms per round, {per_round:.0} statements per round \
+             = {:.0} queries/s at the default 500 ms refresh; the store busy {:.1}% of the time",
+            ms(m),
+            per_round * 2.0,
+            ms(m) / 500.0 * 100.0
+        );
+    }
+}
+
+fn main() {
+    let n: usize = std::env::var("VIGIL_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    bench_render(n);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_dir, store) = seed_sqlite(n).await;
+        bench_rounds("sqlite", store.as_ref()).await;
+        match std::env::var("VIGIL_TEST_PG_URL") {
+            Ok(url) => {
+                let store = seed_pg(&url, n).await;
+                bench_rounds("postgres", store.as_ref()).await;
+            }
+            Err(_) => println!(
+                "postgres: not measured (VIGIL_TEST_PG_URL unset; use ./scripts/with-pg.sh)"
+            ),
+        }
+    });
+}

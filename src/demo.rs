@@ -90,7 +90,10 @@ const WORKFLOWS: &[(&str, &str)] = &[
         "chat_reply.toml",
         include_str!("../fixtures/workflows/chat_reply.toml"),
     ),
-    ("fan_in.toml", include_str!("../fixtures/workflows/fan_in.toml")),
+    (
+        "fan_in.toml",
+        include_str!("../fixtures/workflows/fan_in.toml"),
+    ),
     (
         "slow_stream.toml",
         include_str!("../fixtures/workflows/slow_stream.toml"),
@@ -162,7 +165,11 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             let id = format!("pod-{i}");
             let mut c = cluster.lock().await;
             let p = c.start_pod(&id, &[]).await?;
-            n.say(format!("started {id} at {} (log {})", p.url, p.log.display()));
+            n.say(format!(
+                "started {id} at {} (log {})",
+                p.url,
+                p.log.display()
+            ));
             urls.push(p.url.clone());
         }
         let ids = submit_workload(&urls).await?;
@@ -239,9 +246,23 @@ async fn submit_workload(urls: &[String]) -> Result<Workload> {
     .await?;
     let mut others = Vec::new();
     for (i, url) in urls.iter().enumerate() {
-        others.push(submit(url, "chat_reply", serde_json::json!({"prompt": format!("hello {i}")})).await?);
+        others.push(
+            submit(
+                url,
+                "chat_reply",
+                serde_json::json!({"prompt": format!("hello {i}")}),
+            )
+            .await?,
+        );
     }
-    others.push(submit(&urls[urls.len() - 1], "fan_in", serde_json::json!({"order": 7})).await?);
+    others.push(
+        submit(
+            &urls[urls.len() - 1],
+            "fan_in",
+            serde_json::json!({"order": 7}),
+        )
+        .await?,
+    );
     Ok(Workload { stream, others })
 }
 
@@ -256,9 +277,15 @@ async fn kill_owner_mid_stream(
 ) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let run = store.get_run(run_id).await?.context("the demo run vanished")?;
+        let run = store
+            .get_run(run_id)
+            .await?
+            .context("the demo run vanished")?;
         if run.state.is_terminal() {
-            bail!("run {run_id} ended ({}) before it could be interrupted", run.state);
+            bail!(
+                "run {run_id} ended ({}) before it could be interrupted",
+                run.state
+            );
         }
         if run.state == RunState::Running && !store.chunks(run_id).await?.is_empty() {
             break;
@@ -275,7 +302,10 @@ async fn kill_owner_mid_stream(
         _ = cancel.cancelled() => bail!("cancelled"),
         _ = tokio::time::sleep(after) => {}
     }
-    let run = store.get_run(run_id).await?.context("the demo run vanished")?;
+    let run = store
+        .get_run(run_id)
+        .await?
+        .context("the demo run vanished")?;
     let owner = run
         .owner_pod
         .with_context(|| format!("run {run_id} has no owner to kill"))?;
@@ -307,7 +337,12 @@ async fn steady_workload(cluster: Arc<Mutex<Cluster>>, cancel: CancellationToken
             continue;
         };
         let wf = if i % 5 == 4 { "fan_in" } else { "chat_reply" };
-        if let Err(e) = submit(url, wf, serde_json::json!({"prompt": format!("steady {i}")})).await
+        if let Err(e) = submit(
+            url,
+            wf,
+            serde_json::json!({"prompt": format!("steady {i}")}),
+        )
+        .await
         {
             tracing::warn!(error = %e, "demo workload: submit failed");
         }
@@ -556,7 +591,10 @@ async fn narrative_demo(
         );
     }
     if !ok {
-        println!("vigil demo: FAILED: see above and the pod logs in {}", args.data_dir.join("logs").display());
+        println!(
+            "vigil demo: FAILED: see above and the pod logs in {}",
+            args.data_dir.join("logs").display()
+        );
     }
     Ok(ok)
 }

@@ -16,7 +16,17 @@ impl Tmux {
     fn start(command: &str) -> Tmux {
         let session = format!("vigil-e2e-{}", std::process::id());
         let st = Command::new("tmux")
-            .args(["new-session", "-d", "-s", &session, "-x", "150", "-y", "45", command])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &session,
+                "-x",
+                "150",
+                "-y",
+                "45",
+                command,
+            ])
             .status()
             .expect("tmux runs");
         assert!(st.success(), "tmux new-session failed");
@@ -106,9 +116,11 @@ fn demo_in_a_terminal_shows_recovery_and_audits_a_switch_flip() {
     let t = Tmux::start(&command);
 
     // The console opens on the streaming run.
-    t.wait_for("the console on the demo run", Duration::from_secs(60), |p| {
-        p.contains("vigil console") && p.contains("demo_stream")
-    });
+    t.wait_for(
+        "the console on the demo run",
+        Duration::from_secs(60),
+        |p| p.contains("vigil console") && p.contains("demo_stream"),
+    );
 
     // Pods: a pod dies and a survivor claims its run.
     t.keys(&["2"]);

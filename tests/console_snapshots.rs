@@ -65,19 +65,30 @@ fn summary(n: u32, wf: &str, state: RunState, owner: Option<&str>, age_ms: i64) 
         updated_at_ms: NOW - age_ms / 2,
         error: None,
         retry_of: None,
-        current_step: (state != RunState::Pending).then(|| (
-            "reply".into(),
-            if state == RunState::Running {
-                StepStatus::Running
-            } else {
-                StepStatus::Succeeded
-            },
-            1,
-        )),
-        last_event: (state != RunState::Pending).then(|| (
-            NOW - age_ms / 2,
-            format!("pending -> {state}: {}", if state == RunState::Running { "claimed" } else { "all steps succeeded" }),
-        )),
+        current_step: (state != RunState::Pending).then(|| {
+            (
+                "reply".into(),
+                if state == RunState::Running {
+                    StepStatus::Running
+                } else {
+                    StepStatus::Succeeded
+                },
+                1,
+            )
+        }),
+        last_event: (state != RunState::Pending).then(|| {
+            (
+                NOW - age_ms / 2,
+                format!(
+                    "pending -> {state}: {}",
+                    if state == RunState::Running {
+                        "claimed"
+                    } else {
+                        "all steps succeeded"
+                    }
+                ),
+            )
+        }),
     }
 }
 
@@ -92,7 +103,16 @@ fn pod(idn: u32, hb_age: i64) -> PodRow {
     }
 }
 
-fn ev(kind: EventKind, idn: i64, at: i64, subject: &str, from: &str, to: &str, actor: &str, reason: &str) -> ConsoleEvent {
+fn ev(
+    kind: EventKind,
+    idn: i64,
+    at: i64,
+    subject: &str,
+    from: &str,
+    to: &str,
+    actor: &str,
+    reason: &str,
+) -> ConsoleEvent {
     ConsoleEvent {
         kind,
         id: idn,
@@ -115,7 +135,10 @@ fn busy_data() -> StoreData {
         summary(4, "fan_in", RunState::Pending, None, 200),
         {
             let mut r = summary(5, "slow_stream", RunState::TimedOut, Some("pod-1"), 400_000);
-            r.last_event = Some((NOW - 100_000, "running -> timed_out: reaper: heartbeat stale".into()));
+            r.last_event = Some((
+                NOW - 100_000,
+                "running -> timed_out: reaper: heartbeat stale".into(),
+            ));
             r
         },
     ];
@@ -123,16 +146,76 @@ fn busy_data() -> StoreData {
         backend: "sqlite",
         pods: vec![pod(2, 300), pod(3, 350)],
         counts: vec![
-            ActiveCount { state: RunState::Pending, lane: "action".into(), owner_pod: None, count: 1 },
-            ActiveCount { state: RunState::Running, lane: "sync".into(), owner_pod: Some("pod-2".into()), count: 1 },
-            ActiveCount { state: RunState::Running, lane: "sync".into(), owner_pod: Some("pod-3".into()), count: 1 },
+            ActiveCount {
+                state: RunState::Pending,
+                lane: "action".into(),
+                owner_pod: None,
+                count: 1,
+            },
+            ActiveCount {
+                state: RunState::Running,
+                lane: "sync".into(),
+                owner_pod: Some("pod-2".into()),
+                count: 1,
+            },
+            ActiveCount {
+                state: RunState::Running,
+                lane: "sync".into(),
+                owner_pod: Some("pod-3".into()),
+                count: 1,
+            },
         ],
         events: vec![
-            ev(EventKind::Switch, 1, 1_000, "recovery.enabled", "on", "off", "alice", "drill: watch runs wait"),
-            ev(EventKind::Claim, 7, 4_000, &id(1), "pod-1", "pod-2", "pod-2", ""),
-            ev(EventKind::Death, 1, 4_100, "pod-1", "inc-1", "", "pod-2", ""),
-            ev(EventKind::Transition, 9, 100_000, &id(5), "running", "timed_out", "pod-3", "reaper: heartbeat stale"),
-            ev(EventKind::Transition, 3, 9_000, &id(1), "pending", "running", "pod-1", "claimed"),
+            ev(
+                EventKind::Switch,
+                1,
+                1_000,
+                "recovery.enabled",
+                "on",
+                "off",
+                "alice",
+                "drill: watch runs wait",
+            ),
+            ev(
+                EventKind::Claim,
+                7,
+                4_000,
+                &id(1),
+                "pod-1",
+                "pod-2",
+                "pod-2",
+                "",
+            ),
+            ev(
+                EventKind::Death,
+                1,
+                4_100,
+                "pod-1",
+                "inc-1",
+                "",
+                "pod-2",
+                "",
+            ),
+            ev(
+                EventKind::Transition,
+                9,
+                100_000,
+                &id(5),
+                "running",
+                "timed_out",
+                "pod-3",
+                "reaper: heartbeat stale",
+            ),
+            ev(
+                EventKind::Transition,
+                3,
+                9_000,
+                &id(1),
+                "pending",
+                "running",
+                "pod-1",
+                "claimed",
+            ),
         ],
         runs: Some(runs),
         switches: Some(vec![SwitchRow {
@@ -163,7 +246,13 @@ fn busy() -> App {
     let d = busy_data();
     let u = store_update(&a, d.clone(), 40, NOW - 5_200);
     a.apply_store(u);
-    let u = StoreUpdate { result: Ok(StoreData { events: vec![], ..d }), ..store_update(&a, StoreData::default(), 80, NOW - 200) };
+    let u = StoreUpdate {
+        result: Ok(StoreData {
+            events: vec![],
+            ..d
+        }),
+        ..store_update(&a, StoreData::default(), 80, NOW - 200)
+    };
     a.apply_store(u);
     a
 }
@@ -182,7 +271,15 @@ fn typed(a: &mut App, s: &str) {
 fn runs_views() {
     let mut a = app();
     snap!("runs_connecting_120x30", a);
-    let u = store_update(&a, StoreData { backend: "sqlite", ..StoreData::default() }, 4, NOW - 100);
+    let u = store_update(
+        &a,
+        StoreData {
+            backend: "sqlite",
+            ..StoreData::default()
+        },
+        4,
+        NOW - 100,
+    );
     a.apply_store(u);
     snap!("runs_empty_120x30", a);
 
@@ -252,7 +349,13 @@ fn run_detail_with_reset() {
         family: Some(id(1)),
         retry_of: None,
     };
-    let chunk = |epoch, seq| Chunk { run_id: id(1), epoch, seq, data: format!("token {seq} "), at_ms: NOW };
+    let chunk = |epoch, seq| Chunk {
+        run_id: id(1),
+        epoch,
+        seq,
+        data: format!("token {seq} "),
+        at_ms: NOW,
+    };
     let mut chunks: Vec<Chunk> = (0..5).map(|s| chunk(1, s)).collect();
     chunks.extend((0..3).map(|s| chunk(2, s)));
     let detail = DetailData {
@@ -260,17 +363,62 @@ fn run_detail_with_reset() {
         session,
         run: Some(run),
         steps: vec![
-            StepRecord { run_id: id(1), node_id: "prompt".into(), status: StepStatus::Succeeded, attempts: 1, output: Some(serde_json::json!({"api_key": "[REDACTED]", "model": "vigil-small"})), error: None, updated_at_ms: NOW - 8_900 },
-            StepRecord { run_id: id(1), node_id: "reply".into(), status: StepStatus::Running, attempts: 2, output: None, error: None, updated_at_ms: NOW - 4_000 },
+            StepRecord {
+                run_id: id(1),
+                node_id: "prompt".into(),
+                status: StepStatus::Succeeded,
+                attempts: 1,
+                output: Some(serde_json::json!({"api_key": "[REDACTED]", "model": "vigil-small"})),
+                error: None,
+                updated_at_ms: NOW - 8_900,
+            },
+            StepRecord {
+                run_id: id(1),
+                node_id: "reply".into(),
+                status: StepStatus::Running,
+                attempts: 2,
+                output: None,
+                error: None,
+                updated_at_ms: NOW - 4_000,
+            },
         ],
-        transitions: vec![vigil::engine::run::TransitionRecord { run_id: id(1), from: RunState::Pending, to: RunState::Running, epoch: 1, pod: Some("pod-1".into()), reason: "claimed".into(), late: false, at_ms: NOW - 8_950 }],
+        transitions: vec![vigil::engine::run::TransitionRecord {
+            run_id: id(1),
+            from: RunState::Pending,
+            to: RunState::Running,
+            epoch: 1,
+            pod: Some("pod-1".into()),
+            reason: "claimed".into(),
+            late: false,
+            at_ms: NOW - 8_950,
+        }],
         claims: vec![
-            ClaimRecord { run_id: id(1), from_pod: None, to_pod: "pod-1".into(), epoch: 1, at_ms: NOW - 8_950 },
-            ClaimRecord { run_id: id(1), from_pod: Some("pod-1".into()), to_pod: "pod-2".into(), epoch: 2, at_ms: NOW - 4_000 },
+            ClaimRecord {
+                run_id: id(1),
+                from_pod: None,
+                to_pod: "pod-1".into(),
+                epoch: 1,
+                at_ms: NOW - 8_950,
+            },
+            ClaimRecord {
+                run_id: id(1),
+                from_pod: Some("pod-1".into()),
+                to_pod: "pod-2".into(),
+                epoch: 2,
+                at_ms: NOW - 4_000,
+            },
         ],
         chunks,
     };
-    let u = store_update(&a, StoreData { detail: Some(detail), ..busy_data() }, 120, NOW - 100);
+    let u = store_update(
+        &a,
+        StoreData {
+            detail: Some(detail),
+            ..busy_data()
+        },
+        120,
+        NOW - 100,
+    );
     a.apply_store(u);
     snap!("run_detail_after_reset_120x30", a);
     key(&mut a, KeyCode::Esc);
@@ -285,17 +433,23 @@ fn scrape(pod: &str, claims: f64, deaths: f64, fallback_hits: f64, ticks_age_s: 
     let mut m = PodMetrics::default();
     m.counters.insert("recovery claims won".into(), claims);
     m.counters.insert("pod deaths detected".into(), deaths);
-    m.counters.insert("authority fallback hit".into(), fallback_hits);
+    m.counters
+        .insert("authority fallback hit".into(), fallback_hits);
     m.counters.insert("reaper timeouts sync".into(), 0.0);
     m.counters.insert("janitor lost marks".into(), 0.0);
-    m.counters.insert("detection latency sum".into(), 2.1 * deaths);
+    m.counters
+        .insert("detection latency sum".into(), 2.1 * deaths);
     m.counters.insert("detection latency count".into(), deaths);
     let t = (NOW as f64) / 1000.0 - ticks_age_s;
     for l in ["liveness", "reaper", "janitor"] {
         m.loop_ticks.insert(l.into(), t);
     }
     m.runs_active = Some(1.0);
-    PodScrape { pod: pod.into(), url: format!("http://127.0.0.1:770{}", &pod[4..]), result: Ok(m) }
+    PodScrape {
+        pod: pod.into(),
+        url: format!("http://127.0.0.1:770{}", &pod[4..]),
+        result: Ok(m),
+    }
 }
 
 fn with_metrics(mut a: App) -> App {
@@ -306,7 +460,13 @@ fn with_metrics(mut a: App) -> App {
         a.apply_metrics(MetricsUpdate {
             at_ms: at,
             pods: vec![
-                scrape("pod-2", if happened { 2.0 } else { 0.0 }, if happened { 1.0 } else { 0.0 }, if happened { 2.0 } else { 0.0 }, 0.2),
+                scrape(
+                    "pod-2",
+                    if happened { 2.0 } else { 0.0 },
+                    if happened { 1.0 } else { 0.0 },
+                    if happened { 2.0 } else { 0.0 },
+                    0.2,
+                ),
                 scrape("pod-3", 0.0, 0.0, (i / 6) as f64, 0.3),
             ],
         });
@@ -317,7 +477,15 @@ fn with_metrics(mut a: App) -> App {
 #[test]
 fn pods_views() {
     let mut a = app();
-    a.apply_store(store_update(&a, StoreData { backend: "sqlite", ..StoreData::default() }, 4, NOW - 100));
+    a.apply_store(store_update(
+        &a,
+        StoreData {
+            backend: "sqlite",
+            ..StoreData::default()
+        },
+        4,
+        NOW - 100,
+    ));
     a.update(Action::ViewPods);
     snap!("pods_empty_120x30", a);
 
@@ -354,7 +522,11 @@ fn activity_views() {
     a.apply_metrics(MetricsUpdate {
         at_ms: NOW,
         pods: vec![
-            PodScrape { pod: "pod-2".into(), url: "http://127.0.0.1:7702".into(), result: Err("GET http://127.0.0.1:7702/metrics: connection refused".into()) },
+            PodScrape {
+                pod: "pod-2".into(),
+                url: "http://127.0.0.1:7702".into(),
+                result: Err("GET http://127.0.0.1:7702/metrics: connection refused".into()),
+            },
             scrape("pod-3", 0.0, 0.0, 3.0, 0.1),
         ],
     });
@@ -372,9 +544,30 @@ fn switches_views() {
     d.audit = Some((
         "recovery.enabled".into(),
         vec![
-            SwitchAudit { name: "recovery.enabled".into(), old: None, new: false, who: "bob".into(), reason: "first drill".into(), at_ms: NOW - 90_000 },
-            SwitchAudit { name: "recovery.enabled".into(), old: Some(false), new: true, who: "bob".into(), reason: "drill over".into(), at_ms: NOW - 60_000 },
-            SwitchAudit { name: "recovery.enabled".into(), old: Some(true), new: false, who: "alice".into(), reason: "drill: watch runs wait".into(), at_ms: NOW - 1_000 },
+            SwitchAudit {
+                name: "recovery.enabled".into(),
+                old: None,
+                new: false,
+                who: "bob".into(),
+                reason: "first drill".into(),
+                at_ms: NOW - 90_000,
+            },
+            SwitchAudit {
+                name: "recovery.enabled".into(),
+                old: Some(false),
+                new: true,
+                who: "bob".into(),
+                reason: "drill over".into(),
+                at_ms: NOW - 60_000,
+            },
+            SwitchAudit {
+                name: "recovery.enabled".into(),
+                old: Some(true),
+                new: false,
+                who: "alice".into(),
+                reason: "drill: watch runs wait".into(),
+                at_ms: NOW - 1_000,
+            },
         ],
     ));
     let u = store_update(&a, d, 100, NOW - 100);
@@ -408,16 +601,35 @@ fn switches_views() {
 
 #[test]
 fn read_only_holds_from_every_view_and_path() {
-    for view in [Action::ViewRuns, Action::ViewPods, Action::ViewEvents, Action::ViewSwitches, Action::ViewActivity] {
+    for view in [
+        Action::ViewRuns,
+        Action::ViewPods,
+        Action::ViewEvents,
+        Action::ViewSwitches,
+        Action::ViewActivity,
+    ] {
         let mut a = busy();
         a.read_only = true;
         a.has_chaos = true;
-        a.apply_chaos(vec![ChaosPod { id: "pod-2".into(), pid: Some(42), state: PodState::Running, url: "http://127.0.0.1:7702/".into() }]);
+        a.apply_chaos(vec![ChaosPod {
+            id: "pod-2".into(),
+            pid: Some(42),
+            state: PodState::Running,
+            url: "http://127.0.0.1:7702/".into(),
+        }]);
         a.update(view);
-        for cmd in [":set recovery.enabled off", ":kill pod-2", ":term pod-2", ":pause pod-2"] {
+        for cmd in [
+            ":set recovery.enabled off",
+            ":kill pod-2",
+            ":term pod-2",
+            ":pause pod-2",
+        ] {
             typed(&mut a, cmd);
             key(&mut a, KeyCode::Enter);
-            assert!(!matches!(a.mode, vigil::console::Mode::Dialog(_)), "{cmd} opened a dialog in read-only mode");
+            assert!(
+                !matches!(a.mode, vigil::console::Mode::Dialog(_)),
+                "{cmd} opened a dialog in read-only mode"
+            );
             let st = a.status.clone().expect("a refusal is shown");
             assert!(st.text.starts_with("read-only"), "{cmd}: {}", st.text);
         }
@@ -431,7 +643,15 @@ fn read_only_holds_from_every_view_and_path() {
 #[test]
 fn events_views() {
     let mut a = app();
-    a.apply_store(store_update(&a, StoreData { backend: "sqlite", ..StoreData::default() }, 4, NOW - 100));
+    a.apply_store(store_update(
+        &a,
+        StoreData {
+            backend: "sqlite",
+            ..StoreData::default()
+        },
+        4,
+        NOW - 100,
+    ));
     a.update(Action::ViewEvents);
     snap!("events_empty_120x30", a);
     let mut a = busy();
@@ -449,9 +669,24 @@ fn chaos_views() {
     a.update(Action::ViewChaos);
     snap!("chaos_unavailable_without_cluster_120x30", a);
     a.apply_chaos(vec![
-        ChaosPod { id: "pod-1".into(), pid: None, state: PodState::Exited, url: "http://127.0.0.1:7701/".into() },
-        ChaosPod { id: "pod-2".into(), pid: Some(4242), state: PodState::Running, url: "http://127.0.0.1:7702/".into() },
-        ChaosPod { id: "pod-3".into(), pid: Some(4243), state: PodState::Paused, url: "http://127.0.0.1:7703/".into() },
+        ChaosPod {
+            id: "pod-1".into(),
+            pid: None,
+            state: PodState::Exited,
+            url: "http://127.0.0.1:7701/".into(),
+        },
+        ChaosPod {
+            id: "pod-2".into(),
+            pid: Some(4242),
+            state: PodState::Running,
+            url: "http://127.0.0.1:7702/".into(),
+        },
+        ChaosPod {
+            id: "pod-3".into(),
+            pid: Some(4243),
+            state: PodState::Paused,
+            url: "http://127.0.0.1:7703/".into(),
+        },
     ]);
     a.update(Action::ViewChaos);
     key(&mut a, KeyCode::Char('j'));
@@ -459,10 +694,17 @@ fn chaos_views() {
     key(&mut a, KeyCode::Char('x'));
     snap!("chaos_confirm_kill_120x30", a);
     key(&mut a, KeyCode::Char('n'));
-    assert!(a.drain_effects().iter().all(|e| !e.is_mutation()), "n cancels");
+    assert!(
+        a.drain_effects().iter().all(|e| !e.is_mutation()),
+        "n cancels"
+    );
     key(&mut a, KeyCode::Char('x'));
     key(&mut a, KeyCode::Char('y'));
-    assert!(a.drain_effects().iter().any(|e| matches!(e, vigil::console::Effect::Chaos { pod, .. } if pod == "pod-2")));
+    assert!(
+        a.drain_effects()
+            .iter()
+            .any(|e| matches!(e, vigil::console::Effect::Chaos { pod, .. } if pod == "pod-2"))
+    );
     // Ctrl-d scrolls; it never kills.
     key(&mut a, KeyCode::Char('k'));
     a.on_key(KeyEvent::new(KeyCode::Char('d'), KeyModifiers::CONTROL));
@@ -491,7 +733,15 @@ fn help_and_command_line() {
     // f freezes: data stops applying.
     typed(&mut a, "f");
     let before = a.runs.len();
-    let u = store_update(&a, StoreData { runs: Some(vec![]), ..busy_data() }, 1, NOW);
+    let u = store_update(
+        &a,
+        StoreData {
+            runs: Some(vec![]),
+            ..busy_data()
+        },
+        1,
+        NOW,
+    );
     a.apply_store(u);
     assert_eq!(a.runs.len(), before);
     snap!("runs_frozen_120x30", a);
@@ -509,10 +759,22 @@ fn a_stale_round_cannot_resurrect_a_flipped_switch() {
     assert!(a.generation > old_gen);
     // A round that started before the flip still says "off": dropped.
     let mut d = busy_data();
-    d.switches = Some(vec![SwitchRow { name: "recovery.enabled".into(), enabled: false, updated_at_ms: NOW, updated_by: "x".into(), reason: "stale".into() }]);
+    d.switches = Some(vec![SwitchRow {
+        name: "recovery.enabled".into(),
+        enabled: false,
+        updated_at_ms: NOW,
+        updated_by: "x".into(),
+        reason: "stale".into(),
+    }]);
     a.switches[0].enabled = true;
-    a.apply_store(StoreUpdate { generation: old_gen, ..store_update(&a, d, 1, NOW) });
-    assert!(a.switches[0].enabled, "a stale round overwrote a newer value");
+    a.apply_store(StoreUpdate {
+        generation: old_gen,
+        ..store_update(&a, d, 1, NOW)
+    });
+    assert!(
+        a.switches[0].enabled,
+        "a stale round overwrote a newer value"
+    );
 }
 
 #[test]
@@ -523,12 +785,22 @@ fn no_color_theme_still_marks_selection_and_state_with_words() {
     t.draw(|f| draw(f, &a)).unwrap();
     let buf = t.backend().buffer().clone();
     for cell in buf.content() {
-        assert_eq!(cell.fg, ratatui::style::Color::Reset, "a colour with NO_COLOR at {cell:?}");
+        assert_eq!(
+            cell.fg,
+            ratatui::style::Color::Reset,
+            "a colour with NO_COLOR at {cell:?}"
+        );
     }
     // The selected row is reversed, not coloured.
     key(&mut a, KeyCode::Char('j'));
     t.draw(|f| draw(f, &a)).unwrap();
-    let reversed = t.backend().buffer().content().iter().filter(|c| c.modifier.contains(ratatui::style::Modifier::REVERSED)).count();
+    let reversed = t
+        .backend()
+        .buffer()
+        .content()
+        .iter()
+        .filter(|c| c.modifier.contains(ratatui::style::Modifier::REVERSED))
+        .count();
     assert!(reversed > 100, "selection not visible without colour");
 }
 
@@ -536,7 +808,13 @@ fn no_color_theme_still_marks_selection_and_state_with_words() {
 fn resizes_cleanly() {
     let a = with_metrics(busy());
     for (w, h) in [(40, 10), (80, 24), (200, 60), (20, 6)] {
-        for v in [Action::ViewRuns, Action::ViewPods, Action::ViewActivity, Action::ViewSwitches, Action::ViewEvents] {
+        for v in [
+            Action::ViewRuns,
+            Action::ViewPods,
+            Action::ViewActivity,
+            Action::ViewSwitches,
+            Action::ViewEvents,
+        ] {
             let mut a = a.clone();
             a.update(v);
             a.update(Action::Resize(w, h));

@@ -3,9 +3,7 @@
 //! leave through [`App::effects`], which the event loop hands to the effect
 //! executor and the collectors.
 
-use super::data::{
-    ChaosPod, DetailData, MetricsUpdate, StoreData, StoreUpdate, View, Watch,
-};
+use super::data::{ChaosPod, DetailData, MetricsUpdate, StoreData, StoreUpdate, View, Watch};
 use super::keys::{Action, Key, Keymap, SORT_LETTERS};
 use super::metrics::PodMetrics;
 use super::theme::Theme;
@@ -150,7 +148,10 @@ impl Filter {
         self.re = if pat.is_empty() {
             None
         } else {
-            match regex::RegexBuilder::new(&pat).case_insensitive(true).build() {
+            match regex::RegexBuilder::new(&pat)
+                .case_insensitive(true)
+                .build()
+            {
                 Ok(r) => Some(r),
                 Err(e) => {
                     self.error = Some(format!("not a regex ({e}); matching as text"));
@@ -179,7 +180,11 @@ impl Filter {
 /// One line of a run's live stream as the detail shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamLine {
-    Chunk { epoch: i64, seq: i64, data: String },
+    Chunk {
+        epoch: i64,
+        seq: i64,
+        data: String,
+    },
     /// The run was claimed at a new epoch: what came before is discarded.
     Reset {
         epoch: i64,
@@ -227,7 +232,8 @@ impl Activity {
     pub fn apply(&mut self, u: &MetricsUpdate) {
         // Pods no longer scraped (gone from the registry) leave the sources
         // list; what they counted stays in the totals.
-        self.scrapes.retain(|pod, _| u.pods.iter().any(|p| &p.pod == pod));
+        self.scrapes
+            .retain(|pod, _| u.pods.iter().any(|p| &p.pod == pod));
         let mut totals: BTreeMap<String, f64> = self
             .samples
             .iter()
@@ -677,10 +683,7 @@ impl App {
         Watch {
             generation: self.generation,
             view: self.view,
-            run: self
-                .detail
-                .as_ref()
-                .map(|d| (d.run_id.clone(), d.session)),
+            run: self.detail.as_ref().map(|d| (d.run_id.clone(), d.session)),
             switch: (self.view == View::Switches)
                 .then(|| self.selected_switch())
                 .flatten(),
@@ -702,7 +705,11 @@ impl App {
         self.view = v;
         self.detail = None;
         self.mode = Mode::Normal;
-        if self.status.as_ref().is_some_and(|s| s.level == Level::Error) {
+        if self
+            .status
+            .as_ref()
+            .is_some_and(|s| s.level == Level::Error)
+        {
             self.status = None;
         }
         self.watch_changed();
@@ -997,14 +1004,14 @@ impl App {
     pub fn row_keys(&self, view: View) -> Vec<String> {
         match view {
             View::Runs => self.visible_runs().iter().map(|r| r.id.clone()).collect(),
-            View::Pods => self.visible_pods().iter().map(|p| p.pod_id.clone()).collect(),
+            View::Pods => self
+                .visible_pods()
+                .iter()
+                .map(|p| p.pod_id.clone())
+                .collect(),
             View::Activity => self.activity_series(),
             View::Switches => self.visible_switches(),
-            View::Events => self
-                .visible_events()
-                .iter()
-                .map(|e| event_key(e))
-                .collect(),
+            View::Events => self.visible_events().iter().map(|e| event_key(e)).collect(),
             View::Chaos => self.visible_chaos().iter().map(|p| p.id.clone()).collect(),
         }
     }
@@ -1037,11 +1044,7 @@ impl App {
             'T' => rows.sort_by_key(|r| std::cmp::Reverse(r.current_step.as_ref().map(|s| s.2))),
             'E' => rows.sort_by_key(|r| std::cmp::Reverse(r.last_event.as_ref().map(|e| e.0))),
             // Age: youngest first.
-            _ => rows.sort_by(|a, b| {
-                b.created_at_ms
-                    .cmp(&a.created_at_ms)
-                    .then(b.id.cmp(&a.id))
-            }),
+            _ => rows.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(b.id.cmp(&a.id))),
         }
         if rev {
             rows.reverse();
@@ -1152,9 +1155,7 @@ impl App {
         self.events
             .iter()
             .filter(|e| {
-                e.kind == EventKind::Claim
-                    && e.from.as_deref() == Some(pod)
-                    && e.at_ms >= since_ms
+                e.kind == EventKind::Claim && e.from.as_deref() == Some(pod) && e.at_ms >= since_ms
             })
             .collect()
     }
@@ -1163,9 +1164,7 @@ impl App {
 
     pub fn apply_store(&mut self, u: StoreUpdate) {
         self.dirty = true;
-        self.health
-            .query_log
-            .push_back((u.at_ms, u.queries));
+        self.health.query_log.push_back((u.at_ms, u.queries));
         while self
             .health
             .query_log
@@ -1322,10 +1321,9 @@ fn push_chunk(stream: &mut Vec<StreamLine>, c: &Chunk) {
             discarded,
         });
     }
-    if stream
-        .iter()
-        .any(|l| matches!(l, StreamLine::Chunk { epoch, seq, .. } if *epoch == c.epoch && *seq == c.seq))
-    {
+    if stream.iter().any(
+        |l| matches!(l, StreamLine::Chunk { epoch, seq, .. } if *epoch == c.epoch && *seq == c.seq),
+    ) {
         return;
     }
     stream.push(StreamLine::Chunk {

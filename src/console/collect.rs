@@ -2,10 +2,10 @@
 //! cluster, each on its own clock, and send what they found into the app's
 //! one event channel. None of them ever runs inside the draw loop.
 
+use super::Event;
 use super::data::{
     ChaosPod, DetailData, MetricsUpdate, PodScrape, StoreData, StoreUpdate, View, Watch,
 };
-use super::Event;
 use crate::cluster::Cluster;
 use crate::engine::clock::wall_ms;
 use crate::engine::store::{self, EventCursor, Store, StoreError};
@@ -105,7 +105,8 @@ pub async fn round(
     d.events = events;
     match &w.run {
         Some((run_id, session)) => {
-            let restart = !matches!(&st.detail, Some((id, s, _, _)) if id == run_id && s == session);
+            let restart =
+                !matches!(&st.detail, Some((id, s, _, _)) if id == run_id && s == session);
             if restart {
                 st.detail = Some((run_id.clone(), *session, -1, -1));
             }
@@ -205,9 +206,7 @@ pub fn spawn_store_collector(
             .await
             {
                 Ok(r) => r,
-                Err(_) => Err(format!(
-                    "store did not answer within {ROUND_TIMEOUT:?}"
-                )),
+                Err(_) => Err(format!("store did not answer within {ROUND_TIMEOUT:?}")),
             };
             if let Ok(d) = &result {
                 let addrs = d

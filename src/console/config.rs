@@ -239,7 +239,9 @@ mod tests {
 
     #[test]
     fn out_of_range_refresh_is_refused() {
-        let e = Config::parse("refresh_ms = 5", None).unwrap_err().to_string();
+        let e = Config::parse("refresh_ms = 5", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("refresh_ms = 5"), "{e}");
     }
 }

@@ -331,7 +331,10 @@ impl Keymap {
     }
 
     pub fn lookup(&self, key: Key) -> Option<Action> {
-        self.bindings.iter().find(|(k, _)| *k == key).map(|(_, a)| *a)
+        self.bindings
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, a)| *a)
     }
 
     /// The keys bound to `action`, as written in the config.

@@ -26,9 +26,21 @@ pub const FAMILIES: &[(&str, Option<&str>, &str)] = &[
         Some("source"),
         "spurious recovery",
     ),
-    ("vigil_recovery_claims_total", Some("outcome"), "recovery claims"),
-    ("vigil_pod_deaths_detected_total", None, "pod deaths detected"),
-    ("vigil_reaper_timeouts_total", Some("lane"), "reaper timeouts"),
+    (
+        "vigil_recovery_claims_total",
+        Some("outcome"),
+        "recovery claims",
+    ),
+    (
+        "vigil_pod_deaths_detected_total",
+        None,
+        "pod deaths detected",
+    ),
+    (
+        "vigil_reaper_timeouts_total",
+        Some("lane"),
+        "reaper timeouts",
+    ),
     ("vigil_reaper_retries_total", Some("lane"), "reaper retries"),
     ("vigil_janitor_lost_total", None, "janitor lost marks"),
     (

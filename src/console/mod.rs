@@ -75,7 +75,10 @@ pub enum Event {
     Store(Box<StoreUpdate>),
     Metrics(Box<MetricsUpdate>),
     Chaos(Vec<ChaosPod>),
-    Done { ok: bool, message: String },
+    Done {
+        ok: bool,
+        message: String,
+    },
     /// SIGTERM, SIGINT or SIGHUP: leave cleanly.
     Signal(&'static str),
 }
@@ -148,9 +151,7 @@ pub fn default_log_path() -> PathBuf {
     let base = std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("state"))
-        })
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("state")))
         .unwrap_or_else(std::env::temp_dir);
     base.join("vigil").join("console.log")
 }
@@ -422,13 +423,14 @@ async fn execute(
             let mut c = cluster.lock().await;
             match op {
                 ChaosOp::Kill => c.kill(pod).await.map(|_| format!("{pod} SIGKILLed")),
-                ChaosOp::Terminate => c
-                    .terminate(pod, Duration::from_secs(10))
-                    .await
-                    .map(|took| match took {
-                        Some(d) => format!("{pod} terminated (SIGTERM) in {d:.1?}"),
-                        None => format!("{pod} ignored SIGTERM for 10 s: SIGKILLed"),
-                    }),
+                ChaosOp::Terminate => {
+                    c.terminate(pod, Duration::from_secs(10))
+                        .await
+                        .map(|took| match took {
+                            Some(d) => format!("{pod} terminated (SIGTERM) in {d:.1?}"),
+                            None => format!("{pod} ignored SIGTERM for 10 s: SIGKILLed"),
+                        })
+                }
                 ChaosOp::Pause => c.pause(pod).map(|_| format!("{pod} paused (SIGSTOP)")),
                 ChaosOp::Resume => c.resume(pod).map(|_| format!("{pod} resumed (SIGCONT)")),
                 ChaosOp::Start => c

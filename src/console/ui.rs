@@ -2,8 +2,8 @@
 //! store or the network, so every state renders the same way in a test.
 
 use super::app::{
-    event_label, pod_state_str, sort_columns, App, Detail, Dialog, Level, Mode, StreamLine,
-    ACTIVITY_WINDOW_MS,
+    ACTIVITY_WINDOW_MS, App, Detail, Dialog, Level, Mode, StreamLine, event_label, pod_state_str,
+    sort_columns,
 };
 use super::data::View;
 use super::keys::Action;
@@ -12,10 +12,10 @@ use crate::engine::liveness::lock_key;
 use crate::engine::run::{RunState, StepStatus};
 use crate::engine::store::{ConsoleEvent, EventKind};
 use crate::engine::switches;
+use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
-use ratatui::Frame;
 
 /// Draw the whole console.
 pub fn draw(frame: &mut Frame, app: &App) {
@@ -316,7 +316,10 @@ fn hints_line(app: &App) -> Line<'static> {
             pairs.push((k(Action::Back), "back".into()));
         }
         (Mode::Normal, None, view) => {
-            pairs.push((format!("{}/{}", k(Action::Down), k(Action::Up)), "move".into()));
+            pairs.push((
+                format!("{}/{}", k(Action::Down), k(Action::Up)),
+                "move".into(),
+            ));
             match view {
                 View::Runs => pairs.push((k(Action::Open), "open".into())),
                 View::Events => pairs.push((k(Action::Open), "open run".into())),
@@ -344,7 +347,10 @@ fn hints_line(app: &App) -> Line<'static> {
     }
     if app.mode == Mode::Normal {
         pairs.push((k(Action::Command), "cmd".into()));
-        pairs.push((k(Action::Freeze), if app.frozen { "unfreeze" } else { "freeze" }.into()));
+        pairs.push((
+            k(Action::Freeze),
+            if app.frozen { "unfreeze" } else { "freeze" }.into(),
+        ));
         pairs.push((k(Action::Help), "help".into()));
         pairs.push((k(Action::Quit), "quit".into()));
     }
@@ -465,7 +471,15 @@ fn draw_runs(frame: &mut Frame, app: &App, area: Rect) {
     .header(header_row(
         app,
         &[
-            "ID", "WORKFLOW", "LANE", "STATE", "OWNER", "STEP", "ATT", "AGE", "LAST EVENT",
+            "ID",
+            "WORKFLOW",
+            "LANE",
+            "STATE",
+            "OWNER",
+            "STEP",
+            "ATT",
+            "AGE",
+            "LAST EVENT",
         ],
     ));
     frame.render_widget(table, inner);
@@ -482,7 +496,10 @@ fn draw_detail(frame: &mut Frame, app: &App, d: &Detail, area: Rect) {
         } else {
             "loading…".to_owned()
         };
-        frame.render_widget(Paragraph::new(Span::styled(msg, t.style(Role::Muted))), inner);
+        frame.render_widget(
+            Paragraph::new(Span::styled(msg, t.style(Role::Muted))),
+            inner,
+        );
         return;
     };
     let [info, middle, stream] = Layout::vertical([
@@ -493,7 +510,10 @@ fn draw_detail(frame: &mut Frame, app: &App, d: &Detail, area: Rect) {
     .areas(inner);
     let mut first = vec![
         Span::raw(format!("{} · lane {} · ", run.workflow, run.lane)),
-        Span::styled(run.state.as_str().to_owned(), t.style(state_role(run.state))),
+        Span::styled(
+            run.state.as_str().to_owned(),
+            t.style(state_role(run.state)),
+        ),
         Span::raw(format!(
             " · owner {} · epoch {} · created {} ago · updated {} ago",
             run.owner_pod.as_deref().unwrap_or("-"),
@@ -503,7 +523,10 @@ fn draw_detail(frame: &mut Frame, app: &App, d: &Detail, area: Rect) {
         )),
     ];
     if let Some(hb) = run.heartbeat_at_ms {
-        first.push(Span::raw(format!(" · heartbeat {} ago", age(app.now_ms - hb))));
+        first.push(Span::raw(format!(
+            " · heartbeat {} ago",
+            age(app.now_ms - hb)
+        )));
     }
     let second = match (&run.error, &run.retry_of) {
         (Some(e), _) => Line::from(Span::styled(format!("error: {e}"), t.style(Role::Bad))),
@@ -516,8 +539,7 @@ fn draw_detail(frame: &mut Frame, app: &App, d: &Detail, area: Rect) {
     frame.render_widget(Paragraph::new(vec![Line::from(first), second]), info);
 
     let [steps_area, log_area] =
-        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
-            .areas(middle);
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(middle);
     let steps: Vec<Row> = d
         .steps
         .iter()
@@ -549,7 +571,10 @@ fn draw_detail(frame: &mut Frame, app: &App, d: &Detail, area: Rect) {
                 Constraint::Fill(1),
             ],
         )
-        .header(header_row(app, &["STEP", "STATUS", "ATT", "OUTPUT (redacted)"]))
+        .header(header_row(
+            app,
+            &["STEP", "STATUS", "ATT", "OUTPUT (redacted)"],
+        ))
         .block(block(app, "Steps".into())),
         steps_area,
     );
@@ -607,7 +632,10 @@ fn draw_detail(frame: &mut Frame, app: &App, d: &Detail, area: Rect) {
         log_area,
     );
 
-    let sb = block(app, "Stream (live; a reset discards the dead owner's prefix)".into());
+    let sb = block(
+        app,
+        "Stream (live; a reset discards the dead owner's prefix)".into(),
+    );
     let sinner = sb.inner(stream);
     frame.render_widget(sb, stream);
     let width = usize::from(sinner.width).max(1);
@@ -639,7 +667,10 @@ fn draw_detail(frame: &mut Frame, app: &App, d: &Detail, area: Rect) {
     }
     flush(&mut text, &mut lines);
     if lines.is_empty() {
-        lines.push(Line::from(Span::styled("(no chunks yet)", t.style(Role::Muted))));
+        lines.push(Line::from(Span::styled(
+            "(no chunks yet)",
+            t.style(Role::Muted),
+        )));
     }
     let h = usize::from(sinner.height);
     let skip = lines.len().saturating_sub(h);
@@ -710,7 +741,12 @@ fn draw_pods(frame: &mut Frame, app: &App, area: Rect) {
                         })
                         .collect::<Vec<_>>()
                         .join(" "),
-                    _ => match app.activity.scrapes.get(&p.pod_id).and_then(|s| s.error.as_ref()) {
+                    _ => match app
+                        .activity
+                        .scrapes
+                        .get(&p.pod_id)
+                        .and_then(|s| s.error.as_ref())
+                    {
                         Some(_) => "metrics unreachable".into(),
                         None => "-".into(),
                     },
@@ -787,9 +823,7 @@ fn draw_pods(frame: &mut Frame, app: &App, area: Rect) {
                 claims
                     .iter()
                     .rev()
-                    .map(|c| {
-                        format!("{} → {}", short(&c.subject), c.to.as_deref().unwrap_or("-"))
-                    })
+                    .map(|c| format!("{} → {}", short(&c.subject), c.to.as_deref().unwrap_or("-")))
                     .collect::<Vec<_>>()
                     .join(", ")
             };
@@ -815,7 +849,13 @@ fn draw_pods(frame: &mut Frame, app: &App, area: Rect) {
         )
         .header(header_row(
             app,
-            &["POD", "FOUND BY", "WHEN", "LATENCY", "RUNS CLAIMED (run → new owner)"],
+            &[
+                "POD",
+                "FOUND BY",
+                "WHEN",
+                "LATENCY",
+                "RUNS CLAIMED (run → new owner)",
+            ],
         )),
         dinner,
     );
@@ -934,10 +974,7 @@ fn draw_activity(frame: &mut Frame, app: &App, area: Rect) {
             table_area,
         );
     } else {
-        let spark_title = format!(
-            "PER 10 s OVER {} (now →)",
-            age(buckets * BUCKET_MS)
-        );
+        let spark_title = format!("PER 10 s OVER {} (now →)", age(buckets * BUCKET_MS));
         frame.render_widget(
             Table::new(
                 rows,
@@ -966,10 +1003,15 @@ fn draw_activity(frame: &mut Frame, app: &App, area: Rect) {
     let d_sum = app.activity.total("detection latency sum")
         - app.activity.total_at("detection latency sum", window_start);
     let d_n = app.activity.total("detection latency count")
-        - app.activity.total_at("detection latency count", window_start);
+        - app
+            .activity
+            .total_at("detection latency count", window_start);
     let mut line = vec![Span::styled("detection latency: ", t.style(Role::Header))];
     line.push(Span::raw(if d_n > 0.0 {
-        format!("mean {} over the last 5 min (n={d_n:.0})", age((d_sum / d_n * 1000.0) as i64))
+        format!(
+            "mean {} over the last 5 min (n={d_n:.0})",
+            age((d_sum / d_n * 1000.0) as i64)
+        )
     } else {
         "no detection in the last 5 min".to_owned()
     }));
@@ -982,7 +1024,10 @@ fn draw_activity(frame: &mut Frame, app: &App, area: Rect) {
             age(d.at_ms - last_hb)
         )));
     }
-    frame.render_widget(Paragraph::new(Line::from(line)).wrap(Wrap { trim: true }), latency);
+    frame.render_widget(
+        Paragraph::new(Line::from(line)).wrap(Wrap { trim: true }),
+        latency,
+    );
 }
 
 fn is_alarming(series: &str) -> bool {
@@ -1287,7 +1332,11 @@ fn draw_chaos(frame: &mut Frame, app: &App, area: Rect) {
                 Cell::from(p.id.clone()),
                 Cell::from(p.pid.map_or("-".into(), |p| p.to_string())),
                 Cell::from(Span::styled(pod_state_str(p.state), t.style(role))),
-                Cell::from(if registered { "registered" } else { "not registered" }),
+                Cell::from(if registered {
+                    "registered"
+                } else {
+                    "not registered"
+                }),
                 Cell::from(app.owned_runs(&p.id).to_string()),
                 Cell::from(p.url.clone()),
             ]);
@@ -1413,18 +1462,19 @@ fn draw_dialog(frame: &mut Frame, app: &App, d: &Dialog, area: Rect) {
     };
     // Height after wrapping at the dialog's inner width.
     let inner_w = usize::from(area.width.min(72).saturating_sub(2)).max(1);
-    let height: usize = lines.iter().map(|l| l.width().max(1).div_ceil(inner_w)).sum();
+    let height: usize = lines
+        .iter()
+        .map(|l| l.width().max(1).div_ceil(inner_w))
+        .sum();
     let r = centered(area, 72, height as u16 + 2);
     frame.render_widget(Clear, r);
     frame.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: false })
-            .block(
-                Block::default()
-                    .borders(Borders::ALL)
-                    .border_style(t.style(Role::Warn))
-                    .title(Span::styled(title, t.style(Role::Title))),
-            ),
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .border_style(t.style(Role::Warn))
+                .title(Span::styled(title, t.style(Role::Title))),
+        ),
         r,
     );
 }
@@ -1433,13 +1483,22 @@ fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
     let k = |a: Action| app.keys.keys_for(a).join(" ");
     let mut rows: Vec<(String, String)> = vec![
-        (format!("{} / {}", k(Action::Down), k(Action::Up)), "move down / up".into()),
-        (format!("gg {} / {}", k(Action::Top), k(Action::Bottom)), "top / bottom".into()),
+        (
+            format!("{} / {}", k(Action::Down), k(Action::Up)),
+            "move down / up".into(),
+        ),
+        (
+            format!("gg {} / {}", k(Action::Top), k(Action::Bottom)),
+            "top / bottom".into(),
+        ),
         (
             format!("{} / {}", k(Action::HalfPageDown), k(Action::HalfPageUp)),
             "half a page down / up".into(),
         ),
-        ("1-6".into(), "views: runs pods activity switches events chaos".into()),
+        (
+            "1-6".into(),
+            "views: runs pods activity switches events chaos".into(),
+        ),
         (k(Action::Filter), "filter (regex; ! inverts)".into()),
         (
             k(Action::Command),
@@ -1457,16 +1516,27 @@ fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
     let sorts = sort_columns(app.view);
     if !sorts.is_empty() && app.detail.is_none() {
         rows.push((
-            sorts.iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>().join(" "),
+            sorts
+                .iter()
+                .map(|(c, _)| c.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
             format!(
                 "sort: {} (again reverses)",
                 sorts.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(" ")
             ),
         ));
     }
-    let ro = if app.read_only { " (disabled: read-only)" } else { "" };
+    let ro = if app.read_only {
+        " (disabled: read-only)"
+    } else {
+        ""
+    };
     match (app.view, &app.detail) {
-        (View::Runs, None) => rows.push((k(Action::Open), "open the run: steps, log, live stream".into())),
+        (View::Runs, None) => rows.push((
+            k(Action::Open),
+            "open the run: steps, log, live stream".into(),
+        )),
         (View::Events, _) => rows.push((k(Action::Open), "open the event's run".into())),
         (View::Switches, _) => rows.push((
             k(Action::ToggleSwitch),
