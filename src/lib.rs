@@ -7,4 +7,5 @@ pub mod client;
 pub mod cluster;
 pub mod demo;
 pub mod engine;
+pub mod faults;
 pub mod pod;

@@ -183,6 +183,8 @@ pub struct EffectRecord {
     pub attempt: i64,
     pub epoch: i64,
     pub pod: String,
+    /// When it was recorded (set by the store; ignored on insert).
+    pub at_ms: i64,
 }
 
 /// What one reaper pass did: runs timed out and retries queued, with lanes.

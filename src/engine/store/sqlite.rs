@@ -36,6 +36,10 @@ mod dialect {
          AND (state IN (SELECT value FROM json_each($5)) \
               OR (state = 'lost' AND $2 = 'succeeded' AND late_completion = 'accept')) \
          AND ($6 IS NULL OR epoch = $6)";
+    /// Fault injection only (`read_redacted`): the bug of seed 000.
+    pub const OUTPUTS_REDACTED_SELECT: &str = "SELECT node_id, output AS output_raw FROM steps \
+         WHERE run_id = $1 AND status = 'succeeded' \
+         AND node_id IN (SELECT value FROM json_each($2))";
     pub const OUTPUTS_RAW_SELECT: &str = "SELECT node_id, output_raw FROM steps \
          WHERE run_id = $1 AND status = 'succeeded' \
          AND node_id IN (SELECT value FROM json_each($2))";
@@ -138,11 +142,16 @@ impl SqliteStore {
     async fn reap_stale_impl(&self, now: i64, by: &str) -> super::StoreResult<super::ReapReport> {
         use sqlx::Row as _;
         let mut tx = self.begin_write().await?;
+        let lanes = if crate::faults::on(crate::faults::Bug::ReapAllLanes) {
+            // Seed 003: every lane is reaped, heartbeating or not.
+            "COALESCE(heartbeat_timeout_ms, 5000) IS NOT NULL AND heartbeat_at + COALESCE(heartbeat_timeout_ms, 5000) < $1"
+        } else {
+            "heartbeat_timeout_ms IS NOT NULL AND heartbeat_at + heartbeat_timeout_ms < $1"
+        };
         let sql = format!(
             "UPDATE runs SET state = 'timed_out', updated_at = $1, \
              error = 'reaped: no heartbeat within its lane''s timeout' \
-             WHERE state = 'running' AND heartbeat_timeout_ms IS NOT NULL \
-             AND heartbeat_at + heartbeat_timeout_ms < $1 RETURNING {REAPED_COLS}"
+             WHERE state = 'running' AND {lanes} RETURNING {REAPED_COLS}"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now)
