@@ -592,15 +592,24 @@ impl Engine {
     ) -> Result<BeginAttempt, EngineError> {
         let key = (ctx.run_id.to_owned(), step.id.clone());
         let attempt = {
-            let mut mem = self.attempts_in_memory.lock().unwrap_or_else(|p| p.into_inner());
+            let mut mem = self
+                .attempts_in_memory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let n = mem.entry(key).or_insert(0);
             *n += 1;
             *n
         };
         if attempt > max {
-            return Ok(BeginAttempt::Exhausted { attempts: attempt - 1 });
+            return Ok(BeginAttempt::Exhausted {
+                attempts: attempt - 1,
+            });
         }
-        match self.store.begin_attempt(ctx.run_id, &step.id, ctx.epoch, i64::MAX).await? {
+        match self
+            .store
+            .begin_attempt(ctx.run_id, &step.id, ctx.epoch, i64::MAX)
+            .await?
+        {
             BeginAttempt::AlreadySucceeded => Ok(BeginAttempt::AlreadySucceeded),
             _ => Ok(BeginAttempt::Started { attempt }),
         }

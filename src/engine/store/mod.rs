@@ -18,7 +18,7 @@ mod postgres;
 mod sql;
 mod sqlite;
 
-pub use postgres::PgStore;
+pub use postgres::{PgStore, redact_url};
 pub use sqlite::SqliteStore;
 
 /// Everything that can go wrong talking to the store. Rejections that are

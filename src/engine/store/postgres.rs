@@ -154,10 +154,10 @@ impl PgStore {
             REAP_SQL.to_owned()
         };
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(now)
-        .bind(by)
-        .fetch_all(&self.pool)
-        .await?;
+            .bind(now)
+            .bind(by)
+            .fetch_all(&self.pool)
+            .await?;
         let mut report = super::ReapReport::default();
         for row in rows {
             let kind: String = row.try_get("kind")?;
