@@ -68,6 +68,8 @@ pub struct Evidence<'a> {
     pub workflows: &'a WorkflowRegistry,
     pub detection_bound_ms: u64,
     pub liveness_timeout_ms: u64,
+    /// Wall-clock ms when the scenario started (faults are reported relative to it).
+    pub t0_ms: i64,
 }
 
 impl Evidence<'_> {
@@ -414,6 +416,29 @@ fn claimed_once(ev: &Evidence<'_>) -> Vec<String> {
         let mut from: BTreeMap<Option<&str>, Vec<&ClaimRecord>> = BTreeMap::new();
         for c in &r.claims {
             from.entry(c.from_pod.as_deref()).or_default().push(c);
+        }
+        // A claim may take a run only from nobody (pending), from itself (a
+        // restarted pod resuming its own runs) or from a pod already found
+        // dead: anything else stole it from a live owner.
+        for c in &r.claims {
+            let Some(prev) = c.from_pod.as_deref() else {
+                continue;
+            };
+            if prev == c.to_pod {
+                continue;
+            }
+            let dead_before = ev
+                .deaths
+                .iter()
+                .any(|d| d.pod_id == prev && d.detected_at_ms <= c.at_ms);
+            if !dead_before {
+                out.push(format!(
+                    "{}: {} took it from {prev} at epoch {}, while {prev} was not known dead",
+                    ev.label(&r.run.id),
+                    c.to_pod,
+                    c.epoch
+                ));
+            }
         }
         for (prev, cs) in from {
             // A pod may take back its own runs after a restart; anything else

@@ -872,6 +872,7 @@ async fn drive(
         workflows,
         detection_bound_ms: scn.checks.detection_bound_ms,
         liveness_timeout_ms,
+        t0_ms: shared.history.wall0(),
     };
     let checks = checks::run_all(&ev, &scn.checks.skip);
     if runs.is_empty() {

@@ -274,6 +274,19 @@ impl crate::engine::liveness::Liveness for PgStore {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let now = self.clock.now_ms();
+        // Holding the lock, a registry row of another incarnation can only be
+        // a dead predecessor nobody has unregistered yet: record its death.
+        sqlx::query(
+            "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, last_heartbeat_at) \
+             SELECT pod_id, incarnation, pod_id, $3, heartbeat_at FROM pods \
+             WHERE pod_id = $1 AND incarnation <> $2",
+        )
+        .bind(&me.pod_id)
+        .bind(&me.incarnation)
+        .bind(now)
+        .execute(&mut conn)
+        .await
+        .map_err(store_err)?;
         sqlx::query(
             "INSERT INTO pods (pod_id, incarnation, addr, started_at, heartbeat_at, lease_until) \
              VALUES ($1, $2, $3, $4, $4, 0) ON CONFLICT (pod_id) DO UPDATE SET \

@@ -272,11 +272,13 @@ impl crate::engine::liveness::Liveness for SqliteStore {
         loop {
             let now = self.clock.now_ms();
             let mut tx = self.begin_write().await.map_err(super::StoreError::from)?;
-            let held = sqlx::query("SELECT incarnation, lease_until FROM pods WHERE pod_id = $1")
-                .bind(&me.pod_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(super::StoreError::from)?;
+            let held = sqlx::query(
+                "SELECT incarnation, lease_until, heartbeat_at FROM pods WHERE pod_id = $1",
+            )
+            .bind(&me.pod_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(super::StoreError::from)?;
             if let Some(row) = held {
                 let inc: String = row
                     .try_get("incarnation")
@@ -284,6 +286,24 @@ impl crate::engine::liveness::Liveness for SqliteStore {
                 let until: i64 = row
                     .try_get("lease_until")
                     .map_err(super::StoreError::from)?;
+                let last: i64 = row
+                    .try_get("heartbeat_at")
+                    .map_err(super::StoreError::from)?;
+                if until < now && inc != me.incarnation {
+                    // Our previous incarnation died and nobody noticed yet:
+                    // we are the one who finds it dead.
+                    sqlx::query(
+                        "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, \
+                         last_heartbeat_at) VALUES ($1, $2, $1, $3, $4)",
+                    )
+                    .bind(&me.pod_id)
+                    .bind(&inc)
+                    .bind(now)
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(super::StoreError::from)?;
+                }
                 if until >= now && inc != me.incarnation {
                     drop(tx);
                     if started.elapsed() >= wait {
