@@ -254,7 +254,7 @@ mod teeth {
             "double-survivor-race",
             "claim_without_cas",
             "claimed_once",
-            "claimed",
+            "was not known dead",
         );
     }
 

@@ -476,6 +476,13 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
             "{}: not applicable on this store (store_outage needs a throwaway PostgreSQL: --store postgres)\n",
             scn.name
         );
+        let normalized = json!({ "scenario": scn.name, "verdict": Verdict::NotApplicable });
+        let report = json!({ "normalized": normalized, "checks": [], "notes": [summary.trim()] });
+        std::fs::write(dir.join("summary.txt"), &summary)?;
+        std::fs::write(
+            dir.join("report.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
         return Ok(Outcome {
             scenario: scn.name.clone(),
             seed: opts.seed,
@@ -484,7 +491,7 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
             checks: Vec::new(),
             notes: vec![summary.clone()],
             dir,
-            normalized: json!({ "scenario": scn.name, "verdict": "not_applicable" }),
+            normalized,
             summary,
         });
     }
@@ -708,23 +715,43 @@ async fn drive(
         let due = Duration::from_millis(r.submit_at_ms)
             .saturating_sub(Duration::from_millis(shared.history.elapsed_ms()));
         tokio::time::sleep(due).await;
-        let live = shared.live();
-        let url = live
-            .iter()
-            .find(|(id, _)| *id == r.pod)
-            .or(live.first())
-            .map(|(_, u)| u.clone())
-            .context("no live pod to submit to")?;
-        let c = PodClient::new(&url)?;
         let req = crate::pod::api::SubmitRequest {
             workflow: r.workflow.clone(),
             input: r.input.clone(),
             idempotency_key: Some(format!("{}-{}", r.name, plan.seed)),
         };
-        let sub = c
-            .submit(&req)
-            .await
-            .with_context(|| format!("submitting {}", r.name))?;
+        // The planned pod first; if a fault took it down meanwhile, any live
+        // pod (the idempotency key makes a resubmission the same run).
+        let mut sub = None;
+        let mut last_err = None;
+        for attempt in 0..10 {
+            let live = shared.live();
+            let url = live
+                .iter()
+                .find(|(id, _)| *id == r.pod)
+                .or(live.get(attempt % live.len().max(1)))
+                .map(|(_, u)| u.clone());
+            let Some(url) = url else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            match PodClient::new(&url)?.submit(&req).await {
+                Ok(s) => {
+                    sub = Some(s);
+                    break;
+                }
+                Err(e) => {
+                    last_err = Some(e);
+                    shared.refresh_live().await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let sub = match (sub, last_err) {
+            (Some(s), _) => s,
+            (None, Some(e)) => return Err(e).with_context(|| format!("submitting {}", r.name)),
+            (None, None) => bail!("submitting {}: no live pod", r.name),
+        };
         lock(&shared.names).insert(r.name.clone(), sub.run.id.clone());
         shared.history.record(
             "submit",
