@@ -140,9 +140,15 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         if !args.quiet {
             eprintln!("== {name}");
         }
-        let outcome = runner::run(s, &opts)
-            .await
-            .with_context(|| format!("scenario {name}"))?;
+        // Ctrl-C or SIGTERM: drop the run (its pods are killed on drop, a
+        // throwaway database server stopped) and leave nothing behind.
+        let outcome = tokio::select! {
+            o = runner::run(s, &opts) => o.with_context(|| format!("scenario {name}"))?,
+            _ = interrupted() => {
+                eprintln!("interrupted: cluster stopped, nothing left running");
+                return Ok(ExitCode::from(EXIT_INTERNAL));
+            }
+        };
         println!("{}", outcome.summary);
         println!("  results: {}", outcome.dir.display());
         outcomes.push(outcome);
@@ -167,4 +173,20 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         line(Verdict::NotApplicable)
     );
     Ok(ExitCode::from(worst))
+}
+
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut i), Ok(mut t)) => {
+            tokio::select! {
+                _ = i.recv() => {}
+                _ = t.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }

@@ -213,6 +213,37 @@ async fn follow(
     }
 }
 
+/// Scrape every live pod's `vigil_*` counters into the history.
+async fn scrape_metrics(shared: &Shared, when: &str) {
+    for (pod, url) in shared.live() {
+        let Ok(resp) = shared
+            .http
+            .get(format!("{url}metrics"))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(text) = resp.text().await else {
+            continue;
+        };
+        let samples: BTreeMap<String, f64> = text
+            .lines()
+            .filter(|l| l.starts_with("vigil_") && !l.contains("_bucket"))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                let v: f64 = v.parse().ok()?;
+                (v != 0.0).then(|| (k.to_owned(), v))
+            })
+            .collect();
+        shared.history.record(
+            "metrics",
+            json!({ "when": when, "pod": pod, "samples": samples }),
+        );
+    }
+}
+
 async fn resolve_target(shared: &Shared, target: &Target) -> Option<String> {
     match target {
         Target::Pod(p) => Some(p.clone()),
@@ -611,6 +642,7 @@ async fn run_inner(
         json!({ "scenario": scn.name, "seed": plan.seed, "pods": scn.pods, "store": store_label }),
     );
     shared.say(&format!("{} pods up on {store_label}", scn.pods));
+    scrape_metrics(&shared, "before").await;
     let result = drive(
         shared.clone(),
         scn.clone(),
@@ -826,6 +858,7 @@ async fn drive(
         ));
     }
     shared.say("quiet; attaching late clients");
+    scrape_metrics(&shared, "after").await;
     let mut attachers = Vec::new();
     for r in &plan.runs {
         if r.attach.contains(&AttachKind::Late)
