@@ -8,6 +8,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 struct ChaosRun {
     code: i32,
     output: String,
@@ -74,6 +75,7 @@ fn walk(dir: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
+#[cfg(feature = "fault-injection")]
 fn check_status(r: &ChaosRun, check: &str) -> String {
     r.normalized["checks"][check]
         .as_str()
@@ -81,6 +83,7 @@ fn check_status(r: &ChaosRun, check: &str) -> String {
         .to_owned()
 }
 
+#[cfg(feature = "fault-injection")]
 fn evidence(r: &ChaosRun, check: &str) -> Vec<String> {
     r.report["checks"]
         .as_array()
