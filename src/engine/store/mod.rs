@@ -69,6 +69,15 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error(
+        "the store at {target} has schema version {found}, newer than this vigil knows ({known}): \
+         it was written by a newer Vigil; upgrade this binary (nothing was changed)"
+    )]
+    NewerSchema {
+        target: String,
+        found: i64,
+        known: i64,
+    },
     #[error("migrating the store: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store query failed: {0}")]
@@ -385,6 +394,22 @@ pub async fn open_with(
         Ok(Arc::new(
             SqliteStore::open_with(path, clock, metrics).await?,
         ))
+    }
+}
+
+/// Turn "a migration we do not have was applied" into [`StoreError::NewerSchema`].
+pub(crate) fn migrate_error(
+    target: &str,
+    migrator: &sqlx::migrate::Migrator,
+    e: sqlx::migrate::MigrateError,
+) -> StoreError {
+    match e {
+        sqlx::migrate::MigrateError::VersionMissing(found) => StoreError::NewerSchema {
+            target: target.to_owned(),
+            found,
+            known: migrator.iter().map(|m| m.version).max().unwrap_or(0),
+        },
+        other => StoreError::Migrate(other),
     }
 }
 

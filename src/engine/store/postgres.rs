@@ -83,7 +83,11 @@ impl PgStore {
                 source,
             })?;
         // sqlx serializes concurrent migrators with an advisory lock.
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let migrator = sqlx::migrate!("./migrations/postgres");
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| super::migrate_error(&shown, &migrator, e))?;
         Ok(PgStore {
             pool,
             options,

@@ -105,9 +105,10 @@ impl SqliteStore {
         .await
         .map_err(|e| bad(format!("migration lock task failed: {e}")))?
         .map_err(|e| bad(format!("cannot lock {}: {e}", path.display())))?;
-        let migrated = sqlx::migrate!("./migrations/sqlite").run(&pool).await;
+        let migrator = sqlx::migrate!("./migrations/sqlite");
+        let migrated = migrator.run(&pool).await;
         drop(lock);
-        migrated?;
+        migrated.map_err(|e| super::migrate_error(&path.display().to_string(), &migrator, e))?;
         Ok(SqliteStore {
             pool,
             path: path.to_owned(),
