@@ -6,6 +6,7 @@
 //!     store seeded with 10,000 runs (3 steps, 2 transitions, 1 claim each),
 //!     and the statements per round, hence the queries per second at the
 //!     default 500 ms refresh.
+//!
 //! SQLite always; PostgreSQL too when VIGIL_TEST_PG_URL is set (`./scripts/with-pg.sh
 //! cargo bench --bench console`). Env: VIGIL_BENCH_RUNS (default 10000).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

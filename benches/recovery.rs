@@ -5,6 +5,7 @@
 //!   - detection: kill -> the survivor records the death (pod_deaths),
 //!   - claim:     kill -> the survivor's claim (run_claims),
 //!   - resume:    kill -> the first chunk of the resumed stream.
+//!
 //! Run: `just bench` (starts a throwaway PostgreSQL), or
 //! `cargo bench --bench recovery` with VIGIL_TEST_PG_URL set for PostgreSQL.
 //! Env: VIGIL_BENCH_KILLS (default 20), VIGIL_BENCH_OUT (JSON report path).
@@ -38,11 +39,18 @@ struct Series {
 }
 
 async fn run_store(label: &str, target: &str, kills: usize, extra: &[&str]) -> Series {
-    let label: String = label.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let label: String = label
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
     let label = label.as_str();
     let store: std::sync::Arc<dyn Store> = store::open(target).await.expect("store");
     let survivor = PodProc::spawn(target, &format!("{label}-survivor"), extra);
-    let mut s = Series { detect: vec![], claim: vec![], resume: vec![] };
+    let mut s = Series {
+        detect: vec![],
+        claim: vec![],
+        resume: vec![],
+    };
     for i in 0..kills {
         let victim_id = format!("{label}-victim-{i}");
         // The victim takes the run: the survivor is full (max runs = 0 is not
@@ -62,10 +70,21 @@ async fn run_store(label: &str, target: &str, kills: usize, extra: &[&str]) -> S
             if r.owner_pod.is_some() && r.owner_pod.as_deref() != Some(victim_id.as_str()) {
                 break; // the survivor won the dispatch race: measure nothing this round
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "run never started");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "run never started"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if store.get_run(&id).await.unwrap().unwrap().owner_pod.as_deref() != Some(victim_id.as_str()) {
+        if store
+            .get_run(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner_pod
+            .as_deref()
+            != Some(victim_id.as_str())
+        {
             eprintln!("{label}: round {i}: the survivor took the run first; skipped");
             continue;
         }
@@ -83,14 +102,32 @@ async fn run_store(label: &str, target: &str, kills: usize, extra: &[&str]) -> S
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let deaths = store.liveness().deaths(1000).await.unwrap();
-        let death = deaths.iter().find(|d| d.pod_id == victim_id).expect("death recorded");
-        let claim = store.claims(&id).await.unwrap().into_iter().find(|c| c.epoch == 2).expect("claim");
+        let death = deaths
+            .iter()
+            .find(|d| d.pod_id == victim_id)
+            .expect("death recorded");
+        let claim = store
+            .claims(&id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.epoch == 2)
+            .expect("claim");
         s.detect.push((death.detected_at_ms - killed_at) as f64);
         s.claim.push((claim.at_ms - killed_at) as f64);
-        s.resume.push((first_chunk_at.unwrap_or(killed_at) - killed_at) as f64);
+        s.resume
+            .push((first_chunk_at.unwrap_or(killed_at) - killed_at) as f64);
         // Let the survivor finish the run before the next round.
         let until = Instant::now() + Duration::from_secs(30);
-        while !store.get_run(&id).await.unwrap().unwrap().state.is_terminal() && Instant::now() < until {
+        while !store
+            .get_run(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+            .is_terminal()
+            && Instant::now() < until
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -122,7 +159,10 @@ fn report(label: &str, s: &Series) -> serde_json::Value {
 
 fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let kills: usize = std::env::var("VIGIL_BENCH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let kills: usize = std::env::var("VIGIL_BENCH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let mut out = Vec::new();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
@@ -133,13 +173,22 @@ fn main() {
         let dir2 = tempfile::tempdir().unwrap();
         let sqlite2 = dir2.path().join("bench.db");
         let fast = ["--liveness-timeout-ms", "500", "--probe-interval-ms", "50"];
-        let s = run_store("sqlite (lease 500ms)", sqlite2.to_str().unwrap(), kills, &fast).await;
+        let s = run_store(
+            "sqlite (lease 500ms)",
+            sqlite2.to_str().unwrap(),
+            kills,
+            &fast,
+        )
+        .await;
         out.push(report("sqlite (lease 500ms)", &s));
         match std::env::var("VIGIL_TEST_PG_URL") {
             Ok(admin) if !admin.is_empty() => {
                 let db = format!("vigil_bench_{}", std::process::id());
                 let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&pool).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
                 let mut url = url::Url::parse(&admin).unwrap();
                 url.set_path(&db);
                 let s = run_store("postgres (defaults)", url.as_str(), kills, &[]).await;
@@ -148,7 +197,8 @@ fn main() {
             _ => println!("postgres: not measured (set VIGIL_TEST_PG_URL, or run `just bench`)"),
         }
     });
-    let path = std::env::var("VIGIL_BENCH_OUT").unwrap_or_else(|_| "target/bench-recovery.json".into());
+    let path =
+        std::env::var("VIGIL_BENCH_OUT").unwrap_or_else(|_| "target/bench-recovery.json".into());
     std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
     println!("report: {path}");
 }

@@ -17,12 +17,13 @@ export CI="${CI:-true}"
 
 log "cargo fmt --check"
 cargo fmt --check
-log "cargo clippy --all-targets -- -D warnings"
+log "cargo clippy --all-targets (default features and fault-injection) -- -D warnings"
 cargo clippy --all-targets -- -D warnings
-log "cargo test (embedded SQLite + PostgreSQL suites)"
+cargo clippy --all-targets --features fault-injection -- -D warnings
+log "cargo test --features fault-injection (SQLite + PostgreSQL suites, chaos scenarios and their teeth)"
 TEST_LOG="$(mktemp /tmp/vigil-cargo-test.XXXXXX)"
 trap 'rm -f "$TEST_LOG"' EXIT
-cargo test --all-targets "$@" 2>&1 | tee "$TEST_LOG"
+cargo test --all-targets --features fault-injection "$@" 2>&1 | tee "$TEST_LOG"
 if [ $# -eq 0 ]; then
     log "schemathesis against a live pod (SQLite, then PostgreSQL)"
     FUZZ_DIR="$(mktemp -d /tmp/vigil-fuzz-store.XXXXXX)"

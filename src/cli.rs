@@ -65,6 +65,9 @@ pub enum Command {
     Attach(AttachArgs),
     /// Cancel a run.
     Cancel(CancelArgs),
+    /// Chaos scenarios: faults against a local cluster, invariants checked.
+    #[command(subcommand)]
+    Chaos(crate::chaos::ChaosCmd),
     /// List or validate workflow definitions.
     #[command(subcommand)]
     Workflows(WorkflowsCmd),
@@ -195,7 +198,21 @@ impl clap::ValueEnum for RunState {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // `vigil chaos` speaks Jepsen's exit codes: 254 for bad arguments.
+            let chaos = std::env::args().nth(1).is_some_and(|a| a == "chaos");
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ if chaos => ExitCode::from(crate::chaos::EXIT_BAD_INPUT),
+                _ => ExitCode::from(2),
+            };
+        }
+    };
     // The console and the demo own the screen: they set up their own logging.
     if !matches!(cli.command, Command::Console(_) | Command::Demo(_)) {
         init_tracing();
@@ -239,6 +256,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(args) => submit(args).await,
+        Command::Chaos(cmd) => Ok(crate::chaos::main(cmd).await),
         Command::Attach(args) => {
             let client = PodClient::new(&args.pod.pod)?;
             attach(&client, &args.id, args.json).await

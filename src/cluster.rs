@@ -33,7 +33,11 @@ pub struct ClusterSpec {
 }
 
 impl ClusterSpec {
-    pub fn new(store: impl Into<String>, workflows: impl Into<PathBuf>, log_dir: impl Into<PathBuf>) -> Result<Self> {
+    pub fn new(
+        store: impl Into<String>,
+        workflows: impl Into<PathBuf>,
+        log_dir: impl Into<PathBuf>,
+    ) -> Result<Self> {
         Ok(ClusterSpec {
             binary: std::env::current_exe().context("locating the vigil binary")?,
             store: store.into(),
@@ -66,7 +70,10 @@ pub struct PodProcess {
 
 impl PodProcess {
     pub fn pid(&self) -> Option<Pid> {
-        self.child.id().and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw)
+        self.child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(Pid::from_raw)
     }
 }
 
@@ -81,7 +88,10 @@ impl Cluster {
     pub fn new(spec: ClusterSpec) -> Result<Self> {
         std::fs::create_dir_all(&spec.log_dir)
             .with_context(|| format!("creating {}", spec.log_dir.display()))?;
-        Ok(Cluster { spec, pods: BTreeMap::new() })
+        Ok(Cluster {
+            spec,
+            pods: BTreeMap::new(),
+        })
     }
 
     pub fn spec(&self) -> &ClusterSpec {
@@ -91,10 +101,11 @@ impl Cluster {
     /// Start pod `id` (again, if it exited: same id, stable identity) and
     /// wait until it serves. `listen` picks the address (default: a free port).
     pub async fn start_pod(&mut self, id: &str, extra: &[String]) -> Result<&PodProcess> {
-        if let Some(p) = self.pods.get_mut(id) {
-            if p.state != PodState::Exited && p.child.try_wait()?.is_none() {
-                bail!("pod {id} is already running");
-            }
+        if let Some(p) = self.pods.get_mut(id)
+            && p.state != PodState::Exited
+            && p.child.try_wait()?.is_none()
+        {
+            bail!("pod {id} is already running");
         }
         let log = self.spec.log_dir.join(format!("{id}.log"));
         let out = std::fs::OpenOptions::new()
@@ -104,7 +115,14 @@ impl Cluster {
             .with_context(|| format!("opening {}", log.display()))?;
         let mut cmd = Command::new(&self.spec.binary);
         cmd.arg("pod")
-            .args(["--store", &self.spec.store, "--listen", "127.0.0.1:0", "--pod-id", id])
+            .args([
+                "--store",
+                &self.spec.store,
+                "--listen",
+                "127.0.0.1:0",
+                "--pod-id",
+                id,
+            ])
             .arg("--workflows")
             .arg(&self.spec.workflows)
             .args(["--parent-pid", &std::process::id().to_string()]);
@@ -114,7 +132,10 @@ impl Cluster {
         cmd.args(&self.spec.pod_args)
             .args(extra)
             .env_remove("VIGIL_STORE")
-            .env("VIGIL_LOG", std::env::var("VIGIL_POD_LOG").unwrap_or_else(|_| "vigil=info".into()))
+            .env(
+                "VIGIL_LOG",
+                std::env::var("VIGIL_POD_LOG").unwrap_or_else(|_| "vigil=info".into()),
+            )
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -148,7 +169,13 @@ impl Cluster {
             .with_context(|| format!("pod {id}: unexpected first line {line:?}"))?;
         self.pods.insert(
             id.to_owned(),
-            PodProcess { id: id.to_owned(), url, log, state: PodState::Running, child },
+            PodProcess {
+                id: id.to_owned(),
+                url,
+                log,
+                state: PodState::Running,
+                child,
+            },
         );
         self.pods.get(id).context("pod vanished")
     }
@@ -171,8 +198,13 @@ impl Cluster {
     }
 
     fn send(&mut self, id: &str, sig: Signal) -> Result<&mut PodProcess> {
-        let p = self.pods.get_mut(id).with_context(|| format!("no pod {id} in this cluster"))?;
-        let pid = p.pid().with_context(|| format!("pod {id} has already exited"))?;
+        let p = self
+            .pods
+            .get_mut(id)
+            .with_context(|| format!("no pod {id} in this cluster"))?;
+        let pid = p
+            .pid()
+            .with_context(|| format!("pod {id} has already exited"))?;
         signal::kill(pid, sig).with_context(|| format!("sending {sig} to pod {id} (pid {pid})"))?;
         Ok(p)
     }
@@ -222,15 +254,15 @@ impl Cluster {
         let ids: Vec<String> = self.pods.keys().cloned().collect();
         for id in &ids {
             if let Some(p) = self.pods.get_mut(id) {
-                if p.state == PodState::Paused {
-                    if let Some(pid) = p.pid() {
-                        let _ = signal::kill(pid, Signal::SIGCONT);
-                    }
+                if p.state == PodState::Paused
+                    && let Some(pid) = p.pid()
+                {
+                    let _ = signal::kill(pid, Signal::SIGCONT);
                 }
-                if p.state != PodState::Exited {
-                    if let Some(pid) = p.pid() {
-                        let _ = signal::kill(pid, Signal::SIGTERM);
-                    }
+                if p.state != PodState::Exited
+                    && let Some(pid) = p.pid()
+                {
+                    let _ = signal::kill(pid, Signal::SIGTERM);
                 }
             }
         }

@@ -451,21 +451,20 @@ async fn narrative_demo(
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut found, mut claimed, mut resumed) = (false, None, false);
     loop {
-        if !found {
-            if let Some(d) = store
+        if !found
+            && let Some(d) = store
                 .liveness()
                 .deaths(50)
                 .await?
                 .into_iter()
                 .find(|d| d.pod_id == victim)
-            {
-                found = true;
-                n.say(format!(
-                    "{} found {victim} dead {} ms after its last heartbeat (pod_deaths)",
-                    d.detected_by,
-                    d.detected_at_ms - d.last_heartbeat_at_ms
-                ));
-            }
+        {
+            found = true;
+            n.say(format!(
+                "{} found {victim} dead {} ms after its last heartbeat (pod_deaths)",
+                d.detected_by,
+                d.detected_at_ms - d.last_heartbeat_at_ms
+            ));
         }
         if claimed.is_none()
             && let Some(c) = store

@@ -2,10 +2,12 @@
 //! prove that nothing is lost when pods die.
 #![forbid(unsafe_code)]
 
+pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod console;
 pub mod demo;
 pub mod engine;
+pub mod faults;
 pub mod pod;

@@ -103,6 +103,7 @@ fn pod(idn: u32, hb_age: i64) -> PodRow {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn ev(
     kind: EventKind,
     idn: i64,

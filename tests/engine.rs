@@ -1108,7 +1108,30 @@ async fn reaper_retries_atomically_and_never_beside_an_active_sibling(db: &TestD
     );
 }
 
+async fn a_store_from_a_newer_schema_is_refused_untouched(db: &TestDb) {
+    let h = db.open().await;
+    h.exec(if db.label() == "sqlite" {
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (999, 'from the future', TRUE, X'00', 0)"
+    } else {
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (999, 'from the future', TRUE, '\\x00'::bytea, 0)"
+    })
+    .await;
+    let err = vigil::engine::store::open(&db.target())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("schema version 999") && err.contains("upgrade this binary"),
+        "{err}"
+    );
+    // Nothing was changed: the row is still there and the old handle works.
+    assert!(h.store.switches().await.is_ok());
+}
+
 on_both_stores!(
+    a_store_from_a_newer_schema_is_refused_untouched,
     reaper_retries_atomically_and_never_beside_an_active_sibling,
     authority_contains_store_errors_evicts_and_recovers,
     http_steps_classify_status_codes,

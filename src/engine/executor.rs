@@ -77,6 +77,8 @@ pub struct Engine {
     pub config: EngineConfig,
     pub lanes: crate::engine::lanes::Lanes,
     http: reqwest::Client,
+    /// Only used by the `attempts_in_memory` fault injection (seed 004).
+    attempts_in_memory: std::sync::Mutex<HashMap<(String, String), i64>>,
 }
 
 enum StepEnd {
@@ -140,6 +142,7 @@ impl Engine {
             config,
             lanes: crate::engine::lanes::Lanes::builtin(),
             http: reqwest::Client::new(),
+            attempts_in_memory: std::sync::Mutex::default(),
         }
     }
 
@@ -503,12 +506,16 @@ impl Engine {
             Err(end) => return Ok(end),
         };
         let max = step.max_attempts();
+        let in_memory = crate::faults::on(crate::faults::Bug::AttemptsInMemory);
         loop {
-            let attempt = match self
-                .store
-                .begin_attempt(ctx.run_id, &step.id, ctx.epoch, max)
-                .await?
-            {
+            let began = if in_memory {
+                self.begin_attempt_in_memory(ctx, step, max).await?
+            } else {
+                self.store
+                    .begin_attempt(ctx.run_id, &step.id, ctx.epoch, max)
+                    .await?
+            };
+            let attempt = match began {
                 BeginAttempt::AlreadySucceeded => return Ok(StepEnd::Succeeded),
                 BeginAttempt::Exhausted { attempts } => {
                     self.metrics.inc_attempt("exhausted");
@@ -574,6 +581,40 @@ impl Engine {
         }
     }
 
+    /// The seed-004 bug, for fault injection only: the attempt budget is
+    /// enforced from a counter in this process's memory, so a crash between
+    /// attempts starts it over.
+    async fn begin_attempt_in_memory(
+        &self,
+        ctx: &RunCtx<'_>,
+        step: &StepDef,
+        max: i64,
+    ) -> Result<BeginAttempt, EngineError> {
+        let key = (ctx.run_id.to_owned(), step.id.clone());
+        let attempt = {
+            let mut mem = self
+                .attempts_in_memory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let n = mem.entry(key).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if attempt > max {
+            return Ok(BeginAttempt::Exhausted {
+                attempts: attempt - 1,
+            });
+        }
+        match self
+            .store
+            .begin_attempt(ctx.run_id, &step.id, ctx.epoch, i64::MAX)
+            .await?
+        {
+            BeginAttempt::AlreadySucceeded => Ok(BeginAttempt::AlreadySucceeded),
+            _ => Ok(BeginAttempt::Started { attempt }),
+        }
+    }
+
     /// Capped exponential backoff with +-20% jitter.
     fn backoff(&self, attempt: i64) -> Duration {
         let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
@@ -599,6 +640,7 @@ impl Engine {
                 attempt,
                 epoch: ctx.epoch,
                 pod: self.config.pod_id.clone(),
+                at_ms: 0,
             })
             .await?;
         let body = self.body(ctx, step, inputs, run_state);

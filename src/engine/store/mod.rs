@@ -18,7 +18,7 @@ mod postgres;
 mod sql;
 mod sqlite;
 
-pub use postgres::PgStore;
+pub use postgres::{PgStore, redact_url};
 pub use sqlite::SqliteStore;
 
 /// Everything that can go wrong talking to the store. Rejections that are
@@ -68,6 +68,15 @@ pub enum StoreError {
         target: String,
         #[source]
         source: sqlx::Error,
+    },
+    #[error(
+        "the store at {target} has schema version {found}, newer than this vigil knows ({known}): \
+         it was written by a newer Vigil; upgrade this binary (nothing was changed)"
+    )]
+    NewerSchema {
+        target: String,
+        found: i64,
+        known: i64,
     },
     #[error("migrating the store: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -183,6 +192,8 @@ pub struct EffectRecord {
     pub attempt: i64,
     pub epoch: i64,
     pub pod: String,
+    /// When it was recorded (set by the store; ignored on insert).
+    pub at_ms: i64,
 }
 
 /// What one reaper pass did: runs timed out and retries queued, with lanes.
@@ -400,6 +411,22 @@ pub async fn open_with(
         Ok(Arc::new(
             SqliteStore::open_with(path, clock, metrics).await?,
         ))
+    }
+}
+
+/// Turn "a migration we do not have was applied" into [`StoreError::NewerSchema`].
+pub(crate) fn migrate_error(
+    target: &str,
+    migrator: &sqlx::migrate::Migrator,
+    e: sqlx::migrate::MigrateError,
+) -> StoreError {
+    match e {
+        sqlx::migrate::MigrateError::VersionMissing(found) => StoreError::NewerSchema {
+            target: target.to_owned(),
+            found,
+            known: migrator.iter().map(|m| m.version).max().unwrap_or(0),
+        },
+        other => StoreError::Migrate(other),
     }
 }
 

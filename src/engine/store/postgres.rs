@@ -34,6 +34,9 @@ mod dialect {
          AND (state IN (SELECT jsonb_array_elements_text($5::jsonb)) \
               OR (state = 'lost' AND $2 = 'succeeded' AND late_completion = 'accept')) \
          AND ($6::BIGINT IS NULL OR epoch = $6)";
+    /// Fault injection only (`read_redacted`): the bug of seed 000.
+    pub const OUTPUTS_REDACTED_SELECT: &str = "SELECT node_id, output AS output_raw FROM steps \
+         WHERE run_id = $1 AND status = 'succeeded' AND node_id = ANY($2)";
     pub const OUTPUTS_RAW_SELECT: &str = "SELECT node_id, output_raw FROM steps \
          WHERE run_id = $1 AND status = 'succeeded' AND node_id = ANY($2)";
 
@@ -80,7 +83,11 @@ impl PgStore {
                 source,
             })?;
         // sqlx serializes concurrent migrators with an advisory lock.
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let migrator = sqlx::migrate!("./migrations/postgres");
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| super::migrate_error(&shown, &migrator, e))?;
         Ok(PgStore {
             pool,
             options,
@@ -107,18 +114,11 @@ impl PgStore {
 
 impl_store!(PgStore, Postgres, dialect);
 
-impl PgStore {
-    /// The reaper's one statement: time out stale heartbeating runs, log the
-    /// transitions and queue retries (no active sibling) in a single CTE, so
-    /// the timed-out count and the retries-queued count cannot disagree.
-    async fn reap_stale_impl(&self, now: i64, by: &str) -> super::StoreResult<super::ReapReport> {
-        use sqlx::Row as _;
-        let rows = sqlx::query(
-            "WITH reaped AS ( \
+/// The reaper's one statement: see [`PgStore::reap_stale_impl`].
+const REAP_SQL: &str = "WITH reaped AS ( \
                UPDATE runs SET state = 'timed_out', updated_at = $1, \
                  error = 'reaped: no heartbeat within its lane''s timeout' \
-               WHERE state = 'running' AND heartbeat_timeout_ms IS NOT NULL \
-                 AND heartbeat_at + heartbeat_timeout_ms < $1 \
+               WHERE state = 'running' AND heartbeat_timeout_ms IS NOT NULL AND heartbeat_at + heartbeat_timeout_ms < $1 \
                RETURNING id, epoch, workflow, lane, input, late_completion, deadline_at, \
                  created_at, heartbeat_timeout_ms, retries_left, family \
              ), logged AS ( \
@@ -140,12 +140,28 @@ impl PgStore {
                RETURNING id, lane, retry_of \
              ) \
              SELECT 'timed_out' AS kind, id, lane, NULL::text AS retry_of FROM reaped \
-             UNION ALL SELECT 'retried', id, lane, retry_of FROM retried",
-        )
-        .bind(now)
-        .bind(by)
-        .fetch_all(&self.pool)
-        .await?;
+             UNION ALL SELECT 'retried', id, lane, retry_of FROM retried";
+
+impl PgStore {
+    /// The reaper's one statement: time out stale heartbeating runs, log the
+    /// transitions and queue retries (no active sibling) in a single CTE, so
+    /// the timed-out count and the retries-queued count cannot disagree.
+    async fn reap_stale_impl(&self, now: i64, by: &str) -> super::StoreResult<super::ReapReport> {
+        use sqlx::Row as _;
+        let sql = if crate::faults::on(crate::faults::Bug::ReapAllLanes) {
+            // Seed 003: every lane is reaped, heartbeating or not.
+            REAP_SQL.replace(
+                "heartbeat_timeout_ms IS NOT NULL AND heartbeat_at + heartbeat_timeout_ms < $1",
+                "heartbeat_at + COALESCE(heartbeat_timeout_ms, 5000) < $1",
+            )
+        } else {
+            REAP_SQL.to_owned()
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(by)
+            .fetch_all(&self.pool)
+            .await?;
         let mut report = super::ReapReport::default();
         for row in rows {
             let kind: String = row.try_get("kind")?;
@@ -262,6 +278,19 @@ impl crate::engine::liveness::Liveness for PgStore {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let now = self.clock.now_ms();
+        // Holding the lock, a registry row of another incarnation can only be
+        // a dead predecessor nobody has unregistered yet: record its death.
+        sqlx::query(
+            "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, last_heartbeat_at) \
+             SELECT pod_id, incarnation, pod_id, $3, heartbeat_at FROM pods \
+             WHERE pod_id = $1 AND incarnation <> $2",
+        )
+        .bind(&me.pod_id)
+        .bind(&me.incarnation)
+        .bind(now)
+        .execute(&mut conn)
+        .await
+        .map_err(store_err)?;
         sqlx::query(
             "INSERT INTO pods (pod_id, incarnation, addr, started_at, heartbeat_at, lease_until) \
              VALUES ($1, $2, $3, $4, $4, 0) ON CONFLICT (pod_id) DO UPDATE SET \

@@ -322,12 +322,18 @@ macro_rules! impl_store {
                 let found: Option<String> = row.try_get("owner_pod")?;
                 // The compare-and-set: only the owner we expect may be replaced,
                 // and only a pending or running run may be claimed.
-                let updated = sqlx::query(
+                let claim_sql = if $crate::faults::on($crate::faults::Bug::ClaimWithoutCas) {
+                    "UPDATE runs SET owner_pod = $2, epoch = epoch + 1, state = 'running', \
+                     updated_at = $4, heartbeat_at = $4 \
+                     WHERE id = $1 AND ($3 IS NULL OR $3 IS NOT NULL) \
+                     AND state IN ('pending', 'running') RETURNING epoch"
+                } else {
                     "UPDATE runs SET owner_pod = $2, epoch = epoch + 1, state = 'running', \
                      updated_at = $4, heartbeat_at = $4 \
                      WHERE id = $1 AND owner_pod IS NOT DISTINCT FROM $3 \
-                     AND state IN ('pending', 'running') RETURNING epoch",
-                )
+                     AND state IN ('pending', 'running') RETURNING epoch"
+                };
+                let updated = sqlx::query(claim_sql)
                 .bind(run_id)
                 .bind(pod)
                 .bind(expected_owner)
@@ -352,11 +358,13 @@ macro_rules! impl_store {
                     });
                 };
                 let epoch: i64 = updated.try_get("epoch")?;
-                sqlx::query("DELETE FROM chunks WHERE run_id = $1 AND epoch < $2")
-                    .bind(run_id)
-                    .bind(epoch)
-                    .execute(&mut *tx)
-                    .await?;
+                if !$crate::faults::on($crate::faults::Bug::SkipPurge) {
+                    sqlx::query("DELETE FROM chunks WHERE run_id = $1 AND epoch < $2")
+                        .bind(run_id)
+                        .bind(epoch)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 sqlx::query(
                     "INSERT INTO run_claims (run_id, from_pod, to_pod, epoch, at) \
                      VALUES ($1, $2, $3, $4, $5)",
@@ -396,7 +404,10 @@ macro_rules! impl_store {
                 ctx: &TransitionCtx,
             ) -> StoreResult<TransitionRecord> {
                 let now = self.clock.now_ms();
-                let sources: Vec<&str> = allowed_sources(to).iter().map(|s| s.as_str()).collect();
+                let mut sources: Vec<&str> = allowed_sources(to).iter().map(|s| s.as_str()).collect();
+                if to == RunState::Succeeded && $crate::faults::on($crate::faults::Bug::AllowLostSuccess) {
+                    sources.push("lost");
+                }
                 let sources = serde_json::to_string(&sources).unwrap_or_else(|_| "[]".into());
                 let mut tx = self.begin_write().await?;
                 // Read (and, on PostgreSQL, lock) the row so the log records the
@@ -632,7 +643,12 @@ macro_rules! impl_store {
                 self.stats
                     .output_raw_queries
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let rows = sqlx::query($dialect::OUTPUTS_RAW_SELECT)
+                let sql = if $crate::faults::on($crate::faults::Bug::ReadRedacted) {
+                    $dialect::OUTPUTS_REDACTED_SELECT
+                } else {
+                    $dialect::OUTPUTS_RAW_SELECT
+                };
+                let rows = sqlx::query(sql)
                     .bind(run_id)
                     .bind($dialect::node_list(node_ids))
                     .fetch_all(&self.pool)
@@ -733,7 +749,7 @@ macro_rules! impl_store {
 
             async fn effects(&self, run_id: &str) -> StoreResult<Vec<EffectRecord>> {
                 let rows = sqlx::query(
-                    "SELECT run_id, node_id, attempt, epoch, pod FROM effects WHERE run_id = $1 \
+                    "SELECT run_id, node_id, attempt, epoch, pod, at FROM effects WHERE run_id = $1 \
                      ORDER BY id",
                 )
                 .bind(run_id)
@@ -747,6 +763,7 @@ macro_rules! impl_store {
                             attempt: row.try_get("attempt")?,
                             epoch: row.try_get("epoch")?,
                             pod: row.try_get("pod")?,
+                            at_ms: row.try_get("at")?,
                         })
                     })
                     .collect()
@@ -784,6 +801,27 @@ macro_rules! impl_store {
             }
 
             async fn reap_stale(&self, by: &str) -> StoreResult<ReapReport> {
+                if $crate::faults::on($crate::faults::Bug::NonAtomicTimeoutRetry) {
+                    // The seed-003 shape: the timeout commits on its own, and
+                    // the process dies in the window before the retry insert.
+                    let now = self.clock.now_ms();
+                    let mut tx = self.begin_write().await?;
+                    let rows = sqlx::query(
+                        "UPDATE runs SET state = 'timed_out', updated_at = $1 \
+                         WHERE state = 'running' AND heartbeat_timeout_ms IS NOT NULL \
+                         AND heartbeat_at + heartbeat_timeout_ms < $1 RETURNING id, epoch",
+                    )
+                    .bind(now)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let ids = log_bulk(&mut tx, &rows, "running", "timed_out", by, "reaper: no heartbeat within its lane's timeout", now).await?;
+                    tx.commit().await?;
+                    if !ids.is_empty() {
+                        tracing::error!(runs = ?ids, "fault injection: crashing between the timeout and its retry");
+                        std::process::exit(137);
+                    }
+                    return Ok(ReapReport::default());
+                }
                 let report = self.reap_stale_impl(self.clock.now_ms(), by).await?;
                 for (_, lane) in &report.timed_out {
                     self.metrics.inc_transition("running", "timed_out");

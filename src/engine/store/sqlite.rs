@@ -36,6 +36,10 @@ mod dialect {
          AND (state IN (SELECT value FROM json_each($5)) \
               OR (state = 'lost' AND $2 = 'succeeded' AND late_completion = 'accept')) \
          AND ($6 IS NULL OR epoch = $6)";
+    /// Fault injection only (`read_redacted`): the bug of seed 000.
+    pub const OUTPUTS_REDACTED_SELECT: &str = "SELECT node_id, output AS output_raw FROM steps \
+         WHERE run_id = $1 AND status = 'succeeded' \
+         AND node_id IN (SELECT value FROM json_each($2))";
     pub const OUTPUTS_RAW_SELECT: &str = "SELECT node_id, output_raw FROM steps \
          WHERE run_id = $1 AND status = 'succeeded' \
          AND node_id IN (SELECT value FROM json_each($2))";
@@ -101,9 +105,10 @@ impl SqliteStore {
         .await
         .map_err(|e| bad(format!("migration lock task failed: {e}")))?
         .map_err(|e| bad(format!("cannot lock {}: {e}", path.display())))?;
-        let migrated = sqlx::migrate!("./migrations/sqlite").run(&pool).await;
+        let migrator = sqlx::migrate!("./migrations/sqlite");
+        let migrated = migrator.run(&pool).await;
         drop(lock);
-        migrated?;
+        migrated.map_err(|e| super::migrate_error(&path.display().to_string(), &migrator, e))?;
         Ok(SqliteStore {
             pool,
             path: path.to_owned(),
@@ -138,11 +143,16 @@ impl SqliteStore {
     async fn reap_stale_impl(&self, now: i64, by: &str) -> super::StoreResult<super::ReapReport> {
         use sqlx::Row as _;
         let mut tx = self.begin_write().await?;
+        let lanes = if crate::faults::on(crate::faults::Bug::ReapAllLanes) {
+            // Seed 003: every lane is reaped, heartbeating or not.
+            "COALESCE(heartbeat_timeout_ms, 5000) IS NOT NULL AND heartbeat_at + COALESCE(heartbeat_timeout_ms, 5000) < $1"
+        } else {
+            "heartbeat_timeout_ms IS NOT NULL AND heartbeat_at + heartbeat_timeout_ms < $1"
+        };
         let sql = format!(
             "UPDATE runs SET state = 'timed_out', updated_at = $1, \
              error = 'reaped: no heartbeat within its lane''s timeout' \
-             WHERE state = 'running' AND heartbeat_timeout_ms IS NOT NULL \
-             AND heartbeat_at + heartbeat_timeout_ms < $1 RETURNING {REAPED_COLS}"
+             WHERE state = 'running' AND {lanes} RETURNING {REAPED_COLS}"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now)
@@ -263,11 +273,13 @@ impl crate::engine::liveness::Liveness for SqliteStore {
         loop {
             let now = self.clock.now_ms();
             let mut tx = self.begin_write().await.map_err(super::StoreError::from)?;
-            let held = sqlx::query("SELECT incarnation, lease_until FROM pods WHERE pod_id = $1")
-                .bind(&me.pod_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(super::StoreError::from)?;
+            let held = sqlx::query(
+                "SELECT incarnation, lease_until, heartbeat_at FROM pods WHERE pod_id = $1",
+            )
+            .bind(&me.pod_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(super::StoreError::from)?;
             if let Some(row) = held {
                 let inc: String = row
                     .try_get("incarnation")
@@ -275,6 +287,24 @@ impl crate::engine::liveness::Liveness for SqliteStore {
                 let until: i64 = row
                     .try_get("lease_until")
                     .map_err(super::StoreError::from)?;
+                let last: i64 = row
+                    .try_get("heartbeat_at")
+                    .map_err(super::StoreError::from)?;
+                if until < now && inc != me.incarnation {
+                    // Our previous incarnation died and nobody noticed yet:
+                    // we are the one who finds it dead.
+                    sqlx::query(
+                        "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, \
+                         last_heartbeat_at) VALUES ($1, $2, $1, $3, $4)",
+                    )
+                    .bind(&me.pod_id)
+                    .bind(&inc)
+                    .bind(now)
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(super::StoreError::from)?;
+                }
                 if until >= now && inc != me.incarnation {
                     drop(tx);
                     if started.elapsed() >= wait {

@@ -1,0 +1,143 @@
+//! A throwaway PostgreSQL server from the installed binaries, which a
+//! scenario can stop and start (store outage).
+
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::process::Command;
+
+#[derive(Debug)]
+pub struct PgServer {
+    bin: PathBuf,
+    dir: PathBuf,
+    pub port: u16,
+    running: bool,
+}
+
+fn find_bin() -> Option<PathBuf> {
+    if let Ok(b) = std::env::var("VIGIL_PG_BIN") {
+        return Some(PathBuf::from(b));
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    found.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    found.pop()
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+impl PgServer {
+    fn cmd(&self, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        if is_root() {
+            // initdb and postgres refuse to run as root.
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// Initialize and start a server on a free loopback port.
+    pub fn start() -> Result<PgServer> {
+        let bin = find_bin().context(
+            "no PostgreSQL server binaries found (install Debian's postgresql package, or set VIGIL_PG_BIN)",
+        )?;
+        let dir =
+            std::env::temp_dir().join(format!("vigil-chaos-pg-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir)?;
+        if is_root() {
+            let pg = nix::unistd::User::from_name("postgres")?.context("no postgres user")?;
+            nix::unistd::chown(&dir, Some(pg.uid), Some(pg.gid))?;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut s = PgServer {
+            bin,
+            dir,
+            port,
+            running: false,
+        };
+        let out = s
+            .cmd("initdb")
+            .arg("-D")
+            .arg(s.dir.join("data"))
+            .args(["-U", "postgres", "-A", "trust", "--no-sync"])
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        s.start_again()?;
+        Ok(s)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn start_again(&mut self) -> Result<()> {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let out = self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", "60", "-o", &opts, "start"])
+            .output()
+            .context("running pg_ctl start")?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl start failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.running = true;
+        Ok(())
+    }
+
+    /// Stop the server hard (`-m immediate`: like a crash of the database).
+    pub fn stop(&mut self) -> Result<()> {
+        let out = self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output()
+            .context("running pg_ctl stop")?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.running = false;
+        Ok(())
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,942 @@
+//! Runs one scenario: store, cluster, workload, faults, quiet period,
+//! evidence, checks.
+
+use super::checks::{self, AttacherLog, CheckResult, Evidence, FiredFault, RunEvidence, Status};
+use super::history::History;
+use super::pgserver::PgServer;
+use super::scenario::{Action, AttachKind, Plan, Scenario, StoreKind, Target, Trigger, pod_ids};
+use crate::client::{PodClient, StreamEvent};
+use crate::cluster::{Cluster, ClusterSpec, PodState};
+use crate::engine::liveness::Death;
+use crate::engine::store::{self, RunFilter, Store};
+use crate::engine::workflow::WorkflowRegistry;
+use anyhow::{Context, Result, bail};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where the scenario's store lives.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// What the scenario file says (`sqlite`, or a throwaway PostgreSQL).
+    Scenario,
+    Sqlite,
+    /// A throwaway PostgreSQL server started from the installed binaries.
+    PgServer,
+    /// A PostgreSQL server at this (admin) URL: a database of our own is
+    /// created there and dropped afterwards.
+    PgUrl(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerOpts {
+    pub seed: u64,
+    pub store: StoreChoice,
+    pub results_dir: PathBuf,
+    pub workflows: PathBuf,
+    pub binary: Option<PathBuf>,
+    /// Print progress lines while running.
+    pub verbose: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Unknown,
+    NotApplicable,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub scenario: String,
+    pub seed: u64,
+    pub store: String,
+    pub verdict: Verdict,
+    pub checks: Vec<CheckResult>,
+    pub notes: Vec<String>,
+    pub dir: PathBuf,
+    pub normalized: serde_json::Value,
+    pub summary: String,
+}
+
+struct Shared {
+    history: History,
+    store: Arc<dyn Store>,
+    cluster: tokio::sync::Mutex<Cluster>,
+    live: Mutex<Vec<(String, String)>>,
+    names: Mutex<BTreeMap<String, String>>,
+    last_killed: Mutex<Option<String>>,
+    fired: Mutex<Vec<FiredFault>>,
+    notes: Mutex<Vec<String>>,
+    pg: Option<tokio::sync::Mutex<PgServer>>,
+    http: reqwest::Client,
+    verbose: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    async fn refresh_live(&self) {
+        let urls = self.cluster.lock().await.live_urls();
+        *lock(&self.live) = urls;
+    }
+
+    fn live(&self) -> Vec<(String, String)> {
+        lock(&self.live).clone()
+    }
+
+    fn run_id(&self, name: &str) -> Option<String> {
+        lock(&self.names).get(name).cloned()
+    }
+
+    fn note(&self, n: String) {
+        if self.verbose {
+            eprintln!("  ! {n}");
+        }
+        self.history.record("note", json!({ "note": n }));
+        lock(&self.notes).push(n);
+    }
+
+    fn say(&self, msg: &str) {
+        if self.verbose {
+            eprintln!(
+                "  {:>6.1}s  {msg}",
+                self.history.elapsed_ms() as f64 / 1000.0
+            );
+        }
+    }
+}
+
+/// Follow a run's stream to its end through any live pod, resuming from
+/// the last event id when a pod dies under it.
+async fn follow(
+    shared: Arc<Shared>,
+    name: String,
+    run_id: String,
+    kind: AttachKind,
+    bound: Duration,
+) -> AttacherLog {
+    let mut log = AttacherLog {
+        run_name: name.clone(),
+        run_id: run_id.clone(),
+        kind,
+        events: Vec::new(),
+        error: None,
+    };
+    let deadline = Instant::now() + bound;
+    let mut last_id: Option<String> = None;
+    let mut turn = 0usize;
+    loop {
+        if Instant::now() > deadline {
+            log.error = Some(format!("no end event within {bound:?}"));
+            return log;
+        }
+        let live = shared.live();
+        if live.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let (pod, url) = live[turn % live.len()].clone();
+        turn += 1;
+        let mut req = shared.http.get(format!("{url}v1/runs/{run_id}/stream"));
+        if let Some(l) = &last_id {
+            req = req.header("Last-Event-ID", l);
+        }
+        let resp = match req.send().await {
+            Ok(r) if r.status().is_success() => r,
+            _ => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        shared.history.record(
+            "attach",
+            json!({ "run": name, "kind": kind, "pod": pod, "after": last_id }),
+        );
+        let mut events = resp.bytes_stream().eventsource();
+        loop {
+            let next = tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                events.next(),
+            )
+            .await;
+            let ev = match next {
+                Ok(Some(Ok(ev))) => ev,
+                Ok(Some(Err(_)) | None) => break,
+                Err(_) => {
+                    log.error = Some(format!("no end event within {bound:?}"));
+                    return log;
+                }
+            };
+            let parsed = match ev.event.as_str() {
+                "chunk" => serde_json::from_str::<crate::pod::stream::ChunkEvent>(&ev.data)
+                    .ok()
+                    .map(|c| StreamEvent::Chunk {
+                        id: ev.id.clone(),
+                        epoch: c.epoch,
+                        seq: c.seq,
+                        data: c.data,
+                    }),
+                "reset" => serde_json::from_str::<crate::pod::stream::ResetEvent>(&ev.data)
+                    .ok()
+                    .map(|r| StreamEvent::Reset { epoch: r.epoch }),
+                "end" => serde_json::from_str::<crate::pod::stream::EndEvent>(&ev.data)
+                    .ok()
+                    .map(|e| StreamEvent::End {
+                        state: e.state,
+                        error: e.error,
+                    }),
+                _ => None,
+            };
+            let Some(parsed) = parsed else { continue };
+            if let StreamEvent::Chunk { id, .. } = &parsed {
+                last_id = Some(id.clone());
+            }
+            shared.history.record(
+                "stream",
+                json!({ "run": name, "kind": kind, "event": parsed }),
+            );
+            let end = matches!(parsed, StreamEvent::End { .. });
+            log.events.push(parsed);
+            if end {
+                return log;
+            }
+        }
+    }
+}
+
+/// Scrape every live pod's `vigil_*` counters into the history.
+async fn scrape_metrics(shared: &Shared, when: &str) {
+    for (pod, url) in shared.live() {
+        let Ok(resp) = shared
+            .http
+            .get(format!("{url}metrics"))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(text) = resp.text().await else {
+            continue;
+        };
+        let samples: BTreeMap<String, f64> = text
+            .lines()
+            .filter(|l| l.starts_with("vigil_") && !l.contains("_bucket"))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                let v: f64 = v.parse().ok()?;
+                (v != 0.0).then(|| (k.to_owned(), v))
+            })
+            .collect();
+        shared.history.record(
+            "metrics",
+            json!({ "when": when, "pod": pod, "samples": samples }),
+        );
+    }
+}
+
+async fn resolve_target(shared: &Shared, target: &Target) -> Option<String> {
+    match target {
+        Target::Pod(p) => Some(p.clone()),
+        Target::OwnerOf(run) => {
+            let id = shared.run_id(run)?;
+            shared
+                .store
+                .get_run(&id)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.owner_pod)
+        }
+        Target::Random(draw) => {
+            let mut live: Vec<String> = shared.live().into_iter().map(|(id, _)| id).collect();
+            live.sort();
+            (!live.is_empty())
+                .then(|| live[usize::try_from(*draw % live.len() as u64).unwrap_or(0)].clone())
+        }
+        Target::LastKilled => lock(&shared.last_killed).clone(),
+        Target::None => None,
+    }
+}
+
+async fn wait_trigger(shared: &Shared, trigger: &Trigger, bound: Instant) -> bool {
+    match trigger {
+        Trigger::AtMs(ms) => {
+            let due = Duration::from_millis(*ms)
+                .saturating_sub(Duration::from_millis(shared.history.elapsed_ms()));
+            tokio::time::sleep(due).await;
+            true
+        }
+        Trigger::AfterChunk { run, chunks } => loop {
+            if Instant::now() > bound {
+                return false;
+            }
+            if let Some(id) = shared.run_id(run) {
+                let n = shared.store.chunks(&id).await.map(|c| c.len()).unwrap_or(0);
+                if n >= usize::try_from(*chunks).unwrap_or(usize::MAX) {
+                    return true;
+                }
+                let done = shared
+                    .store
+                    .get_run(&id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.state.is_terminal());
+                if done {
+                    return false;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        },
+        Trigger::AfterEnd { run } => loop {
+            if Instant::now() > bound {
+                return false;
+            }
+            if let Some(id) = shared.run_id(run)
+                && shared
+                    .store
+                    .get_run(&id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.state.is_terminal())
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        },
+    }
+}
+
+async fn fire(
+    shared: Arc<Shared>,
+    scn: Arc<Scenario>,
+    f: super::scenario::PlannedFault,
+) -> Result<()> {
+    let pod = resolve_target(&shared, &f.target).await;
+    let run_id = match (&f.target, scn.fault_run(f.index)) {
+        (Target::OwnerOf(r), _) => shared.run_id(r),
+        (_, Some(r)) => shared.run_id(&r),
+        _ => None,
+    };
+    if f.target != Target::None && pod.is_none() {
+        shared.note(format!(
+            "fault {} ({:?}) found no target for {:?}: not fired",
+            f.index, f.action, f.target
+        ));
+        return Ok(());
+    }
+    let owned: Vec<String> = match &pod {
+        Some(p) => shared
+            .store
+            .list_runs(&RunFilter {
+                state: Some(crate::engine::run::RunState::Running),
+                owner_pod: Some(p.clone()),
+                ..Default::default()
+            })
+            .await
+            .map(|rs| rs.into_iter().map(|r| r.id).collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let at_ms = crate::engine::clock::wall_ms();
+    shared.say(&format!(
+        "fault {}: {:?} {}",
+        f.index,
+        f.action,
+        pod.as_deref().unwrap_or("")
+    ));
+    shared.history.record(
+        "fault",
+        json!({ "index": f.index, "action": f.action, "pod": pod, "run": run_id, "owned": owned }),
+    );
+    lock(&shared.fired).push(FiredFault {
+        index: f.index,
+        action: f.action,
+        pod: pod.clone(),
+        run_id: run_id.clone(),
+        at_ms,
+        owned,
+        duration_ms: f.duration_ms,
+    });
+    let p = pod.clone().unwrap_or_default();
+    match f.action {
+        Action::Kill | Action::Term => {
+            {
+                let mut c = shared.cluster.lock().await;
+                if f.action == Action::Kill {
+                    c.kill(&p).await?;
+                } else {
+                    let took = c.terminate(&p, Duration::from_secs(15)).await?;
+                    shared.history.record(
+                        "exited",
+                        json!({ "pod": p, "graceful_ms": took.map(|d| d.as_millis() as u64) }),
+                    );
+                }
+            }
+            *lock(&shared.last_killed) = Some(p.clone());
+            shared.refresh_live().await;
+            if let Some(after) = f.restart_after_ms {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                shared.cluster.lock().await.start_pod(&p, &[]).await?;
+                shared
+                    .history
+                    .record("heal", json!({ "action": "restart", "pod": p }));
+                shared.refresh_live().await;
+            }
+        }
+        Action::Pause => {
+            shared.cluster.lock().await.pause(&p)?;
+            shared.refresh_live().await;
+            tokio::time::sleep(Duration::from_millis(f.duration_ms.unwrap_or(1000))).await;
+            shared.cluster.lock().await.resume(&p)?;
+            shared
+                .history
+                .record("heal", json!({ "action": "resume", "pod": p }));
+            shared.refresh_live().await;
+        }
+        Action::Restart => {
+            shared.cluster.lock().await.start_pod(&p, &[]).await?;
+            shared.refresh_live().await;
+        }
+        Action::Switch => {
+            if let Some((name, value)) = &f.switch {
+                crate::engine::switches::set(
+                    shared.store.as_ref(),
+                    name,
+                    *value,
+                    "chaos",
+                    &format!("scenario fault {}", f.index),
+                )
+                .await?;
+                shared
+                    .history
+                    .record("switch", json!({ "switch": name, "enabled": value }));
+            }
+        }
+        Action::Stall => {
+            let url = shared
+                .cluster
+                .lock()
+                .await
+                .pod(&p)
+                .map(|x| x.url.clone())
+                .context("stall target vanished")?;
+            let id = run_id.clone().context("stall needs its run")?;
+            let r = shared
+                .http
+                .post(format!("{url}v1/chaos/runs/{id}/stall"))
+                .send()
+                .await?;
+            shared.history.record(
+                "stalled",
+                json!({ "run": id, "pod": p, "status": r.status().as_u16() }),
+            );
+        }
+        Action::StoreOutage => {
+            let pg = shared
+                .pg
+                .as_ref()
+                .context("store_outage needs a throwaway PostgreSQL server")?;
+            pg.lock().await.stop()?;
+            tokio::time::sleep(Duration::from_millis(f.duration_ms.unwrap_or(1000))).await;
+            pg.lock().await.start_again()?;
+            shared
+                .history
+                .record("heal", json!({ "action": "store_start" }));
+        }
+        Action::LateComplete => {
+            let id = run_id.clone().context("late_complete needs its run")?;
+            let (_, url) = shared
+                .live()
+                .into_iter()
+                .next()
+                .context("no live pod to send the late completion to")?;
+            let c = PodClient::new(&url)?;
+            let ev = crate::pod::api::RunEvent::Complete { epoch: 1 };
+            let res = c.event(&id, &ev).await;
+            let answer = match &res {
+                Ok(()) => "accepted".to_owned(),
+                Err(e) => e
+                    .already_terminal()
+                    .map_or_else(|| e.to_string(), |s| format!("409 already_terminal ({s})")),
+            };
+            shared
+                .history
+                .record("late_complete", json!({ "run": id, "answer": answer }));
+        }
+    }
+    Ok(())
+}
+
+fn pg_database_url(admin: &str, db: &str) -> Result<String> {
+    let mut u = url::Url::parse(admin).with_context(|| format!("bad PostgreSQL URL {admin:?}"))?;
+    u.set_path(db);
+    Ok(u.to_string())
+}
+
+/// Run `scn` once. Never leaves pods or servers behind.
+pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
+    let scn = Arc::new(scn);
+    let workflows = WorkflowRegistry::load_dir(&opts.workflows)
+        .with_context(|| format!("loading workflows from {}", opts.workflows.display()))?;
+    let plan: Plan = scn.plan(opts.seed);
+    let stamp = format!("{}-{}", crate::engine::clock::wall_ms(), opts.seed);
+    let dir = opts.results_dir.join(&scn.name).join(stamp);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let kind = match &opts.store {
+        StoreChoice::Scenario => scn.store,
+        StoreChoice::Sqlite => StoreKind::Sqlite,
+        StoreChoice::PgServer | StoreChoice::PgUrl(_) => StoreKind::Postgres,
+    };
+    let needs_server = plan.faults.iter().any(|f| f.action == Action::StoreOutage);
+    if needs_server && (kind != StoreKind::Postgres || matches!(opts.store, StoreChoice::PgUrl(_)))
+    {
+        let summary = format!(
+            "{}: not applicable on this store (store_outage needs a throwaway PostgreSQL: --store postgres)\n",
+            scn.name
+        );
+        let normalized = json!({ "scenario": scn.name, "verdict": Verdict::NotApplicable });
+        let report = json!({ "normalized": normalized, "checks": [], "notes": [summary.trim()] });
+        std::fs::write(dir.join("summary.txt"), &summary)?;
+        std::fs::write(
+            dir.join("report.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+        return Ok(Outcome {
+            scenario: scn.name.clone(),
+            seed: opts.seed,
+            store: format!("{kind:?}").to_lowercase(),
+            verdict: Verdict::NotApplicable,
+            checks: Vec::new(),
+            notes: vec![summary.clone()],
+            dir,
+            normalized,
+            summary,
+        });
+    }
+    let mut pg_server = None;
+    let mut drop_db: Option<(String, String)> = None;
+    let target = match (&opts.store, kind) {
+        (_, StoreKind::Sqlite) => dir.join("store.db").display().to_string(),
+        (StoreChoice::PgUrl(admin), _) => {
+            let db = format!("vigil_chaos_{}", uuid::Uuid::now_v7().simple());
+            let pool = sqlx::PgPool::connect(admin).await.with_context(|| {
+                format!("connecting to {}", crate::engine::store::redact_url(admin))
+            })?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                .execute(&pool)
+                .await?;
+            pool.close().await;
+            drop_db = Some((admin.clone(), db.clone()));
+            pg_database_url(admin, &db)?
+        }
+        _ => {
+            let server = tokio::task::spawn_blocking(PgServer::start).await??;
+            let url = server.admin_url();
+            let pool = sqlx::PgPool::connect(&url).await?;
+            sqlx::query("CREATE DATABASE vigil_chaos")
+                .execute(&pool)
+                .await?;
+            pool.close().await;
+            pg_server = Some(server);
+            pg_database_url(&url, "vigil_chaos")?
+        }
+    };
+    let store_label = match kind {
+        StoreKind::Sqlite => "sqlite",
+        StoreKind::Postgres => "postgres",
+    };
+    let result = run_inner(
+        scn.clone(),
+        opts,
+        &plan,
+        &dir,
+        &target,
+        store_label,
+        pg_server,
+        workflows,
+    )
+    .await;
+    if let Some((admin, db)) = drop_db
+        && let Ok(pool) = sqlx::PgPool::connect(&admin).await
+    {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_inner(
+    scn: Arc<Scenario>,
+    opts: &RunnerOpts,
+    plan: &Plan,
+    dir: &std::path::Path,
+    target: &str,
+    store_label: &str,
+    pg_server: Option<PgServer>,
+    workflows: WorkflowRegistry,
+) -> Result<Outcome> {
+    let store = store::open(target)
+        .await
+        .context("opening the scenario's store")?;
+    for (name, value) in &scn.switches {
+        crate::engine::switches::set(
+            store.as_ref(),
+            name,
+            *value,
+            "chaos",
+            "scenario cluster setting",
+        )
+        .await?;
+    }
+    let mut spec = ClusterSpec::new(target.to_owned(), opts.workflows.clone(), dir.join("pods"))?;
+    if let Some(b) = &opts.binary {
+        spec.binary = b.clone();
+    }
+    spec.lanes = scn.lanes.clone();
+    spec.pod_args = std::iter::once("--chaos-hooks".to_owned())
+        .chain(scn.pod_args.iter().cloned())
+        .collect();
+    let liveness_timeout_ms = scn
+        .pod_args
+        .windows(2)
+        .find(|w| w[0] == "--liveness-timeout-ms")
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(2000);
+    let mut cluster = Cluster::new(spec)?;
+    for id in pod_ids(scn.pods) {
+        cluster.start_pod(&id, &[]).await?;
+    }
+    let shared = Arc::new(Shared {
+        history: History::new(),
+        store: store.clone(),
+        cluster: tokio::sync::Mutex::new(cluster),
+        live: Mutex::default(),
+        names: Mutex::default(),
+        last_killed: Mutex::default(),
+        fired: Mutex::default(),
+        notes: Mutex::default(),
+        pg: pg_server.map(tokio::sync::Mutex::new),
+        http: reqwest::Client::new(),
+        verbose: opts.verbose,
+    });
+    shared.refresh_live().await;
+    shared.history.record(
+        "start",
+        json!({ "scenario": scn.name, "seed": plan.seed, "pods": scn.pods, "store": store_label }),
+    );
+    shared.say(&format!("{} pods up on {store_label}", scn.pods));
+    scrape_metrics(&shared, "before").await;
+    let result = drive(
+        shared.clone(),
+        scn.clone(),
+        plan,
+        &workflows,
+        liveness_timeout_ms,
+    )
+    .await;
+    shared
+        .cluster
+        .lock()
+        .await
+        .shutdown(Duration::from_secs(10))
+        .await;
+    let (checks, runs, attachers, deaths) = result?;
+    let history = shared.history.snapshot();
+    let notes = lock(&shared.notes).clone();
+    let fired = lock(&shared.fired).clone();
+    let names = lock(&shared.names).clone();
+    let unfired: Vec<usize> = plan
+        .faults
+        .iter()
+        .map(|f| f.index)
+        .filter(|i| !fired.iter().any(|x| x.index == *i))
+        .collect();
+    let verdict = if checks.iter().any(|c| c.status == Status::Fail) {
+        Verdict::Fail
+    } else if !unfired.is_empty() {
+        Verdict::Unknown
+    } else {
+        Verdict::Pass
+    };
+    let report = super::report::Report {
+        scenario: &scn,
+        plan,
+        store: store_label,
+        verdict,
+        checks: &checks,
+        runs: &runs,
+        names: &names,
+        attachers: &attachers,
+        fired: &fired,
+        unfired: &unfired,
+        deaths: &deaths,
+        history: &history,
+        notes: &notes,
+    };
+    let summary = report.summary();
+    let normalized = report.normalized();
+    report.write(dir)?;
+    Ok(Outcome {
+        scenario: scn.name.clone(),
+        seed: plan.seed,
+        store: store_label.to_owned(),
+        verdict,
+        checks,
+        notes,
+        dir: dir.to_owned(),
+        normalized,
+        summary,
+    })
+}
+
+type Collected = (
+    Vec<CheckResult>,
+    Vec<RunEvidence>,
+    Vec<AttacherLog>,
+    Vec<Death>,
+);
+
+async fn drive(
+    shared: Arc<Shared>,
+    scn: Arc<Scenario>,
+    plan: &Plan,
+    workflows: &WorkflowRegistry,
+    liveness_timeout_ms: u64,
+) -> Result<Collected> {
+    let quiet = Duration::from_millis(scn.checks.quiet_timeout_ms);
+    let bound = Instant::now() + quiet + Duration::from_secs(30);
+    // Faults wait for their triggers from the start.
+    let mut fault_tasks = Vec::new();
+    for f in plan.faults.clone() {
+        let (shared, scn) = (shared.clone(), scn.clone());
+        fault_tasks.push(tokio::spawn(async move {
+            if !wait_trigger(&shared, &f.trigger, bound).await {
+                shared.note(format!(
+                    "fault {} ({:?}): its trigger {:?} never happened",
+                    f.index, f.action, f.trigger
+                ));
+                return;
+            }
+            if let Err(e) = fire(shared.clone(), scn, f.clone()).await {
+                shared.note(format!("fault {} ({:?}) failed: {e:#}", f.index, f.action));
+            }
+        }));
+    }
+    // The workload.
+    let mut early = Vec::new();
+    let mut runs_sorted = plan.runs.clone();
+    runs_sorted.sort_by_key(|r| r.submit_at_ms);
+    for r in &runs_sorted {
+        let due = Duration::from_millis(r.submit_at_ms)
+            .saturating_sub(Duration::from_millis(shared.history.elapsed_ms()));
+        tokio::time::sleep(due).await;
+        let req = crate::pod::api::SubmitRequest {
+            workflow: r.workflow.clone(),
+            input: r.input.clone(),
+            idempotency_key: Some(format!("{}-{}", r.name, plan.seed)),
+        };
+        // The planned pod first; if a fault took it down meanwhile, any live
+        // pod (the idempotency key makes a resubmission the same run).
+        let mut sub = None;
+        let mut last_err = None;
+        for attempt in 0..10 {
+            let live = shared.live();
+            let url = live
+                .iter()
+                .find(|(id, _)| *id == r.pod)
+                .or(live.get(attempt % live.len().max(1)))
+                .map(|(_, u)| u.clone());
+            let Some(url) = url else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            match PodClient::new(&url)?.submit(&req).await {
+                Ok(s) => {
+                    sub = Some(s);
+                    break;
+                }
+                Err(e) => {
+                    last_err = Some(e);
+                    shared.refresh_live().await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let sub = match (sub, last_err) {
+            (Some(s), _) => s,
+            (None, Some(e)) => return Err(e).with_context(|| format!("submitting {}", r.name)),
+            (None, None) => bail!("submitting {}: no live pod", r.name),
+        };
+        lock(&shared.names).insert(r.name.clone(), sub.run.id.clone());
+        shared.history.record(
+            "submit",
+            json!({ "run": r.name, "id": sub.run.id, "workflow": r.workflow, "pod": r.pod }),
+        );
+        if r.attach.contains(&AttachKind::Early) {
+            let (s, name, id) = (shared.clone(), r.name.clone(), sub.run.id.clone());
+            early.push(tokio::spawn(follow(
+                s,
+                name,
+                id,
+                AttachKind::Early,
+                quiet + Duration::from_secs(30),
+            )));
+        }
+    }
+    shared.say("workload submitted");
+    for t in fault_tasks {
+        let _ = t.await;
+    }
+    // Heal: resume what is paused, bring back a cluster with no live pod,
+    // restart the store; then wait for quiet.
+    {
+        let mut c = shared.cluster.lock().await;
+        let paused: Vec<String> = c
+            .pods()
+            .filter(|p| p.state == PodState::Paused)
+            .map(|p| p.id.clone())
+            .collect();
+        for p in paused {
+            c.resume(&p)?;
+            shared
+                .history
+                .record("heal", json!({ "action": "resume", "pod": p }));
+        }
+        if c.live_urls().is_empty() {
+            let exited: Vec<String> = c.pods().map(|p| p.id.clone()).collect();
+            for p in exited {
+                c.start_pod(&p, &[]).await?;
+                shared
+                    .history
+                    .record("heal", json!({ "action": "restart", "pod": p }));
+            }
+        }
+    }
+    shared.refresh_live().await;
+    shared.say("healed; waiting for the cluster to go quiet");
+    let quiet_until = Instant::now() + quiet;
+    let mut in_flight;
+    loop {
+        let all = shared
+            .store
+            .list_runs(&RunFilter {
+                limit: Some(100_000),
+                ..Default::default()
+            })
+            .await?;
+        in_flight = all
+            .iter()
+            .filter(|r| !r.state.is_terminal())
+            .map(|r| r.id.clone())
+            .collect::<Vec<_>>();
+        if in_flight.is_empty() || Instant::now() > quiet_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !in_flight.is_empty() {
+        shared.note(format!(
+            "{} runs still in flight after the {quiet:?} quiet bound",
+            in_flight.len()
+        ));
+    }
+    shared.say("quiet; attaching late clients");
+    scrape_metrics(&shared, "after").await;
+    let mut attachers = Vec::new();
+    for r in &plan.runs {
+        if r.attach.contains(&AttachKind::Late)
+            && let Some(id) = shared.run_id(&r.name)
+        {
+            attachers.push(
+                follow(
+                    shared.clone(),
+                    r.name.clone(),
+                    id,
+                    AttachKind::Late,
+                    Duration::from_secs(10),
+                )
+                .await,
+            );
+        }
+    }
+    for e in early {
+        match tokio::time::timeout(Duration::from_secs(20), e).await {
+            Ok(Ok(log)) => attachers.push(log),
+            _ => shared.note("an early attacher did not finish".into()),
+        }
+    }
+    // Evidence.
+    let all = shared
+        .store
+        .list_runs(&RunFilter {
+            limit: Some(100_000),
+            ..Default::default()
+        })
+        .await?;
+    let mut runs = Vec::new();
+    for run in all {
+        let steps = shared.store.steps(&run.id).await?;
+        let nodes: Vec<String> = steps.iter().map(|s| s.node_id.clone()).collect();
+        let raw = shared.store.step_outputs_raw(&run.id, &nodes).await?;
+        let transitions = shared.store.transitions(&run.id).await?;
+        for t in &transitions {
+            shared.history.record_at(t.at_ms, "transition", json!({ "run": run.id, "from": t.from, "to": t.to, "epoch": t.epoch, "pod": t.pod, "reason": t.reason }));
+        }
+        let claims = shared.store.claims(&run.id).await?;
+        for c in &claims {
+            shared.history.record_at(
+                c.at_ms,
+                "claim",
+                json!({ "run": run.id, "from": c.from_pod, "to": c.to_pod, "epoch": c.epoch }),
+            );
+        }
+        runs.push(RunEvidence {
+            transitions,
+            claims,
+            chunks: shared.store.chunks(&run.id).await?,
+            effects: shared.store.effects(&run.id).await?,
+            steps,
+            raw,
+            run,
+        });
+    }
+    let deaths = shared.store.liveness().deaths(10_000).await?;
+    for d in &deaths {
+        shared.history.record_at(d.detected_at_ms, "death", json!({ "pod": d.pod_id, "by": d.detected_by, "last_heartbeat_ms": d.last_heartbeat_at_ms }));
+    }
+    let names = lock(&shared.names).clone();
+    let fired = lock(&shared.fired).clone();
+    let ev = Evidence {
+        runs: &runs,
+        names: &names,
+        attachers: &attachers,
+        faults: &fired,
+        deaths: &deaths,
+        workflows,
+        detection_bound_ms: scn.checks.detection_bound_ms,
+        liveness_timeout_ms,
+        t0_ms: shared.history.wall0(),
+    };
+    let checks = checks::run_all(&ev, &scn.checks.skip);
+    if runs.is_empty() {
+        bail!("the scenario submitted no runs");
+    }
+    Ok((checks, runs, attachers, deaths))
+}
