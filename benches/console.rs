@@ -187,7 +187,7 @@ fn seed_statements(i: usize) -> Vec<String> {
 async fn bench_rounds(label: &str, store: &dyn Store) {
     for (what, view, limit) in [
         ("Runs view, default 1000 newest runs", View::Runs, 1000),
-        ("Runs view, all 10000 runs", View::Runs, 10_000),
+        ("Runs view, every run loaded", View::Runs, 100_000),
         ("Events view (always-on queries only)", View::Events, 1000),
     ] {
         let w = Watch {
@@ -224,22 +224,28 @@ async fn bench_rounds(label: &str, store: &dyn Store) {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs benches too, unoptimized and without
+    // `--bench`: then only check that it works, on a small store.
+    let measuring = std::env::args().any(|a| a == "--bench");
     let n: usize = std::env::var("VIGIL_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(if measuring { 10_000 } else { 300 });
+    if !measuring {
+        println!("console bench: smoke run with {n} runs (cargo bench --bench console measures)");
+    }
     bench_render(n);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (_dir, store) = seed_sqlite(n).await;
         bench_rounds("sqlite", store.as_ref()).await;
         match std::env::var("VIGIL_TEST_PG_URL") {
-            Ok(url) => {
+            Ok(url) if measuring => {
                 let store = seed_pg(&url, n).await;
                 bench_rounds("postgres", store.as_ref()).await;
             }
-            Err(_) => println!(
-                "postgres: not measured (VIGIL_TEST_PG_URL unset; use ./scripts/with-pg.sh)"
+            _ => println!(
+                "postgres: not measured (needs cargo bench with VIGIL_TEST_PG_URL: ./scripts/with-pg.sh)"
             ),
         }
     });

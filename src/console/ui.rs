@@ -727,12 +727,15 @@ fn draw_pods(frame: &mut Frame, app: &App, area: Rect) {
                     .get(&p.pod_id)
                     .map(|q| q.iter().map(|v| *v as f64).collect())
                     .unwrap_or_default();
-                let loops = match app
-                    .activity
-                    .scrapes
-                    .get(&p.pod_id)
-                    .and_then(|s| s.metrics.as_ref())
-                {
+                // Scrapes are keyed by pod id, or by URL for --pods.
+                let scrape = app.activity.scrapes.get(&p.pod_id).or_else(|| {
+                    let addr = p.addr.as_deref()?.trim_end_matches('/');
+                    app.activity
+                        .scrapes
+                        .values()
+                        .find(|s| s.url.trim_end_matches('/') == addr)
+                });
+                let loops = match scrape.and_then(|s| s.metrics.as_ref()) {
                     Some(m) if !m.loop_ticks.is_empty() => m
                         .loop_ticks
                         .iter()
@@ -741,12 +744,7 @@ fn draw_pods(frame: &mut Frame, app: &App, area: Rect) {
                         })
                         .collect::<Vec<_>>()
                         .join(" "),
-                    _ => match app
-                        .activity
-                        .scrapes
-                        .get(&p.pod_id)
-                        .and_then(|s| s.error.as_ref())
-                    {
+                    _ => match scrape.and_then(|s| s.error.as_ref()) {
                         Some(_) => "metrics unreachable".into(),
                         None => "-".into(),
                     },
