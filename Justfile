@@ -29,5 +29,14 @@ test-all:
 bench:
     ./scripts/with-pg.sh cargo bench --bench recovery
 
+# Ten minutes of random faults against a 3-pod cluster, invariants checked every round.
+soak minutes="10" seed="":
+    cargo run --release -- chaos soak --minutes {{minutes}} {{ if seed != "" { "--seed " + seed } else { "" } }}
+
+# Every shipped chaos scenario, on SQLite and on a throwaway PostgreSQL.
+chaos:
+    cargo run -- chaos run scenarios/ --store sqlite
+    cargo run -- chaos run scenarios/ --store postgres
+
 # lint + the full suite.
 verify: test-all

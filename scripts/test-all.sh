@@ -33,5 +33,11 @@ if [ $# -eq 0 ]; then
     psql "$VIGIL_TEST_PG_URL" -qc "CREATE DATABASE $FUZZ_DB" >/dev/null
     ./scripts/api-fuzz.sh "${VIGIL_TEST_PG_URL%/*}/$FUZZ_DB"
 fi
+if [ $# -eq 0 ]; then
+    log "a short soak: random faults for one minute, every round checked"
+    SOAK_DIR="$(mktemp -d /tmp/vigil-soak.XXXXXX)"
+    ./target/debug/vigil chaos soak --minutes 1 --seed 20261123 --results "$SOAK_DIR"
+    rm -rf "$SOAK_DIR"
+fi
 # One plain closing line for whoever reads the end of this output.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$TEST_LOG"
