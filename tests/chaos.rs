@@ -219,7 +219,9 @@ fn a_planted_secret_appears_in_no_artefact() {
         String::from_utf8_lossy(&out.stdout)
     );
     let store = walk(results.path(), "store.db").expect("the run's store");
-    let raw = std::fs::read(&store).unwrap();
+    // The database file and its write-ahead log (not yet checkpointed).
+    let mut raw = std::fs::read(&store).unwrap();
+    raw.extend(std::fs::read(store.with_extension("db-wal")).unwrap_or_default());
     let planted = b"sk-branch-9";
     assert!(
         raw.windows(planted.len()).any(|w| w == planted),
