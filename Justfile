@@ -19,7 +19,7 @@ lint:
 
 # Embedded-store tests only (PostgreSQL suites announce that they did not run).
 test:
-    cargo test --all-targets
+    cargo test
 
 # Everything, as CI runs it: installs and starts a throwaway PostgreSQL.
 test-all:

@@ -23,7 +23,7 @@ cargo clippy --all-targets --features fault-injection -- -D warnings
 log "cargo test --features fault-injection (SQLite + PostgreSQL suites, chaos scenarios and their teeth)"
 TEST_LOG="$(mktemp /tmp/vigil-cargo-test.XXXXXX)"
 trap 'rm -f "$TEST_LOG"' EXIT
-cargo test --all-targets --features fault-injection "$@" 2>&1 | tee "$TEST_LOG"
+cargo test --lib --bins --tests --features fault-injection "$@" 2>&1 | tee "$TEST_LOG"
 if [ $# -eq 0 ]; then
     log "schemathesis against a live pod (SQLite, then PostgreSQL)"
     FUZZ_DIR="$(mktemp -d /tmp/vigil-fuzz-store.XXXXXX)"
