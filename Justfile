@@ -19,7 +19,7 @@ lint:
 
 # Embedded-store tests only (PostgreSQL suites announce that they did not run).
 test:
-    cargo test --all-targets
+    cargo test
 
 # Everything, as CI runs it: installs and starts a throwaway PostgreSQL.
 test-all:
@@ -28,6 +28,15 @@ test-all:
 # Recovery latency over 20 SIGKILLs per store (SQLite and a throwaway PostgreSQL).
 bench:
     ./scripts/with-pg.sh cargo bench --bench recovery
+
+# Ten minutes of random faults against a 3-pod cluster, invariants checked every round.
+soak minutes="10" seed="":
+    cargo run --release -- chaos soak --minutes {{minutes}} {{ if seed != "" { "--seed " + seed } else { "" } }}
+
+# Every shipped chaos scenario, on SQLite and on a throwaway PostgreSQL.
+chaos:
+    cargo run -- chaos run scenarios/ --store sqlite
+    cargo run -- chaos run scenarios/ --store postgres
 
 # lint + the full suite.
 verify: test-all

@@ -23,7 +23,7 @@ cargo clippy --all-targets --features fault-injection -- -D warnings
 log "cargo test --features fault-injection (SQLite + PostgreSQL suites, chaos scenarios and their teeth)"
 TEST_LOG="$(mktemp /tmp/vigil-cargo-test.XXXXXX)"
 trap 'rm -f "$TEST_LOG"' EXIT
-cargo test --all-targets --features fault-injection "$@" 2>&1 | tee "$TEST_LOG"
+cargo test --lib --bins --tests --features fault-injection "$@" 2>&1 | tee "$TEST_LOG"
 if [ $# -eq 0 ]; then
     log "schemathesis against a live pod (SQLite, then PostgreSQL)"
     FUZZ_DIR="$(mktemp -d /tmp/vigil-fuzz-store.XXXXXX)"
@@ -32,6 +32,12 @@ if [ $# -eq 0 ]; then
     FUZZ_DB="vigil_fuzz_$$"
     psql "$VIGIL_TEST_PG_URL" -qc "CREATE DATABASE $FUZZ_DB" >/dev/null
     ./scripts/api-fuzz.sh "${VIGIL_TEST_PG_URL%/*}/$FUZZ_DB"
+fi
+if [ $# -eq 0 ]; then
+    log "a short soak: random faults for one minute, every round checked"
+    SOAK_DIR="$(mktemp -d /tmp/vigil-soak.XXXXXX)"
+    ./target/debug/vigil chaos soak --minutes 1 --seed 20261123 --results "$SOAK_DIR"
+    rm -rf "$SOAK_DIR"
 fi
 # One plain closing line for whoever reads the end of this output.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$TEST_LOG"

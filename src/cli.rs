@@ -32,16 +32,23 @@ pub struct StoreArg {
     /// Talk to this pod's API (http://HOST:PORT) instead of the store.
     #[arg(long, env = "VIGIL_POD")]
     pub pod: Option<String>,
+    /// Bearer token file for pods started with --token-file.
+    #[arg(long, env = "VIGIL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl StoreArg {
     fn client(&self) -> Result<Option<PodClient>> {
         self.pod
             .as_deref()
-            .map(PodClient::new)
+            .map(|p| pod_client(p, self.token_file.as_deref()))
             .transpose()
-            .map_err(Into::into)
     }
+}
+
+fn pod_client(url: &str, token_file: Option<&std::path::Path>) -> Result<PodClient> {
+    let token = token_file.map(crate::pod::read_token).transpose()?;
+    Ok(PodClient::new(url)?.with_token(token))
 }
 
 #[derive(Debug, Args, Clone)]
@@ -49,6 +56,15 @@ pub struct PodArg {
     /// The pod's API, e.g. http://127.0.0.1:7700.
     #[arg(long, env = "VIGIL_POD", default_value = "http://127.0.0.1:7700")]
     pub pod: String,
+    /// Bearer token file for pods started with --token-file.
+    #[arg(long, env = "VIGIL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl PodArg {
+    fn client(&self) -> Result<PodClient> {
+        pod_client(&self.pod, self.token_file.as_deref())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,11 +274,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Submit(args) => submit(args).await,
         Command::Chaos(cmd) => Ok(crate::chaos::main(cmd).await),
         Command::Attach(args) => {
-            let client = PodClient::new(&args.pod.pod)?;
+            let client = args.pod.client()?;
             attach(&client, &args.id, args.json).await
         }
         Command::Cancel(args) => {
-            let client = PodClient::new(&args.pod.pod)?;
+            let client = args.pod.client()?;
             match client.cancel(&args.id, args.reason).await {
                 Ok(t) => {
                     println!("run {} {} -> {}", args.id, t.from, t.to);
@@ -557,7 +573,7 @@ async fn show_run(args: RunArgs) -> Result<ExitCode> {
 }
 
 async fn submit(args: SubmitArgs) -> Result<ExitCode> {
-    let client = PodClient::new(&args.pod.pod)?;
+    let client = args.pod.client()?;
     let input: serde_json::Value = serde_json::from_str(&args.input)
         .with_context(|| format!("--input is not JSON: {:?}", args.input))?;
     let req = crate::pod::api::SubmitRequest {

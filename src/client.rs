@@ -69,6 +69,7 @@ pub enum StreamEvent {
 pub struct PodClient {
     base: url::Url,
     http: reqwest::Client,
+    token: Option<String>,
     /// Attempts for retryable failures (connection errors, 503).
     pub attempts: u32,
 }
@@ -93,8 +94,22 @@ impl PodClient {
         Ok(PodClient {
             base,
             http,
+            token: None,
             attempts: 3,
         })
+    }
+
+    /// Send `Authorization: Bearer <token>` (pods started with `--token-file`).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -117,10 +132,11 @@ impl PodClient {
         let url = self.endpoint(path)?;
         let mut last = None;
         for attempt in 1..=self.attempts.max(1) {
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .timeout(Duration::from_secs(30));
+            let mut req = self.authorize(
+                self.http
+                    .request(method.clone(), url.clone())
+                    .timeout(Duration::from_secs(30)),
+            );
             if let Some(b) = body {
                 req = req.json(b);
             }
@@ -273,7 +289,7 @@ impl PodClient {
         let mut last_id: Option<String> = None;
         let mut failures = 0u32;
         loop {
-            let mut req = self.http.get(url.clone());
+            let mut req = self.authorize(self.http.get(url.clone()));
             if let Some(l) = &last_id {
                 req = req.header("Last-Event-ID", l);
             }

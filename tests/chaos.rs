@@ -197,6 +197,65 @@ fn malformed_scenarios_fail_before_anything_starts() {
     assert_eq!(r.code, 254, "{}", r.output);
 }
 
+/// Secrets planted in step outputs reach the store's raw copy (so this test
+/// can fail) and nothing else: no report, history, timeline or pod log of a
+/// chaos run, and no API response.
+#[test]
+fn a_planted_secret_appears_in_no_artefact() {
+    let results = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["chaos", "run"])
+        .arg(scenario("fan-in-convergence"))
+        .args(["--seed", "5", "--store", "sqlite", "--quiet", "--results"])
+        .arg(results.path())
+        .arg("--workflows")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/workflows"))
+        .env("VIGIL_POD_LOG", "vigil=debug")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let store = walk(results.path(), "store.db").expect("the run's store");
+    // The database file and its write-ahead log (not yet checkpointed).
+    let mut raw = std::fs::read(&store).unwrap();
+    raw.extend(std::fs::read(store.with_extension("db-wal")).unwrap_or_default());
+    let planted = b"sk-branch-9";
+    assert!(
+        raw.windows(planted.len()).any(|w| w == planted),
+        "positive control: the raw copy holds the secret"
+    );
+    let mut leaks = Vec::new();
+    let mut files = Vec::new();
+    collect(results.path(), &mut files);
+    for f in files
+        .iter()
+        .filter(|f| !f.to_string_lossy().contains("store.db"))
+    {
+        let text = std::fs::read(f).unwrap();
+        if text.windows(planted.len()).any(|w| w == planted) {
+            leaks.push(f.display().to_string());
+        }
+    }
+    assert!(files.len() > 5, "the artefacts exist: {files:?}");
+    assert!(leaks.is_empty(), "the secret leaked into {leaks:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("sk-branch-"), "{stdout}");
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
 /// With the bug on, `check` fails with evidence containing `needle`; with it
 /// off, the same scenario and seed pass.
 #[cfg(feature = "fault-injection")]

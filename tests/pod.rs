@@ -436,3 +436,107 @@ on_both_stores!(
     early_and_late_attachers_see_each_chunk_of_the_final_run_once,
     sigterm_keeps_ownership_and_exits_within_its_bound,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_every_change_and_reads_stay_open() {
+    let db = TestDb::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cr3t-token\n").unwrap();
+    let pod = PodProc::spawn(
+        &db.target(),
+        "guarded",
+        &["--token-file", token_file.to_str().unwrap()],
+    );
+    let u = &pod.url;
+    let http = reqwest::Client::new();
+    let body = json!({"workflow": "flaky_sync"});
+    let no = http
+        .post(format!("{u}v1/runs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no.status().as_u16(), 401);
+    assert_eq!(no.json::<Value>().await.unwrap()["error"], "unauthorized");
+    let wrong = http
+        .post(format!("{u}v1/runs"))
+        .bearer_auth("s3cr3t-tokeN")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    let ok = http
+        .post(format!("{u}v1/runs"))
+        .bearer_auth("s3cr3t-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 201);
+    let id = ok.json::<Value>().await.unwrap()["run"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Every other change is guarded too; reads are open.
+    for (method, path, body) in [
+        ("POST", format!("v1/runs/{id}/cancel"), json!({})),
+        (
+            "POST",
+            format!("v1/runs/{id}/events"),
+            json!({"type": "complete", "epoch": 1}),
+        ),
+        (
+            "PUT",
+            "v1/switches/authority.db_fallback".to_owned(),
+            json!({"enabled": false, "reason": "x"}),
+        ),
+    ] {
+        let r = http
+            .request(method.parse().unwrap(), format!("{u}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{method} {path}");
+    }
+    assert_eq!(get(&format!("{u}v1/runs/{id}")).await.0, 200);
+    assert_eq!(get(&format!("{u}v1/switches")).await.0, 200);
+    // The CLI passes the token from --token-file.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "switch",
+            "set",
+            "--pod",
+            u,
+            "authority.db_fallback",
+            "off",
+            "--reason",
+            "drill",
+        ])
+        .args(["--token-file", token_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "switch",
+            "set",
+            "--pod",
+            u,
+            "authority.db_fallback",
+            "on",
+            "--reason",
+            "drill",
+        ])
+        .env_remove("VIGIL_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
+}

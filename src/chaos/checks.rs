@@ -440,19 +440,18 @@ fn claimed_once(ev: &Evidence<'_>) -> Vec<String> {
                 ));
             }
         }
-        for (prev, cs) in from {
-            // A pod may take back its own runs after a restart; anything else
-            // claimed twice from the same owner was claimed by two survivors.
-            let distinct: Vec<&str> = cs.iter().map(|c| c.to_pod.as_str()).collect();
-            if cs.len() > 1 && prev.is_none_or(|p| distinct.iter().any(|d| *d != p)) {
-                out.push(format!(
-                    "{}: claimed {} times from {}: by {}",
-                    ev.label(&r.run.id),
-                    cs.len(),
-                    prev.unwrap_or("nobody (pending)"),
-                    distinct.join(", ")
-                ));
-            }
+        // A pending run is claimed from nobody exactly once; every later
+        // claim names the owner it replaced (checked above).
+        if let Some(cs) = from.get(&None).filter(|cs| cs.len() > 1) {
+            out.push(format!(
+                "{}: claimed {} times while pending: by {}",
+                ev.label(&r.run.id),
+                cs.len(),
+                cs.iter()
+                    .map(|c| c.to_pod.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
     }
     out

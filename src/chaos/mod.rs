@@ -13,6 +13,7 @@ pub mod pgserver;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod soak;
 
 use crate::engine::workflow::WorkflowRegistry;
 use anyhow::{Context, Result};
@@ -30,6 +31,9 @@ pub const EXIT_INTERNAL: u8 = 255;
 pub enum ChaosCmd {
     /// Run a scenario file, or every *.toml of a directory.
     Run(RunArgs),
+    /// Random faults against a 3-pod cluster under a steady workload for N
+    /// minutes, every invariant checked after each round.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,7 +64,7 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 
-fn store_choice(s: Option<&str>) -> Result<StoreChoice, String> {
+pub(crate) fn store_choice(s: Option<&str>) -> Result<StoreChoice, String> {
     match s {
         None => Ok(StoreChoice::Scenario),
         Some("sqlite") => Ok(StoreChoice::Sqlite),
@@ -75,14 +79,16 @@ fn store_choice(s: Option<&str>) -> Result<StoreChoice, String> {
 }
 
 pub async fn main(cmd: ChaosCmd) -> ExitCode {
-    match cmd {
-        ChaosCmd::Run(args) => match run(args).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(EXIT_INTERNAL)
-            }
-        },
+    let result = match cmd {
+        ChaosCmd::Run(args) => run(args).await,
+        ChaosCmd::Soak(args) => soak::run(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_INTERNAL)
+        }
     }
 }
 
@@ -175,7 +181,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(worst))
 }
 
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::interrupt()),

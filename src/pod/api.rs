@@ -152,6 +152,39 @@ impl From<QueryRejection> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Proof that a mutating request carried the pod's bearer token (when the
+/// pod has one: `--token-file`). Compared in constant time.
+pub struct Authorized;
+
+impl axum::extract::FromRequestParts<Arc<Pod>> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        pod: &Arc<Pod>,
+    ) -> Result<Self, Self::Rejection> {
+        use subtle::ConstantTimeEq;
+        let Some(expected) = pod.token.as_deref() else {
+            return Ok(Authorized);
+        };
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            Ok(Authorized)
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this pod requires a bearer token for changes (Authorization: Bearer ...)",
+            ))
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
@@ -337,12 +370,14 @@ pub fn router(pod: Arc<Pod>) -> Router {
         (status = 201, description = "Created", body = SubmitResponse),
         (status = 200, description = "The idempotency key had already created this run", body = SubmitResponse),
         (status = 400, description = "Malformed request", body = ApiErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ApiErrorBody),
         (status = 415, description = "Not JSON", body = ApiErrorBody),
         (status = 422, description = "Unknown workflow or invalid body", body = ApiErrorBody),
         (status = 503, description = "Store unavailable", body = ApiErrorBody),
     ))]
 async fn submit_run(
     State(pod): State<Arc<Pod>>,
+    _auth: Authorized,
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
     let Json(req) = body?;
@@ -531,12 +566,14 @@ async fn attach(
         (status = 400, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody),
         (status = 409, description = "Already terminal", body = ApiErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ApiErrorBody),
         (status = 415, body = ApiErrorBody),
         (status = 422, body = ApiErrorBody),
         (status = 503, body = ApiErrorBody),
     ))]
 async fn cancel_run(
     State(pod): State<Arc<Pod>>,
+    _auth: Authorized,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -594,12 +631,14 @@ async fn cancel_run(
         (status = 400, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody),
         (status = 409, description = "Already terminal, or fenced", body = ApiErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ApiErrorBody),
         (status = 415, body = ApiErrorBody),
         (status = 422, body = ApiErrorBody),
         (status = 503, body = ApiErrorBody),
     ))]
 async fn post_event(
     State(pod): State<Arc<Pod>>,
+    _auth: Authorized,
     Path(id): Path<String>,
     body: Result<Json<RunEvent>, JsonRejection>,
 ) -> ApiResult<Json<EventAccepted>> {
@@ -708,12 +747,14 @@ async fn list_switches(State(pod): State<Arc<Pod>>) -> ApiResult<Json<SwitchList
         (status = 200, body = SwitchAudit),
         (status = 400, body = ApiErrorBody),
         (status = 404, description = "Unknown switch", body = ApiErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ApiErrorBody),
         (status = 415, body = ApiErrorBody),
         (status = 422, body = ApiErrorBody),
         (status = 503, body = ApiErrorBody),
     ))]
 async fn set_switch(
     State(pod): State<Arc<Pod>>,
+    _auth: Authorized,
     Path(name): Path<String>,
     body: Result<Json<SetSwitchRequest>, JsonRejection>,
 ) -> ApiResult<Json<SwitchAudit>> {
@@ -828,6 +869,7 @@ async fn openapi(State(pod): State<Arc<Pod>>) -> Json<serde_json::Value> {
 /// driver had died on a live pod.
 async fn chaos_stall(
     State(pod): State<Arc<Pod>>,
+    _auth: Authorized,
     Path(id): Path<String>,
 ) -> ApiResult<Json<EventAccepted>> {
     if !pod.args.chaos_hooks {

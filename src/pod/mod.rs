@@ -85,6 +85,11 @@ pub struct PodArgs {
     /// is the only thing between a zombie and its successor's data.
     #[arg(long, env = "VIGIL_CHAOS_KEEP_ZOMBIE_RUNS")]
     pub chaos_keep_zombie_runs: bool,
+    /// Require `Authorization: Bearer <token>` on every change (submit,
+    /// cancel, events, switches, chaos hooks); the token is this file's
+    /// contents, trimmed. Reads stay open.
+    #[arg(long, env = "VIGIL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Exit (abruptly, like a crash) when this process is gone: a cluster
     /// runner that dies, even by SIGKILL, leaves no pods behind.
     #[arg(long, env = "VIGIL_PARENT_PID")]
@@ -112,6 +117,8 @@ pub struct Pod {
     pub store: Arc<dyn Store>,
     pub pod_id: String,
     pub args: PodArgs,
+    /// The bearer token changes need, when `--token-file` is given.
+    pub token: Option<String>,
     local: Mutex<HashMap<String, LocalRun>>,
     wake: Notify,
     /// Fires when the pod stops: no new work, runs abandoned in place.
@@ -127,6 +134,17 @@ pub struct Pod {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Read a bearer token file: its contents, trimmed; empty is an error.
+pub fn read_token(path: &std::path::Path) -> Result<String> {
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let t = t.trim().to_owned();
+    if t.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(t)
 }
 
 /// Resolve the pod id: stable identity, required in production.
@@ -509,6 +527,7 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
     let production = args.production
         || std::env::var("VIGIL_ENV").is_ok_and(|v| v.eq_ignore_ascii_case("production"));
     let pod_id = resolve_pod_id(args.pod_id.as_deref(), production)?;
+    let token = args.token_file.as_deref().map(read_token).transpose()?;
     let workflows = WorkflowRegistry::load_dir(&args.workflows)
         .with_context(|| format!("loading workflows from {}", args.workflows.display()))?;
     let store = store::open(&args.store)
@@ -540,6 +559,7 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
         store,
         pod_id,
         args,
+        token,
         local: Mutex::default(),
         wake: Notify::new(),
         shutdown,
