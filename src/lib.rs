@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod demo;
+pub mod docker;
 pub mod engine;
 pub mod faults;
 pub mod pod;
