@@ -141,7 +141,11 @@ impl Cluster {
     pub async fn start_pod(&mut self, id: &str, extra: &[String]) -> Result<&PodProcess> {
         let log = self.spec.log_dir.join(format!("{id}.log"));
         if let Backend::Docker(d) = &self.backend {
-            if self.pods.get(id).is_some_and(|p| p.state != PodState::Exited) {
+            if self
+                .pods
+                .get(id)
+                .is_some_and(|p| p.state != PodState::Exited)
+            {
                 bail!("pod {id} is already running");
             }
             let url = d.start(&self.spec, id, extra).await?;
@@ -264,7 +268,10 @@ impl Cluster {
         Ok(p)
     }
 
-    fn docker_pod(&mut self, id: &str) -> Result<Option<(&crate::docker::pods::DockerPods, &mut PodProcess)>> {
+    fn docker_pod(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<(&crate::docker::pods::DockerPods, &mut PodProcess)>> {
         match &self.backend {
             Backend::Process => Ok(None),
             Backend::Docker(d) => {

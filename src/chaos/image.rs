@@ -162,8 +162,8 @@ impl Context {
                     self.tree(&path, &name, uid)?;
                 }
             } else if path.exists() {
-                let data =
-                    std::fs::read(&path).map_err(|e| self.err(format!("{}: {e}", path.display())))?;
+                let data = std::fs::read(&path)
+                    .map_err(|e| self.err(format!("{}: {e}", path.display())))?;
                 let mode = {
                     use std::os::unix::fs::PermissionsExt;
                     std::fs::metadata(&path)
@@ -326,10 +326,8 @@ fn pg_context() -> Result<(String, Vec<u8>), DockerError> {
     cx.dir("root/tmp", 0o1777, 0)?;
     // The data directory: initialized here, copied owned by postgres (a
     // COPY --chown; the directory keeps initdb's 0700).
-    let tmp = std::env::temp_dir().join(format!(
-        "vigil-pg-image-{}",
-        uuid::Uuid::now_v7().simple()
-    ));
+    let tmp =
+        std::env::temp_dir().join(format!("vigil-pg-image-{}", uuid::Uuid::now_v7().simple()));
     let made = initdb(&bin, &tmp).map_err(|e| cx.err(e));
     let added = made.and_then(|()| cx.tree(&tmp.join("data"), "pgroot/data", PG_UID));
     let _ = std::fs::remove_dir_all(&tmp);

@@ -495,7 +495,10 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
     };
     let driver = opts.driver.unwrap_or(scn.driver);
     if driver == DriverKind::Process && plan.faults.iter().any(|f| f.action == Action::Partition) {
-        bail!("{}: a partition needs the docker driver (--driver docker)", scn.name);
+        bail!(
+            "{}: a partition needs the docker driver (--driver docker)",
+            scn.name
+        );
     }
     if driver == DriverKind::Docker && kind == StoreKind::Sqlite {
         bail!(
@@ -660,7 +663,11 @@ async fn run_inner(
         .await?;
     }
     let pod_store = docker.as_ref().map_or(target, |(_, url)| url.as_str());
-    let mut spec = ClusterSpec::new(pod_store.to_owned(), opts.workflows.clone(), dir.join("pods"))?;
+    let mut spec = ClusterSpec::new(
+        pod_store.to_owned(),
+        opts.workflows.clone(),
+        dir.join("pods"),
+    )?;
     if let Some(b) = &opts.binary {
         spec.binary = b.clone();
     }

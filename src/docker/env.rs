@@ -53,7 +53,10 @@ impl DockerEnv {
         let docker = super::connect().await?;
         let pod_image = match image {
             Some(tag) => {
-                if crate::chaos::image::image_size(&docker, tag).await?.is_none() {
+                if crate::chaos::image::image_size(&docker, tag)
+                    .await?
+                    .is_none()
+                {
                     return Err(DockerError::ImageMissing {
                         image: tag.to_owned(),
                         hint: format!(" --tag {tag}"),
@@ -71,7 +74,7 @@ impl DockerEnv {
         // The random tail of a v7 uuid: unique across parallel runs.
         let run = id[id.len() - 12..].to_owned();
         super::watchdog::arm(&run);
-        let mut env = DockerEnv {
+        let env = DockerEnv {
             docker,
             network: format!("vigil-{run}"),
             run,

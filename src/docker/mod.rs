@@ -337,7 +337,12 @@ pub async fn sweep(docker: &Docker, scope: &Scope, images: bool) -> Result<Swept
         match docker
             .remove_container(
                 &id,
-                Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build()),
+                Some(
+                    RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .v(true)
+                        .build(),
+                ),
             )
             .await
         {
@@ -367,7 +372,9 @@ pub async fn sweep(docker: &Docker, scope: &Scope, images: bool) -> Result<Swept
         }
     }
     let volumes = docker
-        .list_volumes(Some(ListVolumesOptionsBuilder::new().filters(&filter).build()))
+        .list_volumes(Some(
+            ListVolumesOptionsBuilder::new().filters(&filter).build(),
+        ))
         .await
         .map_err(|source| DockerError::List {
             what: "volumes",
@@ -461,7 +468,9 @@ pub async fn leftovers(docker: &Docker, run: Option<&str>) -> Result<Swept, Dock
         out.networks.extend(n.name);
     }
     for v in docker
-        .list_volumes(Some(ListVolumesOptionsBuilder::new().filters(&filter).build()))
+        .list_volumes(Some(
+            ListVolumesOptionsBuilder::new().filters(&filter).build(),
+        ))
         .await
         .map_err(|source| DockerError::List {
             what: "volumes",
@@ -502,7 +511,13 @@ pub mod watchdog {
                 };
                 let active: Vec<String> = RUNS
                     .get()
-                    .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect())
+                    .map(|m| {
+                        m.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .iter()
+                            .cloned()
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if !active.is_empty() {
                     eprintln!("vigil: signal received: removing the containers of this run");

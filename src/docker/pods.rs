@@ -22,8 +22,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Where files the pod reads go inside its container.
-const WORKFLOWS_IN: &str = "/vigil/workflows";
-const LANES_IN: &str = "/vigil/lanes.toml";
+const WORKFLOWS_IN: &str = "/etc/vigil/workflows";
+const LANES_IN: &str = "/etc/vigil/lanes.toml";
 /// How long a pod may take to answer on its published port.
 const READY_BOUND: Duration = Duration::from_secs(30);
 
@@ -110,11 +110,8 @@ impl DockerPods {
 
     /// The containers labelled as `pod` of this run (0 or 1).
     async fn find(&self, pod: &str) -> Result<Vec<String>, DockerError> {
-        let filter = super::label_filter(&[
-            (LABEL_CHAOS, "1"),
-            (LABEL_RUN, &self.run),
-            (LABEL_POD, pod),
-        ]);
+        let filter =
+            super::label_filter(&[(LABEL_CHAOS, "1"), (LABEL_RUN, &self.run), (LABEL_POD, pod)]);
         let found = self
             .docker
             .list_containers(Some(
@@ -156,7 +153,12 @@ impl DockerPods {
         tar.into_inner().map_err(|e| e.to_string())
     }
 
-    async fn create(&self, spec: &ClusterSpec, pod: &str, extra: &[String]) -> Result<String, DockerError> {
+    async fn create(
+        &self,
+        spec: &ClusterSpec,
+        pod: &str,
+        extra: &[String],
+    ) -> Result<String, DockerError> {
         let name = self.name(pod);
         let mut cmd: Vec<String> = [
             "pod",
@@ -301,12 +303,14 @@ impl DockerPods {
         loop {
             round += 1;
             if round % 10 == 0 {
-                let info = self.docker.inspect_container(id, None).await.map_err(|source| {
-                    DockerError::InspectContainer {
+                let info = self
+                    .docker
+                    .inspect_container(id, None)
+                    .await
+                    .map_err(|source| DockerError::InspectContainer {
                         name: name.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 let status = info.state.and_then(|s| s.status);
                 if matches!(
                     status,
@@ -493,7 +497,12 @@ impl DockerPods {
             .docker
             .remove_container(
                 id,
-                Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build()),
+                Some(
+                    RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .v(true)
+                        .build(),
+                ),
             )
             .await
         {
@@ -532,7 +541,9 @@ impl DockerPods {
                 let _ = self.unpause(pod).await;
             }
             let _ = self.stop(pod, bound).await;
-            let _ = self.save_log(pod, &log_dir.join(format!("{pod}.log"))).await;
+            let _ = self
+                .save_log(pod, &log_dir.join(format!("{pod}.log")))
+                .await;
             if let Ok(id) = self.resolve(pod).await {
                 let _ = self.remove(&id, pod).await;
             }
