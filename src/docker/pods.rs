@@ -302,7 +302,7 @@ impl DockerPods {
         let mut round = 0u32;
         loop {
             round += 1;
-            if round % 10 == 0 {
+            if round.is_multiple_of(10) {
                 let info = self
                     .docker
                     .inspect_container(id, None)
