@@ -2,8 +2,9 @@
 # The whole test suite, on a fresh machine of this kind, in one command:
 # under scripts/with-pg.sh (which installs PostgreSQL from Debian's packages
 # if absent and starts a throwaway server on 127.0.0.1), runs fmt, clippy,
-# every test with INSTA_UPDATE=no and CI=true (so a missing service is a
-# failure, never a skip), then schemathesis against live pods.
+# every test with INSTA_UPDATE=no and CI=true (so a missing service, PostgreSQL
+# or the Docker engine, is a failure, never a skip), then schemathesis against
+# live pods.
 # Extra arguments go to `cargo test` (e.g. a test-name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,11 @@ cargo clippy --all-targets --features fault-injection -- -D warnings
 log "cargo test --features fault-injection (SQLite + PostgreSQL suites, chaos scenarios and their teeth)"
 TEST_LOG="$(mktemp /tmp/vigil-cargo-test.XXXXXX)"
 trap 'rm -f "$TEST_LOG"' EXIT
+# tests/docker.rs drives the machine's Docker engine (CI=true: no engine is a
+# failure); whatever a failed Docker test left (its runner gone) is swept by
+# label afterwards.
+docker_clean() { cargo run --quiet --features fault-injection -- chaos clean >/dev/null 2>&1 || true; }
+trap 'rm -f "$TEST_LOG"; docker_clean' EXIT
 cargo test --lib --bins --tests --features fault-injection "$@" 2>&1 | tee "$TEST_LOG"
 if [ $# -eq 0 ]; then
     log "schemathesis against a live pod (SQLite, then PostgreSQL)"

@@ -1,5 +1,7 @@
 //! A local cluster of `vigil pod` child processes: started, signalled by
-//! pid, restarted with the same id, and never left behind.
+//! pid, restarted with the same id, and never left behind. Or, with
+//! [`Cluster::docker`], the same methods driving containers through the
+//! Docker API (`crate::docker`).
 //!
 //! Used by the chaos runner's process driver and by `vigil demo`. Each pod is
 //! spawned with `--parent-pid` (it exits when this process is gone, even
@@ -56,6 +58,8 @@ impl ClusterSpec {
 pub enum PodState {
     Running,
     Paused,
+    /// Cut from its network (Docker driver only).
+    Partitioned,
     Exited,
 }
 
@@ -65,23 +69,40 @@ pub struct PodProcess {
     pub url: String,
     pub log: PathBuf,
     pub state: PodState,
-    child: Child,
+    /// None for a container (Docker driver).
+    child: Option<Child>,
 }
 
 impl PodProcess {
     pub fn pid(&self) -> Option<Pid> {
         self.child
-            .id()
+            .as_ref()
+            .and_then(Child::id)
             .and_then(|p| i32::try_from(p).ok())
             .map(Pid::from_raw)
     }
+
+    fn child(&mut self) -> Result<&mut Child> {
+        let id = &self.id;
+        self.child
+            .as_mut()
+            .with_context(|| format!("pod {id} is not a process"))
+    }
 }
 
-/// Child pods by id.
+/// What runs the pods.
+#[derive(Debug)]
+enum Backend {
+    Process,
+    Docker(Box<crate::docker::pods::DockerPods>),
+}
+
+/// Child pods (or containers) by id.
 #[derive(Debug)]
 pub struct Cluster {
     spec: ClusterSpec,
     pods: BTreeMap<String, PodProcess>,
+    backend: Backend,
 }
 
 impl Cluster {
@@ -91,7 +112,24 @@ impl Cluster {
         Ok(Cluster {
             spec,
             pods: BTreeMap::new(),
+            backend: Backend::Process,
         })
+    }
+
+    /// Pods as containers: `spec.store` is the URL the pods use from their
+    /// network, `spec.binary` is ignored (the image holds the binary).
+    pub fn docker(spec: ClusterSpec, pods: crate::docker::pods::DockerPods) -> Result<Self> {
+        let mut c = Cluster::new(spec)?;
+        c.backend = Backend::Docker(Box::new(pods));
+        Ok(c)
+    }
+
+    /// `process` or `docker`.
+    pub fn driver(&self) -> &'static str {
+        match self.backend {
+            Backend::Process => "process",
+            Backend::Docker(_) => "docker",
+        }
     }
 
     pub fn spec(&self) -> &ClusterSpec {
@@ -101,13 +139,34 @@ impl Cluster {
     /// Start pod `id` (again, if it exited: same id, stable identity) and
     /// wait until it serves. `listen` picks the address (default: a free port).
     pub async fn start_pod(&mut self, id: &str, extra: &[String]) -> Result<&PodProcess> {
+        let log = self.spec.log_dir.join(format!("{id}.log"));
+        if let Backend::Docker(d) = &self.backend {
+            if self
+                .pods
+                .get(id)
+                .is_some_and(|p| p.state != PodState::Exited)
+            {
+                bail!("pod {id} is already running");
+            }
+            let url = d.start(&self.spec, id, extra).await?;
+            self.pods.insert(
+                id.to_owned(),
+                PodProcess {
+                    id: id.to_owned(),
+                    url,
+                    log,
+                    state: PodState::Running,
+                    child: None,
+                },
+            );
+            return self.pods.get(id).context("pod vanished");
+        }
         if let Some(p) = self.pods.get_mut(id)
             && p.state != PodState::Exited
-            && p.child.try_wait()?.is_none()
+            && p.child()?.try_wait()?.is_none()
         {
             bail!("pod {id} is already running");
         }
-        let log = self.spec.log_dir.join(format!("{id}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -174,7 +233,7 @@ impl Cluster {
                 url,
                 log,
                 state: PodState::Running,
-                child,
+                child: Some(child),
             },
         );
         self.pods.get(id).context("pod vanished")
@@ -209,10 +268,31 @@ impl Cluster {
         Ok(p)
     }
 
+    fn docker_pod(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<(&crate::docker::pods::DockerPods, &mut PodProcess)>> {
+        match &self.backend {
+            Backend::Process => Ok(None),
+            Backend::Docker(d) => {
+                let p = self
+                    .pods
+                    .get_mut(id)
+                    .with_context(|| format!("no pod {id} in this cluster"))?;
+                Ok(Some((d, p)))
+            }
+        }
+    }
+
     /// SIGKILL and reap.
     pub async fn kill(&mut self, id: &str) -> Result<()> {
+        if let Some((d, p)) = self.docker_pod(id)? {
+            d.kill(id).await?;
+            p.state = PodState::Exited;
+            return Ok(());
+        }
         let p = self.send(id, Signal::SIGKILL)?;
-        p.child.wait().await?;
+        p.child()?.wait().await?;
         p.state = PodState::Exited;
         Ok(())
     }
@@ -220,16 +300,22 @@ impl Cluster {
     /// SIGTERM, then wait up to `bound` for a clean exit (SIGKILL after it).
     /// Returns how long the pod took, or None when it had to be killed.
     pub async fn terminate(&mut self, id: &str, bound: Duration) -> Result<Option<Duration>> {
+        if let Some((d, p)) = self.docker_pod(id)? {
+            let took = d.stop(id, bound).await?;
+            p.state = PodState::Exited;
+            return Ok(took);
+        }
         let started = Instant::now();
         let p = self.send(id, Signal::SIGTERM)?;
-        let done = tokio::time::timeout(bound, p.child.wait()).await;
+        let child = p.child()?;
+        let done = tokio::time::timeout(bound, child.wait()).await;
         let took = match done {
             Ok(status) => {
                 status?;
                 Some(started.elapsed())
             }
             Err(_) => {
-                let _ = p.child.kill().await;
+                let _ = child.kill().await;
                 None
             }
         };
@@ -237,20 +323,67 @@ impl Cluster {
         Ok(took)
     }
 
-    /// SIGSTOP: the process freezes, sockets and all.
-    pub fn pause(&mut self, id: &str) -> Result<()> {
+    /// SIGSTOP: the process freezes, sockets and all (a container: the
+    /// cgroup freezer, through the Docker API).
+    pub async fn pause(&mut self, id: &str) -> Result<()> {
+        if let Some((d, p)) = self.docker_pod(id)? {
+            d.pause(id).await?;
+            p.state = PodState::Paused;
+            return Ok(());
+        }
         self.send(id, Signal::SIGSTOP)?.state = PodState::Paused;
         Ok(())
     }
 
-    /// SIGCONT.
-    pub fn resume(&mut self, id: &str) -> Result<()> {
+    /// SIGCONT (a container: unpause).
+    pub async fn resume(&mut self, id: &str) -> Result<()> {
+        if let Some((d, p)) = self.docker_pod(id)? {
+            d.unpause(id).await?;
+            p.state = PodState::Running;
+            return Ok(());
+        }
         self.send(id, Signal::SIGCONT)?.state = PodState::Running;
+        Ok(())
+    }
+
+    /// Cut the pod from its network (Docker driver only): the pod runs on,
+    /// but reaches nothing and nothing reaches it, not even the runner.
+    pub async fn partition(&mut self, id: &str) -> Result<()> {
+        let Some((d, p)) = self.docker_pod(id)? else {
+            bail!(
+                "a partition cuts a container from its network: it needs the docker driver \
+                 (driver = \"docker\" in [cluster], or --driver docker)"
+            );
+        };
+        d.disconnect(id).await?;
+        p.state = PodState::Partitioned;
+        Ok(())
+    }
+
+    /// Reconnect a partitioned pod; its URL changes (a new published port).
+    pub async fn heal_partition(&mut self, id: &str) -> Result<()> {
+        let Some((d, p)) = self.docker_pod(id)? else {
+            bail!("a partition needs the docker driver");
+        };
+        p.url = d.reconnect(id).await?;
+        p.state = PodState::Running;
         Ok(())
     }
 
     /// SIGTERM every running pod, wait up to `bound`, SIGKILL the rest.
     pub async fn shutdown(&mut self, bound: Duration) {
+        if let Backend::Docker(d) = &self.backend {
+            let pods: Vec<(String, bool)> = self
+                .pods
+                .values()
+                .map(|p| (p.id.clone(), p.state == PodState::Paused))
+                .collect();
+            d.shutdown(&pods, bound, &self.spec.log_dir).await;
+            for p in self.pods.values_mut() {
+                p.state = PodState::Exited;
+            }
+            return;
+        }
         let ids: Vec<String> = self.pods.keys().cloned().collect();
         for id in &ids {
             if let Some(p) = self.pods.get_mut(id) {
@@ -269,8 +402,10 @@ impl Cluster {
         let deadline = Instant::now() + bound;
         for p in self.pods.values_mut() {
             let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, p.child.wait()).await.is_err() {
-                let _ = p.child.kill().await;
+            if let Some(child) = p.child.as_mut()
+                && tokio::time::timeout(left, child.wait()).await.is_err()
+            {
+                let _ = child.kill().await;
             }
             p.state = PodState::Exited;
         }
@@ -287,7 +422,9 @@ impl Drop for Cluster {
             if let Some(pid) = p.pid() {
                 let _ = signal::kill(pid, Signal::SIGCONT);
             }
-            let _ = p.child.start_kill();
+            if let Some(child) = p.child.as_mut() {
+                let _ = child.start_kill();
+            }
         }
     }
 }

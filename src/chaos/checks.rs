@@ -339,7 +339,10 @@ fn no_healthy_reaped(ev: &Evidence<'_>) -> Vec<String> {
                 f.at_ms <= t.at_ms
                     && (f.run_id.as_deref() == Some(r.run.id.as_str()) && f.action == Action::Stall
                         || f.owned.contains(&r.run.id)
-                            && matches!(f.action, Action::Kill | Action::Term | Action::Pause))
+                            && matches!(
+                                f.action,
+                                Action::Kill | Action::Term | Action::Pause | Action::Partition
+                            ))
             });
             if !hurt {
                 out.push(format!(
@@ -379,7 +382,7 @@ fn death_detected(ev: &Evidence<'_>) -> Vec<String> {
     for f in ev.faults {
         let expect = match f.action {
             Action::Kill | Action::Term => true,
-            Action::Pause => f
+            Action::Pause | Action::Partition => f
                 .duration_ms
                 .is_some_and(|d| d > ev.liveness_timeout_ms + ev.detection_bound_ms),
             _ => false,

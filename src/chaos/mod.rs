@@ -9,6 +9,7 @@
 
 pub mod checks;
 pub mod history;
+pub mod image;
 pub mod pgserver;
 pub mod report;
 pub mod runner;
@@ -18,7 +19,7 @@ pub mod soak;
 use crate::engine::workflow::WorkflowRegistry;
 use anyhow::{Context, Result};
 use runner::{RunnerOpts, StoreChoice, Verdict};
-use scenario::{Scenario, scenario_files};
+use scenario::{Action, DriverKind, Scenario, StoreKind, scenario_files};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,6 +35,46 @@ pub enum ChaosCmd {
     /// Random faults against a 3-pod cluster under a steady workload for N
     /// minutes, every invariant checked after each round.
     Soak(soak::SoakArgs),
+    /// Docker driver images, built from local files (no registry needed).
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Remove the containers, networks and volumes the docker driver left
+    /// (by label), e.g. after a runner was killed with SIGKILL.
+    Clean(CleanArgs),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ImageCmd {
+    /// Build the pod image (FROM scratch: the vigil binary and the shared
+    /// libraries it loads) and the PostgreSQL image, through the Docker API.
+    Build(ImageBuildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImageBuildArgs {
+    /// The vigil binary to put in the pod image (default: this executable).
+    #[arg(long, env = "VIGIL_CHAOS_BINARY")]
+    pub binary: Option<PathBuf>,
+    /// Rebuild even when an image with the same content tag exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Skip the PostgreSQL image.
+    #[arg(long)]
+    pub no_postgres: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CleanArgs {
+    /// Everything labelled by Vigil, also the objects of runners still
+    /// running (default: only those whose runner process is gone).
+    #[arg(long, conflicts_with = "run")]
+    pub all: bool,
+    /// Only the objects of this scenario run (the `vigil.run` label).
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Remove Vigil's images too.
+    #[arg(long)]
+    pub images: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,6 +103,29 @@ pub struct RunArgs {
     /// Less progress output.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Run pods as processes or as Docker containers (default: what each
+    /// scenario's `cluster.driver` says).
+    #[arg(long, env = "VIGIL_CHAOS_DRIVER", value_enum)]
+    pub driver: Option<DriverArg>,
+    /// Docker driver: run this pod image (it must exist) instead of one
+    /// built from this binary on demand.
+    #[arg(long, env = "VIGIL_CHAOS_IMAGE")]
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DriverArg {
+    Process,
+    Docker,
+}
+
+impl From<DriverArg> for DriverKind {
+    fn from(d: DriverArg) -> Self {
+        match d {
+            DriverArg::Process => DriverKind::Process,
+            DriverArg::Docker => DriverKind::Docker,
+        }
+    }
 }
 
 pub(crate) fn store_choice(s: Option<&str>) -> Result<StoreChoice, String> {
@@ -82,6 +146,10 @@ pub async fn main(cmd: ChaosCmd) -> ExitCode {
     let result = match cmd {
         ChaosCmd::Run(args) => run(args).await,
         ChaosCmd::Soak(args) => soak::run(args).await,
+        ChaosCmd::Image(ImageCmd::Build(args)) => {
+            image_build(args).await.map(|()| ExitCode::SUCCESS)
+        }
+        ChaosCmd::Clean(args) => clean(args).await.map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -90,6 +158,56 @@ pub async fn main(cmd: ChaosCmd) -> ExitCode {
             ExitCode::from(EXIT_INTERNAL)
         }
     }
+}
+
+async fn image_build(args: ImageBuildArgs) -> Result<()> {
+    let docker = crate::docker::connect().await?;
+    let binary = match args.binary {
+        Some(b) => b,
+        None => std::env::current_exe().context("locating the vigil binary")?,
+    };
+    let mut built = vec![image::pod_image(&docker, &binary, args.force).await?];
+    if !args.no_postgres {
+        built.push(image::pg_image(&docker, args.force).await?);
+    }
+    for i in built {
+        println!(
+            "{} {} ({:.1} MB)",
+            if i.built { "built" } else { "exists" },
+            i.tag,
+            i.size as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+async fn clean(args: CleanArgs) -> Result<()> {
+    use crate::docker::Scope;
+    let docker = crate::docker::connect().await?;
+    let scope = match (args.all, args.run) {
+        (_, Some(r)) => Scope::Run(r),
+        (true, None) => Scope::All,
+        (false, None) => Scope::Orphans,
+    };
+    let swept = crate::docker::sweep(&docker, &scope, args.images).await?;
+    for (what, names) in [
+        ("container", &swept.containers),
+        ("network", &swept.networks),
+        ("volume", &swept.volumes),
+        ("image", &swept.images),
+    ] {
+        for n in names {
+            println!("removed {what} {n}");
+        }
+    }
+    println!(
+        "clean: {} containers, {} networks, {} volumes, {} images removed",
+        swept.containers.len(),
+        swept.networks.len(),
+        swept.volumes.len(),
+        swept.images.len()
+    );
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> Result<ExitCode> {
@@ -123,6 +241,35 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             Err(e) => return bad(e.to_string()),
         }
     }
+    // The driver each scenario will run on, checked before anything starts.
+    let driver_flag = args.driver.map(DriverKind::from);
+    for s in &scenarios {
+        let driver = driver_flag.unwrap_or(s.driver);
+        let kind = match &store {
+            StoreChoice::Scenario => s.store,
+            StoreChoice::Sqlite => StoreKind::Sqlite,
+            StoreChoice::PgServer | StoreChoice::PgUrl(_) => StoreKind::Postgres,
+        };
+        let partition = s
+            .plan(0)
+            .faults
+            .iter()
+            .any(|f| f.action == Action::Partition);
+        if driver == DriverKind::Process && partition {
+            return bad(format!(
+                "{}: a partition cuts a container from its network: it needs the docker driver \
+                 (drop --driver process)",
+                s.file.display()
+            ));
+        }
+        if driver == DriverKind::Docker && kind == StoreKind::Sqlite {
+            return bad(format!(
+                "{}: the docker driver needs PostgreSQL (pods in containers share no SQLite \
+                 file): set store = \"postgres\" in [cluster], or pass --store postgres",
+                s.file.display()
+            ));
+        }
+    }
     let seed = args.seed.unwrap_or_else(rand::random);
     println!("seed {seed} (replay with --seed {seed})");
     if args.dry_run {
@@ -139,6 +286,8 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         workflows: args.workflows.clone(),
         binary: None,
         verbose: !args.quiet,
+        driver: driver_flag,
+        image: args.image.clone(),
     };
     let mut outcomes = Vec::new();
     for s in scenarios {

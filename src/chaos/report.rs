@@ -56,6 +56,7 @@ impl Report<'_> {
                     super::scenario::Action::Kill
                         | super::scenario::Action::Term
                         | super::scenario::Action::Pause
+                        | super::scenario::Action::Partition
                 )
             })
             .filter_map(|f| {

@@ -4,7 +4,9 @@
 use super::checks::{self, AttacherLog, CheckResult, Evidence, FiredFault, RunEvidence, Status};
 use super::history::History;
 use super::pgserver::PgServer;
-use super::scenario::{Action, AttachKind, Plan, Scenario, StoreKind, Target, Trigger, pod_ids};
+use super::scenario::{
+    Action, AttachKind, DriverKind, Plan, Scenario, StoreKind, Target, Trigger, pod_ids,
+};
 use crate::client::{PodClient, StreamEvent};
 use crate::cluster::{Cluster, ClusterSpec, PodState};
 use crate::engine::liveness::Death;
@@ -41,6 +43,11 @@ pub struct RunnerOpts {
     pub binary: Option<PathBuf>,
     /// Print progress lines while running.
     pub verbose: bool,
+    /// Processes or containers, over what each scenario says.
+    pub driver: Option<DriverKind>,
+    /// Docker driver: this pod image (must exist) instead of one built
+    /// from `binary` on demand.
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -396,10 +403,10 @@ async fn fire(
             }
         }
         Action::Pause => {
-            shared.cluster.lock().await.pause(&p)?;
+            shared.cluster.lock().await.pause(&p).await?;
             shared.refresh_live().await;
             tokio::time::sleep(Duration::from_millis(f.duration_ms.unwrap_or(1000))).await;
-            shared.cluster.lock().await.resume(&p)?;
+            shared.cluster.lock().await.resume(&p).await?;
             shared
                 .history
                 .record("heal", json!({ "action": "resume", "pod": p }));
@@ -407,6 +414,16 @@ async fn fire(
         }
         Action::Restart => {
             shared.cluster.lock().await.start_pod(&p, &[]).await?;
+            shared.refresh_live().await;
+        }
+        Action::Partition => {
+            shared.cluster.lock().await.partition(&p).await?;
+            shared.refresh_live().await;
+            tokio::time::sleep(Duration::from_millis(f.duration_ms.unwrap_or(1000))).await;
+            shared.cluster.lock().await.heal_partition(&p).await?;
+            shared
+                .history
+                .record("heal", json!({ "action": "reconnect", "pod": p }));
             shared.refresh_live().await;
         }
         Action::Switch => {
@@ -479,6 +496,13 @@ async fn fire(
     Ok(())
 }
 
+fn pg_on_loopback(url: &str) -> bool {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]")
+}
+
 fn pg_database_url(admin: &str, db: &str) -> Result<String> {
     let mut u = url::Url::parse(admin).with_context(|| format!("bad PostgreSQL URL {admin:?}"))?;
     u.set_path(db);
@@ -500,11 +524,28 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
         StoreChoice::Sqlite => StoreKind::Sqlite,
         StoreChoice::PgServer | StoreChoice::PgUrl(_) => StoreKind::Postgres,
     };
+    let driver = opts.driver.unwrap_or(scn.driver);
+    if driver == DriverKind::Process && plan.faults.iter().any(|f| f.action == Action::Partition) {
+        bail!(
+            "{}: a partition needs the docker driver (--driver docker)",
+            scn.name
+        );
+    }
+    if driver == DriverKind::Docker && kind == StoreKind::Sqlite {
+        bail!(
+            "{}: the docker driver needs PostgreSQL (pods in containers share no SQLite file): \
+             store = \"postgres\" in [cluster], or --store postgres",
+            scn.name
+        );
+    }
     let needs_server = plan.faults.iter().any(|f| f.action == Action::StoreOutage);
-    if needs_server && (kind != StoreKind::Postgres || matches!(opts.store, StoreChoice::PgUrl(_)))
+    if needs_server
+        && (kind != StoreKind::Postgres
+            || matches!(opts.store, StoreChoice::PgUrl(_))
+            || driver == DriverKind::Docker)
     {
         let summary = format!(
-            "{}: not applicable on this store (store_outage needs a throwaway PostgreSQL: --store postgres)\n",
+            "{}: not applicable on this store (store_outage needs a throwaway PostgreSQL server process: --store postgres --driver process)\n",
             scn.name
         );
         let normalized = json!({ "scenario": scn.name, "verdict": Verdict::NotApplicable });
@@ -526,10 +567,44 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
             summary,
         });
     }
+    // Docker: the scenario's network and the pod image first; PostgreSQL
+    // then runs as a container on that network (docs/docker.md says why).
+    let docker_env = match driver {
+        DriverKind::Process => None,
+        DriverKind::Docker => {
+            let binary = match &opts.binary {
+                Some(b) => b.clone(),
+                None => std::env::current_exe().context("locating the vigil binary")?,
+            };
+            Some(
+                crate::docker::env::DockerEnv::up(&scn.name, &binary, opts.image.as_deref())
+                    .await?,
+            )
+        }
+    };
+    let mut pod_target = None;
     let mut pg_server = None;
     let mut drop_db: Option<(String, String)> = None;
     let target = match (&opts.store, kind) {
         (_, StoreKind::Sqlite) => dir.join("store.db").display().to_string(),
+        (StoreChoice::PgUrl(admin), _) if docker_env.is_some() && pg_on_loopback(admin) => {
+            bail!(
+                "--store {}: pods in containers cannot reach a server on the host's loopback; \
+                 use --store postgres (a PostgreSQL container on the scenario network)",
+                crate::engine::store::redact_url(admin)
+            );
+        }
+        (StoreChoice::Scenario | StoreChoice::PgServer, _) if docker_env.is_some() => {
+            let env = docker_env.as_ref().context("docker environment")?;
+            let pg = env.start_postgres().await?;
+            let pool = sqlx::PgPool::connect(&pg.host_admin_url).await?;
+            sqlx::query("CREATE DATABASE vigil_chaos")
+                .execute(&pool)
+                .await?;
+            pool.close().await;
+            pod_target = Some(pg_database_url(&pg.net_admin_url, "vigil_chaos")?);
+            pg_database_url(&pg.host_admin_url, "vigil_chaos")?
+        }
         (StoreChoice::PgUrl(admin), _) => {
             let db = format!("vigil_chaos_{}", uuid::Uuid::now_v7().simple());
             let pool = sqlx::PgPool::connect(admin).await.with_context(|| {
@@ -558,6 +633,12 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
         StoreKind::Sqlite => "sqlite",
         StoreKind::Postgres => "postgres",
     };
+    let pods = docker_env.as_ref().map(|env| {
+        (
+            env.pods(),
+            pod_target.clone().unwrap_or_else(|| target.clone()),
+        )
+    });
     let result = run_inner(
         scn.clone(),
         opts,
@@ -567,8 +648,14 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
         store_label,
         pg_server,
         workflows,
+        pods,
     )
     .await;
+    if let Some(env) = docker_env
+        && let Err(e) = env.teardown().await
+    {
+        eprintln!("warning: {e} (run `vigil chaos clean`)");
+    }
     if let Some((admin, db)) = drop_db
         && let Ok(pool) = sqlx::PgPool::connect(&admin).await
     {
@@ -591,6 +678,7 @@ async fn run_inner(
     store_label: &str,
     pg_server: Option<PgServer>,
     workflows: WorkflowRegistry,
+    docker: Option<(crate::docker::pods::DockerPods, String)>,
 ) -> Result<Outcome> {
     let store = store::open(target)
         .await
@@ -605,7 +693,12 @@ async fn run_inner(
         )
         .await?;
     }
-    let mut spec = ClusterSpec::new(target.to_owned(), opts.workflows.clone(), dir.join("pods"))?;
+    let pod_store = docker.as_ref().map_or(target, |(_, url)| url.as_str());
+    let mut spec = ClusterSpec::new(
+        pod_store.to_owned(),
+        opts.workflows.clone(),
+        dir.join("pods"),
+    )?;
     if let Some(b) = &opts.binary {
         spec.binary = b.clone();
     }
@@ -619,7 +712,17 @@ async fn run_inner(
         .find(|w| w[0] == "--liveness-timeout-ms")
         .and_then(|w| w[1].parse().ok())
         .unwrap_or(2000);
-    let mut cluster = Cluster::new(spec)?;
+    let mut cluster = match docker {
+        None => Cluster::new(spec)?,
+        Some((pods, _)) => {
+            // Containers inherit nothing from the runner's environment.
+            if let Ok(f) = std::env::var("VIGIL_FAULTS") {
+                spec.env.push(("VIGIL_FAULTS".into(), f));
+            }
+            Cluster::docker(spec, pods)?
+        }
+    };
+    let driver = cluster.driver();
     for id in pod_ids(scn.pods) {
         cluster.start_pod(&id, &[]).await?;
     }
@@ -639,9 +742,9 @@ async fn run_inner(
     shared.refresh_live().await;
     shared.history.record(
         "start",
-        json!({ "scenario": scn.name, "seed": plan.seed, "pods": scn.pods, "store": store_label }),
+        json!({ "scenario": scn.name, "seed": plan.seed, "pods": scn.pods, "store": store_label, "driver": driver }),
     );
-    shared.say(&format!("{} pods up on {store_label}", scn.pods));
+    shared.say(&format!("{} pods ({driver}) up on {store_label}", scn.pods));
     scrape_metrics(&shared, "before").await;
     let result = drive(
         shared.clone(),
@@ -814,10 +917,21 @@ async fn drive(
             .map(|p| p.id.clone())
             .collect();
         for p in paused {
-            c.resume(&p)?;
+            c.resume(&p).await?;
             shared
                 .history
                 .record("heal", json!({ "action": "resume", "pod": p }));
+        }
+        let cut: Vec<String> = c
+            .pods()
+            .filter(|p| p.state == PodState::Partitioned)
+            .map(|p| p.id.clone())
+            .collect();
+        for p in cut {
+            c.heal_partition(&p).await?;
+            shared
+                .history
+                .record("heal", json!({ "action": "reconnect", "pod": p }));
         }
         if c.live_urls().is_empty() {
             let exited: Vec<String> = c.pods().map(|p| p.id.clone()).collect();

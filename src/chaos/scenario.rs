@@ -126,6 +126,9 @@ pub enum Action {
     StoreOutage,
     /// Send the run's first owner's completion after the run ended (seed 002).
     LateComplete,
+    /// Disconnect the pod's container from the scenario network for
+    /// `duration_ms`, then reconnect it (Docker driver only).
+    Partition,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -481,7 +484,12 @@ impl Scenario {
             }
             let needs_target = matches!(
                 action,
-                Action::Kill | Action::Term | Action::Pause | Action::Restart | Action::Stall
+                Action::Kill
+                    | Action::Term
+                    | Action::Pause
+                    | Action::Restart
+                    | Action::Stall
+                    | Action::Partition
             );
             match (&f.target, needs_target) {
                 (None, true) => {
@@ -517,6 +525,24 @@ impl Scenario {
                     &field("duration_ms"),
                     "pause needs duration_ms".into(),
                 ));
+            }
+            if action == Action::Partition {
+                if f.duration_ms.is_none() {
+                    return Err(err(
+                        span,
+                        &field("duration_ms"),
+                        "partition needs duration_ms".into(),
+                    ));
+                }
+                if raw.cluster.driver != DriverKind::Docker {
+                    return Err(err(
+                        span,
+                        &field("action"),
+                        "partition cuts a container from its network: it needs \
+                         driver = \"docker\" in [cluster]"
+                            .into(),
+                    ));
+                }
             }
             if action == Action::StoreOutage {
                 if f.duration_ms.is_none() {

@@ -121,6 +121,8 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
             workflows: args.workflows.clone(),
             binary: None,
             verbose: false,
+            driver: None,
+            image: None,
         };
         let outcome = tokio::select! {
             o = runner::run(scn, &opts) => o.with_context(|| format!("soak round {rounds}"))?,

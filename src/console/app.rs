@@ -1362,6 +1362,7 @@ pub fn pod_state_str(s: PodState) -> &'static str {
         PodState::Running => "running",
         PodState::Paused => "paused",
         PodState::Exited => "exited",
+        PodState::Partitioned => "partitioned",
     }
 }
 

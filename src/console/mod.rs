@@ -431,8 +431,14 @@ async fn execute(
                             None => format!("{pod} ignored SIGTERM for 10 s: SIGKILLed"),
                         })
                 }
-                ChaosOp::Pause => c.pause(pod).map(|_| format!("{pod} paused (SIGSTOP)")),
-                ChaosOp::Resume => c.resume(pod).map(|_| format!("{pod} resumed (SIGCONT)")),
+                ChaosOp::Pause => c
+                    .pause(pod)
+                    .await
+                    .map(|_| format!("{pod} paused (SIGSTOP)")),
+                ChaosOp::Resume => c
+                    .resume(pod)
+                    .await
+                    .map(|_| format!("{pod} resumed (SIGCONT)")),
                 ChaosOp::Start => c
                     .start_pod(pod, &[])
                     .await

@@ -1322,7 +1322,9 @@ fn draw_chaos(frame: &mut Frame, app: &App, area: Rect) {
         .map(|(i, p)| {
             let role = match p.state {
                 crate::cluster::PodState::Running => Role::Ok,
-                crate::cluster::PodState::Paused => Role::Warn,
+                crate::cluster::PodState::Paused | crate::cluster::PodState::Partitioned => {
+                    Role::Warn
+                }
                 crate::cluster::PodState::Exited => Role::Bad,
             };
             let registered = app.pods.iter().any(|r| r.pod_id == p.id);

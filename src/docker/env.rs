@@ -1,0 +1,251 @@
+//! One scenario run's Docker environment: its labels, its user-defined
+//! network, the pod image, and (for PostgreSQL) a server container on that
+//! network. Torn down by label at the end of the run, on drop, or by the
+//! watchdog on SIGINT/SIGTERM.
+
+use super::pods::DockerPods;
+use super::{
+    DockerError, LABEL_CHAOS, LABEL_OWNER, LABEL_ROLE, LABEL_RUN, LABEL_SCENARIO, Scope, Swept,
+};
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+    PortBinding,
+};
+use bollard::query_parameters::CreateContainerOptionsBuilder;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The PostgreSQL server's name on the scenario network.
+pub const PG_HOST: &str = "postgres";
+
+#[derive(Debug)]
+pub struct DockerEnv {
+    pub docker: Docker,
+    /// This scenario run's id (the `vigil.run` label).
+    pub run: String,
+    pub scenario: String,
+    pub network: String,
+    pub pod_image: String,
+    owner: String,
+    torn_down: bool,
+}
+
+/// Where the PostgreSQL container is reached from.
+#[derive(Debug, Clone)]
+pub struct PgEndpoints {
+    /// From the runner: a port published on 127.0.0.1.
+    pub host_admin_url: String,
+    /// From the pods: the server's name on the scenario network.
+    pub net_admin_url: String,
+}
+
+impl DockerEnv {
+    /// Connect, make sure the pod image exists (built from `binary` on
+    /// demand, or `image` as given, which must exist), and create the
+    /// scenario's network.
+    pub async fn up(
+        scenario: &str,
+        binary: &Path,
+        image: Option<&str>,
+    ) -> Result<DockerEnv, DockerError> {
+        let docker = super::connect().await?;
+        let pod_image = match image {
+            Some(tag) => {
+                if crate::chaos::image::image_size(&docker, tag)
+                    .await?
+                    .is_none()
+                {
+                    return Err(DockerError::ImageMissing {
+                        image: tag.to_owned(),
+                        hint: format!(" --tag {tag}"),
+                    });
+                }
+                tag.to_owned()
+            }
+            None => {
+                crate::chaos::image::pod_image(&docker, binary, false)
+                    .await?
+                    .tag
+            }
+        };
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        // The random tail of a v7 uuid: unique across parallel runs.
+        let run = id[id.len() - 12..].to_owned();
+        super::watchdog::arm(&run);
+        let env = DockerEnv {
+            docker,
+            network: format!("vigil-{run}"),
+            run,
+            scenario: scenario.to_owned(),
+            pod_image,
+            owner: super::owner_tag(),
+            torn_down: false,
+        };
+        let labels = env.labels("network");
+        env.docker
+            .create_network(NetworkCreateRequest {
+                name: env.network.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map_err(|source| DockerError::CreateNetwork {
+                name: env.network.clone(),
+                source,
+            })?;
+        Ok(env)
+    }
+
+    /// The labels of an object of this run with `role`.
+    pub fn labels(&self, role: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_CHAOS.to_owned(), "1".to_owned()),
+            (LABEL_SCENARIO.to_owned(), self.scenario.clone()),
+            (LABEL_RUN.to_owned(), self.run.clone()),
+            (LABEL_OWNER.to_owned(), self.owner.clone()),
+            (LABEL_ROLE.to_owned(), role.to_owned()),
+        ])
+    }
+
+    /// The pod side of this environment, for a [`crate::cluster::Cluster`].
+    pub fn pods(&self) -> DockerPods {
+        DockerPods::new(
+            self.docker.clone(),
+            self.run.clone(),
+            self.network.clone(),
+            self.pod_image.clone(),
+            self.labels("pod"),
+        )
+    }
+
+    /// Start a PostgreSQL server container on the scenario network (built
+    /// from the installed server binaries on demand) and wait until it
+    /// accepts connections through its published port.
+    pub async fn start_postgres(&self) -> Result<PgEndpoints, DockerError> {
+        let image = crate::chaos::image::pg_image(&self.docker, false).await?;
+        let name = format!("vigil-{}-postgres", self.run);
+        let port = "5432/tcp".to_owned();
+        let body = ContainerCreateBody {
+            image: Some(image.tag.clone()),
+            hostname: Some(PG_HOST.into()),
+            cmd: Some(
+                [
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=300",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            labels: Some(self.labels("postgres")),
+            exposed_ports: Some(vec![port.clone()]),
+            host_config: Some(HostConfig {
+                network_mode: Some(self.network.clone()),
+                port_bindings: Some(HashMap::from([(
+                    port,
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(String::new()),
+                    }]),
+                )])),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    self.network.clone(),
+                    EndpointSettings {
+                        aliases: Some(vec![PG_HOST.into()]),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|source| DockerError::CreateContainer {
+                name: name.clone(),
+                source,
+            })?;
+        self.docker
+            .start_container(&name, None)
+            .await
+            .map_err(|source| DockerError::StartContainer {
+                name: name.clone(),
+                source,
+            })?;
+        let host_port = super::pods::host_port(&self.docker, &name, 5432).await?;
+        let host_admin_url = format!("postgres://postgres@127.0.0.1:{host_port}/postgres");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last: String;
+        loop {
+            match sqlx::PgPool::connect(&host_admin_url).await {
+                Ok(pool) => {
+                    pool.close().await;
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() > deadline {
+                let tail = super::pods::log_tail(&self.docker, &name, 15).await;
+                return Err(DockerError::NotReady {
+                    what: format!("PostgreSQL container {name}"),
+                    secs: 30,
+                    detail: format!("{last}\n{tail}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(PgEndpoints {
+            host_admin_url,
+            net_admin_url: format!("postgres://postgres@{PG_HOST}:5432/postgres"),
+        })
+    }
+
+    /// Remove every object of this run (containers, network, volumes).
+    pub async fn teardown(mut self) -> Result<Swept, DockerError> {
+        let swept = super::sweep(&self.docker, &Scope::Run(self.run.clone()), false).await;
+        if swept.is_ok() {
+            self.torn_down = true;
+            super::watchdog::disarm(&self.run);
+        }
+        swept
+    }
+}
+
+impl Drop for DockerEnv {
+    /// A panic or an early return: sweep this run's objects before going on.
+    /// Drop cannot await, so the sweep runs on a thread of its own with its
+    /// own runtime, and we wait for it.
+    fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        let run = self.run.clone();
+        let done = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(docker) = super::connect().await {
+                    let _ = super::sweep(&docker, &Scope::Run(run.clone()), false).await;
+                }
+            });
+            super::watchdog::disarm(&run);
+        });
+        let _ = done.join();
+    }
+}
