@@ -105,6 +105,11 @@ fn pg_store() -> Option<String> {
                 !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
                 "CI=true but VIGIL_TEST_PG_URL is not set: run ./scripts/test-all.sh"
             );
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "NOTE: chaos scenarios on PostgreSQL NOT run (VIGIL_TEST_PG_URL unset); ./scripts/test-all.sh runs them"
+            );
             None
         }
     }

@@ -95,11 +95,13 @@ impl From<StoreError> for ApiError {
                 format!("run {run_id}: epoch {held} is stale, the run is at epoch {current}"),
             )
             .with_state(state),
-            StoreError::ClaimLost { run_id, .. } => ApiError::new(
-                StatusCode::CONFLICT,
-                "claim_lost",
-                format!("run {run_id} is owned by someone else"),
-            ),
+            StoreError::ClaimLost { run_id, .. } | StoreError::OwnerAlive { run_id, .. } => {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "claim_lost",
+                    format!("run {run_id} is owned by someone else"),
+                )
+            }
             StoreError::Corrupt { .. } => {
                 tracing::error!(error = %e, "corrupt row");
                 ApiError::new(

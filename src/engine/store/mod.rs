@@ -55,6 +55,8 @@ pub enum StoreError {
         expected: Option<String>,
         found: Option<String>,
     },
+    #[error("run {run_id}: its owner {owner} is registered as live; only it may take the run back")]
+    OwnerAlive { run_id: String, owner: String },
     #[error("corrupt row in {table} ({key}): {problem}")]
     Corrupt {
         table: &'static str,
@@ -93,6 +95,7 @@ impl StoreError {
                 | StoreError::IllegalTransition { .. }
                 | StoreError::Fenced { .. }
                 | StoreError::ClaimLost { .. }
+                | StoreError::OwnerAlive { .. }
                 | StoreError::RunNotFound { .. }
         )
     }

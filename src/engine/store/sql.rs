@@ -328,9 +328,14 @@ macro_rules! impl_store {
                      WHERE id = $1 AND ($3 IS NULL OR $3 IS NOT NULL) \
                      AND state IN ('pending', 'running') RETURNING epoch"
                 } else {
+                    // The CAS on the previous owner, and that owner must not be a
+                    // live pod (the same name can be a new incarnation that
+                    // already took its runs back): only a pod itself, or
+                    // nobody, may take a run from a registered pod.
                     "UPDATE runs SET owner_pod = $2, epoch = epoch + 1, state = 'running', \
                      updated_at = $4, heartbeat_at = $4 \
                      WHERE id = $1 AND owner_pod IS NOT DISTINCT FROM $3 \
+                     AND ($3 IS NULL OR $3 = $2 OR NOT EXISTS (SELECT 1 FROM pods p WHERE p.pod_id = $3)) \
                      AND state IN ('pending', 'running') RETURNING epoch"
                 };
                 let updated = sqlx::query(claim_sql)
@@ -348,6 +353,11 @@ macro_rules! impl_store {
                             run_id: run_id.to_owned(),
                             state: from,
                             to: RunState::Running,
+                        }
+                    } else if found.as_deref() == expected_owner {
+                        StoreError::OwnerAlive {
+                            run_id: run_id.to_owned(),
+                            owner: found.unwrap_or_default(),
                         }
                     } else {
                         StoreError::ClaimLost {
