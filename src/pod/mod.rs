@@ -230,11 +230,28 @@ impl Pod {
         let me = self.clone();
         let id = run_id.to_owned();
         self.tasks.spawn(async move {
-            let out = me.engine.drive(&id, claim.epoch, cancel).await;
-            match &out {
-                Ok(RunOutcome::Abandoned) => tracing::info!(run_id = %id, "run left in place (pod stopping or ownership moved)"),
-                Ok(o) => tracing::info!(run_id = %id, outcome = ?o, "run ended here"),
-                Err(e) => tracing::warn!(run_id = %id, error = %e, "run driver stopped on an error; ownership stays for recovery"),
+            // A store outage must not strand a run its owner still holds:
+            // drive it again, with backoff, at the same epoch (every write is
+            // fenced, so this cannot clash with a new owner).
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                let out = me.engine.drive(&id, claim.epoch, cancel.clone()).await;
+                match &out {
+                    Ok(RunOutcome::Abandoned) => tracing::info!(run_id = %id, "run left in place (pod stopping or ownership moved)"),
+                    Ok(o) => tracing::info!(run_id = %id, outcome = ?o, "run ended here"),
+                    Err(e @ crate::engine::EngineError::Store(se)) if !se.is_rejection() => {
+                        tracing::warn!(run_id = %id, error = %e, ?backoff, "run driver stopped on a store error; driving it again");
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = tokio::time::sleep(backoff) => {
+                                backoff = (backoff * 2).min(Duration::from_secs(5));
+                                continue;
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(run_id = %id, error = %e, "run driver stopped; the reaper or the deadline bounds the run"),
+                }
+                break;
             }
             let mut local = lock(&me.local);
             if local.get(&id).is_some_and(|l| l.epoch == claim.epoch) {
