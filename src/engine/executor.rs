@@ -285,8 +285,13 @@ impl Engine {
                     return std::future::pending().await;
                 };
                 let every = Duration::from_millis(u64::try_from(t / 4).unwrap_or(250).max(10));
+                let mut first = true;
                 loop {
-                    tokio::time::sleep(every).await;
+                    // The first beat at once: a run driven again after a
+                    // store outage must say so before anyone judges it.
+                    if !std::mem::take(&mut first) {
+                        tokio::time::sleep(every).await;
+                    }
                     match self.store.heartbeat_run(run_id, epoch).await {
                         Ok(()) => {}
                         Err(e @ StoreError::Fenced { .. }) => return e,

@@ -244,7 +244,7 @@ impl Pod {
                         tokio::select! {
                             _ = cancel.cancelled() => {}
                             _ = tokio::time::sleep(backoff) => {
-                                backoff = (backoff * 2).min(Duration::from_secs(5));
+                                backoff = (backoff * 2).min(Duration::from_secs(1));
                                 continue;
                             }
                         }
@@ -380,6 +380,15 @@ impl Pod {
                             }
                         }
                     }
+                    // Let the stopped drivers leave `local` first, or the
+                    // sweep would skip the very runs it must take back.
+                    for _ in 0..200 {
+                        let draining = lock(&self.local).values().any(|l| l.cancel.is_cancelled());
+                        if !draining {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
                     if let Err(e) = self.startup_sweep().await {
                         tracing::warn!(error = %e, "sweep after rejoin failed");
                     }
@@ -397,6 +406,19 @@ impl Pod {
         use crate::engine::switches::REAPER_ENABLED;
         let every = Duration::from_millis(self.args.reaper_interval_ms.max(10));
         let grace = i64::try_from(self.args.deadline_grace_ms).unwrap_or(i64::MAX);
+        // "Stale" means something only to an observer that could have seen
+        // a heartbeat: after this pod lost the store, wait one full heartbeat
+        // timeout of watching before reaping, so owners driving their runs
+        // again after the same outage get to say so.
+        let longest = self
+            .engine
+            .lanes
+            .names()
+            .filter(|(_, l)| l.heartbeat)
+            .map(|(_, l)| Duration::from_millis(l.heartbeat_timeout_ms))
+            .max()
+            .unwrap_or_default();
+        let mut watching_since = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -405,12 +427,23 @@ impl Pod {
             if !self.engine.switches.enabled(REAPER_ENABLED) {
                 continue;
             }
+            if watching_since.elapsed() < longest {
+                // Still earning the right to call a heartbeat missing; a
+                // cheap read tells whether the store is there at all.
+                if self.store.switches().await.is_err() {
+                    watching_since = std::time::Instant::now();
+                }
+                continue;
+            }
             match self.store.reap_stale(&self.pod_id).await {
                 Ok(r) if !r.timed_out.is_empty() => tracing::warn!(
                     timed_out = ?r.timed_out, retried = ?r.retried, "reaper timed out stale runs"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
+                Err(e) => {
+                    watching_since = std::time::Instant::now();
+                    tracing::warn!(error = %e, "reaper pass failed");
+                }
             }
             match self.store.time_out_overdue(grace, &self.pod_id).await {
                 Ok(ids) if !ids.is_empty() => {
