@@ -110,6 +110,15 @@ impl From<StoreError> for ApiError {
                     e.to_string(),
                 )
             }
+            // PostgreSQL refuses NUL characters in text (SQLSTATE 22021):
+            // that is the request's fault, not an outage.
+            StoreError::Db(sqlx::Error::Database(d)) if d.code().as_deref() == Some("22021") => {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "bad_text",
+                    "text fields and ids may not contain NUL characters",
+                )
+            }
             other => {
                 tracing::warn!(error = %other, "store error answered 503");
                 ApiError::new(
