@@ -142,6 +142,35 @@ macro_rules! impl_store {
             Ok(ids)
         }
 
+        /// Record a peer's death found by `prober`, in the prober's
+        /// transaction (the one that removed the peer's registry row).
+        async fn record_death(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            peer: &$crate::engine::liveness::PodRow,
+            prober: &str,
+            now: i64,
+            last_heartbeat_ms: i64,
+        ) -> StoreResult<$crate::engine::liveness::Death> {
+            sqlx::query(
+                "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, last_heartbeat_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&peer.pod_id)
+            .bind(&peer.incarnation)
+            .bind(prober)
+            .bind(now)
+            .bind(last_heartbeat_ms)
+            .execute(&mut **tx)
+            .await?;
+            Ok($crate::engine::liveness::Death {
+                pod_id: peer.pod_id.clone(),
+                incarnation: peer.incarnation.clone(),
+                detected_by: prober.to_owned(),
+                detected_at_ms: now,
+                last_heartbeat_at_ms: last_heartbeat_ms,
+            })
+        }
+
         /// The fence every owner write passes inside its transaction: the run
         /// must still be `running` at the epoch the writer holds.
         async fn check_fence(

@@ -359,25 +359,9 @@ impl crate::engine::liveness::Liveness for SqliteStore {
         .await?;
         let Some(gone) = gone else { return Ok(None) };
         let last: i64 = gone.try_get("heartbeat_at")?;
-        sqlx::query(
-            "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, last_heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&peer.pod_id)
-        .bind(&peer.incarnation)
-        .bind(prober)
-        .bind(now)
-        .bind(last)
-        .execute(&mut *tx)
-        .await?;
+        let death = record_death(&mut tx, peer, prober, now, last).await?;
         tx.commit().await?;
-        Ok(Some(crate::engine::liveness::Death {
-            pod_id: peer.pod_id.clone(),
-            incarnation: peer.incarnation.clone(),
-            detected_by: prober.to_owned(),
-            detected_at_ms: now,
-            last_heartbeat_at_ms: last,
-        }))
+        Ok(Some(death))
     }
 
     async fn pods(&self) -> Result<Vec<crate::engine::liveness::PodRow>, super::StoreError> {
