@@ -4,6 +4,8 @@
 #   - starts a cluster on 127.0.0.1 on a free port (data in a temp dir),
 #   - exports VIGIL_TEST_PG_URL (a superuser URL), VIGIL_PG_BIN and VIGIL_PG_DIR,
 #   - runs "$@", then stops the server and removes its data.
+# Tests run it with fsync=off (speed); VIGIL_PG_DURABLE=1 keeps PostgreSQL's
+# defaults (fsync on), as benchmarks must.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,8 +44,10 @@ cleanup() {
 }
 trap cleanup EXIT
 as_pg "$PGBIN/initdb" -D "$PGDIR/data" -U postgres -A trust --no-sync >/dev/null
+FSYNC="-c fsync=off"
+[ "${VIGIL_PG_DURABLE:-0}" = 1 ] && FSYNC=""
 as_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w -t 60 \
-    -o "-p $PORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off" \
+    -o "-p $PORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=400 $FSYNC" \
     start >/dev/null
 log "throwaway PostgreSQL on 127.0.0.1:$PORT (data in $PGDIR)"
 

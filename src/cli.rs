@@ -84,6 +84,9 @@ pub enum Command {
     /// Chaos scenarios: faults against a local cluster, invariants checked.
     #[command(subcommand)]
     Chaos(crate::chaos::ChaosCmd),
+    /// Measurements with real pods and signals: throughput, recovery latency, store seeding.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCmd),
     /// List or validate workflow definitions.
     #[command(subcommand)]
     Workflows(WorkflowsCmd),
@@ -273,6 +276,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Submit(args) => submit(args).await,
         Command::Chaos(cmd) => Ok(crate::chaos::main(cmd).await),
+        Command::Bench(cmd) => crate::bench::main(cmd).await,
         Command::Attach(args) => {
             let client = args.pod.client()?;
             attach(&client, &args.id, args.json).await

@@ -2,6 +2,7 @@
 //! prove that nothing is lost when pods die.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod chaos;
 pub mod cli;
 pub mod client;

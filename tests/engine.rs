@@ -825,7 +825,7 @@ async fn claims_are_compare_and_set_and_stale_epochs_are_fenced(db: &TestDb) {
     let stale = first.epoch;
     let chunk = h.store.append_chunk(&run.id, stale, 0, "zombie").await;
     assert!(matches!(chunk, Err(StoreError::Fenced { .. })), "{chunk:?}");
-    let attempt = h.store.begin_attempt(&run.id, "s", stale, 3).await;
+    let attempt = h.store.begin_attempt(&run.id, "s", stale, 3, "p").await;
     assert!(
         matches!(attempt, Err(StoreError::Fenced { .. })),
         "{attempt:?}"

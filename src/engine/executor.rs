@@ -10,9 +10,7 @@ use crate::engine::authority::Authority;
 use crate::engine::clock::Clock;
 use crate::engine::metrics::{FallbackSource, Metrics};
 use crate::engine::run::{RunRecord, RunState, StepStatus};
-use crate::engine::store::{
-    BeginAttempt, EffectRecord, NewRun, StepSuccess, Store, StoreError, TransitionCtx,
-};
+use crate::engine::store::{BeginAttempt, NewRun, StepSuccess, Store, StoreError, TransitionCtx};
 use crate::engine::switches::Switches;
 use crate::engine::workflow::{
     ErrorClass, StepDef, StepKind, Workflow, WorkflowError, WorkflowRegistry, lookup_path, redact,
@@ -77,6 +75,9 @@ pub struct Engine {
     pub config: EngineConfig,
     pub lanes: crate::engine::lanes::Lanes,
     http: reqwest::Client,
+    /// "This run has a new chunk or a new state", for streams attached in
+    /// this process (a wake-up only: readers still read the store).
+    changes: tokio::sync::broadcast::Sender<Arc<str>>,
     /// Only used by the `attempts_in_memory` fault injection (seed 004).
     attempts_in_memory: std::sync::Mutex<HashMap<(String, String), i64>>,
 }
@@ -142,8 +143,20 @@ impl Engine {
             config,
             lanes: crate::engine::lanes::Lanes::builtin(),
             http: reqwest::Client::new(),
+            changes: tokio::sync::broadcast::channel(4096).0,
             attempts_in_memory: std::sync::Mutex::default(),
         }
+    }
+
+    /// Wake the streams attached to `run_id` in this process.
+    pub fn touched(&self, run_id: &str) {
+        let _ = self.changes.send(run_id.into());
+    }
+
+    /// Wake-ups for changed runs (see [`Engine::touched`]); a lagging
+    /// receiver must treat the lag as a wake-up for every run.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.changes.subscribe()
     }
 
     /// Replace the lane config (the default is [`Lanes::builtin`]).
@@ -379,6 +392,7 @@ impl Engine {
             error,
         };
         self.store.transition(run_id, to, &ctx).await?;
+        self.touched(run_id);
         tracing::info!(run_id, state = %to, "run finished");
         Ok(RunOutcome::Finished(to))
     }
@@ -517,7 +531,7 @@ impl Engine {
                 self.begin_attempt_in_memory(ctx, step, max).await?
             } else {
                 self.store
-                    .begin_attempt(ctx.run_id, &step.id, ctx.epoch, max)
+                    .begin_attempt(ctx.run_id, &step.id, ctx.epoch, max, &self.config.pod_id)
                     .await?
             };
             let attempt = match began {
@@ -612,7 +626,13 @@ impl Engine {
         }
         match self
             .store
-            .begin_attempt(ctx.run_id, &step.id, ctx.epoch, i64::MAX)
+            .begin_attempt(
+                ctx.run_id,
+                &step.id,
+                ctx.epoch,
+                i64::MAX,
+                &self.config.pod_id,
+            )
             .await?
         {
             BeginAttempt::AlreadySucceeded => Ok(BeginAttempt::AlreadySucceeded),
@@ -637,17 +657,8 @@ impl Engine {
         inputs: &Map<String, Value>,
         run_state: &Value,
     ) -> Result<BodyOk, BodyErr> {
-        // The side effect an external system sees: one row per execution.
-        self.store
-            .record_effect(&EffectRecord {
-                run_id: ctx.run_id.to_owned(),
-                node_id: step.id.clone(),
-                attempt,
-                epoch: ctx.epoch,
-                pod: self.config.pod_id.clone(),
-                at_ms: 0,
-            })
-            .await?;
+        // The side effect an external system sees (one `effects` row per
+        // execution) was recorded with the attempt, in begin_attempt.
         let body = self.body(ctx, step, inputs, run_state);
         let timed = async {
             match step.timeout_ms {
@@ -709,6 +720,7 @@ impl Engine {
                     self.store
                         .append_chunk(ctx.run_id, ctx.epoch, seq, &data)
                         .await?;
+                    self.touched(ctx.run_id);
                 }
                 output(serde_json::json!({ "chunks": chunks }))
             }

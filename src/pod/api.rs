@@ -621,7 +621,10 @@ async fn cancel_run(
         error: Some("cancelled".into()),
     };
     match pod.store.transition(&id, RunState::Cancelled, &ctx).await {
-        Ok(t) => Ok(Json(t)),
+        Ok(t) => {
+            pod.engine.touched(&id);
+            Ok(Json(t))
+        }
         Err(e @ StoreError::AlreadyTerminal { .. }) => {
             pod.engine.metrics.inc_too_late("cancel");
             Err(e.into())
@@ -696,7 +699,10 @@ async fn post_event(
         }
     };
     match res {
-        Ok(()) => Ok(Json(EventAccepted { accepted: true })),
+        Ok(()) => {
+            pod.engine.touched(&id);
+            Ok(Json(EventAccepted { accepted: true }))
+        }
         Err(StoreError::Fenced { run_id, state, .. }) if state.is_terminal() => {
             pod.engine.metrics.inc_too_late(kind);
             Err(StoreError::AlreadyTerminal {

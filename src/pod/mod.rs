@@ -672,6 +672,13 @@ pub async fn serve(args: PodArgs, shutdown: CancellationToken) -> Result<()> {
         });
     }
     let app = api::router(pod.clone());
+    // Small responses and SSE events must not sit behind Nagle's algorithm
+    // waiting for a delayed ACK (40 ms a response on Linux loopback).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let served = server.await;

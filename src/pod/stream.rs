@@ -78,6 +78,10 @@ pub async fn tail(
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
     pod.engine.metrics.attachers_active.inc();
+    // Subscribed before the first read, so no change made in this process
+    // after that read can be missed; changes made by other pods are seen at
+    // the next poll.
+    let mut changes = pod.engine.changes();
     // The epoch of what this client holds (a resuming client holds its cursor's).
     let mut holding: Option<i64> = (cursor.epoch > 0).then_some(cursor.epoch);
     let send = |ev: Event| {
@@ -165,11 +169,26 @@ pub async fn tail(
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
+            _ = changed(&mut changes, &run_id) => {}
             _ = pod.shutdown.cancelled() => break,
             _ = tx.closed() => break,
         }
     }
     pod.engine.metrics.attachers_active.dec();
+}
+
+/// Until this process changes `run_id` (or the channel lagged: then maybe).
+async fn changed(rx: &mut tokio::sync::broadcast::Receiver<Arc<str>>, run_id: &str) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match rx.recv().await {
+            Ok(id) if &*id == run_id => return,
+            Ok(_) => continue,
+            Err(RecvError::Lagged(_)) => return,
+            // The engine is gone: only the poll is left.
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -266,13 +266,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     async fn steps(&self, run_id: &str) -> StoreResult<Vec<StepRecord>>;
 
-    /// Make the next attempt durable before it runs.
+    /// Make the next attempt durable before it runs, and record the
+    /// execution it starts (an `effects` row for `pod`) in the same
+    /// transaction: one commit per step start, and an execution is never
+    /// recorded without its attempt, nor an attempt without its execution.
     async fn begin_attempt(
         &self,
         run_id: &str,
         node_id: &str,
         epoch: i64,
         max_attempts: i64,
+        pod: &str,
     ) -> StoreResult<BeginAttempt>;
 
     /// Commit output (both copies), status and run state in one transaction.

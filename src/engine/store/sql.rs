@@ -573,6 +573,7 @@ macro_rules! impl_store {
                 node_id: &str,
                 epoch: i64,
                 max_attempts: i64,
+                pod: &str,
             ) -> StoreResult<BeginAttempt> {
                 let now = self.clock.now_ms();
                 let mut tx = self.begin_write().await?;
@@ -607,6 +608,18 @@ macro_rules! impl_store {
                 .fetch_one(&mut *tx)
                 .await?;
                 let attempt: i64 = row.try_get("attempts")?;
+                sqlx::query(
+                    "INSERT INTO effects (run_id, node_id, attempt, epoch, pod, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(run_id)
+                .bind(node_id)
+                .bind(attempt)
+                .bind(epoch)
+                .bind(pod)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 Ok(BeginAttempt::Started { attempt })
             }
