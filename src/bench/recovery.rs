@@ -103,13 +103,9 @@ async fn measure(a: &RecoveryArgs, scratch: &ScratchStore) -> Result<serde_json:
         let mine = loop {
             let r = store.get_run(&id).await?.context("run vanished")?;
             match r.owner_pod.as_deref() {
-                Some(o) if o == victim => {
-                    if store.chunks(&id).await?.len() >= 3 {
-                        break true;
-                    }
-                }
-                Some(_) => break false,
-                None => {}
+                Some(o) if o == victim && store.chunks(&id).await?.len() >= 3 => break true,
+                Some(o) if o != victim => break false,
+                _ => {}
             }
             if Instant::now() > until {
                 bail!("round {round}: run {id} never started streaming");
