@@ -25,9 +25,9 @@ test:
 test-all:
     ./scripts/test-all.sh
 
-# Recovery latency over 20 SIGKILLs per store (SQLite and a throwaway PostgreSQL).
+# Vigil beside DBOS on one PostgreSQL: throughput, recovery, console, memory -> BENCHMARKS.md.
 bench:
-    ./scripts/with-pg.sh cargo bench --bench recovery
+    ./scripts/bench.sh
 
 # Ten minutes of random faults against a 3-pod cluster, invariants checked every round.
 soak minutes="10" seed="":

@@ -1,6 +1,5 @@
-//! What the console costs (a report, not a timed test):
-//!   - render: one frame of the Runs view with 10,000 runs loaded (filter,
-//!     sort and table), at 200x50, with and without a `/` filter;
+//! What the console's refresh costs the store (a report, not a timed test;
+//! the render cost is `benches/console_render.rs`, under criterion):
 //!   - refresh: one store round as the collector runs it at its default
 //!     (Runs view, 1,000 newest runs) and with all 10,000 loaded, over a
 //!     store seeded with 10,000 runs (3 steps, 2 transitions, 1 claim each),
@@ -8,19 +7,13 @@
 //!     default 500 ms refresh.
 //!
 //! SQLite always; PostgreSQL too when VIGIL_TEST_PG_URL is set (`./scripts/with-pg.sh
-//! cargo bench --bench console`). Env: VIGIL_BENCH_RUNS (default 10000).
+//! cargo bench --bench console`). Env: VIGIL_BENCH_CONSOLE_RUNS (default 10000).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ratatui::Terminal;
-use ratatui::backend::TestBackend;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vigil::console::{
-    Action, App, Keymap, QueryCount, RoundState, StoreData, StoreUpdate, Theme, View, Watch, draw,
-    round,
-};
-use vigil::engine::run::{RunState, StepStatus};
-use vigil::engine::store::{RunSummary, Store};
+use vigil::console::{QueryCount, RoundState, View, Watch, round};
+use vigil::engine::store::Store;
 
 const NOW: i64 = 1_760_000_000_000;
 
@@ -31,79 +24,6 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn summaries(n: usize) -> Vec<RunSummary> {
-    let states = [
-        RunState::Running,
-        RunState::Succeeded,
-        RunState::Pending,
-        RunState::Failed,
-    ];
-    (0..n)
-        .map(|i| RunSummary {
-            id: format!("0199a1b2-c3d4-7e5f-8a9b-{i:012x}"),
-            workflow: ["chat_reply", "fan_in", "slow_stream"][i % 3].into(),
-            lane: ["sync", "action"][i % 2].into(),
-            state: states[i % 4],
-            owner_pod: Some(format!("pod-{}", i % 3 + 1)),
-            epoch: 1,
-            created_at_ms: NOW - i as i64 * 100,
-            updated_at_ms: NOW - i as i64 * 50,
-            error: None,
-            retry_of: None,
-            current_step: Some(("reply".into(), StepStatus::Running, 1)),
-            last_event: Some((NOW - i as i64 * 50, "pending -> running: claimed".into())),
-        })
-        .collect()
-}
-
-fn bench_render(n: usize) {
-    let mut app = App::new("bench.db", Keymap::default(), Theme::default());
-    app.update(Action::Tick(NOW));
-    app.update(Action::Resize(200, 50));
-    app.apply_store(StoreUpdate {
-        generation: app.generation,
-        at_ms: NOW,
-        queries: 0,
-        took_ms: 0,
-        result: Ok(StoreData {
-            backend: "sqlite",
-            runs: Some(summaries(n)),
-            ..StoreData::default()
-        }),
-    });
-    let mut t = Terminal::new(TestBackend::new(200, 50)).unwrap();
-    let mut time = |app: &App| {
-        for _ in 0..5 {
-            t.draw(|f| draw(f, app)).unwrap();
-        }
-        let samples: Vec<Duration> = (0..40)
-            .map(|_| {
-                let s = Instant::now();
-                t.draw(|f| draw(f, app)).unwrap();
-                s.elapsed()
-            })
-            .collect();
-        median(samples)
-    };
-    let plain = time(&app);
-    for c in "/chat".chars() {
-        app.update(if c == '/' {
-            Action::Filter
-        } else {
-            Action::Input(c)
-        });
-    }
-    app.update(Action::Submit);
-    let filtered = time(&app);
-    println!(
-        "render Runs view, {n} runs loaded, 200x50: median {:.2} ms per frame ({:.0} frames/s); \
-         with /chat filter: {:.2} ms; frame budget 16 ms",
-        ms(plain),
-        1000.0 / ms(plain),
-        ms(filtered)
-    );
 }
 
 async fn seed_sqlite(n: usize) -> (tempfile::TempDir, Arc<dyn Store>) {
@@ -184,7 +104,8 @@ fn seed_statements(i: usize) -> Vec<String> {
     v
 }
 
-async fn bench_rounds(label: &str, store: &dyn Store) {
+async fn bench_rounds(label: &str, store: &dyn Store) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
     for (what, view, limit) in [
         ("Runs view, default 1000 newest runs", View::Runs, 1000),
         ("Runs view, every run loaded", View::Runs, 100_000),
@@ -220,33 +141,43 @@ async fn bench_rounds(label: &str, store: &dyn Store) {
             per_round * 2.0,
             ms(m) / 500.0 * 100.0
         );
+        out.push(serde_json::json!({
+            "store": label, "what": what, "round_ms_median": (ms(m) * 100.0).round() / 100.0,
+            "statements_per_round": per_round, "queries_per_s_at_500ms": per_round * 2.0,
+        }));
     }
+    out
 }
 
 fn main() {
     // `cargo test --all-targets` runs benches too, unoptimized and without
     // `--bench`: then only check that it works, on a small store.
     let measuring = std::env::args().any(|a| a == "--bench");
-    let n: usize = std::env::var("VIGIL_BENCH_RUNS")
+    let n: usize = std::env::var("VIGIL_BENCH_CONSOLE_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if measuring { 10_000 } else { 300 });
     if !measuring {
         println!("console bench: smoke run with {n} runs (cargo bench --bench console measures)");
     }
-    bench_render(n);
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut out = Vec::new();
     rt.block_on(async {
         let (_dir, store) = seed_sqlite(n).await;
-        bench_rounds("sqlite", store.as_ref()).await;
+        out.extend(bench_rounds("sqlite", store.as_ref()).await);
         match std::env::var("VIGIL_TEST_PG_URL") {
             Ok(url) if measuring => {
                 let store = seed_pg(&url, n).await;
-                bench_rounds("postgres", store.as_ref()).await;
+                out.extend(bench_rounds("postgres", store.as_ref()).await);
             }
             _ => println!(
                 "postgres: not measured (needs cargo bench with VIGIL_TEST_PG_URL: ./scripts/with-pg.sh)"
             ),
         }
     });
+    if let Ok(path) = std::env::var("VIGIL_BENCH_OUT") {
+        let v = serde_json::json!({"bench": "console_refresh", "runs_in_store": n, "rounds": out});
+        std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        println!("report: {path}");
+    }
 }

@@ -204,3 +204,71 @@ fn help_lists_every_subcommand() {
         assert!(t.contains(cmd), "{cmd} missing from --help");
     }
 }
+
+/// `vigil bench throughput` measures real pods end to end and checks what it
+/// measured: every run succeeded, every step ran once.
+#[test]
+fn bench_throughput_reports_a_checked_measurement() {
+    let o = vigil(&[
+        "bench",
+        "throughput",
+        "--store",
+        "sqlite",
+        "--pods",
+        "2",
+        "--concurrency",
+        "4",
+        "--runs",
+        "12",
+        "--warmup",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["system"], "vigil");
+    assert_eq!(v["runs"], 12);
+    assert_eq!(v["steps_per_run"], 5);
+    assert_eq!(v["latency_ms"]["n"], 12);
+    assert_eq!(v["runs_not_succeeded"], 0);
+    assert_eq!(v["extra_step_executions"], 0);
+    assert!(v["runs_per_s"].as_f64().unwrap() > 0.0);
+    let rss = v["pod_peak_rss_kib"].as_array().unwrap();
+    assert_eq!(rss.len(), 2);
+    assert!(rss.iter().all(|r| r.as_u64().unwrap() > 1000), "{rss:?}");
+}
+
+/// Recovery on the bench: SIGKILL the owner, a survivor resumes, no finished
+/// step runs again, the final stream is whole.
+#[test]
+fn bench_recovery_counts_duplicates_and_resumes() {
+    let o = vigil(&[
+        "bench",
+        "recovery",
+        "--store",
+        "sqlite",
+        "--kills",
+        "1",
+        "--pod-arg=--liveness-timeout-ms=500",
+        "--pod-arg=--probe-interval-ms=50",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["rounds_measured"], 1);
+    assert_eq!(v["finished_steps_executed_again"], 0);
+    assert_eq!(v["interrupted_steps_restarted"], 1);
+    assert_eq!(v["runs_with_a_bad_final_stream"], 0);
+    let detect = v["detection_ms"]["p50"].as_f64().unwrap();
+    assert!(detect >= 0.0, "{v}");
+}
+
+#[test]
+fn bench_refuses_a_bad_store_and_bad_counts() {
+    let o = vigil(&["bench", "throughput", "--store", "mysql://x"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--store \"mysql://x\""), "{}", text(&o));
+    let o = vigil(&["bench", "throughput", "--runs", "0"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("at least 1"), "{}", text(&o));
+    let o = vigil(&["bench", "recovery", "--signal", "hup"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
