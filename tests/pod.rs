@@ -570,3 +570,102 @@ async fn a_token_guards_every_change_and_reads_stay_open() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
 }
+
+/// A PostgreSQL outage (the server stopped, then started again): the pod
+/// keeps answering what needs no store (health, metrics, workflows, the
+/// OpenAPI document), answers store reads and writes with a quick 503
+/// `store_unavailable` instead of hanging or dying, reports not-ready, and
+/// recovers by itself when the server is back: the run submitted before the
+/// outage finishes, once, and new work is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_is_answered_and_healed_without_a_restart() {
+    // The outage needs a server of its own to stop: the installed binaries
+    // (present wherever VIGIL_TEST_PG_URL is, scripts/with-pg.sh installs them).
+    if common::pg_admin_url().is_none() {
+        return;
+    }
+    let mut server = tokio::task::spawn_blocking(vigil::chaos::pgserver::PgServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let admin = server.admin_url();
+    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+    sqlx::query("CREATE DATABASE vigil_outage")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path("vigil_outage");
+    let pod = PodProc::spawn(url.as_str(), "outage-1", &[]);
+    let base = pod.url.clone();
+    let c = PodClient::new(&base).unwrap();
+    let req = serde_json::from_value(json!({"workflow": "slow_stream"})).unwrap();
+    let id = c.submit(&req).await.unwrap().run.id;
+    wait_state(&c, &id, RunState::Running).await;
+
+    server = tokio::task::spawn_blocking(move || {
+        server.stop().unwrap();
+        server
+    })
+    .await
+    .unwrap();
+    let t = std::time::Instant::now();
+    for path in ["healthz", "metrics", "v1/workflows", "openapi.json"] {
+        let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path} during the outage");
+    }
+    let (status, body) = get(&format!("{base}v1/runs/{id}")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "store_unavailable", "{body}");
+    let (status, body) = post(
+        &format!("{base}v1/runs"),
+        &json!({"workflow": "chat_reply"}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let (status, _) = get(&format!("{base}readyz")).await;
+    assert_eq!(status, 503);
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "answers during the outage took {:?}",
+        t.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    server = tokio::task::spawn_blocking(move || {
+        server.start_again().unwrap();
+        server
+    })
+    .await
+    .unwrap();
+    // No restart: the same process answers again and finishes the run.
+    let mut ready = false;
+    for _ in 0..300 {
+        if get(&format!("{base}readyz")).await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the pod never became ready again");
+    wait_state(&c, &id, RunState::Succeeded).await;
+    let store = vigil::engine::store::open(url.as_str()).await.unwrap();
+    let chunks = store.chunks(&id).await.unwrap();
+    let last = chunks.last().unwrap().epoch;
+    let seqs: Vec<i64> = chunks
+        .iter()
+        .filter(|c| c.epoch == last)
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(seqs, (0..40).collect::<Vec<_>>(), "the final stream, whole");
+    let done = store.steps(&id).await.unwrap();
+    assert!(
+        done.iter().any(|s| s.node_id == "done" && s.attempts == 1),
+        "{done:?}"
+    );
+    let id2 = c.submit(&req).await.unwrap().run.id;
+    wait_state(&c, &id2, RunState::Succeeded).await;
+    drop(pod);
+    drop(server);
+}

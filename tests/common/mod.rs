@@ -161,7 +161,7 @@ impl TestDb {
     }
 }
 
-fn pg_admin_url() -> Option<String> {
+pub fn pg_admin_url() -> Option<String> {
     static NOTICE: Once = Once::new();
     match std::env::var(PG_ENV) {
         Ok(url) if !url.is_empty() => Some(url),
