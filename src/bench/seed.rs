@@ -53,7 +53,11 @@ pub async fn run(a: SeedArgs) -> Result<()> {
     eprintln!(
         "seeded {created} new runs ({} asked) into {} in {:.1} s",
         a.runs,
-        crate::engine::store::redact_url(&a.store),
+        if a.store.contains("://") {
+            crate::engine::store::redact_url(&a.store)
+        } else {
+            a.store.clone()
+        },
         started.elapsed().as_secs_f64()
     );
     Ok(())
