@@ -87,7 +87,10 @@ pub fn check_scenario_error(e: &ScenarioError, msg: &str, text: &str) {
             "line {line} is not in the file ({} lines): {msg}",
             lines_in(text)
         );
-        assert!(!field.is_empty(), "an invalid scenario names the field: {msg}");
+        assert!(
+            !field.is_empty(),
+            "an invalid scenario names the field: {msg}"
+        );
     }
 }
 
@@ -144,7 +147,10 @@ pub fn check_workflow_error(e: &WorkflowError, msg: &str) {
         "a workflow error must name the file: {msg}"
     );
     if let WorkflowError::Invalid { field, .. } = e {
-        assert!(!field.is_empty(), "an invalid workflow names the field: {msg}");
+        assert!(
+            !field.is_empty(),
+            "an invalid workflow names the field: {msg}"
+        );
     }
 }
 
@@ -340,7 +346,9 @@ pub fn pod_request_answer(data: &[u8]) -> Option<Answer> {
         for (name, id) in placeholder_runs(&fx.pod, &target).await {
             target = target.replace(name, &id);
         }
-        let mut req = Request::builder().method(method.clone()).uri(target.as_str());
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(target.as_str());
         for (n, v) in &headers {
             if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
                 req = req.header(n, v);
