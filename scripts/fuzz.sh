@@ -7,6 +7,8 @@
 # wants nightly flags (-Zsanitizer, ...); RUSTC_BOOTSTRAP=1 lets stable
 # accept them. FUZZ_SANITIZER=address|none (default address; none is faster
 # and enough for panics, which is what Rust code here can do).
+# FUZZ_PROFILE=release|dev (default release: optimized, with overflow checks
+# and debug assertions; dev builds much faster and fuzzes slower, for CI).
 #
 # Each target fuzzes into fuzz/.corpus/TARGET (kept between local runs,
 # ignored by git) seeded from fuzz/corpus/TARGET (the committed seeds).
@@ -34,6 +36,11 @@ fi
 export RUSTC_BOOTSTRAP=1
 sanitizer="${FUZZ_SANITIZER:-address}"
 timeout="${FUZZ_TIMEOUT:-10}"
+case "${FUZZ_PROFILE:-release}" in
+    release) profile=(-O -a) ;;
+    dev) profile=(--dev) ;;
+    *) echo "FUZZ_PROFILE must be release or dev" >&2; exit 2 ;;
+esac
 if [ $# -gt 0 ]; then
     targets=("$@")
 else
@@ -41,8 +48,8 @@ else
     for f in fuzz/fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
 fi
 
-log "building ${targets[*]} (sanitizer $sanitizer)"
-(cd fuzz && cargo fuzz build -O -a --sanitizer "$sanitizer")
+log "building ${targets[*]} (${FUZZ_PROFILE:-release}, sanitizer $sanitizer)"
+(cd fuzz && cargo fuzz build "${profile[@]}" --sanitizer "$sanitizer")
 
 dict_for() {
     case "$1" in
@@ -60,7 +67,7 @@ for t in "${targets[@]}"; do
     log "fuzzing $t for ${seconds}s"
     status=0
     # Paths are relative to fuzz/ once cargo fuzz runs there.
-    (cd fuzz && cargo fuzz run -O -a --sanitizer "$sanitizer" "$t" \
+    (cd fuzz && cargo fuzz run "${profile[@]}" --sanitizer "$sanitizer" "$t" \
         "${work#fuzz/}" "corpus/$t" -- \
         -max_total_time="$seconds" -timeout="$timeout" -rss_limit_mb=4096 \
         -print_final_stats=1 ${dict:+-dict="${dict#fuzz/}"}) || status=$?
@@ -70,7 +77,7 @@ for t in "${targets[@]}"; do
         failed+=("$t")
         log "$t FAILED (exit $status); the input is in fuzz/artifacts/$t/:"
         printf '    %s\n' $found >&2
-        log "reproduce: (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O -a --sanitizer $sanitizer $t artifacts/$t/NAME)"
+        log "reproduce: (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run ${profile[*]} --sanitizer $sanitizer $t artifacts/$t/NAME)"
     fi
 done
 # The pod target's SQLite stores (in /dev/shm or the temp dir) outlive

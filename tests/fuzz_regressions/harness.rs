@@ -316,7 +316,14 @@ pub struct Answer {
 
 /// Split the input into a request; `None` when it is not one any HTTP
 /// server would hand to the router (bad method, target or header names).
-fn request_parts(data: &[u8]) -> Option<(String, String, Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>)> {
+struct RawRequest {
+    method: String,
+    target: String,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+fn request_parts(data: &[u8]) -> Option<RawRequest> {
     let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
         Some(i) => (&data[..i], &data[i + 2..]),
         None => (data, &[][..]),
@@ -328,7 +335,12 @@ fn request_parts(data: &[u8]) -> Option<(String, String, Vec<(Vec<u8>, Vec<u8>)>
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().as_bytes().to_vec(), v.trim().as_bytes().to_vec()))
         .collect();
-    Some((method.to_owned(), target.to_owned(), headers, body.to_vec()))
+    Some(RawRequest {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        headers,
+        body: body.to_vec(),
+    })
 }
 
 /// Fuzz entry for the pod's request decoding.
@@ -339,7 +351,12 @@ pub fn pod_request(data: &[u8]) {
 pub fn pod_request_answer(data: &[u8]) -> Option<Answer> {
     use axum::http::{HeaderName, HeaderValue, Method, Request, header};
     use tower::ServiceExt;
-    let (method, mut target, headers, body) = request_parts(data)?;
+    let RawRequest {
+        method,
+        mut target,
+        headers,
+        body,
+    } = request_parts(data)?;
     let method = Method::from_bytes(method.as_bytes()).ok()?;
     let fx = pod_fixture();
     fx.rt.block_on(async {
