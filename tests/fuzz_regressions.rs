@@ -111,3 +111,23 @@ fn pod_request_inputs() {
         }
     });
 }
+
+/// The fuzzers' seeds, the shipped files, hold every property (and are
+/// accepted: the checks above refuse nothing real).
+#[test]
+fn shipped_scenarios_and_workflows_pass_the_same_checks() {
+    let root = harness::repo_root();
+    for dir in ["scenarios", "scenarios/docker", "fixtures/workflows"] {
+        for f in vigil::chaos::scenario::scenario_files(&root.join(dir)).unwrap() {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let r = if dir.starts_with("scenarios") {
+                harness::scenario_text_at(&f, &text)
+            } else {
+                harness::workflow_text(&text)
+            };
+            if let Err(e) = r {
+                panic!("{}: {e}", f.display());
+            }
+        }
+    }
+}

@@ -63,10 +63,16 @@ pub fn scenario(data: &[u8]) {
 
 /// `Ok(())` when accepted (and planned), the error text otherwise.
 pub fn scenario_text(text: &str) -> Result<(), String> {
-    match Scenario::parse(Path::new(FILE), text, registry()) {
+    scenario_text_at(Path::new(FILE), text)
+}
+
+/// As [`scenario_text`], the text read from `file` (a relative
+/// `cluster.lanes` resolves next to it).
+pub fn scenario_text_at(file: &Path, text: &str) -> Result<(), String> {
+    match Scenario::parse(file, text, registry()) {
         Err(e) => {
             let msg = e.to_string();
-            check_scenario_error(&e, &msg, text);
+            check_scenario_error(&e, &msg, text, &file.display().to_string());
             Err(msg)
         }
         Ok(s) => {
@@ -76,9 +82,9 @@ pub fn scenario_text(text: &str) -> Result<(), String> {
     }
 }
 
-pub fn check_scenario_error(e: &ScenarioError, msg: &str, text: &str) {
+pub fn check_scenario_error(e: &ScenarioError, msg: &str, text: &str, file: &str) {
     assert!(
-        msg.starts_with(FILE),
+        msg.starts_with(file),
         "a scenario error must name the file: {msg}"
     );
     if let ScenarioError::Invalid { line, field, .. } = e {
