@@ -33,6 +33,11 @@ bench:
 soak minutes="10" seed="":
     cargo run --release -- chaos soak --minutes {{minutes}} {{ if seed != "" { "--seed " + seed } else { "" } }}
 
+# Every cargo-fuzz target (scenario, workflow, pod_request) for `seconds` each;
+# installs cargo-fuzz if missing, fails on a crash naming the saved input.
+fuzz seconds="60":
+    ./scripts/fuzz.sh {{seconds}}
+
 # Every shipped chaos scenario, on SQLite and on a throwaway PostgreSQL.
 chaos:
     cargo run -- chaos run scenarios/ --store sqlite

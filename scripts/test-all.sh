@@ -4,7 +4,7 @@
 # if absent and starts a throwaway server on 127.0.0.1), runs fmt, clippy,
 # every test with INSTA_UPDATE=no and CI=true (so a missing service, PostgreSQL
 # or the Docker engine, is a failure, never a skip), then schemathesis against
-# live pods.
+# live pods, a one-minute soak and a bounded run of every cargo-fuzz target.
 # Extra arguments go to `cargo test` (e.g. a test-name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +44,16 @@ if [ $# -eq 0 ]; then
     SOAK_DIR="$(mktemp -d /tmp/vigil-soak.XXXXXX)"
     ./target/debug/vigil chaos soak --minutes 1 --seed 20261123 --results "$SOAK_DIR"
     rm -rf "$SOAK_DIR"
+fi
+if [ $# -eq 0 ]; then
+    # Like schemathesis and the soak, not counted in the line below: a crash
+    # (or a hang) fails this script; the inputs kept from earlier finds run
+    # as tests/fuzz_regressions.rs with the other tests. A dev build without
+    # a sanitizer: a release build with AddressSanitizer takes ~12 minutes
+    # on two cores; `just fuzz` is the long local run.
+    log "cargo fuzz: every target for ${VIGIL_FUZZ_SECONDS:-30} s (scripts/fuzz.sh)"
+    FUZZ_PROFILE="${FUZZ_PROFILE:-dev}" FUZZ_SANITIZER="${FUZZ_SANITIZER:-none}" \
+        ./scripts/fuzz.sh "${VIGIL_FUZZ_SECONDS:-30}"
 fi
 # One plain closing line for whoever reads the end of this output.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$TEST_LOG"

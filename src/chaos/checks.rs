@@ -384,7 +384,7 @@ fn death_detected(ev: &Evidence<'_>) -> Vec<String> {
             Action::Kill | Action::Term => true,
             Action::Pause | Action::Partition => f
                 .duration_ms
-                .is_some_and(|d| d > ev.liveness_timeout_ms + ev.detection_bound_ms),
+                .is_some_and(|d| d > ev.liveness_timeout_ms.saturating_add(ev.detection_bound_ms)),
             _ => false,
         };
         let Some(pod) = f.pod.as_deref().filter(|_| expect) else {

@@ -406,6 +406,7 @@ impl Scenario {
         }
         let ids = pod_ids(pods);
         let mut run_names = Vec::new();
+        let mut run_name_set = std::collections::HashSet::new();
         for (i, w) in raw.workloads.iter().enumerate() {
             let field = |f: &str| format!("workload[{i}].{f}");
             if workflows.get(w.workflow.get_ref()).is_err() {
@@ -427,6 +428,22 @@ impl Scenario {
                     format!("{}: between 1 and 500", w.runs),
                 ));
             }
+            // The last run's submit time must be a number of ms (the plan
+            // adds start_ms + k * interval_ms).
+            if u64::from(w.runs - 1)
+                .checked_mul(w.interval_ms)
+                .and_then(|t| t.checked_add(w.start_ms))
+                .is_none()
+            {
+                return Err(err(
+                    w.workflow.span(),
+                    &field("interval_ms"),
+                    format!(
+                        "start_ms {} + {} runs every {} ms is past the end of time",
+                        w.start_ms, w.runs, w.interval_ms
+                    ),
+                ));
+            }
             if let Some(to) = &w.to
                 && !ids.contains(to.get_ref())
             {
@@ -438,7 +455,7 @@ impl Scenario {
             }
             for k in 1..=w.runs {
                 let n = format!("{}{k}", w.name);
-                if run_names.contains(&n) {
+                if !run_name_set.insert(n.clone()) {
                     return Err(err(
                         w.workflow.span(),
                         &field("name"),
@@ -470,7 +487,7 @@ impl Scenario {
                 ));
             }
             if let Some(r) = &f.run
-                && !run_names.contains(r.get_ref())
+                && !run_name_set.contains(r.get_ref())
             {
                 return Err(err(
                     r.span(),
@@ -637,7 +654,10 @@ impl Scenario {
                 runs.push(PlannedRun {
                     name: format!("{}{}", w.name, k + 1),
                     workflow: w.workflow.get_ref().clone(),
-                    submit_at_ms: w.start_ms + u64::from(k) * w.interval_ms,
+                    // parse refuses workloads whose last run overflows.
+                    submit_at_ms: w
+                        .start_ms
+                        .saturating_add(u64::from(k).saturating_mul(w.interval_ms)),
                     pod,
                     attach: w.attach.clone(),
                     input: w
