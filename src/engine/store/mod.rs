@@ -316,8 +316,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Ids of pending runs, oldest first: the dispatch queue.
     async fn pending_runs(&self, limit: i64) -> StoreResult<Vec<String>>;
 
-    /// Record that a step body executed (the side effect an external system sees).
-    async fn record_effect(&self, effect: &EffectRecord) -> StoreResult<()>;
+    /// The executions of a run's steps (the side effect an external system
+    /// sees), one row each, written by `begin_attempt`.
     async fn effects(&self, run_id: &str) -> StoreResult<Vec<EffectRecord>>;
 
     /// This store's liveness mechanism (advisory locks or leases).

@@ -783,22 +783,6 @@ macro_rules! impl_store {
                 rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
             }
 
-            async fn record_effect(&self, e: &EffectRecord) -> StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO effects (run_id, node_id, attempt, epoch, pod, at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(&e.run_id)
-                .bind(&e.node_id)
-                .bind(e.attempt)
-                .bind(e.epoch)
-                .bind(&e.pod)
-                .bind(self.clock.now_ms())
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
             async fn effects(&self, run_id: &str) -> StoreResult<Vec<EffectRecord>> {
                 let rows = sqlx::query(
                     "SELECT run_id, node_id, attempt, epoch, pod, at FROM effects WHERE run_id = $1 \
