@@ -272,3 +272,55 @@ fn bench_refuses_a_bad_store_and_bad_counts() {
     let o = vigil(&["bench", "recovery", "--signal", "hup"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+/// `scripts/bench_report.py` folds a real `just bench` run (the committed
+/// one) into tables, keeps the hand-written notes, and states each target.
+#[test]
+fn bench_report_folds_a_committed_run_and_keeps_notes() {
+    let runs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
+    let run = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .expect("a committed bench run");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join(run.file_name().unwrap());
+    std::fs::create_dir_all(copy.join("raw")).unwrap();
+    for f in std::fs::read_dir(run.join("raw")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, copy.join("raw").join(f.file_name().unwrap())).unwrap();
+    }
+    let md = dir.path().join("B.md");
+    std::fs::write(
+        &md,
+        "old\n<!-- notes: kept by bench_report.py -->\nmy reading\n",
+    )
+    .unwrap();
+    let o = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/bench_report.py"
+        ))
+        .arg(&copy)
+        .arg("--markdown")
+        .arg(&md)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("Throughput at least 2x DBOS"),
+        "{}",
+        text(&o)
+    );
+    let out = std::fs::read_to_string(&md).unwrap();
+    assert!(!out.starts_with("old"));
+    assert!(
+        out.contains("| dbos | postgres | 1 process | 16 |"),
+        "{out}"
+    );
+    assert!(out.contains("| vigil | postgres | SIGKILL | 20 |"), "{out}");
+    assert!(out.trim_end().ends_with("my reading"), "{out}");
+    let res: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy.join("results.json")).unwrap()).unwrap();
+    assert_eq!(res["throughput"].as_array().unwrap().len(), 10);
+}
