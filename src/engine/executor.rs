@@ -10,7 +10,9 @@ use crate::engine::authority::Authority;
 use crate::engine::clock::Clock;
 use crate::engine::metrics::{FallbackSource, Metrics};
 use crate::engine::run::{RunRecord, RunState, StepStatus};
-use crate::engine::store::{BeginAttempt, NewRun, StepSuccess, Store, StoreError, TransitionCtx};
+use crate::engine::store::{
+    BeginAttempt, NewRun, NextAttempt, StepSuccess, Store, StoreError, TransitionCtx,
+};
 use crate::engine::switches::Switches;
 use crate::engine::workflow::{
     ErrorClass, StepDef, StepKind, Workflow, WorkflowError, WorkflowRegistry, lookup_path, redact,
@@ -117,6 +119,9 @@ struct RunCtx<'a> {
     epoch: i64,
     cancel: &'a CancellationToken,
     next_seq: std::sync::atomic::AtomicI64,
+    /// An attempt the previous step's checkpoint already started (same
+    /// transaction), for the step it names.
+    prestarted: std::sync::Mutex<Option<(String, BeginAttempt)>>,
 }
 
 impl Engine {
@@ -423,16 +428,20 @@ impl Engine {
             epoch,
             cancel,
             next_seq: std::sync::atomic::AtomicI64::new(i64::try_from(emitted).unwrap_or(0)),
+            prestarted: std::sync::Mutex::new(None),
         };
         let mut run_state = run.run_state.clone();
-        for step in &wf.steps {
+        let todo: Vec<&StepDef> = wf
+            .steps
+            .iter()
+            .filter(|st| done.get(&st.id) != Some(&StepStatus::Succeeded))
+            .collect();
+        for (i, step) in todo.iter().enumerate() {
             if cancel.is_cancelled() {
                 return Ok(LoopEnd::Cancelled);
             }
-            if done.get(&step.id) == Some(&StepStatus::Succeeded) {
-                continue;
-            }
-            match self.run_step(&ctx, step, &mut run_state).await? {
+            let next = todo.get(i + 1).copied();
+            match self.run_step(&ctx, step, next, &mut run_state).await? {
                 StepEnd::Succeeded => {}
                 StepEnd::Cancelled => return Ok(LoopEnd::Cancelled),
                 StepEnd::Failed(error) => {
@@ -518,6 +527,7 @@ impl Engine {
         &self,
         ctx: &RunCtx<'_>,
         step: &StepDef,
+        next: Option<&StepDef>,
         run_state: &mut Value,
     ) -> Result<StepEnd, EngineError> {
         let inputs = match self.resolve_inputs(ctx, step).await? {
@@ -526,8 +536,17 @@ impl Engine {
         };
         let max = step.max_attempts();
         let in_memory = crate::faults::on(crate::faults::Bug::AttemptsInMemory);
+        let mut prestarted = ctx
+            .prestarted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .filter(|(id, _)| *id == step.id)
+            .map(|(_, began)| began);
         loop {
-            let began = if in_memory {
+            let began = if let Some(began) = prestarted.take() {
+                began
+            } else if in_memory {
                 self.begin_attempt_in_memory(ctx, step, max).await?
             } else {
                 self.store
@@ -550,7 +569,27 @@ impl Engine {
                 Ok(ok) => {
                     let output = redact(&ok.output, &step.secret_fields);
                     let new_state = ok.run_state.unwrap_or_else(|| run_state.clone());
-                    self.store
+                    // Sequential steps: the next step's attempt starts in
+                    // this checkpoint's transaction, when nothing can stop
+                    // that step before its body: every predecessor is this
+                    // step or already held in memory (so its inputs resolve
+                    // without the store). Not under the seed-004 fault, whose
+                    // budget lives in memory.
+                    let ready = |n: &&StepDef| {
+                        n.after
+                            .iter()
+                            .all(|p| *p == step.id || self.authority.tracked(ctx.run_id, p))
+                    };
+                    let then_begin =
+                        next.filter(|_| !in_memory)
+                            .filter(ready)
+                            .map(|n| NextAttempt {
+                                node_id: &n.id,
+                                max_attempts: n.max_attempts(),
+                                pod: &self.config.pod_id,
+                            });
+                    let began_next = self
+                        .store
                         .commit_step_success(StepSuccess {
                             run_id: ctx.run_id,
                             node_id: &step.id,
@@ -558,8 +597,13 @@ impl Engine {
                             output: &output,
                             output_raw: &ok.output,
                             run_state: &new_state,
+                            then_begin,
                         })
                         .await?;
+                    if let (Some(n), Some(began)) = (next, began_next) {
+                        *ctx.prestarted.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((n.id.clone(), began));
+                    }
                     self.authority.record(ctx.run_id, &step.id, ok.output);
                     *run_state = new_state;
                     self.metrics.inc_attempt("succeeded");

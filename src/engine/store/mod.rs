@@ -155,6 +155,17 @@ pub struct StepSuccess<'a> {
     pub output_raw: &'a serde_json::Value,
     /// The run's actor state after the step, committed in the same transaction.
     pub run_state: &'a serde_json::Value,
+    /// Start the next step's attempt in the same transaction (one commit
+    /// instead of two between sequential steps).
+    pub then_begin: Option<NextAttempt<'a>>,
+}
+
+/// The attempt a checkpoint starts for the step after it.
+#[derive(Debug, Clone, Copy)]
+pub struct NextAttempt<'a> {
+    pub node_id: &'a str,
+    pub max_attempts: i64,
+    pub pod: &'a str,
 }
 
 /// A kill switch as stored.
@@ -280,7 +291,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<BeginAttempt>;
 
     /// Commit output (both copies), status and run state in one transaction.
-    async fn commit_step_success(&self, s: StepSuccess<'_>) -> StoreResult<()>;
+    /// With `then_begin`, also what starting the next step's attempt gave.
+    async fn commit_step_success(&self, s: StepSuccess<'_>) -> StoreResult<Option<BeginAttempt>>;
 
     /// Record a failed attempt: no output, no run-state change.
     async fn record_step_failure(

@@ -202,6 +202,63 @@ macro_rules! impl_store {
             Ok(())
         }
 
+        /// The body of `begin_attempt`, inside a transaction whose fence the
+        /// caller has checked: never commits, so a checkpoint can start the
+        /// next step's attempt in its own transaction.
+        async fn next_attempt(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            run_id: &str,
+            node_id: &str,
+            epoch: i64,
+            max_attempts: i64,
+            pod: &str,
+            now: i64,
+        ) -> StoreResult<BeginAttempt> {
+            let row = sqlx::query(
+                "SELECT status, attempts FROM steps WHERE run_id = $1 AND node_id = $2",
+            )
+            .bind(run_id)
+            .bind(node_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(row) = row {
+                let status: String = row.try_get("status")?;
+                let attempts: i64 = row.try_get("attempts")?;
+                if status == "succeeded" {
+                    return Ok(BeginAttempt::AlreadySucceeded);
+                }
+                if attempts >= max_attempts {
+                    return Ok(BeginAttempt::Exhausted { attempts });
+                }
+            }
+            let row = sqlx::query(
+                "INSERT INTO steps (run_id, node_id, status, attempts, updated_at) \
+                 VALUES ($1, $2, 'running', 1, $3) \
+                 ON CONFLICT (run_id, node_id) DO UPDATE \
+                 SET attempts = steps.attempts + 1, status = 'running', updated_at = $3 \
+                 RETURNING attempts",
+            )
+            .bind(run_id)
+            .bind(node_id)
+            .bind(now)
+            .fetch_one(&mut **tx)
+            .await?;
+            let attempt: i64 = row.try_get("attempts")?;
+            sqlx::query(
+                "INSERT INTO effects (run_id, node_id, attempt, epoch, pod, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(run_id)
+            .bind(node_id)
+            .bind(attempt)
+            .bind(epoch)
+            .bind(pod)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            Ok(BeginAttempt::Started { attempt })
+        }
+
         impl $store {
             async fn pods_impl(&self) -> StoreResult<Vec<$crate::engine::liveness::PodRow>> {
                 let rows = sqlx::query(
@@ -578,53 +635,18 @@ macro_rules! impl_store {
                 let now = self.clock.now_ms();
                 let mut tx = self.begin_write().await?;
                 check_fence(&mut tx, &self.metrics, run_id, epoch, "attempt").await?;
-                let row = sqlx::query(
-                    "SELECT status, attempts FROM steps WHERE run_id = $1 AND node_id = $2",
-                )
-                .bind(run_id)
-                .bind(node_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(row) = row {
-                    let status: String = row.try_get("status")?;
-                    let attempts: i64 = row.try_get("attempts")?;
-                    if status == "succeeded" {
-                        return Ok(BeginAttempt::AlreadySucceeded);
-                    }
-                    if attempts >= max_attempts {
-                        return Ok(BeginAttempt::Exhausted { attempts });
-                    }
+                let began =
+                    next_attempt(&mut tx, run_id, node_id, epoch, max_attempts, pod, now).await?;
+                if matches!(began, BeginAttempt::Started { .. }) {
+                    tx.commit().await?;
                 }
-                let row = sqlx::query(
-                    "INSERT INTO steps (run_id, node_id, status, attempts, updated_at) \
-                     VALUES ($1, $2, 'running', 1, $3) \
-                     ON CONFLICT (run_id, node_id) DO UPDATE \
-                     SET attempts = steps.attempts + 1, status = 'running', updated_at = $3 \
-                     RETURNING attempts",
-                )
-                .bind(run_id)
-                .bind(node_id)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-                let attempt: i64 = row.try_get("attempts")?;
-                sqlx::query(
-                    "INSERT INTO effects (run_id, node_id, attempt, epoch, pod, at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(run_id)
-                .bind(node_id)
-                .bind(attempt)
-                .bind(epoch)
-                .bind(pod)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(BeginAttempt::Started { attempt })
+                Ok(began)
             }
 
-            async fn commit_step_success(&self, s: StepSuccess<'_>) -> StoreResult<()> {
+            async fn commit_step_success(
+                &self,
+                s: StepSuccess<'_>,
+            ) -> StoreResult<Option<BeginAttempt>> {
                 let now = self.clock.now_ms();
                 let output = serde_json::to_string(s.output).unwrap_or_else(|_| "null".into());
                 let raw = serde_json::to_string(s.output_raw).unwrap_or_else(|_| "null".into());
@@ -657,8 +679,17 @@ macro_rules! impl_store {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
+                // The next step's attempt rides on this commit (the fence
+                // above holds for both).
+                let next = match s.then_begin {
+                    Some(n) => Some(
+                        next_attempt(&mut tx, s.run_id, n.node_id, s.epoch, n.max_attempts, n.pod, now)
+                            .await?,
+                    ),
+                    None => None,
+                };
                 tx.commit().await?;
-                Ok(())
+                Ok(next)
             }
 
             async fn record_step_failure(
