@@ -74,27 +74,13 @@ pub struct ScratchStore {
 impl ScratchStore {
     pub async fn create(spec: &str, label: &str) -> Result<ScratchStore> {
         if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-            let safe = crate::engine::store::redact_url(spec);
-            let db = format!(
-                "vigil_bench_{label}_{}",
-                uuid::Uuid::now_v7()
-                    .simple()
-                    .to_string()
-                    .get(20..)
-                    .unwrap_or("x")
-            );
-            let pool = sqlx::PgPool::connect(spec)
-                .await
-                .with_context(|| format!("connecting to {safe}"))?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-                .execute(&pool)
-                .await
-                .with_context(|| format!("creating database {db} on {safe}"))?;
-            pool.close().await;
-            let mut u = url::Url::parse(spec).with_context(|| format!("bad URL {safe}"))?;
-            u.set_path(&db);
+            let (target, db) = crate::chaos::runner::create_scratch_database(
+                spec,
+                &format!("vigil_bench_{label}"),
+            )
+            .await?;
             Ok(ScratchStore {
-                target: u.to_string(),
+                target,
                 kind: "postgres",
                 _dir: None,
                 drop_db: Some((spec.to_owned(), db)),
@@ -120,14 +106,8 @@ impl ScratchStore {
     }
 
     pub async fn cleanup(mut self) {
-        if let Some((admin, db)) = self.drop_db.take()
-            && let Ok(pool) = sqlx::PgPool::connect(&admin).await
-        {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-            )))
-            .execute(&pool)
-            .await;
+        if let Some((admin, db)) = self.drop_db.take() {
+            crate::chaos::runner::drop_database(&admin, &db).await;
         }
     }
 }

@@ -509,6 +509,35 @@ fn pg_database_url(admin: &str, db: &str) -> Result<String> {
     Ok(u.to_string())
 }
 
+/// Create a fresh database `{prefix}_{unique}` on the server `admin` names
+/// (its own database is only used to connect). Returns the new database's
+/// URL and its name, for [`drop_database`] after.
+pub async fn create_scratch_database(admin: &str, prefix: &str) -> Result<(String, String)> {
+    let safe = crate::engine::store::redact_url(admin);
+    let db = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
+    let pool = sqlx::PgPool::connect(admin)
+        .await
+        .with_context(|| format!("connecting to {safe}"))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&pool)
+        .await
+        .with_context(|| format!("creating database {db} on {safe}"))?;
+    pool.close().await;
+    Ok((pg_database_url(admin, &db)?, db))
+}
+
+/// Drop a database made by [`create_scratch_database`], sessions and all;
+/// best effort (a server already gone has nothing left to drop).
+pub async fn drop_database(admin: &str, db: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(admin).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await;
+    }
+}
+
 /// Run `scn` once. Never leaves pods or servers behind.
 pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
     let scn = Arc::new(scn);
@@ -606,16 +635,9 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
             pg_database_url(&pg.host_admin_url, "vigil_chaos")?
         }
         (StoreChoice::PgUrl(admin), _) => {
-            let db = format!("vigil_chaos_{}", uuid::Uuid::now_v7().simple());
-            let pool = sqlx::PgPool::connect(admin).await.with_context(|| {
-                format!("connecting to {}", crate::engine::store::redact_url(admin))
-            })?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-                .execute(&pool)
-                .await?;
-            pool.close().await;
-            drop_db = Some((admin.clone(), db.clone()));
-            pg_database_url(admin, &db)?
+            let (url, db) = create_scratch_database(admin, "vigil_chaos").await?;
+            drop_db = Some((admin.clone(), db));
+            url
         }
         _ => {
             let server = tokio::task::spawn_blocking(PgServer::start).await??;
@@ -656,14 +678,8 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
     {
         eprintln!("warning: {e} (run `vigil chaos clean`)");
     }
-    if let Some((admin, db)) = drop_db
-        && let Ok(pool) = sqlx::PgPool::connect(&admin).await
-    {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-        )))
-        .execute(&pool)
-        .await;
+    if let Some((admin, db)) = drop_db {
+        drop_database(&admin, &db).await;
     }
     result
 }
