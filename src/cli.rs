@@ -618,7 +618,7 @@ async fn attach(client: &PodClient, id: &str, json: bool) -> Result<ExitCode> {
                     print!("{data}");
                     let _ = std::io::stdout().flush();
                 }
-                StreamEvent::Reset { epoch } => {
+                StreamEvent::Reset { epoch, .. } => {
                     eprintln!(
                         "\n[reset: the run resumed at epoch {epoch}; discard the output above]"
                     );

@@ -8,6 +8,7 @@ use crate::engine::store::SwitchAudit;
 use crate::pod::api::{
     ApiErrorBody, RunDetail, RunList, SetSwitchRequest, SubmitRequest, SubmitResponse, SwitchList,
 };
+pub use crate::pod::stream::StreamPart;
 use crate::pod::stream::{ChunkEvent, EndEvent, ResetEvent};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
@@ -47,22 +48,58 @@ impl ClientError {
 }
 
 /// One event of a run's stream, as a client sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum StreamEvent {
     Chunk {
         id: String,
         epoch: i64,
         seq: i64,
+        #[serde(default)]
+        step: Option<String>,
+        #[serde(default)]
+        attempt: Option<i64>,
         data: String,
     },
     Reset {
         epoch: i64,
+        #[serde(default)]
+        keep: Vec<StreamPart>,
     },
     End {
         state: RunState,
         error: Option<String>,
     },
+}
+
+/// Decode one SSE event of a run stream (`chunk`, `reset`, `end`); None for
+/// other event names or bodies that do not parse.
+pub fn decode_stream_event(event: &str, id: &str, data: &str) -> Option<StreamEvent> {
+    match event {
+        "chunk" => serde_json::from_str::<ChunkEvent>(data)
+            .ok()
+            .map(|c| StreamEvent::Chunk {
+                id: id.to_owned(),
+                epoch: c.epoch,
+                seq: c.seq,
+                step: c.step,
+                attempt: c.attempt,
+                data: c.data,
+            }),
+        "reset" => serde_json::from_str::<ResetEvent>(data)
+            .ok()
+            .map(|r| StreamEvent::Reset {
+                epoch: r.epoch,
+                keep: r.keep,
+            }),
+        "end" => serde_json::from_str::<EndEvent>(data)
+            .ok()
+            .map(|e| StreamEvent::End {
+                state: e.state,
+                error: e.error,
+            }),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -340,12 +377,17 @@ impl PodClient {
                             id: ev.id.clone(),
                             epoch: c.epoch,
                             seq: c.seq,
+                            step: c.step,
+                            attempt: c.attempt,
                             data: c.data,
                         });
                     }
                     "reset" => {
                         let r: ResetEvent = serde_json::from_str(&ev.data).map_err(proto)?;
-                        on_event(&StreamEvent::Reset { epoch: r.epoch });
+                        on_event(&StreamEvent::Reset {
+                            epoch: r.epoch,
+                            keep: r.keep,
+                        });
                     }
                     "end" => {
                         let e: EndEvent = serde_json::from_str(&ev.data).map_err(proto)?;

@@ -15,6 +15,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod soak;
+pub mod witness;
 
 use crate::engine::workflow::WorkflowRegistry;
 use anyhow::{Context, Result};
@@ -35,12 +36,23 @@ pub enum ChaosCmd {
     /// Random faults against a 3-pod cluster under a steady workload for N
     /// minutes, every invariant checked after each round.
     Soak(soak::SoakArgs),
+    /// Re-run every checker on a saved results directory, without a
+    /// cluster (Jepsen's `analyze`): the evidence is its history.jsonl, the
+    /// expectations its scenario.toml and workflows/.
+    Check(CheckArgs),
     /// Docker driver images, built from local files (no registry needed).
     #[command(subcommand)]
     Image(ImageCmd),
     /// Remove the containers, networks and volumes the docker driver left
     /// (by label), e.g. after a runner was killed with SIGKILL.
     Clean(CleanArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// A results directory written by `vigil chaos run`
+    /// (results/SCENARIO/STAMP/).
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -146,6 +158,7 @@ pub async fn main(cmd: ChaosCmd) -> ExitCode {
     let result = match cmd {
         ChaosCmd::Run(args) => run(args).await,
         ChaosCmd::Soak(args) => soak::run(args).await,
+        ChaosCmd::Check(args) => check(&args.dir),
         ChaosCmd::Image(ImageCmd::Build(args)) => {
             image_build(args).await.map(|()| ExitCode::SUCCESS)
         }
@@ -158,6 +171,104 @@ pub async fn main(cmd: ChaosCmd) -> ExitCode {
             ExitCode::from(EXIT_INTERNAL)
         }
     }
+}
+
+/// `vigil chaos check DIR`.
+fn check(dir: &std::path::Path) -> Result<ExitCode> {
+    let bad = |msg: String| {
+        eprintln!("error: {msg}");
+        Ok(ExitCode::from(EXIT_BAD_INPUT))
+    };
+    let events = match history::load(&dir.join("history.jsonl")) {
+        Ok(e) => e,
+        Err(e) => return bad(e),
+    };
+    let workflows = match WorkflowRegistry::load_dir(&dir.join("workflows")) {
+        Ok(w) => w,
+        Err(e) => return bad(format!("loading the saved workflows: {e}")),
+    };
+    let scn = match Scenario::load(&dir.join("scenario.toml"), &workflows) {
+        Ok(s) => s,
+        Err(e) => return bad(e.to_string()),
+    };
+    let report_path = dir.join("report.json");
+    let saved: serde_json::Value = match std::fs::read_to_string(&report_path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(v) => v,
+        Err(e) => return bad(format!("{}: {e}", report_path.display())),
+    };
+    let plan: scenario::Plan = match serde_json::from_value(saved["plan"].clone()) {
+        Ok(p) => p,
+        Err(e) => return bad(format!("{}: plan: {e}", report_path.display())),
+    };
+    let unfired: Vec<usize> = serde_json::from_value(saved["unfired"].clone()).unwrap_or_default();
+    let notes: Vec<String> = serde_json::from_value(saved["notes"].clone()).unwrap_or_default();
+    let store = saved["normalized"]["store"]
+        .as_str()
+        .unwrap_or("?")
+        .to_owned();
+    let evidence = match checks::Evidence::from_history(&events) {
+        Ok(e) => e,
+        Err(e) => return bad(format!("{}: {e}", dir.join("history.jsonl").display())),
+    };
+    let results = checks::run_all(&evidence, &workflows, &scn.checks.skip);
+    let verdict = runner::verdict_of(&results, &unfired, &evidence.blind);
+    let report = report::Report {
+        scenario_name: &scn.name,
+        description: &scn.description,
+        pods: scn.pods,
+        plan: &plan,
+        store: &store,
+        verdict,
+        checks: &results,
+        evidence: &evidence,
+        unfired: &unfired,
+        history: &events,
+        notes: &notes,
+    };
+    print!("{}", report.summary());
+    let before: Option<Verdict> =
+        serde_json::from_value(saved["normalized"]["verdict"].clone()).ok();
+    let mut differs = Vec::new();
+    if before != Some(verdict) {
+        differs.push(format!(
+            "verdict {} (saved: {})",
+            serde_json::to_string(&verdict)?,
+            before.map_or_else(
+                || "none".into(),
+                |v| serde_json::to_string(&v).unwrap_or_default()
+            )
+        ));
+    }
+    for c in &results {
+        let was = saved["normalized"]["checks"][c.name.as_str()]
+            .as_str()
+            .unwrap_or("missing");
+        let now = serde_json::to_value(c.status)?;
+        if now.as_str() != Some(was) {
+            differs.push(format!(
+                "{}: {} (saved: {was})",
+                c.name.as_str(),
+                now.as_str().unwrap_or("?")
+            ));
+        }
+    }
+    if differs.is_empty() {
+        println!("check: reproduced the saved verdict of {}", dir.display());
+    } else {
+        println!(
+            "check: differs from the saved verdict of {}: {}",
+            dir.display(),
+            differs.join("; ")
+        );
+    }
+    Ok(ExitCode::from(match verdict {
+        Verdict::Pass | Verdict::NotApplicable => 0,
+        Verdict::Unknown => EXIT_UNKNOWN,
+        Verdict::Fail => EXIT_FAIL,
+    }))
 }
 
 async fn image_build(args: ImageBuildArgs) -> Result<()> {

@@ -11,6 +11,8 @@ pub struct PgServer {
     dir: PathBuf,
     pub port: u16,
     running: bool,
+    /// Processes stopped by [`PgServer::freeze`], to continue.
+    frozen: Vec<i32>,
 }
 
 fn find_bin() -> Option<PathBuf> {
@@ -69,6 +71,7 @@ impl PgServer {
             dir,
             port,
             running: false,
+            frozen: Vec::new(),
         };
         let out = s
             .cmd("initdb")
@@ -133,8 +136,57 @@ impl PgServer {
     }
 }
 
+impl PgServer {
+    /// SIGSTOP the postmaster and every process it started: the server
+    /// freezes with its connections open (a VM pause, a stuck disk). Returns
+    /// how many processes were stopped.
+    pub fn freeze(&mut self) -> Result<usize> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let pidfile = self.dir.join("data").join("postmaster.pid");
+        let text = std::fs::read_to_string(&pidfile)
+            .with_context(|| format!("reading {}", pidfile.display()))?;
+        let master: i32 = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .with_context(|| format!("{}: no pid on its first line", pidfile.display()))?;
+        // The postmaster first, so it forks nothing new meanwhile.
+        kill(Pid::from_raw(master), Signal::SIGSTOP).context("stopping the postmaster")?;
+        self.frozen.push(master);
+        for e in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(master) && kill(Pid::from_raw(pid), Signal::SIGSTOP).is_ok() {
+                self.frozen.push(pid);
+            }
+        }
+        Ok(self.frozen.len())
+    }
+
+    /// SIGCONT whatever [`PgServer::freeze`] stopped.
+    pub fn thaw(&mut self) -> Result<()> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        for pid in self.frozen.drain(..).rev() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        }
+        Ok(())
+    }
+}
+
 impl Drop for PgServer {
     fn drop(&mut self) {
+        let _ = self.thaw();
         if self.running {
             let _ = self.stop();
         }

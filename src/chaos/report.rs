@@ -1,12 +1,11 @@
 //! Reports: the terminal summary, the results directory, the normalized
 //! report tests snapshot, and JUnit for CI.
 
-use super::checks::{AttacherLog, CheckResult, FiredFault, RunEvidence, Status};
+use super::checks::{CheckResult, Evidence, Status};
 use super::history::Event;
 use super::runner::{Outcome, Verdict};
-use super::scenario::{Plan, Scenario, Trigger};
+use super::scenario::{Action, Plan, Trigger};
 use crate::client::StreamEvent;
-use crate::engine::liveness::Death;
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -14,17 +13,15 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 pub struct Report<'a> {
-    pub scenario: &'a Scenario,
+    pub scenario_name: &'a str,
+    pub description: &'a str,
+    pub pods: u32,
     pub plan: &'a Plan,
     pub store: &'a str,
     pub verdict: Verdict,
     pub checks: &'a [CheckResult],
-    pub runs: &'a [RunEvidence],
-    pub names: &'a BTreeMap<String, String>,
-    pub attachers: &'a [AttacherLog],
-    pub fired: &'a [FiredFault],
+    pub evidence: &'a Evidence,
     pub unfired: &'a [usize],
-    pub deaths: &'a [Death],
     pub history: &'a [Event],
     pub notes: &'a [String],
 }
@@ -34,7 +31,10 @@ pub struct Report<'a> {
 pub struct Latency {
     pub fault: usize,
     pub pod: String,
+    /// From the store's death record (the engine's own account).
     pub detection_ms: Option<i64>,
+    /// From what clients saw: the first chunk of a newer epoch of a run the
+    /// pod owned, after the fault.
     pub first_resumed_chunk_ms: Option<i64>,
 }
 
@@ -46,22 +46,40 @@ fn trigger_text(t: &Trigger) -> String {
     }
 }
 
+fn target_text(t: &super::scenario::Target) -> String {
+    use super::scenario::Target;
+    match t {
+        Target::OwnerOf(r) => format!("the owner of {r}"),
+        Target::Pod(p) => p.clone(),
+        Target::Random(_) => "a random live pod".into(),
+        Target::LastKilled => "the last pod killed".into(),
+        Target::None => "the cluster".into(),
+    }
+}
+
+fn verdict_text(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "pass",
+        Verdict::Fail => "FAIL",
+        Verdict::Unknown => "unknown",
+        Verdict::NotApplicable => "not applicable",
+    }
+}
+
 impl Report<'_> {
     pub fn latencies(&self) -> Vec<Latency> {
-        self.fired
+        let ev = self.evidence;
+        ev.faults
             .iter()
             .filter(|f| {
                 matches!(
                     f.action,
-                    super::scenario::Action::Kill
-                        | super::scenario::Action::Term
-                        | super::scenario::Action::Pause
-                        | super::scenario::Action::Partition
+                    Action::Kill | Action::Term | Action::Pause | Action::Partition
                 )
             })
             .filter_map(|f| {
                 let pod = f.pod.clone()?;
-                let detection = self
+                let detection = ev
                     .deaths
                     .iter()
                     .filter(|d| d.pod_id == pod && d.detected_at_ms >= f.at_ms)
@@ -70,15 +88,28 @@ impl Report<'_> {
                 let resumed = f
                     .owned
                     .iter()
-                    .filter_map(|id| self.runs.iter().find(|r| &r.run.id == id))
-                    .filter_map(|r| {
-                        let claim = r.claims.iter().find(|c| {
-                            c.from_pod.as_deref() == Some(pod.as_str()) && c.at_ms >= f.at_ms
-                        })?;
-                        r.chunks
+                    .filter_map(|id| {
+                        let seen = ev
+                            .attachers
                             .iter()
-                            .filter(|c| c.epoch == claim.epoch)
-                            .map(|c| c.at_ms - f.at_ms)
+                            .filter(|a| &a.run_id == id)
+                            .flat_map(|a| a.events.iter());
+                        let before = seen
+                            .clone()
+                            .filter(|(t, _)| *t <= f.t_ms)
+                            .filter_map(|(_, e)| match e {
+                                StreamEvent::Chunk { epoch, .. } => Some(*epoch),
+                                _ => None,
+                            })
+                            .max()
+                            .unwrap_or(0);
+                        seen.filter(|(t, _)| *t > f.t_ms)
+                            .filter_map(|(t, e)| match e {
+                                StreamEvent::Chunk { epoch, .. } if *epoch > before => {
+                                    i64::try_from(t - f.t_ms).ok()
+                                }
+                                _ => None,
+                            })
                             .min()
                     })
                     .min();
@@ -93,10 +124,11 @@ impl Report<'_> {
     }
 
     fn name_of(&self, id: &str) -> String {
-        self.names
+        self.evidence
+            .submitted
             .iter()
-            .find(|(_, v)| v.as_str() == id)
-            .map_or_else(|| "retry".into(), |(k, _)| k.clone())
+            .find(|s| s.run_id == id)
+            .map_or_else(|| "retry".into(), |s| s.name.clone())
     }
 
     pub fn summary(&self) -> String {
@@ -104,19 +136,19 @@ impl Report<'_> {
         let _ = writeln!(
             s,
             "scenario {} (seed {}, store {}, {} pods)",
-            self.scenario.name, self.plan.seed, self.store, self.scenario.pods
+            self.scenario_name, self.plan.seed, self.store, self.pods
         );
-        if !self.scenario.description.is_empty() {
-            let _ = writeln!(s, "  {}", self.scenario.description);
+        if !self.description.is_empty() {
+            let _ = writeln!(s, "  {}", self.description);
         }
         for f in &self.plan.faults {
-            let fired = self.fired.iter().find(|x| x.index == f.index);
+            let fired = self.evidence.faults.iter().find(|x| x.index == f.index);
             let _ = writeln!(
                 s,
-                "  fault {}: {:?} {:?} {} -> {}",
+                "  fault {}: {} {} {} -> {}",
                 f.index,
-                f.action,
-                f.target,
+                f.action.as_str(),
+                target_text(&f.target),
                 trigger_text(&f.trigger),
                 fired.map_or_else(
                     || "NOT FIRED".to_owned(),
@@ -125,14 +157,10 @@ impl Report<'_> {
             );
         }
         for c in self.checks {
-            let mark = match c.status {
-                Status::Pass => "PASS",
-                Status::Fail => "FAIL",
-                Status::Skip => "skip",
-            };
             let _ = writeln!(
                 s,
-                "  {mark}  {:<24} {}",
+                "  {}  {:<24} {}",
+                c.status.label(),
                 c.name.as_str(),
                 c.name.invariant()
             );
@@ -155,7 +183,7 @@ impl Report<'_> {
         for l in self.latencies() {
             let _ = writeln!(
                 s,
-                "  latency: {} down (fault {}): detected after {}, first resumed chunk after {}",
+                "  latency: {} down (fault {}): recorded dead after {}, first resumed chunk seen after {}",
                 l.pod,
                 l.fault,
                 l.detection_ms.map_or("-".into(), |v| format!("{v} ms")),
@@ -163,10 +191,13 @@ impl Report<'_> {
                     .map_or("-".into(), |v| format!("{v} ms"))
             );
         }
+        for b in &self.evidence.blind {
+            let _ = writeln!(s, "  cannot observe: {b}");
+        }
         for n in self.notes {
             let _ = writeln!(s, "  note: {n}");
         }
-        let _ = writeln!(s, "  verdict: {:?}", self.verdict);
+        let _ = writeln!(s, "  verdict: {}", verdict_text(self.verdict));
         s
     }
 
@@ -175,24 +206,49 @@ impl Report<'_> {
         let Some(first) = c.evidence.first() else {
             return Vec::new();
         };
-        let Some(id) = self
-            .names
-            .values()
-            .chain(self.runs.iter().map(|r| &r.run.id))
-            .find(|id| first.contains(id.as_str()))
-        else {
+        let ids = self
+            .evidence
+            .submitted
+            .iter()
+            .map(|s| &s.run_id)
+            .chain(self.evidence.store.iter().map(|a| &a.run.id));
+        let mut found = None;
+        for id in ids {
+            if first.contains(id.as_str()) {
+                found = Some(id.clone());
+                break;
+            }
+        }
+        let Some(id) = found else {
             return Vec::new();
         };
         self.history
             .iter()
-            .filter(|e| e.data.to_string().contains(id.as_str()) && e.kind != "stream")
+            .filter(|e| {
+                e.data.to_string().contains(id.as_str())
+                    && e.kind != "stream"
+                    && e.kind != "store_run"
+            })
             .take(6)
             .map(|e| format!("+{} ms {} {}", e.t_ms, e.kind, e.data))
             .collect()
     }
 
+    /// A pod's role, stable across runs: the pod a fault hit (by fault
+    /// index) or a survivor.
+    fn role(&self, pod: Option<&str>) -> String {
+        let Some(pod) = pod else {
+            return "nobody".into();
+        };
+        self.evidence
+            .faults
+            .iter()
+            .find(|f| f.pod.as_deref() == Some(pod))
+            .map_or_else(|| "survivor".into(), |f| format!("fault{}-target", f.index))
+    }
+
     /// Facts that do not depend on timing, ids or which pod won a race:
-    /// what tests snapshot.
+    /// what tests snapshot. Claims and owners are given as roles.
     pub fn normalized(&self) -> serde_json::Value {
         let faults: Vec<_> = self
             .plan
@@ -203,32 +259,48 @@ impl Report<'_> {
                     "action": f.action,
                     "target": f.target,
                     "trigger": trigger_text(&f.trigger),
-                    "fired": self.fired.iter().any(|x| x.index == f.index),
+                    "fired": self.evidence.faults.iter().any(|x| x.index == f.index),
                 })
             })
             .collect();
         let mut runs: Vec<_> = self
-            .runs
+            .evidence
+            .store
             .iter()
-            .map(|r| {
+            .map(|a| {
+                let claims: Vec<String> = a
+                    .claims
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} -> {}",
+                            self.role(c.from_pod.as_deref()),
+                            self.role(Some(&c.to_pod))
+                        )
+                    })
+                    .collect();
                 json!({
-                    "name": self.name_of(&r.run.id),
-                    "workflow": r.run.workflow,
-                    "state": r.run.state,
-                    "retry": r.run.retry_of.is_some(),
+                    "name": self.name_of(&a.run.id),
+                    "workflow": a.run.workflow,
+                    "state": a.run.state,
+                    "retry": a.run.retry_of.is_some(),
+                    "claims": claims,
+                    "epoch": a.run.epoch,
+                    "final_owner": self.role(a.run.owner_pod.as_deref()),
                 })
             })
             .collect();
         runs.sort_by_key(|v| v.to_string());
         let attachers: Vec<_> = self
+            .evidence
             .attachers
             .iter()
             .map(|a| {
-                let ended = a.events.iter().find_map(|e| match e {
+                let ended = a.events.iter().find_map(|(_, e)| match e {
                     StreamEvent::End { state, .. } => Some(*state),
                     _ => None,
                 });
-                json!({ "run": a.run_name, "kind": a.kind, "ended": ended })
+                json!({ "run": a.run_name, "kind": a.attacher, "ended": ended })
             })
             .collect();
         let checks: BTreeMap<&str, Status> = self
@@ -236,14 +308,21 @@ impl Report<'_> {
             .iter()
             .map(|c| (c.name.as_str(), c.status))
             .collect();
+        let mut witnessed: BTreeMap<String, usize> = BTreeMap::new();
+        for c in &self.evidence.witness {
+            *witnessed
+                .entry(format!("{}.{}", self.name_of(&c.run_id), c.step))
+                .or_default() += 1;
+        }
         json!({
-            "scenario": self.scenario.name,
+            "scenario": self.scenario_name,
             "store": self.store,
-            "pods": self.scenario.pods,
+            "pods": self.pods,
             "seed": self.plan.seed,
             "faults": faults,
             "runs": runs,
             "attachers": attachers,
+            "witnessed": witnessed,
             "checks": checks,
             "verdict": self.verdict,
         })
@@ -272,7 +351,8 @@ impl Report<'_> {
         let mut s = format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"720\" height=\"{height}\" font-family=\"monospace\" font-size=\"12\">\n\
              <text x=\"10\" y=\"20\">{} (seed {}): detection (blue) and first resumed chunk (green), ms after the fault</text>\n",
-            self.scenario.name, self.plan.seed
+            xml_escape(self.scenario_name),
+            self.plan.seed
         );
         for (i, l) in lat.iter().enumerate() {
             let y = 40.0 + row * i as f64;
@@ -335,7 +415,9 @@ impl Report<'_> {
             "checks": self.checks,
             "latencies": self.latencies(),
             "plan": self.plan,
-            "fired": self.fired,
+            "fired": self.evidence.faults,
+            "unfired": self.unfired,
+            "cannot_observe": self.evidence.blind,
             "notes": self.notes,
         });
         w("report.json", serde_json::to_string_pretty(&full)?)?;
@@ -357,7 +439,11 @@ pub fn junit(outcomes: &[Outcome]) -> String {
     );
     for o in outcomes {
         let failures = o.checks.iter().filter(|c| c.status == Status::Fail).count();
-        let skipped = o.checks.iter().filter(|c| c.status == Status::Skip).count();
+        let skipped = o
+            .checks
+            .iter()
+            .filter(|c| matches!(c.status, Status::Skip | Status::NotApplicable))
+            .count();
         let _ = writeln!(
             s,
             "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">",
@@ -388,6 +474,13 @@ pub fn junit(outcomes: &[Outcome]) -> String {
             match c.status {
                 Status::Pass => {}
                 Status::Skip => s.push_str("<skipped/>"),
+                Status::NotApplicable => {
+                    let _ = write!(
+                        s,
+                        "<skipped message=\"{}\"/>",
+                        xml_escape(&c.evidence.join("; "))
+                    );
+                }
                 Status::Fail => {
                     let _ = write!(
                         s,

@@ -1,7 +1,9 @@
 //! Runs one scenario: store, cluster, workload, faults, quiet period,
 //! evidence, checks.
 
-use super::checks::{self, AttacherLog, CheckResult, Evidence, FiredFault, RunEvidence, Status};
+use super::checks::{
+    self, AttacherLog, CheckResult, Evidence, RawFacts, Status, StepFacts, StoreAccount,
+};
 use super::history::History;
 use super::pgserver::PgServer;
 use super::scenario::{
@@ -9,7 +11,6 @@ use super::scenario::{
 };
 use crate::client::{PodClient, StreamEvent};
 use crate::cluster::{Cluster, ClusterSpec, PodState};
-use crate::engine::liveness::Death;
 use crate::engine::store::{self, RunFilter, Store};
 use crate::engine::workflow::WorkflowRegistry;
 use anyhow::{Context, Result, bail};
@@ -50,7 +51,7 @@ pub struct RunnerOpts {
     pub image: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Pass,
@@ -73,15 +74,17 @@ pub struct Outcome {
 }
 
 struct Shared {
-    history: History,
+    history: Arc<History>,
     store: Arc<dyn Store>,
     cluster: tokio::sync::Mutex<Cluster>,
     live: Mutex<Vec<(String, String)>>,
     names: Mutex<BTreeMap<String, String>>,
     last_killed: Mutex<Option<String>>,
-    fired: Mutex<Vec<FiredFault>>,
+    fired: Mutex<Vec<usize>>,
     notes: Mutex<Vec<String>>,
     pg: Option<tokio::sync::Mutex<PgServer>>,
+    /// The PostgreSQL container (Docker driver), for store_freeze.
+    pg_container: Option<(bollard::Docker, String)>,
     http: reqwest::Client,
     verbose: bool,
 }
@@ -112,6 +115,39 @@ impl Shared {
         lock(&self.notes).push(n);
     }
 
+    /// The runner could not observe something it needed: the verdict can
+    /// only be unknown.
+    fn blind(&self, reason: String) {
+        if self.verbose {
+            eprintln!("  ! cannot observe: {reason}");
+        }
+        self.history.record("blind", json!({ "reason": reason }));
+    }
+
+    /// A store read that survives a frozen or restarting database: each try
+    /// is bounded, failures back off, and at `until` the runner gives up and
+    /// says it could not see (None).
+    async fn observe<T, F, Fut>(&self, what: &str, until: Instant, mut f: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::engine::store::StoreError>>,
+    {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let last = match tokio::time::timeout(Duration::from_secs(3), f()).await {
+                Ok(Ok(v)) => return Some(v),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer within 3 s".to_owned(),
+            };
+            if Instant::now() + wait > until {
+                self.blind(format!("{what}: {last}"));
+                return None;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+
     fn say(&self, msg: &str) {
         if self.verbose {
             eprintln!(
@@ -123,7 +159,8 @@ impl Shared {
 }
 
 /// Follow a run's stream to its end through any live pod, resuming from
-/// the last event id when a pod dies under it.
+/// the last event id when a pod dies under it. Every event is recorded in
+/// the history as it arrives (`stream`), on the runner's clock.
 async fn follow(
     shared: Arc<Shared>,
     name: String,
@@ -134,16 +171,27 @@ async fn follow(
     let mut log = AttacherLog {
         run_name: name.clone(),
         run_id: run_id.clone(),
-        kind,
+        attacher: kind,
         events: Vec::new(),
         error: None,
+    };
+    shared.history.record(
+        "attached",
+        json!({ "run": name, "run_id": run_id, "attacher": kind }),
+    );
+    let fail = |log: &mut AttacherLog, e: String| {
+        shared.history.record(
+            "attach_error",
+            json!({ "run_id": run_id, "attacher": kind, "error": e }),
+        );
+        log.error = Some(e);
     };
     let deadline = Instant::now() + bound;
     let mut last_id: Option<String> = None;
     let mut turn = 0usize;
     loop {
         if Instant::now() > deadline {
-            log.error = Some(format!("no end event within {bound:?}"));
+            fail(&mut log, format!("no end event within {bound:?}"));
             return log;
         }
         let live = shared.live();
@@ -166,7 +214,7 @@ async fn follow(
         };
         shared.history.record(
             "attach",
-            json!({ "run": name, "kind": kind, "pod": pod, "after": last_id }),
+            json!({ "run_id": run_id, "attacher": kind, "pod": pod, "after": last_id }),
         );
         let mut events = resp.bytes_stream().eventsource();
         loop {
@@ -179,40 +227,23 @@ async fn follow(
                 Ok(Some(Ok(ev))) => ev,
                 Ok(Some(Err(_)) | None) => break,
                 Err(_) => {
-                    log.error = Some(format!("no end event within {bound:?}"));
+                    fail(&mut log, format!("no end event within {bound:?}"));
                     return log;
                 }
             };
-            let parsed = match ev.event.as_str() {
-                "chunk" => serde_json::from_str::<crate::pod::stream::ChunkEvent>(&ev.data)
-                    .ok()
-                    .map(|c| StreamEvent::Chunk {
-                        id: ev.id.clone(),
-                        epoch: c.epoch,
-                        seq: c.seq,
-                        data: c.data,
-                    }),
-                "reset" => serde_json::from_str::<crate::pod::stream::ResetEvent>(&ev.data)
-                    .ok()
-                    .map(|r| StreamEvent::Reset { epoch: r.epoch }),
-                "end" => serde_json::from_str::<crate::pod::stream::EndEvent>(&ev.data)
-                    .ok()
-                    .map(|e| StreamEvent::End {
-                        state: e.state,
-                        error: e.error,
-                    }),
-                _ => None,
+            let Some(parsed) = crate::client::decode_stream_event(&ev.event, &ev.id, &ev.data)
+            else {
+                continue;
             };
-            let Some(parsed) = parsed else { continue };
             if let StreamEvent::Chunk { id, .. } = &parsed {
                 last_id = Some(id.clone());
             }
             shared.history.record(
                 "stream",
-                json!({ "run": name, "kind": kind, "event": parsed }),
+                json!({ "run_id": run_id, "attacher": kind, "event": parsed }),
             );
             let end = matches!(parsed, StreamEvent::End { .. });
-            log.events.push(parsed);
+            log.events.push((shared.history.elapsed_ms(), parsed));
             if end {
                 return log;
             }
@@ -256,11 +287,12 @@ async fn resolve_target(shared: &Shared, target: &Target) -> Option<String> {
         Target::Pod(p) => Some(p.clone()),
         Target::OwnerOf(run) => {
             let id = shared.run_id(run)?;
+            let until = Instant::now() + Duration::from_secs(10);
             shared
-                .store
-                .get_run(&id)
+                .observe("reading a fault target's owner", until, || {
+                    shared.store.get_run(&id)
+                })
                 .await
-                .ok()
                 .flatten()
                 .and_then(|r| r.owner_pod)
         }
@@ -288,15 +320,18 @@ async fn wait_trigger(shared: &Shared, trigger: &Trigger, bound: Instant) -> boo
                 return false;
             }
             if let Some(id) = shared.run_id(run) {
-                let n = shared.store.chunks(&id).await.map(|c| c.len()).unwrap_or(0);
+                let n = tokio::time::timeout(Duration::from_secs(2), shared.store.chunks(&id))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map_or(0, |c| c.len());
                 if n >= usize::try_from(*chunks).unwrap_or(usize::MAX) {
                     return true;
                 }
-                let done = shared
-                    .store
-                    .get_run(&id)
+                let done = tokio::time::timeout(Duration::from_secs(2), shared.store.get_run(&id))
                     .await
                     .ok()
+                    .and_then(Result::ok)
                     .flatten()
                     .is_some_and(|r| r.state.is_terminal());
                 if done {
@@ -310,11 +345,10 @@ async fn wait_trigger(shared: &Shared, trigger: &Trigger, bound: Instant) -> boo
                 return false;
             }
             if let Some(id) = shared.run_id(run)
-                && shared
-                    .store
-                    .get_run(&id)
+                && tokio::time::timeout(Duration::from_secs(2), shared.store.get_run(&id))
                     .await
                     .ok()
+                    .and_then(Result::ok)
                     .flatten()
                     .is_some_and(|r| r.state.is_terminal())
             {
@@ -338,44 +372,41 @@ async fn fire(
     };
     if f.target != Target::None && pod.is_none() {
         shared.note(format!(
-            "fault {} ({:?}) found no target for {:?}: not fired",
-            f.index, f.action, f.target
+            "fault {} ({}) found no target: not fired",
+            f.index,
+            f.action.as_str()
         ));
         return Ok(());
     }
     let owned: Vec<String> = match &pod {
-        Some(p) => shared
-            .store
-            .list_runs(&RunFilter {
+        Some(p) => {
+            let filter = RunFilter {
                 state: Some(crate::engine::run::RunState::Running),
                 owner_pod: Some(p.clone()),
                 ..Default::default()
-            })
-            .await
-            .map(|rs| rs.into_iter().map(|r| r.id).collect())
-            .unwrap_or_default(),
+            };
+            let until = Instant::now() + Duration::from_secs(5);
+            shared
+                .observe("listing the target's runs", until, || {
+                    shared.store.list_runs(&filter)
+                })
+                .await
+                .map(|rs| rs.into_iter().map(|r| r.id).collect())
+                .unwrap_or_default()
+        }
         None => Vec::new(),
     };
-    let at_ms = crate::engine::clock::wall_ms();
     shared.say(&format!(
-        "fault {}: {:?} {}",
+        "fault {}: {} {}",
         f.index,
-        f.action,
+        f.action.as_str(),
         pod.as_deref().unwrap_or("")
     ));
     shared.history.record(
         "fault",
-        json!({ "index": f.index, "action": f.action, "pod": pod, "run": run_id, "owned": owned }),
+        json!({ "index": f.index, "action": f.action, "pod": pod, "run_id": run_id, "owned": owned, "duration_ms": f.duration_ms }),
     );
-    lock(&shared.fired).push(FiredFault {
-        index: f.index,
-        action: f.action,
-        pod: pod.clone(),
-        run_id: run_id.clone(),
-        at_ms,
-        owned,
-        duration_ms: f.duration_ms,
-    });
+    lock(&shared.fired).push(f.index);
     let p = pod.clone().unwrap_or_default();
     match f.action {
         Action::Kill | Action::Term => {
@@ -472,6 +503,35 @@ async fn fire(
                 .history
                 .record("heal", json!({ "action": "store_start" }));
         }
+        Action::StoreFreeze => {
+            let ms = Duration::from_millis(f.duration_ms.unwrap_or(1000));
+            if let Some(pg) = &shared.pg {
+                let frozen = pg.lock().await.freeze()?;
+                shared
+                    .history
+                    .record("frozen", json!({ "processes": frozen }));
+                tokio::time::sleep(ms).await;
+                pg.lock().await.thaw()?;
+            } else if let Some((docker, name)) = &shared.pg_container {
+                docker
+                    .pause_container(name)
+                    .await
+                    .with_context(|| format!("pausing container {name}"))?;
+                shared
+                    .history
+                    .record("frozen", json!({ "container": name }));
+                tokio::time::sleep(ms).await;
+                docker
+                    .unpause_container(name)
+                    .await
+                    .with_context(|| format!("unpausing container {name}"))?;
+            } else {
+                bail!("store_freeze needs a PostgreSQL server the runner started");
+            }
+            shared
+                .history
+                .record("heal", json!({ "action": "store_thaw" }));
+        }
         Action::LateComplete => {
             let id = run_id.clone().context("late_complete needs its run")?;
             let (_, url) = shared
@@ -488,9 +548,10 @@ async fn fire(
                     .already_terminal()
                     .map_or_else(|| e.to_string(), |s| format!("409 already_terminal ({s})")),
             };
-            shared
-                .history
-                .record("late_complete", json!({ "run": id, "answer": answer }));
+            shared.history.record(
+                "late_complete",
+                json!({ "run_id": id, "accepted": res.is_ok(), "answer": answer }),
+            );
         }
     }
     Ok(())
@@ -567,16 +628,24 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
             scn.name
         );
     }
-    let needs_server = plan.faults.iter().any(|f| f.action == Action::StoreOutage);
-    if needs_server
+    let outage = plan.faults.iter().any(|f| f.action == Action::StoreOutage);
+    let freeze = plan.faults.iter().any(|f| f.action == Action::StoreFreeze);
+    let why_not = if outage
         && (kind != StoreKind::Postgres
             || matches!(opts.store, StoreChoice::PgUrl(_))
             || driver == DriverKind::Docker)
     {
-        let summary = format!(
-            "{}: not applicable on this store (store_outage needs a throwaway PostgreSQL server process: --store postgres --driver process)\n",
-            scn.name
-        );
+        Some(
+            "store_outage needs a throwaway PostgreSQL server process: --store postgres --driver process",
+        )
+    } else if freeze && (kind != StoreKind::Postgres || matches!(opts.store, StoreChoice::PgUrl(_)))
+    {
+        Some("store_freeze needs a PostgreSQL server the runner starts: --store postgres")
+    } else {
+        None
+    };
+    if let Some(why) = why_not {
+        let summary = format!("{}: not applicable on this store ({why})\n", scn.name);
         let normalized = json!({ "scenario": scn.name, "verdict": Verdict::NotApplicable });
         let report = json!({ "normalized": normalized, "checks": [], "notes": [summary.trim()] });
         std::fs::write(dir.join("summary.txt"), &summary)?;
@@ -661,16 +730,28 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
             pod_target.clone().unwrap_or_else(|| target.clone()),
         )
     });
+    let (witness_bind, pg_container) = match &docker_env {
+        Some(env) => (
+            env.gateway().await?,
+            (kind == StoreKind::Postgres && !matches!(opts.store, StoreChoice::PgUrl(_)))
+                .then(|| (env.docker.clone(), env.postgres_container())),
+        ),
+        None => (std::net::IpAddr::from([127, 0, 0, 1]), None),
+    };
     let result = run_inner(
-        scn.clone(),
+        Setup {
+            scn: scn.clone(),
+            plan: &plan,
+            dir: &dir,
+            target: &target,
+            store_label,
+            pg_server,
+            pg_container,
+            witness_bind,
+            workflows,
+            docker: pods,
+        },
         opts,
-        &plan,
-        &dir,
-        &target,
-        store_label,
-        pg_server,
-        workflows,
-        pods,
     )
     .await;
     if let Some(env) = docker_env
@@ -684,18 +765,33 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_inner(
+struct Setup<'a> {
     scn: Arc<Scenario>,
-    opts: &RunnerOpts,
-    plan: &Plan,
-    dir: &std::path::Path,
-    target: &str,
-    store_label: &str,
+    plan: &'a Plan,
+    dir: &'a std::path::Path,
+    target: &'a str,
+    store_label: &'a str,
     pg_server: Option<PgServer>,
+    pg_container: Option<(bollard::Docker, String)>,
+    /// Where the witness listens (the pods must reach it there).
+    witness_bind: std::net::IpAddr,
     workflows: WorkflowRegistry,
     docker: Option<(crate::docker::pods::DockerPods, String)>,
-) -> Result<Outcome> {
+}
+
+async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
+    let Setup {
+        scn,
+        plan,
+        dir,
+        target,
+        store_label,
+        pg_server,
+        pg_container,
+        witness_bind,
+        workflows,
+        docker,
+    } = setup;
     let store = store::open(target)
         .await
         .context("opening the scenario's store")?;
@@ -709,6 +805,10 @@ async fn run_inner(
         )
         .await?;
     }
+    let history = Arc::new(History::new());
+    let witness = super::witness::Witness::start((witness_bind, 0).into(), history.clone())
+        .await
+        .context("starting the witness")?;
     let pod_store = docker.as_ref().map_or(target, |(_, url)| url.as_str());
     let mut spec = ClusterSpec::new(
         pod_store.to_owned(),
@@ -719,7 +819,9 @@ async fn run_inner(
         spec.binary = b.clone();
     }
     spec.lanes = scn.lanes.clone();
-    spec.pod_args = std::iter::once("--chaos-hooks".to_owned())
+    spec.pod_args = ["--chaos-hooks".to_owned(), "--witness-url".to_owned()]
+        .into_iter()
+        .chain(std::iter::once(witness.url_for(&witness_bind.to_string())))
         .chain(scn.pod_args.iter().cloned())
         .collect();
     let liveness_timeout_ms = scn
@@ -739,11 +841,25 @@ async fn run_inner(
         }
     };
     let driver = cluster.driver();
+    history.record(
+        "start",
+        json!({
+            "scenario": scn.name,
+            "seed": plan.seed,
+            "pods": scn.pods,
+            "store": store_label,
+            "driver": driver,
+            "liveness_timeout_ms": liveness_timeout_ms,
+            "detection_bound_ms": scn.checks.detection_bound_ms,
+            "quiet_timeout_ms": scn.checks.quiet_timeout_ms,
+            "witness": witness.addr.to_string(),
+        }),
+    );
     for id in pod_ids(scn.pods) {
         cluster.start_pod(&id, &[]).await?;
     }
     let shared = Arc::new(Shared {
-        history: History::new(),
+        history,
         store: store.clone(),
         cluster: tokio::sync::Mutex::new(cluster),
         live: Mutex::default(),
@@ -752,66 +868,55 @@ async fn run_inner(
         fired: Mutex::default(),
         notes: Mutex::default(),
         pg: pg_server.map(tokio::sync::Mutex::new),
+        pg_container,
         http: reqwest::Client::new(),
         verbose: opts.verbose,
     });
     shared.refresh_live().await;
-    shared.history.record(
-        "start",
-        json!({ "scenario": scn.name, "seed": plan.seed, "pods": scn.pods, "store": store_label, "driver": driver }),
-    );
     shared.say(&format!("{} pods ({driver}) up on {store_label}", scn.pods));
     scrape_metrics(&shared, "before").await;
-    let result = drive(
-        shared.clone(),
-        scn.clone(),
-        plan,
-        &workflows,
-        liveness_timeout_ms,
-    )
-    .await;
+    let result = drive(shared.clone(), scn.clone(), plan).await;
     shared
         .cluster
         .lock()
         .await
         .shutdown(Duration::from_secs(10))
         .await;
-    let (checks, runs, attachers, deaths) = result?;
+    drop(witness);
+    result?;
     let history = shared.history.snapshot();
-    let notes = lock(&shared.notes).clone();
-    let fired = lock(&shared.fired).clone();
-    let names = lock(&shared.names).clone();
-    let unfired: Vec<usize> = plan
-        .faults
-        .iter()
-        .map(|f| f.index)
-        .filter(|i| !fired.iter().any(|x| x.index == *i))
-        .collect();
-    let verdict = if checks.iter().any(|c| c.status == Status::Fail) {
-        Verdict::Fail
-    } else if !unfired.is_empty() {
-        Verdict::Unknown
-    } else {
-        Verdict::Pass
+    let unfired: Vec<usize> = {
+        let fired = lock(&shared.fired);
+        plan.faults
+            .iter()
+            .map(|f| f.index)
+            .filter(|i| !fired.contains(i))
+            .collect()
     };
+    let evidence = Evidence::from_history(&history).map_err(|e| anyhow::anyhow!(e))?;
+    if evidence.submitted.is_empty() {
+        bail!("the scenario submitted no runs");
+    }
+    let checks = checks::run_all(&evidence, &workflows, &scn.checks.skip);
+    let notes = lock(&shared.notes).clone();
+    let verdict = verdict_of(&checks, &unfired, &evidence.blind);
     let report = super::report::Report {
-        scenario: &scn,
+        scenario_name: &scn.name,
+        description: &scn.description,
+        pods: scn.pods,
         plan,
         store: store_label,
         verdict,
         checks: &checks,
-        runs: &runs,
-        names: &names,
-        attachers: &attachers,
-        fired: &fired,
+        evidence: &evidence,
         unfired: &unfired,
-        deaths: &deaths,
         history: &history,
         notes: &notes,
     };
     let summary = report.summary();
     let normalized = report.normalized();
     report.write(dir)?;
+    save_inputs(dir, &scn, &workflows, &evidence)?;
     Ok(Outcome {
         scenario: scn.name.clone(),
         seed: plan.seed,
@@ -825,20 +930,46 @@ async fn run_inner(
     })
 }
 
-type Collected = (
-    Vec<CheckResult>,
-    Vec<RunEvidence>,
-    Vec<AttacherLog>,
-    Vec<Death>,
-);
+/// Fail if a check failed; unknown if a fault never fired or the runner
+/// could not observe; pass otherwise.
+pub fn verdict_of(checks: &[CheckResult], unfired: &[usize], blind: &[String]) -> Verdict {
+    if checks.iter().any(|c| c.status == Status::Fail) {
+        Verdict::Fail
+    } else if !unfired.is_empty() || !blind.is_empty() {
+        Verdict::Unknown
+    } else {
+        Verdict::Pass
+    }
+}
 
-async fn drive(
-    shared: Arc<Shared>,
-    scn: Arc<Scenario>,
-    plan: &Plan,
+/// What `vigil chaos check` needs besides the history: the scenario file and
+/// the definitions of the workflows its runs used.
+fn save_inputs(
+    dir: &std::path::Path,
+    scn: &Scenario,
     workflows: &WorkflowRegistry,
-    liveness_timeout_ms: u64,
-) -> Result<Collected> {
+    ev: &Evidence,
+) -> Result<()> {
+    std::fs::copy(&scn.file, dir.join("scenario.toml"))
+        .with_context(|| format!("copying {} into the results", scn.file.display()))?;
+    let wdir = dir.join("workflows");
+    std::fs::create_dir_all(&wdir)?;
+    let mut names: Vec<&str> = ev.submitted.iter().map(|s| s.workflow.as_str()).collect();
+    names.extend(ev.store.iter().map(|a| a.run.workflow.as_str()));
+    names.sort_unstable();
+    names.dedup();
+    for n in names {
+        if let Ok(w) = workflows.get(n)
+            && let Some(f) = w.source.file_name()
+        {
+            std::fs::copy(&w.source, wdir.join(f))
+                .with_context(|| format!("copying {} into the results", w.source.display()))?;
+        }
+    }
+    Ok(())
+}
+
+async fn drive(shared: Arc<Shared>, scn: Arc<Scenario>, plan: &Plan) -> Result<()> {
     let quiet = Duration::from_millis(scn.checks.quiet_timeout_ms);
     let bound = Instant::now() + quiet + Duration::from_secs(30);
     // Faults wait for their triggers from the start.
@@ -848,13 +979,18 @@ async fn drive(
         fault_tasks.push(tokio::spawn(async move {
             if !wait_trigger(&shared, &f.trigger, bound).await {
                 shared.note(format!(
-                    "fault {} ({:?}): its trigger {:?} never happened",
-                    f.index, f.action, f.trigger
+                    "fault {} ({}): its trigger never happened",
+                    f.index,
+                    f.action.as_str()
                 ));
                 return;
             }
             if let Err(e) = fire(shared.clone(), scn, f.clone()).await {
-                shared.note(format!("fault {} ({:?}) failed: {e:#}", f.index, f.action));
+                shared.note(format!(
+                    "fault {} ({}) failed: {e:#}",
+                    f.index,
+                    f.action.as_str()
+                ));
             }
         }));
     }
@@ -906,7 +1042,7 @@ async fn drive(
         lock(&shared.names).insert(r.name.clone(), sub.run.id.clone());
         shared.history.record(
             "submit",
-            json!({ "run": r.name, "id": sub.run.id, "workflow": r.workflow, "pod": r.pod }),
+            json!({ "run": r.name, "run_id": sub.run.id, "workflow": r.workflow, "pod": r.pod }),
         );
         if r.attach.contains(&AttachKind::Early) {
             let (s, name, id) = (shared.clone(), r.name.clone(), sub.run.id.clone());
@@ -923,150 +1059,216 @@ async fn drive(
     for t in fault_tasks {
         let _ = t.await;
     }
-    // Heal: resume what is paused, bring back a cluster with no live pod,
-    // restart the store; then wait for quiet.
-    {
-        let mut c = shared.cluster.lock().await;
-        let paused: Vec<String> = c
-            .pods()
-            .filter(|p| p.state == PodState::Paused)
-            .map(|p| p.id.clone())
-            .collect();
-        for p in paused {
-            c.resume(&p).await?;
-            shared
-                .history
-                .record("heal", json!({ "action": "resume", "pod": p }));
-        }
-        let cut: Vec<String> = c
-            .pods()
-            .filter(|p| p.state == PodState::Partitioned)
-            .map(|p| p.id.clone())
-            .collect();
-        for p in cut {
-            c.heal_partition(&p).await?;
-            shared
-                .history
-                .record("heal", json!({ "action": "reconnect", "pod": p }));
-        }
-        if c.live_urls().is_empty() {
-            let exited: Vec<String> = c.pods().map(|p| p.id.clone()).collect();
-            for p in exited {
-                c.start_pod(&p, &[]).await?;
-                shared
-                    .history
-                    .record("heal", json!({ "action": "restart", "pod": p }));
-            }
-        }
-    }
+    heal(&shared).await?;
     shared.refresh_live().await;
     shared.say("healed; waiting for the cluster to go quiet");
     let quiet_until = Instant::now() + quiet;
-    let mut in_flight;
+    let all_runs = RunFilter {
+        limit: Some(100_000),
+        ..Default::default()
+    };
     loop {
-        let all = shared
-            .store
-            .list_runs(&RunFilter {
-                limit: Some(100_000),
-                ..Default::default()
+        let Some(all) = shared
+            .observe("listing runs while waiting for quiet", quiet_until, || {
+                shared.store.list_runs(&all_runs)
             })
-            .await?;
-        in_flight = all
-            .iter()
-            .filter(|r| !r.state.is_terminal())
-            .map(|r| r.id.clone())
-            .collect::<Vec<_>>();
-        if in_flight.is_empty() || Instant::now() > quiet_until {
+            .await
+        else {
+            break;
+        };
+        let in_flight = all.iter().filter(|r| !r.state.is_terminal()).count();
+        if in_flight == 0 {
+            break;
+        }
+        if Instant::now() > quiet_until {
+            shared.note(format!(
+                "{in_flight} runs still in flight after the {quiet:?} quiet bound"
+            ));
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if !in_flight.is_empty() {
-        shared.note(format!(
-            "{} runs still in flight after the {quiet:?} quiet bound",
-            in_flight.len()
-        ));
-    }
     shared.say("quiet; attaching late clients");
     scrape_metrics(&shared, "after").await;
-    let mut attachers = Vec::new();
-    for r in &plan.runs {
+    let plan_runs = plan.runs.clone();
+    for r in &plan_runs {
         if r.attach.contains(&AttachKind::Late)
             && let Some(id) = shared.run_id(&r.name)
         {
-            attachers.push(
-                follow(
-                    shared.clone(),
-                    r.name.clone(),
-                    id,
-                    AttachKind::Late,
-                    Duration::from_secs(10),
-                )
-                .await,
-            );
+            follow(
+                shared.clone(),
+                r.name.clone(),
+                id,
+                AttachKind::Late,
+                Duration::from_secs(10),
+            )
+            .await;
         }
     }
     for e in early {
-        match tokio::time::timeout(Duration::from_secs(20), e).await {
-            Ok(Ok(log)) => attachers.push(log),
-            _ => shared.note("an early attacher did not finish".into()),
+        if tokio::time::timeout(Duration::from_secs(20), e)
+            .await
+            .is_err()
+        {
+            shared.note("an early attacher did not finish".into());
         }
     }
-    // Evidence.
-    let all = shared
-        .store
-        .list_runs(&RunFilter {
-            limit: Some(100_000),
-            ..Default::default()
-        })
-        .await?;
-    let mut runs = Vec::new();
-    for run in all {
-        let steps = shared.store.steps(&run.id).await?;
-        let nodes: Vec<String> = steps.iter().map(|s| s.node_id.clone()).collect();
-        let raw = shared.store.step_outputs_raw(&run.id, &nodes).await?;
-        let transitions = shared.store.transitions(&run.id).await?;
-        for t in &transitions {
-            shared.history.record_at(t.at_ms, "transition", json!({ "run": run.id, "from": t.from, "to": t.to, "epoch": t.epoch, "pod": t.pod, "reason": t.reason }));
+    // What the API says of every run the clients submitted.
+    let names = lock(&shared.names).clone();
+    for id in names.values() {
+        api_state(&shared, id).await;
+    }
+    // The store's account, for cross-checks only.
+    let until = Instant::now() + Duration::from_secs(30);
+    record_store_accounts(&shared, until).await;
+    Ok(())
+}
+
+/// Resume what is paused, reconnect what is cut off, bring back a cluster
+/// with no live pod.
+async fn heal(shared: &Shared) -> Result<()> {
+    let mut c = shared.cluster.lock().await;
+    let paused: Vec<String> = c
+        .pods()
+        .filter(|p| p.state == PodState::Paused)
+        .map(|p| p.id.clone())
+        .collect();
+    for p in paused {
+        c.resume(&p).await?;
+        shared
+            .history
+            .record("heal", json!({ "action": "resume", "pod": p }));
+    }
+    let cut: Vec<String> = c
+        .pods()
+        .filter(|p| p.state == PodState::Partitioned)
+        .map(|p| p.id.clone())
+        .collect();
+    for p in cut {
+        c.heal_partition(&p).await?;
+        shared
+            .history
+            .record("heal", json!({ "action": "reconnect", "pod": p }));
+    }
+    if c.live_urls().is_empty() {
+        let exited: Vec<String> = c.pods().map(|p| p.id.clone()).collect();
+        for p in exited {
+            c.start_pod(&p, &[]).await?;
+            shared
+                .history
+                .record("heal", json!({ "action": "restart", "pod": p }));
         }
-        let claims = shared.store.claims(&run.id).await?;
-        for c in &claims {
+    }
+    Ok(())
+}
+
+/// Ask the API (any live pod) for a run's state; record the answer.
+async fn api_state(shared: &Shared, id: &str) {
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while Instant::now() < until {
+        for (_, url) in shared.live() {
+            let Ok(client) = PodClient::new(&url) else {
+                continue;
+            };
+            match tokio::time::timeout(Duration::from_secs(3), client.run(id)).await {
+                Ok(Ok(detail)) => {
+                    shared.history.record(
+                        "api_run",
+                        json!({ "run_id": id, "state": detail.run.state }),
+                    );
+                    return;
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "no answer within 3 s".into(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shared.blind(format!("the API never answered for run {id}: {last}"));
+}
+
+/// Record what the store says of every run (and every death) in the history.
+async fn record_store_accounts(shared: &Shared, until: Instant) {
+    let all_runs = RunFilter {
+        limit: Some(100_000),
+        ..Default::default()
+    };
+    let Some(all) = shared
+        .observe("reading the runs for the store's account", until, || {
+            shared.store.list_runs(&all_runs)
+        })
+        .await
+    else {
+        return;
+    };
+    for run in all {
+        let Some(account) = shared
+            .observe("reading a run's records", until, || {
+                store_account(shared.store.as_ref(), run.clone())
+            })
+            .await
+        else {
+            return;
+        };
+        for t in &account.transitions {
+            shared.history.record_at(
+                t.at_ms,
+                "transition",
+                json!({ "run_id": run.id, "from": t.from, "to": t.to, "epoch": t.epoch, "pod": t.pod, "reason": t.reason }),
+            );
+        }
+        for c in &account.claims {
             shared.history.record_at(
                 c.at_ms,
                 "claim",
-                json!({ "run": run.id, "from": c.from_pod, "to": c.to_pod, "epoch": c.epoch }),
+                json!({ "run_id": run.id, "from": c.from_pod, "to": c.to_pod, "epoch": c.epoch }),
             );
         }
-        runs.push(RunEvidence {
-            transitions,
-            claims,
-            chunks: shared.store.chunks(&run.id).await?,
-            effects: shared.store.effects(&run.id).await?,
-            steps,
-            raw,
-            run,
-        });
+        shared
+            .history
+            .record("store_run", json!({ "account": account }));
     }
-    let deaths = shared.store.liveness().deaths(10_000).await?;
-    for d in &deaths {
-        shared.history.record_at(d.detected_at_ms, "death", json!({ "pod": d.pod_id, "by": d.detected_by, "last_heartbeat_ms": d.last_heartbeat_at_ms }));
-    }
-    let names = lock(&shared.names).clone();
-    let fired = lock(&shared.fired).clone();
-    let ev = Evidence {
-        runs: &runs,
-        names: &names,
-        attachers: &attachers,
-        faults: &fired,
-        deaths: &deaths,
-        workflows,
-        detection_bound_ms: scn.checks.detection_bound_ms,
-        liveness_timeout_ms,
-        t0_ms: shared.history.wall0(),
+    let Some(deaths) = shared
+        .observe("reading the pod deaths", until, || {
+            shared.store.liveness().deaths(10_000)
+        })
+        .await
+    else {
+        return;
     };
-    let checks = checks::run_all(&ev, &scn.checks.skip);
-    if runs.is_empty() {
-        bail!("the scenario submitted no runs");
+    for d in &deaths {
+        shared
+            .history
+            .record_at(d.detected_at_ms, "death", json!({ "death": d }));
     }
-    Ok((checks, runs, attachers, deaths))
+}
+
+async fn store_account(
+    store: &dyn Store,
+    run: crate::engine::run::RunRecord,
+) -> Result<StoreAccount, crate::engine::store::StoreError> {
+    let steps = store.steps(&run.id).await?;
+    let nodes: Vec<String> = steps.iter().map(|s| s.node_id.clone()).collect();
+    let raw = store.step_outputs_raw(&run.id, &nodes).await?;
+    Ok(StoreAccount {
+        transitions: store.transitions(&run.id).await?,
+        claims: store.claims(&run.id).await?,
+        chunks: store.chunks(&run.id).await?,
+        effects: store.effects(&run.id).await?,
+        steps: steps
+            .iter()
+            .map(|s| StepFacts {
+                node_id: s.node_id.clone(),
+                status: s.status,
+                attempts: s.attempts,
+                updated_at_ms: s.updated_at_ms,
+            })
+            .collect(),
+        raw: raw
+            .iter()
+            .map(|(k, v)| (k.clone(), RawFacts::of(v)))
+            .collect(),
+        run,
+    })
 }

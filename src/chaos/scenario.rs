@@ -129,6 +129,27 @@ pub enum Action {
     /// Disconnect the pod's container from the scenario network for
     /// `duration_ms`, then reconnect it (Docker driver only).
     Partition,
+    /// Freeze the PostgreSQL server for `duration_ms`: SIGSTOP every process
+    /// of the throwaway server (process driver) or pause its container
+    /// (Docker driver), then let it go on. Connections stay open and hang.
+    StoreFreeze,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Kill => "kill",
+            Action::Term => "term",
+            Action::Pause => "pause",
+            Action::Restart => "restart",
+            Action::Switch => "switch",
+            Action::Stall => "stall",
+            Action::StoreOutage => "store_outage",
+            Action::LateComplete => "late_complete",
+            Action::Partition => "partition",
+            Action::StoreFreeze => "store_freeze",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,7 +293,7 @@ struct RawScenario {
 }
 
 /// Who a fault hits, as planned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     OwnerOf(String),
@@ -283,7 +304,7 @@ pub enum Target {
     None,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     AtMs(u64),
@@ -291,7 +312,7 @@ pub enum Trigger {
     AfterEnd { run: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedFault {
     pub index: usize,
     pub action: Action,
@@ -302,7 +323,7 @@ pub struct PlannedFault {
     pub switch: Option<(String, bool)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedRun {
     pub name: String,
     pub workflow: String,
@@ -332,7 +353,7 @@ pub struct Scenario {
 
 /// The schedule a seed gives: who gets which run when, which fault hits
 /// whom at which moment. Same seed, same plan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub seed: u64,
     pub runs: Vec<PlannedRun>,
@@ -561,19 +582,19 @@ impl Scenario {
                     ));
                 }
             }
-            if action == Action::StoreOutage {
+            if matches!(action, Action::StoreOutage | Action::StoreFreeze) {
                 if f.duration_ms.is_none() {
                     return Err(err(
                         span,
                         &field("duration_ms"),
-                        "store_outage needs duration_ms".into(),
+                        format!("{} needs duration_ms", action.as_str()),
                     ));
                 }
                 if raw.cluster.store != StoreKind::Postgres {
                     return Err(err(
                         span,
                         &field("action"),
-                        "store_outage needs store = \"postgres\"".into(),
+                        format!("{} needs store = \"postgres\"", action.as_str()),
                     ));
                 }
             }

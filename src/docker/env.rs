@@ -126,7 +126,7 @@ impl DockerEnv {
     /// accepts connections through its published port.
     pub async fn start_postgres(&self) -> Result<PgEndpoints, DockerError> {
         let image = crate::chaos::image::pg_image(&self.docker, false).await?;
-        let name = format!("vigil-{}-postgres", self.run);
+        let name = self.postgres_container();
         let port = "5432/tcp".to_owned();
         let body = ContainerCreateBody {
             image: Some(image.tag.clone()),
@@ -210,6 +210,37 @@ impl DockerEnv {
             host_admin_url,
             net_admin_url: format!("postgres://postgres@{PG_HOST}:5432/postgres"),
         })
+    }
+
+    /// The host's address on the scenario network: where containers reach
+    /// a server the runner serves (the witness).
+    pub async fn gateway(&self) -> Result<std::net::IpAddr, DockerError> {
+        let net = self
+            .docker
+            .inspect_network(&self.network, None)
+            .await
+            .map_err(|source| DockerError::NotReady {
+                what: format!("network {}", self.network),
+                secs: 0,
+                detail: source.to_string(),
+            })?;
+        net.ipam
+            .and_then(|i| i.config)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.gateway)
+            .find_map(|g| g.parse::<std::net::Ipv4Addr>().ok())
+            .map(std::net::IpAddr::V4)
+            .ok_or_else(|| DockerError::NotReady {
+                what: format!("network {}", self.network),
+                secs: 0,
+                detail: "it has no IPv4 gateway".into(),
+            })
+    }
+
+    /// The PostgreSQL container's name (after [`DockerEnv::start_postgres`]).
+    pub fn postgres_container(&self) -> String {
+        format!("vigil-{}-postgres", self.run)
     }
 
     /// Remove every object of this run (containers, network, volumes).

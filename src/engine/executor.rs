@@ -15,7 +15,8 @@ use crate::engine::store::{
 };
 use crate::engine::switches::Switches;
 use crate::engine::workflow::{
-    ErrorClass, StepDef, StepKind, Workflow, WorkflowError, WorkflowRegistry, lookup_path, redact,
+    ErrorClass, StepDef, StepKind, WITNESS_URL, Workflow, WorkflowError, WorkflowRegistry,
+    lookup_path, redact,
 };
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -40,6 +41,9 @@ pub struct EngineConfig {
     pub backoff_cap: Duration,
     /// Pause before retrying an authority lookup whose store query failed.
     pub lookup_retry: Duration,
+    /// The chaos runner's witness, for `http` steps whose url starts with
+    /// `{{vigil.witness}}` (none outside chaos runs).
+    pub witness_url: Option<String>,
 }
 
 impl EngineConfig {
@@ -49,6 +53,7 @@ impl EngineConfig {
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(5),
             lookup_retry: Duration::from_millis(200),
+            witness_url: None,
         }
     }
 }
@@ -703,7 +708,7 @@ impl Engine {
     ) -> Result<BodyOk, BodyErr> {
         // The side effect an external system sees (one `effects` row per
         // execution) was recorded with the attempt, in begin_attempt.
-        let body = self.body(ctx, step, inputs, run_state);
+        let body = self.body(ctx, step, attempt, inputs, run_state);
         let timed = async {
             match step.timeout_ms {
                 Some(ms) => tokio::time::timeout(Duration::from_millis(ms), body)
@@ -736,6 +741,7 @@ impl Engine {
         &self,
         ctx: &RunCtx<'_>,
         step: &StepDef,
+        attempt: i64,
         inputs: &Map<String, Value>,
         run_state: &Value,
     ) -> Result<BodyOk, BodyErr> {
@@ -789,6 +795,26 @@ impl Engine {
             }
             StepKind::FanIn => output(Value::Object(inputs.clone())),
             StepKind::Http { url, method, body } => {
+                let url = match url.strip_prefix(WITNESS_URL) {
+                    None => url.clone(),
+                    Some(rest) => match &self.config.witness_url {
+                        Some(w) => format!("{}{rest}", w.trim_end_matches('/')),
+                        None => return output(serde_json::json!({ "witness": null })),
+                    },
+                };
+                let url = &url;
+                let mut inputs = inputs.clone();
+                inputs.insert(
+                    "vigil".into(),
+                    serde_json::json!({
+                        "run": ctx.run_id,
+                        "step": step.id,
+                        "attempt": attempt,
+                        "epoch": ctx.epoch,
+                        "pod": self.config.pod_id,
+                    }),
+                );
+                let inputs = &inputs;
                 let method =
                     reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| BodyErr::Fail {
                         class: ErrorClass::Permanent,

@@ -11,6 +11,13 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+/// An `http` step whose `url` starts with this calls the chaos runner's
+/// witness: the pod's `--witness-url` replaces it. Its `body` may use
+/// `{{vigil.run}}`, `{{vigil.step}}`, `{{vigil.attempt}}`, `{{vigil.epoch}}`
+/// and `{{vigil.pod}}`. A pod with no witness skips the request (nobody is
+/// watching) and the step succeeds with `{"witness": null}`.
+pub const WITNESS_URL: &str = "{{vigil.witness}}";
+
 /// The replacement for every secret field in the redacted copy of an output.
 pub const REDACTED: &str = "[REDACTED]";
 
@@ -248,6 +255,12 @@ impl Workflow {
                     format!("{:?} must be 1-64 chars of a-z, 0-9, _ or -", rs.id),
                 ));
             }
+            if rs.id == "vigil" {
+                return Err(invalid(
+                    at("id"),
+                    "\"vigil\" is reserved for the {{vigil.*}} step context".into(),
+                ));
+            }
             if !seen.insert(rs.id.clone()) {
                 return Err(invalid(at("id"), "duplicate step id".into()));
             }
@@ -313,7 +326,10 @@ impl Workflow {
                 "fan_in" => StepKind::FanIn,
                 _ => {
                     let url = rs.url.ok_or_else(|| missing("url"))?;
-                    let parsed = url::Url::parse(&url)
+                    // The chaos runner's witness: its base URL is the pod's
+                    // --witness-url, filled in when the step runs.
+                    let checked = url.replacen(WITNESS_URL, "http://witness.invalid", 1);
+                    let parsed = url::Url::parse(&checked)
                         .map_err(|e| invalid(at("url"), format!("{url:?} is not a URL: {e}")))?;
                     if !matches!(parsed.scheme(), "http" | "https") {
                         return Err(invalid(at("url"), format!("{url:?} must be http or https")));

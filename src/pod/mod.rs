@@ -85,6 +85,10 @@ pub struct PodArgs {
     /// is the only thing between a zombie and its successor's data.
     #[arg(long, env = "VIGIL_CHAOS_KEEP_ZOMBIE_RUNS")]
     pub chaos_keep_zombie_runs: bool,
+    /// Chaos testing only: the runner's witness (http://HOST:PORT), called by
+    /// `http` steps whose url starts with `{{vigil.witness}}`.
+    #[arg(long, env = "VIGIL_WITNESS_URL")]
+    pub witness_url: Option<String>,
     /// Require `Authorization: Bearer <token>` on every change (submit,
     /// cancel, events, switches, chaos hooks); the token is this file's
     /// contents, trimmed. Reads stay open.
@@ -600,7 +604,10 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
             Arc::new(workflows),
             switches,
             clock::system(),
-            EngineConfig::new(pod_id.clone()),
+            EngineConfig {
+                witness_url: args.witness_url.clone(),
+                ..EngineConfig::new(pod_id.clone())
+            },
         )
         .with_lanes(lanes),
     );

@@ -48,13 +48,41 @@ impl Cursor {
 pub struct ChunkEvent {
     pub epoch: i64,
     pub seq: i64,
+    /// The step whose attempt wrote the chunk (absent on rows older than 0004).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i64>,
     pub data: String,
+}
+
+/// One step attempt's part of a stream.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+pub struct StreamPart {
+    pub epoch: i64,
+    pub step: String,
+    pub attempt: i64,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ResetEvent {
-    /// The epoch the stream continues at; discard everything received before.
+    /// The epoch the stream continues at.
     pub epoch: i64,
+    /// Of what you hold from older epochs keep only these parts (finished
+    /// steps' attempts); discard the rest.
+    #[serde(default)]
+    pub keep: Vec<StreamPart>,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -118,7 +146,14 @@ pub async fn tail(
             let n = chunks.len();
             for c in chunks {
                 if holding.is_some_and(|h| c.epoch > h)
-                    && !send(event("reset", &ResetEvent { epoch: c.epoch })).await
+                    && !send(event(
+                        "reset",
+                        &ResetEvent {
+                            epoch: c.epoch,
+                            keep: Vec::new(),
+                        },
+                    ))
+                    .await
                 {
                     break 'outer;
                 }
@@ -128,6 +163,8 @@ pub async fn tail(
                     &ChunkEvent {
                         epoch: c.epoch,
                         seq: c.seq,
+                        step: None,
+                        attempt: None,
                         data: c.data,
                     },
                 )
@@ -147,7 +184,15 @@ pub async fn tail(
         // A new owner claimed the run: tell the client now, not when the
         // first new chunk arrives, so it stops showing the dead prefix.
         if holding.is_some_and(|h| run.epoch > h) {
-            if !send(event("reset", &ResetEvent { epoch: run.epoch })).await {
+            if !send(event(
+                "reset",
+                &ResetEvent {
+                    epoch: run.epoch,
+                    keep: Vec::new(),
+                },
+            ))
+            .await
+            {
                 break;
             }
             holding = Some(run.epoch);

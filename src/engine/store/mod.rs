@@ -199,7 +199,7 @@ pub struct RunFilter {
 }
 
 /// An executed step side effect: the record an external system would keep.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct EffectRecord {
     pub run_id: String,
     pub node_id: String,
