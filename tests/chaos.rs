@@ -121,8 +121,8 @@ fn snapshot_all(store: &str, label: &str) {
     )
     .unwrap();
     assert!(
-        files.len() >= 12,
-        "ship at least the twelve scenarios of the issue"
+        files.len() >= 15,
+        "ship at least the fifteen scenarios (two-step-stream, zombie-fenced and store-freeze among them)"
     );
     let mut failures = Vec::new();
     for f in files {
@@ -250,6 +250,103 @@ fn a_planted_secret_appears_in_no_artefact() {
     assert!(!stdout.contains("sk-branch-"), "{stdout}");
 }
 
+/// `vigil chaos check DIR` re-runs every checker on a saved results
+/// directory and reproduces the verdict; a history edited to hold a chunk
+/// twice is caught, naming the chunk.
+#[test]
+fn chaos_check_reproduces_a_verdict_and_catches_an_edited_history() {
+    let results = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["chaos", "run"])
+        .arg(scenario("pod-death-mid-stream"))
+        .args(["--seed", "11", "--store", "sqlite", "--quiet", "--results"])
+        .arg(results.path())
+        .arg("--workflows")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/workflows"))
+        .env_remove("VIGIL_FAULTS")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let history = walk(results.path(), "history.jsonl").unwrap();
+    let dir = history.parent().unwrap().to_owned();
+    // Every line holds each key once (a duplicate key is ambiguous JSON).
+    for line in std::fs::read_to_string(&history).unwrap().lines() {
+        let keys: Vec<String> = line_keys(line);
+        let mut uniq = keys.clone();
+        uniq.sort();
+        uniq.dedup();
+        assert_eq!(keys.len(), uniq.len(), "a key twice in {line}");
+    }
+    let check = |d: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["chaos", "check"])
+            .arg(d)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, text) = check(&dir);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("reproduced the saved verdict"), "{text}");
+    // Edit: the late attacher of r1 receives one of its chunks twice.
+    let lines: Vec<String> = std::fs::read_to_string(&history)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let late = lines
+        .iter()
+        .position(|l| {
+            l.contains(r#""kind":"stream""#)
+                && l.contains(r#""attacher":"late""#)
+                && l.contains(r#""event":"chunk""#)
+        })
+        .expect("a late attacher's chunk");
+    let mut edited = lines.clone();
+    edited.insert(late + 1, lines[late].clone());
+    std::fs::write(&history, edited.join("\n") + "\n").unwrap();
+    let (code, text) = check(&dir);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("FAIL  stream_exactly_once"), "{text}");
+    assert!(text.contains("late attacher of r"), "{text}");
+    assert!(text.contains("differs from the saved verdict"), "{text}");
+}
+
+/// The keys of a JSON object's top level, in order, duplicates kept.
+fn line_keys(line: &str) -> Vec<String> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut k = Vec::new();
+                    while let Some((key, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
+                        k.push(key);
+                    }
+                    Ok(Keys(k))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Keys>(line).unwrap().0
+}
+
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
@@ -262,33 +359,40 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// With the bug on, `check` fails with evidence containing `needle`; with it
-/// off, the same scenario and seed pass.
+/// off, the same scenario and seed pass. On SQLite, then on PostgreSQL (a
+/// throwaway server; CI must have one).
 #[cfg(feature = "fault-injection")]
 fn teeth(scenario_name: &str, bug: &str, check: &str, needle: &str) {
     let f = scenario(scenario_name);
-    let broken = chaos(&f, 7, "sqlite", Some(bug));
-    assert_eq!(
-        broken.code, 1,
-        "{bug}: expected a failed check\n{}",
-        broken.output
-    );
-    assert_eq!(
-        check_status(&broken, check),
-        "fail",
-        "{bug}: {check} should catch it\n{}",
-        broken.output
-    );
-    let ev = evidence(&broken, check);
-    assert!(
-        ev.iter().any(|e| e.contains(needle)),
-        "{bug}: evidence {ev:?} lacks {needle:?}"
-    );
-    let fixed = chaos(&f, 7, "sqlite", None);
-    assert_eq!(
-        fixed.code, 0,
-        "{bug} off: the scenario passes\n{}",
-        fixed.output
-    );
+    let mut stores = vec!["sqlite"];
+    if pg_store().is_some() {
+        stores.push("postgres");
+    }
+    for store in stores {
+        let broken = chaos(&f, 7, store, Some(bug));
+        assert_eq!(
+            broken.code, 1,
+            "{bug} on {store}: expected a failed check\n{}",
+            broken.output
+        );
+        assert_eq!(
+            check_status(&broken, check),
+            "fail",
+            "{bug} on {store}: {check} should catch it\n{}",
+            broken.output
+        );
+        let ev = evidence(&broken, check);
+        assert!(
+            ev.iter().any(|e| e.contains(needle)),
+            "{bug} on {store}: evidence {ev:?} lacks {needle:?}"
+        );
+        let fixed = chaos(&f, 7, store, None);
+        assert_eq!(
+            fixed.code, 0,
+            "{bug} off on {store}: the scenario passes\n{}",
+            fixed.output
+        );
+    }
 }
 
 #[cfg(feature = "fault-injection")]
@@ -352,6 +456,46 @@ mod teeth {
             "allow_lost_success",
             "no_ghosts",
             "lost -> succeeded",
+        );
+    }
+
+    #[test]
+    fn purge_finished_is_caught_by_the_stream_check() {
+        teeth(
+            "two-step-stream",
+            "purge_finished",
+            "stream_exactly_once",
+            "the workflow says \"intro 0;\"",
+        );
+    }
+
+    #[test]
+    fn skip_fence_is_caught_by_fencing() {
+        teeth(
+            "zombie-fenced",
+            "skip_fence",
+            "fencing",
+            "a pod that lost its claim kept writing",
+        );
+    }
+
+    #[test]
+    fn blind_survivor_is_caught_by_death_detected() {
+        teeth(
+            "pod-death-mid-stream",
+            "blind_survivor",
+            "death_detected",
+            "resumed by a new owner, and it never ended",
+        );
+    }
+
+    #[test]
+    fn double_terminal_is_caught_by_terminal_once() {
+        teeth(
+            "pod-death-mid-stream",
+            "double_terminal",
+            "terminal_once",
+            "clients saw different terminal states",
         );
     }
 

@@ -181,10 +181,10 @@ fn the_partition_is_detected_within_the_bound_and_resumed_once() {
     let kind = |e: &Value| e["kind"].as_str().unwrap_or_default().to_owned();
     let fault = events.iter().find(|e| kind(e) == "fault").unwrap();
     let cut = fault["pod"].as_str().unwrap().to_owned();
-    let r1 = fault["run"].as_str().unwrap().to_owned();
+    let r1 = fault["run_id"].as_str().unwrap().to_owned();
     let claims: Vec<&Value> = events
         .iter()
-        .filter(|e| kind(e) == "claim" && e["run"] == r1.as_str())
+        .filter(|e| kind(e) == "claim" && e["run_id"] == r1.as_str())
         .filter(|e| e["from"] == cut.as_str())
         .collect();
     assert_eq!(claims.len(), 1, "r1 resumed once: {claims:?}");
@@ -194,7 +194,7 @@ fn the_partition_is_detected_within_the_bound_and_resumed_once() {
             .any(|e| kind(e) == "heal" && e["action"] == "reconnect"),
         "the cut was healed"
     );
-    assert!(text.contains("detected after"), "{text}");
+    assert!(text.contains("recorded dead after"), "{text}");
 }
 
 #[test]

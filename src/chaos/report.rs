@@ -152,7 +152,10 @@ impl Report<'_> {
                 trigger_text(&f.trigger),
                 fired.map_or_else(
                     || "NOT FIRED".to_owned(),
-                    |x| format!("hit {}", x.pod.as_deref().unwrap_or("-"))
+                    |x| format!(
+                        "hit {}",
+                        x.pod.clone().unwrap_or_else(|| "the cluster".into())
+                    )
                 )
             );
         }

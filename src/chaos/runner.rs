@@ -73,6 +73,10 @@ pub struct Outcome {
     pub summary: String,
 }
 
+/// How long the runner waits after the cluster went quiet before its final
+/// reads (late attachers, API answers, the store's account).
+const SETTLE: Duration = Duration::from_secs(1);
+
 struct Shared {
     history: Arc<History>,
     store: Arc<dyn Store>,
@@ -1088,6 +1092,10 @@ async fn drive(shared: Arc<Shared>, scn: Arc<Scenario>, plan: &Plan) -> Result<(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Settle: a write that lands after the last run went terminal (a
+    // second terminal write, a zombie's late chunk) gets time to show in
+    // the final reads below.
+    tokio::time::sleep(SETTLE).await;
     shared.say("quiet; attaching late clients");
     scrape_metrics(&shared, "after").await;
     let plan_runs = plan.runs.clone();
