@@ -328,3 +328,56 @@ fn images_build_from_local_files() {
     assert!(text.contains("vigil-pod:"), "{text}");
     assert!(text.contains("vigil-postgres:"), "{text}");
 }
+
+/// The teeth on the Docker driver: pod death and partition, each with a bug
+/// switched on in the pod containers, caught by the check meant for it.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn docker_teeth_pod_death_and_partition() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if engine().is_none() {
+        return;
+    }
+    for (file, bug, check, needle) in [
+        (
+            "scenarios/docker/pod-death-mid-stream.toml",
+            "skip_purge",
+            "stream_exactly_once",
+            "a reset then discarded",
+        ),
+        (
+            "scenarios/docker/network-partition.toml",
+            "blind_survivor",
+            "death_detected",
+            "never recorded dead",
+        ),
+    ] {
+        let results = tempfile::tempdir().unwrap();
+        let out = chaos_run(&root().join(file), results.path(), &[])
+            .env("VIGIL_FAULTS", bug)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{bug}: a failed check\n{text}");
+        let report: Value = serde_json::from_str(
+            &std::fs::read_to_string(walk(results.path(), "report.json").unwrap()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            report["normalized"]["checks"][check], "fail",
+            "{bug}: {check} should catch it\n{text}"
+        );
+        let evidence = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == check)
+            .map(|c| c["evidence"].to_string())
+            .unwrap_or_default();
+        assert!(evidence.contains(needle), "{bug}: {evidence}");
+    }
+}
