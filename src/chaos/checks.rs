@@ -324,11 +324,7 @@ impl Evidence {
 
     /// The last state the API gave for `id`.
     fn final_state(&self, id: &str) -> Option<RunState> {
-        self.api
-            .iter()
-            .filter(|x| x.run_id == id)
-            .last()
-            .map(|x| x.state)
+        self.api.iter().rfind(|x| x.run_id == id).map(|x| x.state)
     }
 }
 

@@ -333,7 +333,11 @@ impl Report<'_> {
 
     fn timeline(&self) -> String {
         let mut s = String::new();
-        for e in self.history.iter().filter(|e| e.kind != "stream") {
+        for e in self
+            .history
+            .iter()
+            .filter(|e| e.kind != "stream" && e.kind != "store_run")
+        {
             let _ = writeln!(s, "{:>8} ms  {:<13} {}", e.t_ms, e.kind, e.data);
         }
         s

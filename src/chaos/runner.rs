@@ -898,7 +898,7 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
             .collect()
     };
     let evidence = Evidence::from_history(&history).map_err(|e| anyhow::anyhow!(e))?;
-    if evidence.submitted.is_empty() {
+    if evidence.submitted.is_empty() && evidence.blind.is_empty() {
         bail!("the scenario submitted no runs");
     }
     let checks = checks::run_all(&evidence, &workflows, &scn.checks.skip);
@@ -1013,9 +1013,15 @@ async fn drive(shared: Arc<Shared>, scn: Arc<Scenario>, plan: &Plan) -> Result<(
         };
         // The planned pod first; if a fault took it down meanwhile, any live
         // pod (the idempotency key makes a resubmission the same run).
+        // A store outage or freeze can make every pod answer 503 for a
+        // while: keep trying for the quiet bound before giving up on it.
         let mut sub = None;
         let mut last_err = None;
-        for attempt in 0..10 {
+        let give_up = Instant::now() + quiet;
+        for attempt in 0.. {
+            if attempt >= 10 && Instant::now() > give_up {
+                break;
+            }
             let live = shared.live();
             let url = live
                 .iter()
@@ -1040,8 +1046,14 @@ async fn drive(shared: Arc<Shared>, scn: Arc<Scenario>, plan: &Plan) -> Result<(
         }
         let sub = match (sub, last_err) {
             (Some(s), _) => s,
-            (None, Some(e)) => return Err(e).with_context(|| format!("submitting {}", r.name)),
-            (None, None) => bail!("submitting {}: no live pod", r.name),
+            (None, e) => {
+                shared.blind(format!(
+                    "submitting {}: {}",
+                    r.name,
+                    e.map_or_else(|| "no live pod".to_owned(), |e| e.to_string())
+                ));
+                continue;
+            }
         };
         lock(&shared.names).insert(r.name.clone(), sub.run.id.clone());
         shared.history.record(
