@@ -695,7 +695,7 @@ async fn post_event(
                     "seq must be >= 0",
                 ));
             }
-            pod.store.append_chunk(&id, epoch, seq, &data).await
+            pod.store.append_chunk(&id, epoch, seq, None, &data).await
         }
     };
     match res {
