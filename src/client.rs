@@ -9,11 +9,12 @@ use crate::pod::api::{
     ApiErrorBody, RunDetail, RunList, SetSwitchRequest, SubmitRequest, SubmitResponse, SwitchList,
 };
 use crate::pod::stream::{ChunkEvent, EndEvent, ResetEvent};
+pub use crate::pod::stream::StreamPart;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,22 +48,72 @@ impl ClientError {
 }
 
 /// One event of a run's stream, as a client sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum StreamEvent {
     Chunk {
         id: String,
         epoch: i64,
         seq: i64,
+        /// The step whose attempt wrote the chunk.
+        #[serde(default)]
+        step: Option<String>,
+        #[serde(default)]
+        attempt: Option<i64>,
         data: String,
     },
+    /// The stream continues at `epoch`: of the chunks held from older
+    /// epochs keep only those whose `(epoch, step, attempt)` is in `keep`.
     Reset {
         epoch: i64,
+        #[serde(default)]
+        keep: Vec<StreamPart>,
     },
     End {
         state: RunState,
         error: Option<String>,
     },
+}
+
+impl StreamPart {
+    /// Does this part hold the chunk of `epoch` written by `step`'s `attempt`?
+    pub fn covers(&self, epoch: i64, step: Option<&str>, attempt: Option<i64>) -> bool {
+        self.epoch == epoch && step == Some(self.step.as_str()) && attempt == Some(self.attempt)
+    }
+}
+
+/// Would a client following the stream keep a chunk it holds of
+/// `(epoch, step, attempt)` when a reset to `reset_epoch` with `keep` comes?
+pub fn keeps(
+    reset_epoch: i64,
+    keep: &[StreamPart],
+    epoch: i64,
+    step: Option<&str>,
+    attempt: Option<i64>,
+) -> bool {
+    epoch >= reset_epoch || keep.iter().any(|p| p.covers(epoch, step, attempt))
+}
+
+/// What a client holds after following `events` and honouring each reset:
+/// the chunk events it kept, in the order received.
+pub fn held_chunks(events: &[StreamEvent]) -> Vec<&StreamEvent> {
+    let mut held: Vec<&StreamEvent> = Vec::new();
+    for ev in events {
+        match ev {
+            StreamEvent::Chunk { .. } => held.push(ev),
+            StreamEvent::Reset { epoch, keep } => held.retain(|c| match c {
+                StreamEvent::Chunk {
+                    epoch: e,
+                    step,
+                    attempt,
+                    ..
+                } => keeps(*epoch, keep, *e, step.as_deref(), *attempt),
+                _ => false,
+            }),
+            StreamEvent::End { .. } => {}
+        }
+    }
+    held
 }
 
 #[derive(Debug, Clone)]
@@ -340,12 +391,17 @@ impl PodClient {
                             id: ev.id.clone(),
                             epoch: c.epoch,
                             seq: c.seq,
+                            step: c.step,
+                            attempt: c.attempt,
                             data: c.data,
                         });
                     }
                     "reset" => {
                         let r: ResetEvent = serde_json::from_str(&ev.data).map_err(proto)?;
-                        on_event(&StreamEvent::Reset { epoch: r.epoch });
+                        on_event(&StreamEvent::Reset {
+                            epoch: r.epoch,
+                            keep: r.keep,
+                        });
                     }
                     "end" => {
                         let e: EndEvent = serde_json::from_str(&ev.data).map_err(proto)?;

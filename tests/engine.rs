@@ -758,7 +758,7 @@ async fn run_past_its_deadline_ends_timed_out_and_nothing_is_written_after(db: &
     // A zombie holding the old epoch is fenced off.
     let zombie = h
         .store
-        .append_chunk(&run.id, end.epoch, 10_000, "late")
+        .append_chunk(&run.id, end.epoch, 10_000, None, "late")
         .await;
     assert!(
         matches!(
@@ -823,7 +823,7 @@ async fn claims_are_compare_and_set_and_stale_epochs_are_fenced(db: &TestDb) {
     assert_eq!(second.epoch, first.epoch + 1);
     // pod-a wakes up and writes with its old epoch: every kind is fenced.
     let stale = first.epoch;
-    let chunk = h.store.append_chunk(&run.id, stale, 0, "zombie").await;
+    let chunk = h.store.append_chunk(&run.id, stale, 0, None, "zombie").await;
     assert!(matches!(chunk, Err(StoreError::Fenced { .. })), "{chunk:?}");
     let attempt = h.store.begin_attempt(&run.id, "s", stale, 3, "p").await;
     assert!(

@@ -393,7 +393,7 @@ async fn early_and_late_attachers_see_each_chunk_of_the_final_run_once(db: &Test
     // Early: a prefix of epoch 1, one reset to epoch 2, then every chunk once.
     let reset_at = seen
         .iter()
-        .position(|e| matches!(e, StreamEvent::Reset { epoch: 2 }))
+        .position(|e| matches!(e, StreamEvent::Reset { epoch: 2, .. }))
         .expect("a reset");
     assert_eq!(
         seen.iter()

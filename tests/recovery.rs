@@ -95,7 +95,7 @@ async fn owner_dies_mid_stream(db: &TestDb, sig: Signal) {
     );
     let reset = seen
         .iter()
-        .position(|e| matches!(e, StreamEvent::Reset { epoch: 2 }))
+        .position(|e| matches!(e, StreamEvent::Reset { epoch: 2, .. }))
         .expect("reset");
     assert_eq!(
         chunks_of(&seen[reset..]),

@@ -190,11 +190,16 @@ async fn follow(
                         id: ev.id.clone(),
                         epoch: c.epoch,
                         seq: c.seq,
+                        step: c.step,
+                        attempt: c.attempt,
                         data: c.data,
                     }),
                 "reset" => serde_json::from_str::<crate::pod::stream::ResetEvent>(&ev.data)
                     .ok()
-                    .map(|r| StreamEvent::Reset { epoch: r.epoch }),
+                    .map(|r| StreamEvent::Reset {
+                        epoch: r.epoch,
+                        keep: r.keep,
+                    }),
                 "end" => serde_json::from_str::<crate::pod::stream::EndEvent>(&ev.data)
                     .ok()
                     .map(|e| StreamEvent::End {
