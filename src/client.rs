@@ -8,8 +8,8 @@ use crate::engine::store::SwitchAudit;
 use crate::pod::api::{
     ApiErrorBody, RunDetail, RunList, SetSwitchRequest, SubmitRequest, SubmitResponse, SwitchList,
 };
-use crate::pod::stream::{ChunkEvent, EndEvent, ResetEvent};
 pub use crate::pod::stream::StreamPart;
+use crate::pod::stream::{ChunkEvent, EndEvent, ResetEvent};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};

@@ -190,10 +190,7 @@ pub enum StreamLine {
     },
     /// The run was claimed at a new epoch: the older epochs' chunks of
     /// unfinished attempts (`discarded` of them) were dropped from above.
-    Reset {
-        epoch: i64,
-        discarded: usize,
-    },
+    Reset { epoch: i64, discarded: usize },
 }
 
 /// The open run.
@@ -1314,7 +1311,11 @@ impl App {
 
 /// The run went on at `epoch`: drop the older epochs' chunks that are not
 /// in `keep` (what unfinished attempts streamed) and leave a marker.
-fn apply_reset(stream: &mut Vec<StreamLine>, epoch: i64, keep: &[crate::engine::store::StreamPartRow]) {
+fn apply_reset(
+    stream: &mut Vec<StreamLine>,
+    epoch: i64,
+    keep: &[crate::engine::store::StreamPartRow],
+) {
     let before = stream.len();
     stream.retain(|l| match l {
         StreamLine::Chunk {

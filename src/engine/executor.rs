@@ -419,9 +419,17 @@ impl Engine {
                 reason: crate::faults::DOUBLE_TERMINAL_REASON.to_owned(),
                 error: Some(crate::faults::DOUBLE_TERMINAL_REASON.to_owned()),
             };
-            match store.transition(&run_id, RunState::Failed, &ctx).await.map(|_| ()) {
-                Ok(()) => tracing::error!(run_id, "fault injection: succeeded run rewritten to failed"),
-                Err(e) => tracing::warn!(run_id, error = %e, "fault injection: double_terminal write failed"),
+            match store
+                .transition(&run_id, RunState::Failed, &ctx)
+                .await
+                .map(|_| ())
+            {
+                Ok(()) => {
+                    tracing::error!(run_id, "fault injection: succeeded run rewritten to failed")
+                }
+                Err(e) => {
+                    tracing::warn!(run_id, error = %e, "fault injection: double_terminal write failed")
+                }
             }
         }));
     }

@@ -293,7 +293,11 @@ impl Pod {
     /// Claim a run this pod holds at `epoch` back from itself, for driving
     /// it again after a store error: `Ok(Some(new_epoch))`, or `Ok(None)`
     /// when it is no longer ours (another owner, or it ended).
-    async fn reclaim(&self, run_id: &str, epoch: i64) -> Result<Option<i64>, crate::engine::store::StoreError> {
+    async fn reclaim(
+        &self,
+        run_id: &str,
+        epoch: i64,
+    ) -> Result<Option<i64>, crate::engine::store::StoreError> {
         // The ownership watch must not take the bumped epoch for a theft.
         if let Some(l) = lock(&self.local).get_mut(run_id) {
             l.reclaiming = true;
@@ -306,7 +310,12 @@ impl Pod {
         let entry = local.get_mut(run_id).filter(|l| l.epoch == epoch);
         match claimed {
             Ok(c) => {
-                tracing::info!(run_id, from = epoch, to = c.epoch, "re-claimed the run from itself to drive it again");
+                tracing::info!(
+                    run_id,
+                    from = epoch,
+                    to = c.epoch,
+                    "re-claimed the run from itself to drive it again"
+                );
                 if let Some(l) = entry {
                     l.epoch = c.epoch;
                     l.claimed_at = Instant::now();

@@ -129,10 +129,7 @@ pub async fn tail(
                     attempt: p.attempt,
                 })
                 .collect();
-            Ok::<_, crate::engine::store::StoreError>(event(
-                "reset",
-                &ResetEvent { epoch, keep },
-            ))
+            Ok::<_, crate::engine::store::StoreError>(event("reset", &ResetEvent { epoch, keep }))
         }
     };
     'outer: loop {
