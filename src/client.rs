@@ -432,3 +432,78 @@ fn enc(s: &str) -> String {
         .collect::<String>()
         .replace('+', "%20")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(epoch: i64, seq: i64, step: Option<&str>, attempt: Option<i64>) -> StreamEvent {
+        StreamEvent::Chunk {
+            id: format!("{epoch}:{seq}"),
+            epoch,
+            seq,
+            step: step.map(str::to_owned),
+            attempt,
+            data: format!("{epoch}.{seq}"),
+        }
+    }
+
+    #[test]
+    fn a_reset_keeps_exactly_the_listed_parts_of_older_epochs() {
+        let events = vec![
+            chunk(1, 0, Some("intro"), Some(1)),
+            chunk(1, 1, Some("body"), Some(1)),
+            chunk(1, 2, None, None),
+            StreamEvent::Reset {
+                epoch: 2,
+                keep: vec![StreamPart {
+                    epoch: 1,
+                    step: "intro".into(),
+                    attempt: 1,
+                }],
+            },
+            chunk(2, 0, Some("body"), Some(2)),
+            // A second takeover keeps intro and body's attempt 2 (succeeded).
+            chunk(2, 1, Some("done"), Some(1)),
+            StreamEvent::Reset {
+                epoch: 3,
+                keep: vec![
+                    StreamPart {
+                        epoch: 1,
+                        step: "intro".into(),
+                        attempt: 1,
+                    },
+                    StreamPart {
+                        epoch: 2,
+                        step: "body".into(),
+                        attempt: 2,
+                    },
+                ],
+            },
+            chunk(3, 0, Some("done"), Some(2)),
+        ];
+        let held: Vec<&str> = held_chunks(&events)
+            .into_iter()
+            .filter_map(|e| match e {
+                StreamEvent::Chunk { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(held, ["1:0", "2:0", "3:0"]);
+    }
+
+    #[test]
+    fn stream_events_round_trip_and_old_resets_parse() {
+        let ev = chunk(1, 0, Some("intro"), Some(1));
+        let text = serde_json::to_string(&ev).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<StreamEvent>(&text).ok(), Some(ev));
+        let old: Option<StreamEvent> = serde_json::from_str(r#"{"event":"reset","epoch":2}"#).ok();
+        assert_eq!(
+            old,
+            Some(StreamEvent::Reset {
+                epoch: 2,
+                keep: vec![]
+            })
+        );
+    }
+}
