@@ -618,9 +618,18 @@ async fn attach(client: &PodClient, id: &str, json: bool) -> Result<ExitCode> {
                     print!("{data}");
                     let _ = std::io::stdout().flush();
                 }
-                StreamEvent::Reset { epoch, .. } => {
+                StreamEvent::Reset { epoch, keep } => {
+                    let kept: Vec<String> = keep
+                        .iter()
+                        .map(|p| format!("{}#{}@{}", p.step, p.attempt, p.epoch))
+                        .collect();
                     eprintln!(
-                        "\n[reset: the run resumed at epoch {epoch}; discard the output above]"
+                        "\n[reset: the run resumed at epoch {epoch}; of the output above keep only {}]",
+                        if kept.is_empty() {
+                            "nothing".to_owned()
+                        } else {
+                            format!("the chunks of {}", kept.join(", "))
+                        }
                     );
                 }
                 StreamEvent::End { .. } => {}

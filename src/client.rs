@@ -13,8 +13,8 @@ use crate::pod::stream::{ChunkEvent, EndEvent, ResetEvent};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,19 +48,22 @@ impl ClientError {
 }
 
 /// One event of a run's stream, as a client sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum StreamEvent {
     Chunk {
         id: String,
         epoch: i64,
         seq: i64,
+        /// The step whose attempt wrote the chunk.
         #[serde(default)]
         step: Option<String>,
         #[serde(default)]
         attempt: Option<i64>,
         data: String,
     },
+    /// The stream continues at `epoch`: of the chunks held from older
+    /// epochs keep only those whose `(epoch, step, attempt)` is in `keep`.
     Reset {
         epoch: i64,
         #[serde(default)]
@@ -100,6 +103,47 @@ pub fn decode_stream_event(event: &str, id: &str, data: &str) -> Option<StreamEv
             }),
         _ => None,
     }
+}
+
+impl StreamPart {
+    /// Does this part hold the chunk of `epoch` written by `step`'s `attempt`?
+    pub fn covers(&self, epoch: i64, step: Option<&str>, attempt: Option<i64>) -> bool {
+        self.epoch == epoch && step == Some(self.step.as_str()) && attempt == Some(self.attempt)
+    }
+}
+
+/// Would a client following the stream keep a chunk it holds of
+/// `(epoch, step, attempt)` when a reset to `reset_epoch` with `keep` comes?
+pub fn keeps(
+    reset_epoch: i64,
+    keep: &[StreamPart],
+    epoch: i64,
+    step: Option<&str>,
+    attempt: Option<i64>,
+) -> bool {
+    epoch >= reset_epoch || keep.iter().any(|p| p.covers(epoch, step, attempt))
+}
+
+/// What a client holds after following `events` and honouring each reset:
+/// the chunk events it kept, in the order received.
+pub fn held_chunks(events: &[StreamEvent]) -> Vec<&StreamEvent> {
+    let mut held: Vec<&StreamEvent> = Vec::new();
+    for ev in events {
+        match ev {
+            StreamEvent::Chunk { .. } => held.push(ev),
+            StreamEvent::Reset { epoch, keep } => held.retain(|c| match c {
+                StreamEvent::Chunk {
+                    epoch: e,
+                    step,
+                    attempt,
+                    ..
+                } => keeps(*epoch, keep, *e, step.as_deref(), *attempt),
+                _ => false,
+            }),
+            StreamEvent::End { .. } => {}
+        }
+    }
+    held
 }
 
 #[derive(Debug, Clone)]
@@ -417,4 +461,79 @@ fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(epoch: i64, seq: i64, step: Option<&str>, attempt: Option<i64>) -> StreamEvent {
+        StreamEvent::Chunk {
+            id: format!("{epoch}:{seq}"),
+            epoch,
+            seq,
+            step: step.map(str::to_owned),
+            attempt,
+            data: format!("{epoch}.{seq}"),
+        }
+    }
+
+    #[test]
+    fn a_reset_keeps_exactly_the_listed_parts_of_older_epochs() {
+        let events = vec![
+            chunk(1, 0, Some("intro"), Some(1)),
+            chunk(1, 1, Some("body"), Some(1)),
+            chunk(1, 2, None, None),
+            StreamEvent::Reset {
+                epoch: 2,
+                keep: vec![StreamPart {
+                    epoch: 1,
+                    step: "intro".into(),
+                    attempt: 1,
+                }],
+            },
+            chunk(2, 0, Some("body"), Some(2)),
+            // A second takeover keeps intro and body's attempt 2 (succeeded).
+            chunk(2, 1, Some("done"), Some(1)),
+            StreamEvent::Reset {
+                epoch: 3,
+                keep: vec![
+                    StreamPart {
+                        epoch: 1,
+                        step: "intro".into(),
+                        attempt: 1,
+                    },
+                    StreamPart {
+                        epoch: 2,
+                        step: "body".into(),
+                        attempt: 2,
+                    },
+                ],
+            },
+            chunk(3, 0, Some("done"), Some(2)),
+        ];
+        let held: Vec<&str> = held_chunks(&events)
+            .into_iter()
+            .filter_map(|e| match e {
+                StreamEvent::Chunk { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(held, ["1:0", "2:0", "3:0"]);
+    }
+
+    #[test]
+    fn stream_events_round_trip_and_old_resets_parse() {
+        let ev = chunk(1, 0, Some("intro"), Some(1));
+        let text = serde_json::to_string(&ev).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<StreamEvent>(&text).ok(), Some(ev));
+        let old: Option<StreamEvent> = serde_json::from_str(r#"{"event":"reset","epoch":2}"#).ok();
+        assert_eq!(
+            old,
+            Some(StreamEvent::Reset {
+                epoch: 2,
+                keep: vec![]
+            })
+        );
+    }
 }

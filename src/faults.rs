@@ -25,10 +25,21 @@ pub enum Bug {
     AllowLostSuccess,
     /// The reaper commits the timeout, then crashes before queueing the retry (seed 003).
     NonAtomicTimeoutRetry,
+    /// A claim purges every chunk of older epochs, finished steps' included
+    /// (the pre-issue-13 purge: a late attacher loses finished steps' output).
+    PurgeFinished,
+    /// Owner writes (chunks, step attempts and checkpoints, run heartbeats)
+    /// are not fenced by the claim epoch: a zombie owner keeps writing.
+    SkipFence,
+    /// Liveness probes never find a peer dead (advisory lock and lease alike).
+    BlindSurvivor,
+    /// ~500 ms after an owner moves a run to `succeeded`, it writes a second
+    /// terminal transition `succeeded -> failed`, past the terminal guard.
+    DoubleTerminal,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 11] = [
         Bug::ReapAllLanes,
         Bug::SkipPurge,
         Bug::ClaimWithoutCas,
@@ -36,6 +47,10 @@ impl Bug {
         Bug::AttemptsInMemory,
         Bug::AllowLostSuccess,
         Bug::NonAtomicTimeoutRetry,
+        Bug::PurgeFinished,
+        Bug::SkipFence,
+        Bug::BlindSurvivor,
+        Bug::DoubleTerminal,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,13 +62,51 @@ impl Bug {
             Bug::AttemptsInMemory => "attempts_in_memory",
             Bug::AllowLostSuccess => "allow_lost_success",
             Bug::NonAtomicTimeoutRetry => "non_atomic_timeout_retry",
+            Bug::PurgeFinished => "purge_finished",
+            Bug::SkipFence => "skip_fence",
+            Bug::BlindSurvivor => "blind_survivor",
+            Bug::DoubleTerminal => "double_terminal",
         }
     }
 }
 
-/// Is `bug` switched on in this process?
+/// The reason (and error) of the second terminal write `double_terminal` makes.
+pub const DOUBLE_TERMINAL_REASON: &str = "fault: double_terminal";
+
+#[cfg(feature = "fault-injection")]
+tokio::task_local! {
+    /// Bugs switched on for one task only (tests: see [`with_faults`]).
+    static FORCED: Vec<Bug>;
+}
+
+/// Run `f` with `bugs` switched on in this task only (and in the tasks it
+/// spawns through [`carry`]), whatever `VIGIL_FAULTS` says: lets tests in one
+/// process turn a bug on without turning it on for their neighbours.
+#[cfg(feature = "fault-injection")]
+pub async fn with_faults<F: std::future::Future>(bugs: &[Bug], f: F) -> F::Output {
+    FORCED.scope(bugs.to_vec(), f).await
+}
+
+/// `f`, carrying the bugs this task has switched on (see [`with_faults`])
+/// into wherever it is spawned.
+#[cfg(feature = "fault-injection")]
+pub fn carry<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
+    let forced = FORCED.try_with(Clone::clone).unwrap_or_default();
+    FORCED.scope(forced, f)
+}
+
+/// Without the `fault-injection` feature there is nothing to carry.
+#[cfg(not(feature = "fault-injection"))]
+pub fn carry<F: std::future::Future>(f: F) -> F {
+    f
+}
+
+/// Is `bug` switched on in this process (or in this task)?
 #[cfg(feature = "fault-injection")]
 pub fn on(bug: Bug) -> bool {
+    if FORCED.try_with(|b| b.contains(&bug)).unwrap_or(false) {
+        return true;
+    }
     static ENABLED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     ENABLED
         .get_or_init(|| {

@@ -350,15 +350,24 @@ fn run_detail_with_reset() {
         family: Some(id(1)),
         retry_of: None,
     };
-    let chunk = |epoch, seq| Chunk {
+    // Epoch 1: the succeeded `prompt` streamed 2 chunks, `reply` attempt 1
+    // streamed 5 before its owner died; epoch 2: `reply` attempt 2.
+    let chunk = |epoch, seq, step: &str, attempt, data: String| Chunk {
         run_id: id(1),
         epoch,
         seq,
-        data: format!("token {seq} "),
+        node_id: Some(step.to_owned()),
+        attempt: Some(attempt),
+        data,
         at_ms: NOW,
     };
-    let mut chunks: Vec<Chunk> = (0..5).map(|s| chunk(1, s)).collect();
-    chunks.extend((0..3).map(|s| chunk(2, s)));
+    let mut first: Vec<Chunk> = (0..2)
+        .map(|s| chunk(1, s, "prompt", 1, format!("prompt {s} ")))
+        .collect();
+    first.extend((0..5).map(|s| chunk(1, s + 2, "reply", 1, format!("token {s} "))));
+    let chunks: Vec<Chunk> = (0..3)
+        .map(|s| chunk(2, s, "reply", 2, format!("token {s} ")))
+        .collect();
     let detail = DetailData {
         run_id: id(1),
         session,
@@ -409,8 +418,31 @@ fn run_detail_with_reset() {
                 at_ms: NOW - 4_000,
             },
         ],
+        reset: Some((
+            2,
+            vec![vigil::engine::store::StreamPartRow {
+                epoch: 1,
+                node_id: "prompt".into(),
+                attempt: 1,
+            }],
+        )),
         chunks,
     };
+    let before = DetailData {
+        reset: None,
+        chunks: first,
+        ..detail.clone()
+    };
+    let u = store_update(
+        &a,
+        StoreData {
+            detail: Some(before),
+            ..busy_data()
+        },
+        120,
+        NOW - 100,
+    );
+    a.apply_store(u);
     let u = store_update(
         &a,
         StoreData {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use vigil::engine::clock;
 use vigil::engine::metrics::{FallbackOutcome, FallbackSource};
 use vigil::engine::run::{RunState, StepStatus};
-use vigil::engine::store::{StoreError, TransitionCtx};
+use vigil::engine::store::{BeginAttempt, StepSuccess, StoreError, StreamPartRow, TransitionCtx};
 use vigil::engine::switches::{self, AUTHORITY_DB_FALLBACK, Switches};
 use vigil::engine::workflow::{REDACTED, Workflow, WorkflowRegistry};
 use vigil::engine::{Engine, EngineConfig, RunOutcome};
@@ -112,6 +112,27 @@ async fn run_until_parked(db: &TestDb, reg: &Arc<WorkflowRegistry>, run_id: &str
         Some("pod-a")
     );
 }
+
+const TWO_STREAMS: &str = r#"
+name = "two"
+[[steps]]
+id = "intro"
+kind = "emit"
+chunks = 3
+text = "i{i};"
+[[steps]]
+id = "body"
+kind = "emit"
+after = ["intro"]
+chunks = 6
+interval_ms = 40
+text = "b{i};"
+[[steps]]
+id = "done"
+kind = "compute"
+after = ["body"]
+output = { ok = true }
+"#;
 
 const FAN_IN: &str = r#"
 name = "fan"
@@ -758,7 +779,7 @@ async fn run_past_its_deadline_ends_timed_out_and_nothing_is_written_after(db: &
     // A zombie holding the old epoch is fenced off.
     let zombie = h
         .store
-        .append_chunk(&run.id, end.epoch, 10_000, "late")
+        .append_chunk(&run.id, end.epoch, 10_000, None, "late")
         .await;
     assert!(
         matches!(
@@ -823,7 +844,10 @@ async fn claims_are_compare_and_set_and_stale_epochs_are_fenced(db: &TestDb) {
     assert_eq!(second.epoch, first.epoch + 1);
     // pod-a wakes up and writes with its old epoch: every kind is fenced.
     let stale = first.epoch;
-    let chunk = h.store.append_chunk(&run.id, stale, 0, "zombie").await;
+    let chunk = h
+        .store
+        .append_chunk(&run.id, stale, 0, None, "zombie")
+        .await;
     assert!(matches!(chunk, Err(StoreError::Fenced { .. })), "{chunk:?}");
     let attempt = h.store.begin_attempt(&run.id, "s", stale, 3, "p").await;
     assert!(
@@ -1130,8 +1154,382 @@ async fn a_store_from_a_newer_schema_is_refused_untouched(db: &TestDb) {
     assert!(h.store.switches().await.is_ok());
 }
 
+// Issue 13: no loss on takeover. Chunks belong to the step attempt that
+// wrote them; a claim purges only what unfinished attempts streamed.
+
+/// `(epoch, seq, node, attempt)` of every chunk of a run, in stream order.
+async fn tagged(h: &Handle, run_id: &str) -> Vec<(i64, i64, Option<String>, Option<i64>)> {
+    h.store
+        .chunks(run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.epoch, c.seq, c.node_id, c.attempt))
+        .collect()
+}
+
+fn part(epoch: i64, node: &str, attempt: i64) -> StreamPartRow {
+    StreamPartRow {
+        epoch,
+        node_id: node.into(),
+        attempt,
+    }
+}
+
+fn tag(epoch: i64, seq: i64, node: &str, attempt: i64) -> (i64, i64, Option<String>, Option<i64>) {
+    (epoch, seq, Some(node.into()), Some(attempt))
+}
+
+/// Epoch 1 (pod-a): `intro` attempt 1 streams 2 chunks and succeeds; `body`
+/// attempt 1 streams 3 and is left unfinished; one chunk without an attempt
+/// (a legacy row, or one posted through the events API). Returns the run id.
+async fn stream_two_steps_then_die(h: &Handle, e: &Engine) -> String {
+    let run = e.submit("one", json!({}), None).await.unwrap();
+    let c = h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
+    assert_eq!(c.epoch, 1);
+    let began = h.store.begin_attempt(&run.id, "intro", 1, 3, "pod-a").await;
+    assert_eq!(began.unwrap(), BeginAttempt::Started { attempt: 1 });
+    for seq in 0..2 {
+        h.store
+            .append_chunk(&run.id, 1, seq, Some(("intro", 1)), "intro")
+            .await
+            .unwrap();
+    }
+    h.store
+        .commit_step_success(StepSuccess {
+            run_id: &run.id,
+            node_id: "intro",
+            epoch: 1,
+            output: &json!({}),
+            output_raw: &json!({}),
+            run_state: &json!({}),
+            then_begin: None,
+        })
+        .await
+        .unwrap();
+    let began = h.store.begin_attempt(&run.id, "body", 1, 5, "pod-a").await;
+    assert_eq!(began.unwrap(), BeginAttempt::Started { attempt: 1 });
+    for seq in 2..5 {
+        h.store
+            .append_chunk(&run.id, 1, seq, Some(("body", 1)), "body")
+            .await
+            .unwrap();
+    }
+    h.store
+        .append_chunk(&run.id, 1, 5, None, "legacy")
+        .await
+        .unwrap();
+    run.id
+}
+
+async fn a_claim_keeps_succeeded_attempts_chunks_and_purges_the_rest(db: &TestDb) {
+    let reg = registry(&[ONE]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let id = stream_two_steps_then_die(&h, &e).await;
+    assert_eq!(
+        h.store.kept_parts(&id, 2).await.unwrap(),
+        vec![part(1, "intro", 1), part(1, "body", 1)],
+        "before the claim the keep query lists every attempt-tagged part"
+    );
+    // pod-b takes over: intro's chunks stay; body's attempt 1 and the
+    // untagged (legacy) chunk go.
+    let c = h
+        .store
+        .claim_run(&id, "pod-b", Some("pod-a"))
+        .await
+        .unwrap();
+    assert_eq!(c.epoch, 2);
+    assert_eq!(
+        tagged(&h, &id).await,
+        vec![tag(1, 0, "intro", 1), tag(1, 1, "intro", 1)]
+    );
+    assert_eq!(
+        h.store.kept_parts(&id, 2).await.unwrap(),
+        vec![part(1, "intro", 1)]
+    );
+    assert_eq!(
+        h.store.kept_parts(&id, 1).await.unwrap(),
+        vec![],
+        "epochs below 1 only"
+    );
+    // Epoch 2: body attempt 2 streams, fails transiently; attempt 3 streams
+    // and succeeds. Only attempt 3 is the step's succeeded attempt.
+    let began = h.store.begin_attempt(&id, "body", 2, 5, "pod-b").await;
+    assert_eq!(began.unwrap(), BeginAttempt::Started { attempt: 2 });
+    h.store
+        .append_chunk(&id, 2, 0, Some(("body", 2)), "b2")
+        .await
+        .unwrap();
+    h.store
+        .record_step_failure(&id, "body", 2, "transient", false)
+        .await
+        .unwrap();
+    let began = h.store.begin_attempt(&id, "body", 2, 5, "pod-b").await;
+    assert_eq!(began.unwrap(), BeginAttempt::Started { attempt: 3 });
+    h.store
+        .append_chunk(&id, 2, 1, Some(("body", 3)), "b3")
+        .await
+        .unwrap();
+    h.store
+        .commit_step_success(StepSuccess {
+            run_id: &id,
+            node_id: "body",
+            epoch: 2,
+            output: &json!({}),
+            output_raw: &json!({}),
+            run_state: &json!({}),
+            then_begin: None,
+        })
+        .await
+        .unwrap();
+    let began = h.store.begin_attempt(&id, "done", 2, 3, "pod-b").await;
+    assert_eq!(began.unwrap(), BeginAttempt::Started { attempt: 1 });
+    h.store
+        .append_chunk(&id, 2, 2, Some(("done", 1)), "d1")
+        .await
+        .unwrap();
+    // pod-b claims its own run back (the re-drive after a store error): the
+    // same purge applies to its own epoch.
+    let c = h
+        .store
+        .claim_run(&id, "pod-b", Some("pod-b"))
+        .await
+        .unwrap();
+    assert_eq!(c.epoch, 3);
+    assert_eq!(
+        tagged(&h, &id).await,
+        vec![
+            tag(1, 0, "intro", 1),
+            tag(1, 1, "intro", 1),
+            tag(2, 1, "body", 3)
+        ]
+    );
+    assert_eq!(
+        h.store.kept_parts(&id, 3).await.unwrap(),
+        vec![part(1, "intro", 1), part(2, "body", 3)]
+    );
+}
+
+async fn a_takeover_mid_stream_loses_no_finished_step_output(db: &TestDb) {
+    let reg = registry(&[TWO_STREAMS]);
+    let h = db.open().await;
+    let a = engine_with(&h, &reg, fast("pod-a")).await;
+    let b = engine_with(&h, &reg, fast("pod-b")).await;
+    let run = a.submit("two", json!({}), None).await.unwrap();
+    let cancel = CancellationToken::new();
+    let id = run.id.clone();
+    let a = Arc::new(a);
+    let driver = {
+        let (a, id, cancel) = (a.clone(), id.clone(), cancel.clone());
+        tokio::spawn(async move { a.run(&id, None, cancel).await })
+    };
+    // pod-a "dies" in the middle of body (its ownership stays in place).
+    wait_for("body to stream", || async {
+        h.store
+            .chunks(&id)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|c| c.node_id.as_deref() == Some("body"))
+            .count()
+            >= 3
+    })
+    .await;
+    cancel.cancel();
+    assert_eq!(driver.await.unwrap().unwrap(), RunOutcome::Abandoned);
+    let out = b
+        .run(&id, Some("pod-a"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out, RunOutcome::Finished(RunState::Succeeded));
+    let mut want: Vec<_> = (0..3).map(|s| tag(1, s, "intro", 1)).collect();
+    want.extend((0..6).map(|s| tag(2, s, "body", 2)));
+    assert_eq!(tagged(&h, &id).await, want);
+    let data: Vec<String> = h
+        .store
+        .chunks(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.data)
+        .collect();
+    assert_eq!(
+        data.concat(),
+        "i0;i1;i2;b0;b1;b2;b3;b4;b5;",
+        "every chunk of both steps, once"
+    );
+}
+
+#[cfg(feature = "fault-injection")]
+async fn purge_finished_fault_loses_finished_steps_output(db: &TestDb) {
+    use vigil::faults::{Bug, with_faults};
+    let reg = registry(&[ONE]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let id = stream_two_steps_then_die(&h, &e).await;
+    with_faults(&[Bug::PurgeFinished], async {
+        h.store
+            .claim_run(&id, "pod-b", Some("pod-a"))
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(
+        tagged(&h, &id).await,
+        vec![],
+        "the old purge: intro's output gone too"
+    );
+    assert_eq!(h.store.kept_parts(&id, 2).await.unwrap(), vec![]);
+    // skip_purge still means no purge at all.
+    let id = stream_two_steps_then_die(&h, &e).await;
+    with_faults(&[Bug::SkipPurge], async {
+        h.store
+            .claim_run(&id, "pod-b", Some("pod-a"))
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(h.store.chunks(&id).await.unwrap().len(), 6);
+}
+
+#[cfg(feature = "fault-injection")]
+async fn skip_fence_fault_lets_a_stale_owner_write_but_not_claim(db: &TestDb) {
+    use vigil::faults::{Bug, with_faults};
+    let reg = registry(&[ONE]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let run = e.submit("one", json!({}), None).await.unwrap();
+    let stale = h
+        .store
+        .claim_run(&run.id, "pod-a", None)
+        .await
+        .unwrap()
+        .epoch;
+    h.store
+        .claim_run(&run.id, "pod-b", Some("pod-a"))
+        .await
+        .unwrap();
+    with_faults(&[Bug::SkipFence], async {
+        h.store
+            .append_chunk(&run.id, stale, 0, Some(("s", 1)), "zombie")
+            .await
+            .unwrap();
+        let began = h.store.begin_attempt(&run.id, "s", stale, 3, "pod-a").await;
+        assert!(
+            matches!(began, Ok(BeginAttempt::Started { .. })),
+            "{began:?}"
+        );
+        h.store.heartbeat_run(&run.id, stale).await.unwrap();
+        // Claims are not fenced by epochs but by the owner CAS: still guarded.
+        let lost = h.store.claim_run(&run.id, "pod-c", Some("pod-a")).await;
+        assert!(
+            matches!(lost, Err(StoreError::ClaimLost { .. })),
+            "{lost:?}"
+        );
+    })
+    .await;
+    // Without the fault the same writes are fenced.
+    let chunk = h
+        .store
+        .append_chunk(&run.id, stale, 1, Some(("s", 1)), "zombie")
+        .await;
+    assert!(matches!(chunk, Err(StoreError::Fenced { .. })), "{chunk:?}");
+    let beat = h.store.heartbeat_run(&run.id, stale).await;
+    assert!(matches!(beat, Err(StoreError::Fenced { .. })), "{beat:?}");
+}
+
+#[cfg(feature = "fault-injection")]
+async fn blind_survivor_fault_never_finds_a_peer_dead(db: &TestDb) {
+    use vigil::faults::{Bug, with_faults};
+    let h = db.open().await;
+    // A registered pod with an expired lease and no advisory lock: dead on
+    // both stores.
+    h.exec(
+        "INSERT INTO pods (pod_id, incarnation, addr, started_at, heartbeat_at, lease_until) \
+         VALUES ('ghost', 'g1', NULL, 0, 0, 0)",
+    )
+    .await;
+    let liveness = h.store.liveness();
+    let ghost = liveness
+        .pods()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.pod_id == "ghost")
+        .unwrap();
+    let blind = with_faults(&[Bug::BlindSurvivor], liveness.probe(&ghost, "prober")).await;
+    assert_eq!(blind.unwrap(), None, "the blind survivor sees it alive");
+    assert!(
+        liveness
+            .pods()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.pod_id == "ghost")
+    );
+    let seen = liveness.probe(&ghost, "prober").await.unwrap();
+    assert_eq!(seen.map(|d| d.pod_id), Some("ghost".to_owned()));
+}
+
+#[cfg(feature = "fault-injection")]
+async fn double_terminal_fault_rewrites_a_success_to_failed(db: &TestDb) {
+    use vigil::faults::{Bug, DOUBLE_TERMINAL_REASON, with_faults};
+    let reg = registry(&[ONE]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let run = e.submit("one", json!({}), None).await.unwrap();
+    let out = with_faults(
+        &[Bug::DoubleTerminal],
+        e.run(&run.id, None, CancellationToken::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, RunOutcome::Finished(RunState::Succeeded));
+    assert_eq!(
+        h.store.get_run(&run.id).await.unwrap().unwrap().state,
+        RunState::Succeeded
+    );
+    wait_for("the second terminal write", || async {
+        h.store.get_run(&run.id).await.unwrap().unwrap().state == RunState::Failed
+    })
+    .await;
+    let last = h.store.transitions(&run.id).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.from, last.to),
+        (RunState::Succeeded, RunState::Failed)
+    );
+    assert_eq!(last.reason, DOUBLE_TERMINAL_REASON);
+    // Without the fault the guard holds: succeeded stays succeeded.
+    let run = e.submit("one", json!({}), None).await.unwrap();
+    e.run(&run.id, None, CancellationToken::new())
+        .await
+        .unwrap();
+    let again = h
+        .store
+        .transition(&run.id, RunState::Failed, &ctx(DOUBLE_TERMINAL_REASON))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::AlreadyTerminal { .. })),
+        "{again:?}"
+    );
+}
+
+#[cfg(feature = "fault-injection")]
+mod faults {
+    use super::*;
+    on_both_stores!(
+        purge_finished_fault_loses_finished_steps_output,
+        skip_fence_fault_lets_a_stale_owner_write_but_not_claim,
+        blind_survivor_fault_never_finds_a_peer_dead,
+        double_terminal_fault_rewrites_a_success_to_failed,
+    );
+}
+
 on_both_stores!(
     a_store_from_a_newer_schema_is_refused_untouched,
+    a_claim_keeps_succeeded_attempts_chunks_and_purges_the_rest,
+    a_takeover_mid_stream_loses_no_finished_step_output,
     reaper_retries_atomically_and_never_beside_an_active_sibling,
     authority_contains_store_errors_evicts_and_recovers,
     http_steps_classify_status_codes,

@@ -414,6 +414,129 @@ async fn early_and_late_attachers_see_each_chunk_of_the_final_run_once(db: &Test
     );
 }
 
+/// Issue 13: two streaming steps, the owner SIGKILLed in the second. A late
+/// attacher gets every chunk of both steps (intro from epoch 1, body from
+/// epoch 2) and no reset; an early attacher, after applying the reset's keep
+/// list, holds the same; a client resuming with Last-Event-ID from inside
+/// the dead attempt gets a reset that keeps intro.
+async fn a_takeover_in_the_second_step_keeps_the_first_steps_chunks(db: &TestDb) {
+    let mut a = PodProc::spawn(&db.target(), "two-a", &[]);
+    let viewer = PodProc::spawn(&db.target(), "two-viewer", &["--max-runs", "0"]);
+    let ca = PodClient::new(&a.url).unwrap();
+    let cv = PodClient::new(&viewer.url).unwrap();
+    let run = ca
+        .submit(&serde_json::from_value(json!({"workflow": "two_streams"})).unwrap())
+        .await
+        .unwrap()
+        .run;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let early = {
+        let (cv, id, received) = (cv.clone(), run.id.clone(), received.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let end = cv
+                .attach(&id, |e| {
+                    received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    seen.push(e.clone());
+                })
+                .await
+                .unwrap();
+            (seen, end)
+        })
+    };
+    // Kill pod-a once the early attacher holds intro and 4 chunks of body.
+    for _ in 0..5000 {
+        if received.load(std::sync::atomic::Ordering::SeqCst) >= 9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    a.signal(Signal::SIGKILL);
+    a.wait_exit(Duration::from_secs(5))
+        .expect("SIGKILLed pod exits");
+    let h = db.open().await;
+    let r = h.store.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!((r.state, r.epoch), (RunState::Running, 1));
+    // The same stable id restarts and resumes the run at epoch 2.
+    let _a2 = PodProc::spawn(&db.target(), "two-a", &[]);
+    let (seen, end) = early.await.unwrap();
+    assert_eq!(end.state, RunState::Succeeded);
+    let mut late = Vec::new();
+    cv.attach(&run.id, |e| late.push(e.clone())).await.unwrap();
+
+    let tags = |evs: Vec<&StreamEvent>| -> Vec<(i64, i64, String, i64, String)> {
+        evs.into_iter()
+            .filter_map(|e| match e {
+                StreamEvent::Chunk {
+                    epoch,
+                    seq,
+                    step,
+                    attempt,
+                    data,
+                    ..
+                } => Some((
+                    *epoch,
+                    *seq,
+                    step.clone().unwrap_or_default(),
+                    attempt.unwrap_or_default(),
+                    data.clone(),
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut want: Vec<_> = (0..5)
+        .map(|i| (1, i, "intro".to_owned(), 1, format!("intro {i};")))
+        .collect();
+    want.extend((0..20).map(|i| (2, i, "body".to_owned(), 2, format!("body {i};"))));
+    assert_eq!(tags(late.iter().collect()), want, "late attacher");
+    assert!(!late.iter().any(|e| matches!(e, StreamEvent::Reset { .. })));
+    let resets: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Reset { epoch, keep } => Some((*epoch, keep.clone())),
+            _ => None,
+        })
+        .collect();
+    let intro = vigil::client::StreamPart {
+        epoch: 1,
+        step: "intro".into(),
+        attempt: 1,
+    };
+    assert_eq!(
+        resets,
+        vec![(2, vec![intro.clone()])],
+        "early attacher's resets"
+    );
+    assert_eq!(
+        tags(vigil::client::held_chunks(&seen)),
+        want,
+        "early attacher, after applying the reset"
+    );
+    // Resume from inside the dead attempt (intro is seq 0-4 of epoch 1).
+    let text = reqwest::Client::new()
+        .get(format!("{}v1/runs/{}/stream", viewer.url, run.id))
+        .header("Last-Event-ID", "1:6")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let first = text
+        .lines()
+        .find(|l| l.starts_with("data:"))
+        .expect("an event");
+    let reset: serde_json::Value =
+        serde_json::from_str(first.trim_start_matches("data:").trim()).unwrap();
+    assert_eq!(
+        reset,
+        json!({"epoch": 2, "keep": [{"epoch": 1, "step": "intro", "attempt": 1}]}),
+        "{text}"
+    );
+    assert_eq!(text.matches("event: chunk").count(), 20, "{text}");
+}
+
 async fn sigterm_keeps_ownership_and_exits_within_its_bound(db: &TestDb) {
     let mut pod = PodProc::spawn(&db.target(), "term-1", &["--shutdown-grace-ms", "2000"]);
     let c = PodClient::new(&pod.url).unwrap();
@@ -464,6 +587,7 @@ async fn sigterm_keeps_ownership_and_exits_within_its_bound(db: &TestDb) {
 on_both_stores!(
     api_end_to_end,
     early_and_late_attachers_see_each_chunk_of_the_final_run_once,
+    a_takeover_in_the_second_step_keeps_the_first_steps_chunks,
     sigterm_keeps_ownership_and_exits_within_its_bound,
 );
 

@@ -183,13 +183,14 @@ pub enum StreamLine {
     Chunk {
         epoch: i64,
         seq: i64,
+        /// The step attempt that wrote it (a reset keeps finished ones).
+        step: Option<String>,
+        attempt: Option<i64>,
         data: String,
     },
-    /// The run was claimed at a new epoch: what came before is discarded.
-    Reset {
-        epoch: i64,
-        discarded: usize,
-    },
+    /// The run was claimed at a new epoch: the older epochs' chunks of
+    /// unfinished attempts (`discarded` of them) were dropped from above.
+    Reset { epoch: i64, discarded: usize },
 }
 
 /// The open run.
@@ -1269,6 +1270,9 @@ impl App {
         if d.run_id != open.run_id || d.session != open.session {
             return;
         }
+        if let Some((epoch, keep)) = &d.reset {
+            apply_reset(&mut open.stream, *epoch, keep);
+        }
         for c in &d.chunks {
             push_chunk(&mut open.stream, c);
         }
@@ -1305,22 +1309,37 @@ impl App {
     }
 }
 
-fn push_chunk(stream: &mut Vec<StreamLine>, c: &Chunk) {
-    let last_epoch = stream.last().map(|l| match l {
-        StreamLine::Chunk { epoch, .. } | StreamLine::Reset { epoch, .. } => *epoch,
+/// The run went on at `epoch`: drop the older epochs' chunks that are not
+/// in `keep` (what unfinished attempts streamed) and leave a marker.
+fn apply_reset(
+    stream: &mut Vec<StreamLine>,
+    epoch: i64,
+    keep: &[crate::engine::store::StreamPartRow],
+) {
+    let before = stream.len();
+    stream.retain(|l| match l {
+        StreamLine::Chunk {
+            epoch: e,
+            step,
+            attempt,
+            ..
+        } => {
+            *e >= epoch
+                || keep.iter().any(|p| {
+                    p.epoch == *e
+                        && step.as_deref() == Some(p.node_id.as_str())
+                        && *attempt == Some(p.attempt)
+                })
+        }
+        StreamLine::Reset { .. } => true,
     });
-    if let Some(prev) = last_epoch
-        && c.epoch > prev
-    {
-        let discarded = stream
-            .iter()
-            .filter(|l| matches!(l, StreamLine::Chunk { epoch, .. } if *epoch == prev))
-            .count();
-        stream.push(StreamLine::Reset {
-            epoch: c.epoch,
-            discarded,
-        });
-    }
+    stream.push(StreamLine::Reset {
+        epoch,
+        discarded: before - stream.len(),
+    });
+}
+
+fn push_chunk(stream: &mut Vec<StreamLine>, c: &Chunk) {
     if stream.iter().any(
         |l| matches!(l, StreamLine::Chunk { epoch, seq, .. } if *epoch == c.epoch && *seq == c.seq),
     ) {
@@ -1329,9 +1348,11 @@ fn push_chunk(stream: &mut Vec<StreamLine>, c: &Chunk) {
     stream.push(StreamLine::Chunk {
         epoch: c.epoch,
         seq: c.seq,
+        step: c.node_id.clone(),
+        attempt: c.attempt,
         data: c.data.clone(),
     });
-    // Keep the tail: old epochs' text is summarised by their reset marker.
+    // Keep the tail.
     if stream.len() > 2000 {
         stream.drain(..stream.len() - 2000);
     }

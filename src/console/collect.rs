@@ -78,6 +78,9 @@ pub struct RoundState {
     pub cursor: EventCursor,
     /// (run id, session) of the detail being followed, and its stream cursor.
     pub detail: Option<(String, u64, i64, i64)>,
+    /// The epoch up to whose claim the chunks sent are current (None: none
+    /// sent yet): a run at a higher epoch needs a reset first.
+    pub synced: Option<i64>,
 }
 
 /// One refresh round: the always-on queries (pods, active counts, new
@@ -109,6 +112,7 @@ pub async fn round(
                 !matches!(&st.detail, Some((id, s, _, _)) if id == run_id && s == session);
             if restart {
                 st.detail = Some((run_id.clone(), *session, -1, -1));
+                st.synced = None;
             }
             let (epoch, seq) = match &st.detail {
                 Some((_, _, e, s)) => (*e, *s),
@@ -118,8 +122,19 @@ pub async fn round(
             let steps = store.steps(run_id).await?;
             let transitions = store.transitions(run_id).await?;
             let claims = store.claims(run_id).await?;
+            let mut reset = None;
+            if let (Some(r), Some(s)) = (&run, st.synced)
+                && r.epoch > s
+            {
+                reset = Some((r.epoch, store.kept_parts(run_id, r.epoch).await?));
+                queries.add(1);
+                st.synced = Some(r.epoch);
+            }
             let chunks = store.chunks_after(run_id, epoch, seq, 1000).await?;
             queries.add(5);
+            if let (None, Some(r), Some(last)) = (st.synced, &run, chunks.last()) {
+                st.synced = Some(r.epoch.max(last.epoch));
+            }
             if let (Some(last), Some(det)) = (chunks.last(), st.detail.as_mut()) {
                 det.2 = last.epoch;
                 det.3 = last.seq;
@@ -131,6 +146,7 @@ pub async fn round(
                 steps,
                 transitions,
                 claims,
+                reset,
                 chunks,
             });
         }

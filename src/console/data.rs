@@ -101,6 +101,9 @@ pub struct DetailData {
     pub steps: Vec<StepRecord>,
     pub transitions: Vec<TransitionRecord>,
     pub claims: Vec<ClaimRecord>,
+    /// The run was claimed at a new epoch since the chunks already sent:
+    /// `(epoch, keep)`, applied before `chunks` (see [`crate::client::keeps`]).
+    pub reset: Option<(i64, Vec<crate::engine::store::StreamPartRow>)>,
     /// Chunks after the collector's cursor (append-only within a session).
     pub chunks: Vec<Chunk>,
 }

@@ -634,7 +634,7 @@ fn draw_detail(frame: &mut Frame, app: &App, d: &Detail, area: Rect) {
 
     let sb = block(
         app,
-        "Stream (live; a reset discards the dead owner's prefix)".into(),
+        "Stream (live; a reset drops what unfinished attempts streamed)".into(),
     );
     let sinner = sb.inner(stream);
     frame.render_widget(sb, stream);
@@ -656,7 +656,7 @@ fn draw_detail(frame: &mut Frame, app: &App, d: &Detail, area: Rect) {
                 lines.push(Line::from(Span::styled(
                     trunc(
                         &format!(
-                            "── reset: resumed at epoch {epoch}; {discarded} chunk(s) above discarded ──"
+                            "── reset: resumed at epoch {epoch}; {discarded} unfinished chunk(s) dropped ──"
                         ),
                         width,
                     ),

@@ -403,8 +403,40 @@ impl Engine {
         };
         self.store.transition(run_id, to, &ctx).await?;
         self.touched(run_id);
+        if to == RunState::Succeeded && crate::faults::on(crate::faults::Bug::DoubleTerminal) {
+            self.double_terminal(run_id);
+        }
         tracing::info!(run_id, state = %to, "run finished");
         Ok(RunOutcome::Finished(to))
+    }
+
+    /// The double_terminal fault: ~500 ms after the success, this pod writes
+    /// a second terminal transition `succeeded -> failed`, past the guard.
+    fn double_terminal(&self, run_id: &str) {
+        let store = self.store.clone();
+        let pod = self.config.pod_id.clone();
+        let run_id = run_id.to_owned();
+        tokio::spawn(crate::faults::carry(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let ctx = TransitionCtx {
+                expected_epoch: None,
+                pod: Some(pod),
+                reason: crate::faults::DOUBLE_TERMINAL_REASON.to_owned(),
+                error: Some(crate::faults::DOUBLE_TERMINAL_REASON.to_owned()),
+            };
+            match store
+                .transition(&run_id, RunState::Failed, &ctx)
+                .await
+                .map(|_| ())
+            {
+                Ok(()) => {
+                    tracing::error!(run_id, "fault injection: succeeded run rewritten to failed")
+                }
+                Err(e) => {
+                    tracing::warn!(run_id, error = %e, "fault injection: double_terminal write failed")
+                }
+            }
+        }));
     }
 
     async fn steps_loop(
@@ -767,8 +799,10 @@ impl Engine {
                     let data = text
                         .replace("{i}", &i.to_string())
                         .replace("{step}", &step.id);
+                    // Tagged with the attempt, so a claim keeps these
+                    // chunks iff this attempt is the step's succeeded one.
                     self.store
-                        .append_chunk(ctx.run_id, ctx.epoch, seq, &data)
+                        .append_chunk(ctx.run_id, ctx.epoch, seq, Some((&step.id, attempt)), &data)
                         .await?;
                     self.touched(ctx.run_id);
                 }

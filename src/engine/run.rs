@@ -231,6 +231,13 @@ pub struct Chunk {
     pub run_id: String,
     pub epoch: i64,
     pub seq: i64,
+    /// The step whose attempt wrote the chunk; None for chunks written
+    /// before migration 0004 or posted through the events API.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// That step's attempt number (`steps.attempts` when it began).
+    #[serde(default)]
+    pub attempt: Option<i64>,
     pub data: String,
     pub at_ms: i64,
 }

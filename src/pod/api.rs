@@ -3,7 +3,7 @@
 //! `/openapi.json` is generated from these handlers and types.
 
 use super::Pod;
-use super::stream::{self, ChunkEvent, Cursor, EndEvent, ResetEvent};
+use super::stream::{self, ChunkEvent, Cursor, EndEvent, ResetEvent, StreamPart};
 use crate::engine::EngineError;
 use crate::engine::run::{RunRecord, RunState, StepStatus, TransitionRecord};
 use crate::engine::store::{RunFilter, StoreError, SwitchAudit, TransitionCtx};
@@ -346,7 +346,7 @@ pub struct Health {
         healthz,
         readyz
     ),
-    components(schemas(ChunkEvent, ResetEvent, EndEvent))
+    components(schemas(ChunkEvent, ResetEvent, StreamPart, EndEvent))
 )]
 pub struct ApiDoc;
 
@@ -527,9 +527,11 @@ pub struct AttachQuery {
 
 /// Attach to a run's stream (Server-Sent Events): replay, then live tail.
 ///
-/// Events: `chunk` (id `EPOCH:SEQ`, data ChunkEvent), `reset` (data
-/// ResetEvent: discard everything received so far), `end` (data EndEvent:
-/// the run's final state; the stream closes).
+/// Events: `chunk` (id `EPOCH:SEQ`, data ChunkEvent: also the step attempt
+/// that wrote it), `reset` (data ResetEvent: the run was claimed at a new
+/// epoch; of the chunks received from older epochs keep only those whose
+/// `(epoch, step, attempt)` is in `keep`), `end` (data EndEvent: the run's
+/// final state; the stream closes). See docs/api.md, "Stream model".
 #[utoipa::path(get, path = "/v1/runs/{id}/stream",
     params(("id" = String, Path, description = "Run id"), AttachQuery,
            ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
@@ -695,7 +697,7 @@ async fn post_event(
                     "seq must be >= 0",
                 ));
             }
-            pod.store.append_chunk(&id, epoch, seq, &data).await
+            pod.store.append_chunk(&id, epoch, seq, None, &data).await
         }
     };
     match res {

@@ -112,6 +112,8 @@ struct LocalRun {
     epoch: i64,
     cancel: CancellationToken,
     claimed_at: Instant,
+    /// Claiming the run back from itself (its epoch is about to move).
+    reclaiming: bool,
 }
 
 /// The state every handler and loop of one pod shares.
@@ -228,6 +230,7 @@ impl Pod {
                 epoch: claim.epoch,
                 cancel: cancel.clone(),
                 claimed_at: Instant::now(),
+                reclaiming: false,
             },
         );
         self.engine.metrics.runs_active.inc();
@@ -235,11 +238,34 @@ impl Pod {
         let id = run_id.to_owned();
         self.tasks.spawn(async move {
             // A store outage must not strand a run its owner still holds:
-            // drive it again, with backoff, at the same epoch (every write is
-            // fenced, so this cannot clash with a new owner).
+            // drive it again, with backoff. Not at the same epoch: the
+            // interrupted step attempt may have streamed chunks, and its
+            // next attempt streams them again. The pod claims the run back
+            // from itself first (CAS on itself as owner), so the epoch bumps
+            // and the claim purges the unfinished attempt's chunks exactly
+            // as a takeover would; attached clients get a reset.
             let mut backoff = Duration::from_millis(250);
+            let mut epoch = claim.epoch;
+            let mut reclaim = false;
             loop {
-                let out = me.engine.drive(&id, claim.epoch, cancel.clone()).await;
+                if reclaim {
+                    match me.reclaim(&id, epoch).await {
+                        Ok(Some(e)) => epoch = e,
+                        // Not ours any more, or ended: nothing to drive.
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(run_id = %id, error = %e, ?backoff, "re-claiming the run failed; trying again");
+                            tokio::select! {
+                                _ = cancel.cancelled() => break,
+                                _ = tokio::time::sleep(backoff) => {
+                                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                }
+                let out = me.engine.drive(&id, epoch, cancel.clone()).await;
                 match &out {
                     Ok(RunOutcome::Abandoned) => tracing::info!(run_id = %id, "run left in place (pod stopping or ownership moved)"),
                     Ok(o) => tracing::info!(run_id = %id, outcome = ?o, "run ended here"),
@@ -249,6 +275,7 @@ impl Pod {
                             _ = cancel.cancelled() => {}
                             _ = tokio::time::sleep(backoff) => {
                                 backoff = (backoff * 2).min(Duration::from_secs(1));
+                                reclaim = true;
                                 continue;
                             }
                         }
@@ -258,13 +285,60 @@ impl Pod {
                 break;
             }
             let mut local = lock(&me.local);
-            if local.get(&id).is_some_and(|l| l.epoch == claim.epoch) {
+            if local.get(&id).is_some_and(|l| l.epoch == epoch) {
                 local.remove(&id);
             }
             drop(local);
             me.engine.metrics.runs_active.dec();
         });
         true
+    }
+
+    /// Claim a run this pod holds at `epoch` back from itself, for driving
+    /// it again after a store error: `Ok(Some(new_epoch))`, or `Ok(None)`
+    /// when it is no longer ours (another owner, or it ended).
+    async fn reclaim(
+        &self,
+        run_id: &str,
+        epoch: i64,
+    ) -> Result<Option<i64>, crate::engine::store::StoreError> {
+        // The ownership watch must not take the bumped epoch for a theft.
+        if let Some(l) = lock(&self.local).get_mut(run_id) {
+            l.reclaiming = true;
+        }
+        let claimed = self
+            .store
+            .claim_run(run_id, &self.pod_id, Some(&self.pod_id))
+            .await;
+        let mut local = lock(&self.local);
+        let entry = local.get_mut(run_id).filter(|l| l.epoch == epoch);
+        match claimed {
+            Ok(c) => {
+                tracing::info!(
+                    run_id,
+                    from = epoch,
+                    to = c.epoch,
+                    "re-claimed the run from itself to drive it again"
+                );
+                if let Some(l) = entry {
+                    l.epoch = c.epoch;
+                    l.claimed_at = Instant::now();
+                    l.reclaiming = false;
+                }
+                Ok(Some(c.epoch))
+            }
+            Err(e) => {
+                if let Some(l) = entry {
+                    l.reclaiming = false;
+                }
+                if e.is_rejection() {
+                    tracing::warn!(run_id, error = %e, "not re-claimed: the run is no longer ours");
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     /// Chaos hook: stop a run's machinery here while keeping its ownership,
@@ -564,7 +638,10 @@ impl Pod {
                 continue;
             }
             for (id, l) in lock(&self.local).iter() {
-                if l.claimed_at < snapshot_at && held.get(id.as_str()) != Some(&l.epoch) {
+                if !l.reclaiming
+                    && l.claimed_at < snapshot_at
+                    && held.get(id.as_str()) != Some(&l.epoch)
+                {
                     tracing::warn!(run_id = %id, epoch = l.epoch, "no longer ours at this epoch: stopping its machinery");
                     l.cancel.cancel();
                 }

@@ -1,11 +1,16 @@
 //! Run streams over Server-Sent Events.
 //!
 //! Attach = replay from the start (or from `Last-Event-ID`), then tail.
-//! Every chunk event carries `id: EPOCH:SEQ`. When the run is resumed by a
-//! new owner its claim bumps the epoch and purges older chunks in the same
-//! transaction; a client that already received chunks of an older epoch gets
-//! a `reset` event naming the new epoch and must discard what it has. A run
-//! that ends closes its stream with an `end` event carrying the final state.
+//! Every chunk event carries `id: EPOCH:SEQ` and the step attempt that wrote
+//! it. When the run is resumed by a new owner its claim bumps the epoch and,
+//! in the same transaction, purges the older epochs' chunks except those of
+//! each step's succeeded attempt. A client that already received chunks and
+//! whose view predates the claim gets a `reset` event: the new epoch and the
+//! `keep` list of the older epochs' surviving parts `(epoch, step, attempt)`;
+//! it discards every older-epoch chunk it holds that is not in `keep`. The
+//! tail does not move its cursor on a reset: surviving chunks past the
+//! client's cursor are still delivered. A run that ends closes its stream
+//! with an `end` event carrying the final state.
 //!
 //! The tail reads the store (not an in-process channel), so a client can
 //! attach to any pod, not just the owner.
@@ -48,15 +53,17 @@ impl Cursor {
 pub struct ChunkEvent {
     pub epoch: i64,
     pub seq: i64,
-    /// The step whose attempt wrote the chunk (absent on rows older than 0004).
+    /// The step whose attempt wrote the chunk (absent for chunks posted
+    /// through the events API or written before chunks carried it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    /// That step's attempt number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<i64>,
     pub data: String,
 }
 
-/// One step attempt's part of a stream.
+/// One step attempt's chunks at one epoch.
 #[derive(
     Debug,
     Clone,
@@ -79,8 +86,8 @@ pub struct StreamPart {
 pub struct ResetEvent {
     /// The epoch the stream continues at.
     pub epoch: i64,
-    /// Of what you hold from older epochs keep only these parts (finished
-    /// steps' attempts); discard the rest.
+    /// Of the chunks received from epochs below `epoch`, keep exactly those
+    /// whose `(epoch, step, attempt)` is listed here; discard the rest.
     #[serde(default)]
     pub keep: Vec<StreamPart>,
 }
@@ -110,11 +117,31 @@ pub async fn tail(
     // after that read can be missed; changes made by other pods are seen at
     // the next poll.
     let mut changes = pod.engine.changes();
-    // The epoch of what this client holds (a resuming client holds its cursor's).
-    let mut holding: Option<i64> = (cursor.epoch > 0).then_some(cursor.epoch);
+    // The epoch up to whose claim what this client holds is known to be
+    // current (None: it holds nothing). A resuming client holds chunks up to
+    // its cursor, current as of at least its cursor's epoch.
+    let mut synced: Option<i64> = (cursor.epoch > 0).then_some(cursor.epoch);
     let send = |ev: Event| {
         let tx = tx.clone();
         async move { tx.send(Ok(ev)).await.is_ok() }
+    };
+    // The reset for a stream going on at `epoch`: what survived of older
+    // epochs (after the claim's purge: the succeeded attempts' chunks).
+    let reset = |epoch: i64| {
+        let pod = pod.clone();
+        let run_id = run_id.clone();
+        async move {
+            let keep = pod.store.kept_parts(&run_id, epoch).await?;
+            let keep = keep
+                .into_iter()
+                .map(|p| StreamPart {
+                    epoch: p.epoch,
+                    step: p.node_id,
+                    attempt: p.attempt,
+                })
+                .collect();
+            Ok::<_, crate::engine::store::StoreError>(event("reset", &ResetEvent { epoch, keep }))
+        }
     };
     'outer: loop {
         // Read the run first: if it is terminal now, every chunk it will
@@ -131,6 +158,27 @@ pub async fn tail(
                 }
             }
         };
+        // A new owner claimed the run since what this client holds was
+        // current: tell it now what to keep, before anything newer.
+        if synced.is_some_and(|s| run.epoch > s) {
+            let ev = match reset(run.epoch).await {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(run_id, error = %e, "stream: keep-list read failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        _ = pod.shutdown.cancelled() => break,
+                        _ = tx.closed() => break,
+                    }
+                }
+            };
+            if !send(ev).await {
+                break;
+            }
+            synced = Some(run.epoch);
+        }
+        // A failed read leaves the client behind: no `end` before a retry.
+        let mut behind = false;
         loop {
             let chunks = match pod
                 .store
@@ -140,31 +188,40 @@ pub async fn tail(
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(run_id, error = %e, "stream: chunk read failed; retrying");
+                    behind = true;
                     break;
                 }
             };
             let n = chunks.len();
             for c in chunks {
-                if holding.is_some_and(|h| c.epoch > h)
-                    && !send(event(
-                        "reset",
-                        &ResetEvent {
-                            epoch: c.epoch,
-                            keep: Vec::new(),
-                        },
-                    ))
-                    .await
-                {
-                    break 'outer;
+                match synced {
+                    // Claimed again after the run was read: reset first.
+                    Some(s) if c.epoch > s => {
+                        let ev = match reset(c.epoch).await {
+                            Ok(ev) => ev,
+                            Err(e) => {
+                                tracing::warn!(run_id, error = %e, "stream: keep-list read failed; retrying");
+                                behind = true;
+                                break;
+                            }
+                        };
+                        if !send(ev).await {
+                            break 'outer;
+                        }
+                        synced = Some(c.epoch);
+                    }
+                    Some(_) => {}
+                    // The first chunk: what the client gets now survived
+                    // every claim up to the run read above (and the chunk's).
+                    None => synced = Some(run.epoch.max(c.epoch)),
                 }
-                holding = Some(c.epoch);
                 let ev = event(
                     "chunk",
                     &ChunkEvent {
                         epoch: c.epoch,
                         seq: c.seq,
-                        step: None,
-                        attempt: None,
+                        step: c.node_id,
+                        attempt: c.attempt,
                         data: c.data,
                     },
                 )
@@ -177,31 +234,11 @@ pub async fn tail(
                     seq: c.seq,
                 };
             }
-            if i64::try_from(n).unwrap_or(0) < BATCH {
+            if behind || i64::try_from(n).unwrap_or(0) < BATCH {
                 break;
             }
         }
-        // A new owner claimed the run: tell the client now, not when the
-        // first new chunk arrives, so it stops showing the dead prefix.
-        if holding.is_some_and(|h| run.epoch > h) {
-            if !send(event(
-                "reset",
-                &ResetEvent {
-                    epoch: run.epoch,
-                    keep: Vec::new(),
-                },
-            ))
-            .await
-            {
-                break;
-            }
-            holding = Some(run.epoch);
-            cursor = Cursor {
-                epoch: run.epoch,
-                seq: -1,
-            };
-        }
-        if run.state.is_terminal() {
+        if run.state.is_terminal() && !behind {
             let _ = send(event(
                 "end",
                 &EndEvent {

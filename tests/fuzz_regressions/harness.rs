@@ -290,7 +290,7 @@ async fn placeholder_runs(pod: &vigil::pod::Pod, target: &str) -> Vec<(&'static 
                     .await
                     .expect("claim");
                 pod.store
-                    .append_chunk(&run.id, c.epoch, 0, "first chunk")
+                    .append_chunk(&run.id, c.epoch, 0, None, "first chunk")
                     .await
                     .expect("chunk");
             }

@@ -229,6 +229,15 @@ pub struct ClaimRecord {
     pub at_ms: i64,
 }
 
+/// One `(epoch, node_id, attempt)` of a run's stream: the chunks one step
+/// attempt wrote at one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StreamPartRow {
+    pub epoch: i64,
+    pub node_id: String,
+    pub attempt: i64,
+}
+
 /// Counters a test can read to prove how many queries a path issued.
 #[derive(Debug, Default)]
 pub struct StoreStats {
@@ -255,8 +264,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Take ownership of a run with a compare-and-set on the previous owner
     /// (`IS NOT DISTINCT FROM`). A pending run becomes running; a running
     /// run changes hands. Either way the epoch is bumped, and in the same
-    /// transaction the stream chunks of older epochs are purged, so nobody
-    /// attaching after the claim can see the dead owner's prefix.
+    /// transaction the stream chunks of older epochs are purged except those
+    /// of each step's succeeded attempt (the step never runs again, so its
+    /// output stays): nobody attaching after the claim can see what an
+    /// unfinished attempt streamed, and nobody loses a finished step's output.
     async fn claim_run(
         &self,
         run_id: &str,
@@ -313,8 +324,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         node_ids: &[String],
     ) -> StoreResult<HashMap<String, serde_json::Value>>;
 
-    async fn append_chunk(&self, run_id: &str, epoch: i64, seq: i64, data: &str)
-    -> StoreResult<()>;
+    /// Append a chunk written by attempt `attempt` of step `node_id` (both
+    /// None for chunks that belong to no step attempt: a claim purges them).
+    /// Fenced by `epoch`.
+    async fn append_chunk(
+        &self,
+        run_id: &str,
+        epoch: i64,
+        seq: i64,
+        part: Option<(&str, i64)>,
+        data: &str,
+    ) -> StoreResult<()>;
     async fn chunks(&self, run_id: &str) -> StoreResult<Vec<Chunk>>;
     /// Chunks strictly after the cursor `(epoch, seq)`, in stream order.
     async fn chunks_after(
@@ -324,6 +344,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         seq: i64,
         limit: i64,
     ) -> StoreResult<Vec<Chunk>>;
+
+    /// The parts of older epochs a client must keep when the stream goes on
+    /// at `epoch`: the distinct `(epoch, node_id, attempt)` of the chunks
+    /// with an epoch below `epoch` and a step attempt, in stream order. After
+    /// a claim's purge these are exactly the chunks of succeeded attempts.
+    async fn kept_parts(&self, run_id: &str, epoch: i64) -> StoreResult<Vec<StreamPartRow>>;
 
     /// Ids of pending runs, oldest first: the dispatch queue.
     async fn pending_runs(&self, limit: i64) -> StoreResult<Vec<String>>;

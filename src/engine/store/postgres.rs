@@ -316,6 +316,10 @@ impl crate::engine::liveness::Liveness for PgStore {
         prober: &str,
     ) -> Result<Option<crate::engine::liveness::Death>, super::StoreError> {
         use sqlx::Row as _;
+        if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
+            // The fault: every peer looks alive, so nobody recovers its runs.
+            return Ok(None);
+        }
         let mut tx = self.pool.begin().await?;
         // Held until commit: a replacement with the same id blocks on its
         // own lock acquisition until our DELETE is done, then registers.

@@ -93,6 +93,8 @@ macro_rules! impl_store {
                 run_id: row.try_get("run_id")?,
                 epoch: row.try_get("epoch")?,
                 seq: row.try_get("seq")?,
+                node_id: row.try_get("node_id")?,
+                attempt: row.try_get("attempt")?,
                 data: row.try_get("data")?,
                 at_ms: row.try_get("at")?,
             })
@@ -190,7 +192,10 @@ macro_rules! impl_store {
             let state: String = row.try_get("state")?;
             let state = state_from_str("runs", run_id, &state)?;
             let current: i64 = row.try_get("epoch")?;
-            if current != held || state != RunState::Running {
+            // The skip_fence fault: a stale epoch passes (the run must still
+            // be running); claims are not fenced here and stay CAS-guarded.
+            let stale_ok = $crate::faults::on($crate::faults::Bug::SkipFence);
+            if (current != held && !stale_ok) || state != RunState::Running {
                 metrics.inc_fenced(kind);
                 return Err(StoreError::Fenced {
                     run_id: run_id.to_owned(),
@@ -454,8 +459,20 @@ macro_rules! impl_store {
                     });
                 };
                 let epoch: i64 = updated.try_get("epoch")?;
+                // The purge: what older epochs' unfinished attempts streamed
+                // goes (it will be streamed again); the chunks of each step's
+                // succeeded attempt stay (that step never runs again). Legacy
+                // rows without an attempt belong to no finished attempt.
+                let purge_sql = if $crate::faults::on($crate::faults::Bug::PurgeFinished) {
+                    "DELETE FROM chunks WHERE run_id = $1 AND epoch < $2"
+                } else {
+                    "DELETE FROM chunks WHERE run_id = $1 AND epoch < $2 \
+                     AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = chunks.run_id \
+                     AND s.node_id = chunks.node_id AND s.attempts = chunks.attempt \
+                     AND s.status = 'succeeded')"
+                };
                 if !$crate::faults::on($crate::faults::Bug::SkipPurge) {
-                    sqlx::query("DELETE FROM chunks WHERE run_id = $1 AND epoch < $2")
+                    sqlx::query(purge_sql)
                         .bind(run_id)
                         .bind(epoch)
                         .execute(&mut *tx)
@@ -503,6 +520,14 @@ macro_rules! impl_store {
                 let mut sources: Vec<&str> = allowed_sources(to).iter().map(|s| s.as_str()).collect();
                 if to == RunState::Succeeded && $crate::faults::on($crate::faults::Bug::AllowLostSuccess) {
                     sources.push("lost");
+                }
+                // The double_terminal fault opens `succeeded -> failed`, only
+                // for the write that fault makes (see the executor).
+                if to == RunState::Failed
+                    && ctx.reason == $crate::faults::DOUBLE_TERMINAL_REASON
+                    && $crate::faults::on($crate::faults::Bug::DoubleTerminal)
+                {
+                    sources.push("succeeded");
                 }
                 let sources = serde_json::to_string(&sources).unwrap_or_else(|_| "[]".into());
                 let mut tx = self.begin_write().await?;
@@ -754,17 +779,21 @@ macro_rules! impl_store {
                 run_id: &str,
                 epoch: i64,
                 seq: i64,
+                part: Option<(&str, i64)>,
                 data: &str,
             ) -> StoreResult<()> {
                 let now = self.clock.now_ms();
                 let mut tx = self.begin_write().await?;
                 check_fence(&mut tx, &self.metrics, run_id, epoch, "chunk").await?;
                 sqlx::query(
-                    "INSERT INTO chunks (run_id, epoch, seq, data, at) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO chunks (run_id, epoch, seq, node_id, attempt, data, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(run_id)
                 .bind(epoch)
                 .bind(seq)
+                .bind(part.map(|(n, _)| n))
+                .bind(part.map(|(_, a)| a))
                 .bind(data)
                 .bind(now)
                 .execute(&mut *tx)
@@ -775,7 +804,7 @@ macro_rules! impl_store {
 
             async fn chunks(&self, run_id: &str) -> StoreResult<Vec<Chunk>> {
                 let rows = sqlx::query(
-                    "SELECT run_id, epoch, seq, data, at FROM chunks WHERE run_id = $1 \
+                    "SELECT run_id, epoch, seq, node_id, attempt, data, at FROM chunks WHERE run_id = $1 \
                      ORDER BY epoch, seq",
                 )
                 .bind(run_id)
@@ -792,7 +821,7 @@ macro_rules! impl_store {
                 limit: i64,
             ) -> StoreResult<Vec<Chunk>> {
                 let rows = sqlx::query(
-                    "SELECT run_id, epoch, seq, data, at FROM chunks WHERE run_id = $1 \
+                    "SELECT run_id, epoch, seq, node_id, attempt, data, at FROM chunks WHERE run_id = $1 \
                      AND (epoch > $2 OR (epoch = $2 AND seq > $3)) ORDER BY epoch, seq LIMIT $4",
                 )
                 .bind(run_id)
@@ -802,6 +831,31 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter().map(decode_chunk).collect()
+            }
+
+            async fn kept_parts(
+                &self,
+                run_id: &str,
+                epoch: i64,
+            ) -> StoreResult<Vec<$crate::engine::store::StreamPartRow>> {
+                let rows = sqlx::query(
+                    "SELECT epoch, node_id, attempt FROM chunks WHERE run_id = $1 AND epoch < $2 \
+                     AND node_id IS NOT NULL AND attempt IS NOT NULL \
+                     GROUP BY epoch, node_id, attempt ORDER BY epoch, MIN(seq)",
+                )
+                .bind(run_id)
+                .bind(epoch)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok($crate::engine::store::StreamPartRow {
+                            epoch: row.try_get("epoch")?,
+                            node_id: row.try_get("node_id")?,
+                            attempt: row.try_get("attempt")?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn pending_runs(&self, limit: i64) -> StoreResult<Vec<String>> {

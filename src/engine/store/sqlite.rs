@@ -346,6 +346,10 @@ impl crate::engine::liveness::Liveness for SqliteStore {
         prober: &str,
     ) -> Result<Option<crate::engine::liveness::Death>, super::StoreError> {
         use sqlx::Row as _;
+        if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
+            // The fault: every peer looks alive, so nobody recovers its runs.
+            return Ok(None);
+        }
         let now = self.clock.now_ms();
         let mut tx = self.begin_write().await?;
         let gone = sqlx::query(
