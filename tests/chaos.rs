@@ -319,6 +319,34 @@ fn chaos_check_reproduces_a_verdict_and_catches_an_edited_history() {
     assert!(text.contains("differs from the saved verdict"), "{text}");
 }
 
+/// A corrupt saved history is refused naming the file and the line, and
+/// nothing is judged.
+#[test]
+fn chaos_check_refuses_a_corrupt_history_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("history.jsonl"),
+        "{\"t_ms\":0,\"wall_ms\":1,\"kind\":\"note\",\"note\":\"x\"}\nnot json\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["chaos", "check"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(254), "{err}");
+    assert!(err.contains("history.jsonl:2:"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["chaos", "check"])
+        .arg(dir.path().join("nowhere"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(254), "{err}");
+    assert!(err.contains("nowhere/history.jsonl"), "{err}");
+}
+
 /// The keys of a JSON object's top level, in order, duplicates kept.
 fn line_keys(line: &str) -> Vec<String> {
     struct Keys(Vec<String>);
@@ -485,7 +513,7 @@ mod teeth {
             "pod-death-mid-stream",
             "blind_survivor",
             "death_detected",
-            "resumed by a new owner, and it never ended",
+            "never recorded dead",
         );
     }
 

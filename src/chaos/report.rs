@@ -271,29 +271,77 @@ impl Report<'_> {
             .store
             .iter()
             .map(|a| {
-                let claims: Vec<String> = a
-                    .claims
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "{} -> {}",
-                            self.role(c.from_pod.as_deref()),
-                            self.role(Some(&c.to_pod))
-                        )
-                    })
-                    .collect();
                 json!({
                     "name": self.name_of(&a.run.id),
                     "workflow": a.run.workflow,
                     "state": a.run.state,
                     "retry": a.run.retry_of.is_some(),
-                    "claims": claims,
-                    "epoch": a.run.epoch,
-                    "final_owner": self.role(a.run.owner_pod.as_deref()),
                 })
             })
             .collect();
         runs.sort_by_key(|v| v.to_string());
+        // Takeovers, as roles. Which pod won a race, and how often an owner
+        // re-claimed its own run after a store error, are timing; who took a
+        // run from whom is not. Per run for the runs the faults name; as a
+        // set of paths for all runs.
+        let path = |c: &crate::engine::store::ClaimRecord| {
+            if c.from_pod.as_deref() == Some(c.to_pod.as_str()) {
+                "re-claimed by its owner".to_owned()
+            } else {
+                format!(
+                    "{} -> {}",
+                    self.role(c.from_pod.as_deref()),
+                    self.role(Some(&c.to_pod))
+                )
+            }
+        };
+        let mut watched: Vec<String> = self
+            .plan
+            .faults
+            .iter()
+            .filter_map(|f| match (&f.target, &f.trigger) {
+                (super::scenario::Target::OwnerOf(r), _) => Some(r.clone()),
+                (_, Trigger::AfterChunk { run, .. } | Trigger::AfterEnd { run }) => {
+                    Some(run.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        watched.sort();
+        watched.dedup();
+        let takeovers: Vec<_> = watched
+            .iter()
+            .filter_map(|name| {
+                let id = &self
+                    .evidence
+                    .submitted
+                    .iter()
+                    .find(|s| &s.name == name)?
+                    .run_id;
+                let a = self.evidence.store.iter().find(|a| &a.run.id == id)?;
+                let mut claims: Vec<String> = a.claims.iter().map(path).collect();
+                claims.dedup();
+                let owner_changes = a
+                    .claims
+                    .iter()
+                    .filter(|c| {
+                        c.from_pod.is_some() && c.from_pod.as_deref() != Some(c.to_pod.as_str())
+                    })
+                    .count();
+                Some(json!({
+                    "run": name,
+                    "claims": claims,
+                    "owner_changes": owner_changes,
+                    "final_owner": self.role(a.run.owner_pod.as_deref()),
+                }))
+            })
+            .collect();
+        let claim_paths: std::collections::BTreeSet<String> = self
+            .evidence
+            .store
+            .iter()
+            .flat_map(|a| a.claims.iter().map(path))
+            .collect();
         let attachers: Vec<_> = self
             .evidence
             .attachers
@@ -311,12 +359,30 @@ impl Report<'_> {
             .iter()
             .map(|c| (c.name.as_str(), c.status))
             .collect();
-        let mut witnessed: BTreeMap<String, usize> = BTreeMap::new();
-        for c in &self.evidence.witness {
-            *witnessed
-                .entry(format!("{}.{}", self.name_of(&c.run_id), c.step))
-                .or_default() += 1;
-        }
+        // Which steps' side effects the witness saw (how often is timing:
+        // an owner killed inside a step's body runs it again).
+        let witnessed: std::collections::BTreeSet<String> = self
+            .evidence
+            .witness
+            .iter()
+            .map(|c| {
+                let wf = self
+                    .evidence
+                    .submitted
+                    .iter()
+                    .find(|s| s.run_id == c.run_id)
+                    .map(|s| s.workflow.as_str())
+                    .or_else(|| {
+                        self.evidence
+                            .store
+                            .iter()
+                            .find(|a| a.run.id == c.run_id)
+                            .map(|a| a.run.workflow.as_str())
+                    })
+                    .unwrap_or("?");
+                format!("{wf}.{}", c.step)
+            })
+            .collect();
         json!({
             "scenario": self.scenario_name,
             "store": self.store,
@@ -325,6 +391,8 @@ impl Report<'_> {
             "faults": faults,
             "runs": runs,
             "attachers": attachers,
+            "takeovers": takeovers,
+            "claim_paths": claim_paths,
             "witnessed": witnessed,
             "checks": checks,
             "verdict": self.verdict,
