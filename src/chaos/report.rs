@@ -336,11 +336,13 @@ impl Report<'_> {
                 }))
             })
             .collect();
+        // Which pod's dispatcher takes a pending run first is a race: only
+        // claims that replace an owner count here.
         let claim_paths: std::collections::BTreeSet<String> = self
             .evidence
             .store
             .iter()
-            .flat_map(|a| a.claims.iter().map(path))
+            .flat_map(|a| a.claims.iter().filter(|c| c.from_pod.is_some()).map(path))
             .collect();
         let attachers: Vec<_> = self
             .evidence
