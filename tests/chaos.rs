@@ -443,7 +443,7 @@ mod teeth {
             "pod-death-mid-stream",
             "skip_purge",
             "stream_exactly_once",
-            "not purged",
+            "the workflow says",
         );
     }
 
