@@ -493,7 +493,7 @@ mod teeth {
             "two-step-stream",
             "purge_finished",
             "stream_exactly_once",
-            "the workflow says \"intro 0;\"",
+            "missing \"intro 0;\"",
         );
     }
 
