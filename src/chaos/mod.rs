@@ -53,6 +53,10 @@ pub struct CheckArgs {
     /// A results directory written by `vigil chaos run`
     /// (results/SCENARIO/STAMP/).
     pub dir: PathBuf,
+    /// The workflow definitions (the expectations). Default: the directory
+    /// the run read them from, as its history's start line names it.
+    #[arg(long)]
+    pub workflows: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -158,7 +162,7 @@ pub async fn main(cmd: ChaosCmd) -> ExitCode {
     let result = match cmd {
         ChaosCmd::Run(args) => run(args).await,
         ChaosCmd::Soak(args) => soak::run(args).await,
-        ChaosCmd::Check(args) => check(&args.dir),
+        ChaosCmd::Check(args) => check(&args.dir, args.workflows.as_deref()),
         ChaosCmd::Image(ImageCmd::Build(args)) => {
             image_build(args).await.map(|()| ExitCode::SUCCESS)
         }
@@ -174,7 +178,7 @@ pub async fn main(cmd: ChaosCmd) -> ExitCode {
 }
 
 /// `vigil chaos check DIR`.
-fn check(dir: &std::path::Path) -> Result<ExitCode> {
+fn check(dir: &std::path::Path, workflows: Option<&std::path::Path>) -> Result<ExitCode> {
     let bad = |msg: String| {
         eprintln!("error: {msg}");
         Ok(ExitCode::from(EXIT_BAD_INPUT))
@@ -183,9 +187,26 @@ fn check(dir: &std::path::Path) -> Result<ExitCode> {
         Ok(e) => e,
         Err(e) => return bad(e),
     };
-    let workflows = match WorkflowRegistry::load_dir(&dir.join("workflows")) {
+    let wdir = match workflows {
+        Some(w) => w.to_owned(),
+        None => match events
+            .iter()
+            .find(|e| e.kind == "start")
+            .and_then(|e| e.data.get("workflows"))
+            .and_then(|w| w.as_str())
+        {
+            Some(w) => PathBuf::from(w),
+            None => {
+                return bad(format!(
+                    "{}: no start line naming the workflows: pass --workflows",
+                    dir.join("history.jsonl").display()
+                ));
+            }
+        },
+    };
+    let workflows = match WorkflowRegistry::load_dir(&wdir) {
         Ok(w) => w,
-        Err(e) => return bad(format!("loading the saved workflows: {e}")),
+        Err(e) => return bad(format!("loading the workflows ({}): {e}", wdir.display())),
     };
     let scn = match Scenario::load(&dir.join("scenario.toml"), &workflows) {
         Ok(s) => s,

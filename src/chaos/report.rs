@@ -280,20 +280,22 @@ impl Report<'_> {
             })
             .collect();
         runs.sort_by_key(|v| v.to_string());
-        // Takeovers, as roles. Which pod won a race, and how often an owner
-        // re-claimed its own run after a store error, are timing; who took a
-        // run from whom is not. Per run for the runs the faults name; as a
-        // set of paths for all runs.
+        // Takeovers, as roles. What a fault forces is stable: its target's
+        // runs are taken over by a survivor, once. What follows is timing
+        // and stays in report.json and the history, not here: which pod's
+        // dispatcher takes a pending run, an owner re-claiming its run after
+        // a store error, and a survivor taking a run from another survivor
+        // it found dead later.
         let path = |c: &crate::engine::store::ClaimRecord| {
-            if c.from_pod.as_deref() == Some(c.to_pod.as_str()) {
-                "re-claimed by its owner".to_owned()
-            } else {
-                format!(
-                    "{} -> {}",
-                    self.role(c.from_pod.as_deref()),
-                    self.role(Some(&c.to_pod))
-                )
-            }
+            format!(
+                "{} -> {}",
+                self.role(c.from_pod.as_deref()),
+                self.role(Some(&c.to_pod))
+            )
+        };
+        let forced = |c: &&crate::engine::store::ClaimRecord| {
+            c.from_pod.as_deref() != Some(c.to_pod.as_str())
+                && (c.from_pod.is_none() || self.role(c.from_pod.as_deref()) != "survivor")
         };
         let mut watched: Vec<String> = self
             .plan
@@ -319,30 +321,31 @@ impl Report<'_> {
                     .find(|s| &s.name == name)?
                     .run_id;
                 let a = self.evidence.store.iter().find(|a| &a.run.id == id)?;
-                let mut claims: Vec<String> = a.claims.iter().map(path).collect();
+                let mut claims: Vec<String> = a.claims.iter().filter(forced).map(path).collect();
                 claims.dedup();
-                let owner_changes = a
+                let from_targets = a
                     .claims
                     .iter()
-                    .filter(|c| {
-                        c.from_pod.is_some() && c.from_pod.as_deref() != Some(c.to_pod.as_str())
-                    })
+                    .filter(|c| c.from_pod.is_some() && forced(c))
                     .count();
                 Some(json!({
                     "run": name,
                     "claims": claims,
-                    "owner_changes": owner_changes,
+                    "taken_from_fault_targets": from_targets,
                     "final_owner": self.role(a.run.owner_pod.as_deref()),
                 }))
             })
             .collect();
-        // Which pod's dispatcher takes a pending run first is a race: only
-        // claims that replace an owner count here.
         let claim_paths: std::collections::BTreeSet<String> = self
             .evidence
             .store
             .iter()
-            .flat_map(|a| a.claims.iter().filter(|c| c.from_pod.is_some()).map(path))
+            .flat_map(|a| {
+                a.claims
+                    .iter()
+                    .filter(|c| c.from_pod.is_some() && forced(c))
+                    .map(path)
+            })
             .collect();
         let attachers: Vec<_> = self
             .evidence

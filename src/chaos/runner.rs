@@ -857,6 +857,8 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
             "detection_bound_ms": scn.checks.detection_bound_ms,
             "quiet_timeout_ms": scn.checks.quiet_timeout_ms,
             "witness": witness.addr.to_string(),
+            "workflows": std::path::absolute(&opts.workflows)
+                .unwrap_or_else(|_| opts.workflows.clone()),
         }),
     );
     for id in pod_ids(scn.pods) {
@@ -920,7 +922,7 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
     let summary = report.summary();
     let normalized = report.normalized();
     report.write(dir)?;
-    save_inputs(dir, &scn, &workflows, &evidence)?;
+    save_inputs(dir, &scn)?;
     Ok(Outcome {
         scenario: scn.name.clone(),
         seed: plan.seed,
@@ -946,30 +948,12 @@ pub fn verdict_of(checks: &[CheckResult], unfired: &[usize], blind: &[String]) -
     }
 }
 
-/// What `vigil chaos check` needs besides the history: the scenario file and
-/// the definitions of the workflows its runs used.
-fn save_inputs(
-    dir: &std::path::Path,
-    scn: &Scenario,
-    workflows: &WorkflowRegistry,
-    ev: &Evidence,
-) -> Result<()> {
+/// What `vigil chaos check` needs besides the history: the scenario file.
+/// (The workflow definitions are not copied: they may hold secrets; the
+/// history's `start` line names where they were read.)
+fn save_inputs(dir: &std::path::Path, scn: &Scenario) -> Result<()> {
     std::fs::copy(&scn.file, dir.join("scenario.toml"))
         .with_context(|| format!("copying {} into the results", scn.file.display()))?;
-    let wdir = dir.join("workflows");
-    std::fs::create_dir_all(&wdir)?;
-    let mut names: Vec<&str> = ev.submitted.iter().map(|s| s.workflow.as_str()).collect();
-    names.extend(ev.store.iter().map(|a| a.run.workflow.as_str()));
-    names.sort_unstable();
-    names.dedup();
-    for n in names {
-        if let Ok(w) = workflows.get(n)
-            && let Some(f) = w.source.file_name()
-        {
-            std::fs::copy(&w.source, wdir.join(f))
-                .with_context(|| format!("copying {} into the results", w.source.display()))?;
-        }
-    }
     Ok(())
 }
 
