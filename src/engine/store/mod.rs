@@ -443,8 +443,8 @@ pub enum OpenMode {
 pub(crate) const CREATE_HINT: &str = "vigil pod creates one, or pass --create";
 
 /// Open a store from a URL or path: `postgres://...` / `postgresql://...`,
-/// `sqlite://path`, or a plain path to a SQLite file (created if missing).
-/// Migrations are applied before the store is returned.
+/// `sqlite://path`, or a plain path to a SQLite file: created if missing
+/// ([`OpenMode::Create`]). Migrations are applied before the store is returned.
 pub async fn open(target: &str) -> StoreResult<Arc<dyn Store>> {
     open_mode(target, OpenMode::Create).await
 }
