@@ -583,3 +583,54 @@ async fn an_empty_postgres_database_is_refused_and_left_empty() {
     let o = tokio::task::block_in_place(|| vigil(&["switch", "list", "--store", &url]));
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// A Vigil store at an older schema version is still a Vigil store: the
+/// verbs that read migrate it, as before (only a missing store is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_at_an_older_schema_is_migrated_not_refused() {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    let mut first = sqlx::migrate!("./migrations/sqlite");
+    let latest = first.iter().map(|m| m.version).max().unwrap();
+    first.migrations = first.migrations[..1].to_vec().into();
+    first.run(&mut c).await.unwrap();
+    c.close().await.unwrap();
+    let path = path.to_str().unwrap();
+    let o = tokio::task::block_in_place(|| vigil(&["switch", "list", "--store", path]));
+    assert!(o.status.success(), "{}", text(&o));
+    let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .connect()
+        .await
+        .unwrap();
+    let v: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, latest);
+
+    let Some(db) = common::TestDb::postgres().await else {
+        return;
+    };
+    let url = db.target();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut first = sqlx::migrate!("./migrations/postgres");
+    let latest = first.iter().map(|m| m.version).max().unwrap();
+    first.migrations = first.migrations[..1].to_vec().into();
+    first.run(&pool).await.unwrap();
+    let o = tokio::task::block_in_place(|| vigil(&["runs", "--store", &url]));
+    assert!(o.status.success(), "{}", text(&o));
+    let v: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(v, latest);
+    pool.close().await;
+}
