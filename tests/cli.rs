@@ -634,3 +634,50 @@ async fn a_store_at_an_older_schema_is_migrated_not_refused() {
     assert_eq!(v, latest);
     pool.close().await;
 }
+
+/// The console's store slot opens existing stores only: pointed at a file
+/// or a PostgreSQL database without Vigil's tables it shows the refusal
+/// (in its own words: the console has no --create) and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_missing_store_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("other.db");
+    std::fs::write(&file, b"").unwrap();
+    let target = file.to_str().unwrap();
+    let err = vigil::console::StoreSlot::new(target)
+        .get()
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "no Vigil store at {target}: it has no Vigil tables"
+        )) && err.contains("the console reads an existing store")
+            && !err.contains("--create"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"");
+    assert_eq!(tree(dir.path()), vec!["other.db".to_owned()]);
+
+    let Some(db) = common::TestDb::postgres().await else {
+        return;
+    };
+    let url = db.target();
+    let err = vigil::console::StoreSlot::new(&url)
+        .get()
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("its tables are missing") && err.contains("the console reads"),
+        "{err}"
+    );
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_catalog.pg_tables \
+         WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(n, 0, "the console created tables");
+    pool.close().await;
+}
