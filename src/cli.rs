@@ -26,9 +26,15 @@ pub struct Cli {
 
 #[derive(Debug, Args, Clone)]
 pub struct StoreArg {
-    /// Store: a SQLite file path (created if missing), sqlite://PATH, or postgres://USER@HOST:PORT/DB.
+    /// Store: a SQLite file path, sqlite://PATH, or postgres://USER@HOST:PORT/DB. It must
+    /// exist: a missing store is refused and nothing is created (see --create).
     #[arg(long, env = "VIGIL_STORE", default_value = "data/vigil.db")]
     pub store: String,
+    /// Create the store if it is missing (a SQLite file and its directory, or Vigil's
+    /// tables in an empty PostgreSQL database). Only vigil pod, demo and bench seed create
+    /// one without it.
+    #[arg(long)]
+    pub create: bool,
     /// Talk to this pod's API (http://HOST:PORT) instead of the store.
     #[arg(long, env = "VIGIL_POD")]
     pub pod: Option<String>,
@@ -38,6 +44,16 @@ pub struct StoreArg {
 }
 
 impl StoreArg {
+    /// The store named by --store: an existing one unless --create.
+    async fn open(&self) -> Result<std::sync::Arc<dyn store::Store>> {
+        let mode = if self.create {
+            store::OpenMode::Create
+        } else {
+            store::OpenMode::Existing
+        };
+        Ok(store::open_mode(&self.store, mode).await?)
+    }
+
     fn client(&self) -> Result<Option<PodClient>> {
         self.pod
             .as_deref()
@@ -378,7 +394,7 @@ async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let store = store::open(&s.store).await?;
+            let store = s.open().await?;
             let rows = store.switches().await?;
             for spec in switches::KNOWN {
                 let row = rows.iter().find(|r| r.name == spec.name);
@@ -420,7 +436,7 @@ async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
                     client.set_switch(&name, &req).await?
                 }
                 None => {
-                    let store = store::open(&s.store).await?;
+                    let store = s.open().await?;
                     switches::set(store.as_ref(), &name, enabled, &who, &reason).await?
                 }
             };
@@ -441,7 +457,7 @@ async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
             if s.pod.is_some() {
                 bail!("the audit trail is read from the store: pass --store, not --pod");
             }
-            let store = store::open(&s.store).await?;
+            let store = s.open().await?;
             for a in store.switch_audit(&name).await? {
                 println!(
                     "{}  {:?} -> {}  by {}: {}",
@@ -469,7 +485,7 @@ async fn runs(args: RunsArgs) -> Result<ExitCode> {
             client.runs(&q).await?.runs
         }
         None => {
-            let store = store::open(&args.store.store).await?;
+            let store = args.store.open().await?;
             let filter = RunFilter {
                 state: args.state,
                 lane: args.lane,
@@ -505,7 +521,7 @@ async fn show_run(args: RunArgs) -> Result<ExitCode> {
     let detail = match args.store.client()? {
         Some(client) => client.run(&args.id).await?,
         None => {
-            let store = store::open(&args.store.store).await?;
+            let store = args.store.open().await?;
             let Some(run) = store.get_run(&args.id).await? else {
                 bail!("run {} not found in {}", args.id, args.store.store);
             };

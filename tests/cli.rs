@@ -2,14 +2,47 @@
 //! several processes sharing one SQLite store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn vigil(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(args)
         .env_remove("VIGIL_STORE")
+        .env_remove("VIGIL_POD")
         .output()
         .expect("run vigil")
+}
+
+/// `vigil` run with `dir` as its working directory.
+fn vigil_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("VIGIL_STORE")
+        .env_remove("VIGIL_POD")
+        .output()
+        .expect("run vigil")
+}
+
+/// Every entry under `dir`, recursively, sorted: what a command left behind.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        out.push(p.strip_prefix(dir).unwrap().display().to_string());
+        if p.is_dir() {
+            out.extend(
+                tree(&p)
+                    .into_iter()
+                    .map(|c| format!("{}/{c}", p.file_name().unwrap().to_string_lossy())),
+            );
+        }
+    }
+    out.sort();
+    out
 }
 
 fn text(o: &Output) -> String {
@@ -95,7 +128,7 @@ fn switches_flip_with_an_audit_trail_and_reject_unknown_names() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("v.db");
     let db = db.to_str().unwrap();
-    let o = vigil(&["switch", "list", "--store", db]);
+    let o = vigil(&["switch", "list", "--create", "--store", db]);
     assert!(
         text(&o).contains("authority.db_fallback    on   default"),
         "{}",
@@ -159,8 +192,8 @@ fn several_processes_write_one_sqlite_store_without_losing_a_write() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("shared.db");
     let db = db.to_str().unwrap().to_owned();
-    // Six processes start at once (concurrent migrations), each flipping the
-    // switch ten times: every write lands and is audited.
+    // Six processes start at once (concurrent creation and migrations), each
+    // flipping the switch ten times: every write lands and is audited.
     let children: Vec<_> = (0..6)
         .map(|p| {
             let db = db.clone();
@@ -171,6 +204,7 @@ fn several_processes_write_one_sqlite_store_without_losing_a_write() {
                     let o = vigil(&[
                         "switch",
                         "set",
+                        "--create",
                         "--store",
                         &db,
                         "authority.db_fallback",
@@ -323,4 +357,327 @@ fn bench_report_folds_a_committed_run_and_keeps_notes() {
     let res: serde_json::Value =
         serde_json::from_slice(&std::fs::read(copy.join("results.json")).unwrap()).unwrap();
     assert_eq!(res["throughput"].as_array().unwrap().len(), 10);
+}
+
+/// Issue 14: a mistyped store path must not take a kill-switch flip on a
+/// brand-new empty store. Every verb that reads or flips refuses it, names
+/// the path, and creates nothing: no file, no directory, no -wal/-shm.
+#[test]
+fn a_mistyped_sqlite_store_is_refused_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in ["vigil.dbb", "data/vigil.dbb", "sqlite://vigil.dbb"] {
+        for args in [
+            &[
+                "switch",
+                "set",
+                "recovery.enabled",
+                "off",
+                "--reason",
+                "incident 123",
+            ][..],
+            &["switch", "list"][..],
+            &["switch", "audit", "recovery.enabled"][..],
+            &["runs"][..],
+            &["run", "0190a0a0-0000-7000-8000-000000000000"][..],
+        ] {
+            let mut all = args.to_vec();
+            all.extend(["--store", store]);
+            let o = vigil_in(dir.path(), &all);
+            let t = text(&o);
+            assert!(!o.status.success(), "{all:?}: {t}");
+            let shown = store.strip_prefix("sqlite://").unwrap_or(store);
+            assert!(
+                t.contains(&format!(
+                    "error: no Vigil store at {shown} (nothing was created; \
+                     vigil pod creates one, or pass --create)"
+                )),
+                "{all:?}: {t}"
+            );
+            assert_eq!(t.lines().count(), 1, "one line: {t}");
+            assert!(!t.contains("default -> off"), "no flip was reported: {t}");
+            assert_eq!(tree(dir.path()), Vec::<String>::new(), "{all:?} left files");
+        }
+    }
+}
+
+#[test]
+fn runs_in_an_empty_directory_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = vigil_in(dir.path(), &["runs"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("no Vigil store at data/vigil.db (nothing was created"),
+        "{}",
+        text(&o)
+    );
+    let o = vigil_in(dir.path(), &["runs", "--store", "nodir/x.db"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("nodir/x.db"), "{}", text(&o));
+    // The console refuses a missing store too, before it wants a terminal.
+    let o = vigil_in(dir.path(), &["console", "--store", "nodir/x.db"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("no Vigil store at nodir/x.db (nothing was created"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(tree(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn create_flag_creates_the_store_then_verbs_use_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = vigil_in(dir.path(), &["runs", "--create", "--store", "nodir/x.db"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir.path().join("nodir/x.db").is_file());
+    let o = vigil_in(
+        dir.path(),
+        &[
+            "switch",
+            "set",
+            "recovery.enabled",
+            "off",
+            "--reason",
+            "drill",
+            "--who",
+            "ops",
+            "--store",
+            "nodir/x.db",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("default -> off (by ops: drill)"),
+        "{}",
+        text(&o)
+    );
+    let o = vigil_in(
+        dir.path(),
+        &["switch", "list", "--store", "sqlite://nodir/x.db"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("recovery.enabled         off  set by ops (drill)"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// A file that is not a Vigil store (another program's SQLite database, or
+/// not SQLite at all) is refused and left byte-for-byte as it was: no
+/// migration, no journal-mode change, no -wal/-shm, no lock file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_a_vigil_store_is_refused_unchanged() {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.db");
+    let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&other)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE notes (body TEXT)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO notes VALUES ('keep me')")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    let text_file = dir.path().join("notes.txt");
+    std::fs::write(&text_file, "not a database at all\n".repeat(50)).unwrap();
+    let before = tree(dir.path());
+    for (file, why) in [
+        (&other, "it has no Vigil tables"),
+        (&text_file, "it is not a SQLite database"),
+    ] {
+        let bytes = std::fs::read(file).unwrap();
+        let path = file.to_str().unwrap();
+        for args in [
+            &[
+                "switch",
+                "set",
+                "recovery.enabled",
+                "off",
+                "--reason",
+                "x",
+                "--store",
+                path,
+            ][..],
+            &["switch", "list", "--store", path][..],
+            &["runs", "--store", path][..],
+        ] {
+            let o = vigil(args);
+            let t = text(&o);
+            assert!(!o.status.success(), "{args:?}: {t}");
+            assert!(
+                t.contains(&format!("no Vigil store at {path}: {why}"))
+                    && t.contains("nothing was changed"),
+                "{args:?}: {t}"
+            );
+            assert_eq!(
+                std::fs::read(file).unwrap(),
+                bytes,
+                "{args:?} changed {path}"
+            );
+            assert_eq!(tree(dir.path()), before, "{args:?} left files");
+        }
+    }
+}
+
+/// An empty PostgreSQL database (no Vigil tables) is refused by the verbs
+/// that read or flip, without running migrations on it; `--create` makes it
+/// a store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_postgres_database_is_refused_and_left_empty() {
+    let Some(db) = common::TestDb::postgres().await else {
+        return;
+    };
+    let url = db.target();
+    let name = url::Url::parse(&url).unwrap().path()[1..].to_owned();
+    let tables = || async {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_catalog.pg_tables \
+             WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        n
+    };
+    for args in [
+        &["switch", "list", "--store", &url][..],
+        &["runs", "--store", &url][..],
+        &[
+            "switch",
+            "set",
+            "recovery.enabled",
+            "off",
+            "--reason",
+            "incident 123",
+            "--store",
+            &url,
+        ][..],
+    ] {
+        let o = tokio::task::block_in_place(|| vigil(args));
+        let t = text(&o);
+        assert!(!o.status.success(), "{args:?}: {t}");
+        assert!(
+            t.contains(&format!("no Vigil store in database {name} at "))
+                && t.contains(
+                    "its tables are missing (nothing was changed; \
+                     run vigil pod against it first, or pass --create)"
+                ),
+            "{args:?}: {t}"
+        );
+        assert_eq!(t.lines().count(), 1, "one line: {t}");
+        assert_eq!(tables().await, 0, "{args:?} created tables");
+    }
+    let o = tokio::task::block_in_place(|| vigil(&["runs", "--create", "--store", &url]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(tables().await > 0);
+    let o = tokio::task::block_in_place(|| vigil(&["switch", "list", "--store", &url]));
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// A Vigil store at an older schema version is still a Vigil store: the
+/// verbs that read migrate it, as before (only a missing store is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_at_an_older_schema_is_migrated_not_refused() {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    let mut first = sqlx::migrate!("./migrations/sqlite");
+    let latest = first.iter().map(|m| m.version).max().unwrap();
+    first.migrations = first.migrations[..1].to_vec().into();
+    first.run(&mut c).await.unwrap();
+    c.close().await.unwrap();
+    let path = path.to_str().unwrap();
+    let o = tokio::task::block_in_place(|| vigil(&["switch", "list", "--store", path]));
+    assert!(o.status.success(), "{}", text(&o));
+    let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .connect()
+        .await
+        .unwrap();
+    let v: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, latest);
+
+    let Some(db) = common::TestDb::postgres().await else {
+        return;
+    };
+    let url = db.target();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut first = sqlx::migrate!("./migrations/postgres");
+    let latest = first.iter().map(|m| m.version).max().unwrap();
+    first.migrations = first.migrations[..1].to_vec().into();
+    first.run(&pool).await.unwrap();
+    let o = tokio::task::block_in_place(|| vigil(&["runs", "--store", &url]));
+    assert!(o.status.success(), "{}", text(&o));
+    let v: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(v, latest);
+    pool.close().await;
+}
+
+/// The console's store slot opens existing stores only: pointed at a file
+/// or a PostgreSQL database without Vigil's tables it shows the refusal
+/// (in its own words: the console has no --create) and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_missing_store_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("other.db");
+    std::fs::write(&file, b"").unwrap();
+    let target = file.to_str().unwrap();
+    let err = vigil::console::StoreSlot::new(target)
+        .get()
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "no Vigil store at {target}: it has no Vigil tables"
+        )) && err.contains("the console reads an existing store")
+            && !err.contains("--create"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"");
+    assert_eq!(tree(dir.path()), vec!["other.db".to_owned()]);
+
+    let Some(db) = common::TestDb::postgres().await else {
+        return;
+    };
+    let url = db.target();
+    let err = vigil::console::StoreSlot::new(&url)
+        .get()
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("its tables are missing") && err.contains("the console reads"),
+        "{err}"
+    );
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_catalog.pg_tables \
+         WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(n, 0, "the console created tables");
+    pool.close().await;
 }

@@ -46,7 +46,11 @@ impl StoreSlot {
     pub async fn get(&self) -> Result<Arc<dyn Store>, String> {
         self.cell
             .get_or_try_init(|| async {
-                match tokio::time::timeout(OPEN_TIMEOUT, store::open(&self.target)).await {
+                match tokio::time::timeout(OPEN_TIMEOUT, store::open_existing(&self.target)).await {
+                    Ok(Err(StoreError::NoStore { what, done, .. })) => Err(format!(
+                        "{what} ({done}; the console reads an existing store: start vigil pod \
+                         against it, or run vigil demo)"
+                    )),
                     Ok(r) => r.map_err(|e| e.to_string()),
                     Err(_) => Err(format!(
                         "store at {} did not answer within {OPEN_TIMEOUT:?}",

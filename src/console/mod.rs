@@ -98,6 +98,7 @@ pub struct Session {
 }
 
 pub async fn run(args: ConsoleArgs) -> Result<ExitCode> {
+    refuse_missing_sqlite(&args.store)?;
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(ms) = args.refresh_ms {
         // Validate the override with the same bounds as the file.
@@ -118,7 +119,6 @@ pub async fn run(args: ConsoleArgs) -> Result<ExitCode> {
             "vigil console needs a terminal on stdout (for a report, use `vigil runs` or `vigil run ID`)"
         );
     }
-    refuse_missing_sqlite(&args.store)?;
     let session = Session {
         slot: StoreSlot::new(&args.store),
         store_target: args.store,
@@ -132,7 +132,9 @@ pub async fn run(args: ConsoleArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A console reads; it must not create an empty SQLite store at a mistyped path.
+/// A console reads; it must not create an empty SQLite store at a mistyped
+/// path. (A file that is not a Vigil store, or a PostgreSQL database without
+/// Vigil's tables, is refused by the store slot, on the screen.)
 fn refuse_missing_sqlite(target: &str) -> Result<()> {
     if target.contains("://") && !target.starts_with("sqlite://") {
         return Ok(());
@@ -140,8 +142,8 @@ fn refuse_missing_sqlite(target: &str) -> Result<()> {
     let path = target.strip_prefix("sqlite://").unwrap_or(target);
     if !std::path::Path::new(path).exists() {
         anyhow::bail!(
-            "no store at {path}: the console reads an existing store (start pods with \
-             `vigil pod --store {path}` or run `vigil demo`)"
+            "no Vigil store at {path} (nothing was created; the console reads an existing \
+             store: start pods with `vigil pod --store {path}` or run `vigil demo`)"
         );
     }
     Ok(())

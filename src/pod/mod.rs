@@ -30,7 +30,8 @@ use tokio_util::task::TaskTracker;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PodArgs {
-    /// Store: a SQLite file path, sqlite://PATH, or postgres://USER@HOST:PORT/DB.
+    /// Store: a SQLite file path, sqlite://PATH, or postgres://USER@HOST:PORT/DB; created
+    /// (file, directory, Vigil's tables) if missing, and migrated.
     #[arg(long, env = "VIGIL_STORE", default_value = "data/vigil.db")]
     pub store: String,
     /// Address of the HTTP API.

@@ -80,6 +80,17 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    /// A verb that reads or flips found no Vigil store at its target (and
+    /// created nothing): a mistyped path, an empty database, another file.
+    #[error("{what} ({done}; {fix})")]
+    NoStore {
+        /// Where and why: "no Vigil store at data/vigil.dbb".
+        what: String,
+        /// "nothing was created" or "nothing was changed".
+        done: &'static str,
+        /// What the operator can do about it.
+        fix: String,
+    },
     #[error("migrating the store: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store query failed: {0}")]
@@ -413,12 +424,42 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn console_liveness_locks(&self) -> StoreResult<Option<Vec<i64>>>;
 }
 
+/// Whether opening a store may create it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the store if it is missing (a SQLite file and its directory,
+    /// Vigil's tables in an empty PostgreSQL database): `vigil pod`, `vigil
+    /// demo`, `vigil bench`, the chaos runner, and verbs given `--create`.
+    Create,
+    /// Only an existing Vigil store: a missing SQLite file, a file or
+    /// database without Vigil's tables is refused with
+    /// [`StoreError::NoStore`] and nothing is created or changed. A Vigil
+    /// store at an older schema version is still migrated.
+    Existing,
+}
+
+/// What a refusal of [`OpenMode::Existing`] tells the operator to do (the
+/// console, which has no --create, says its own).
+pub(crate) const CREATE_HINT: &str = "vigil pod creates one, or pass --create";
+
 /// Open a store from a URL or path: `postgres://...` / `postgresql://...`,
-/// `sqlite://path`, or a plain path to a SQLite file (created if missing).
-/// Migrations are applied before the store is returned.
+/// `sqlite://path`, or a plain path to a SQLite file: created if missing
+/// ([`OpenMode::Create`]). Migrations are applied before the store is returned.
 pub async fn open(target: &str) -> StoreResult<Arc<dyn Store>> {
-    open_with(
+    open_mode(target, OpenMode::Create).await
+}
+
+/// [`open`] that refuses, creating nothing, when there is no Vigil store at
+/// `target`: for verbs that only read or flip.
+pub async fn open_existing(target: &str) -> StoreResult<Arc<dyn Store>> {
+    open_mode(target, OpenMode::Existing).await
+}
+
+/// [`open`] or [`open_existing`], by `mode`.
+pub async fn open_mode(target: &str, mode: OpenMode) -> StoreResult<Arc<dyn Store>> {
+    open_with_mode(
         target,
+        mode,
         crate::engine::clock::system(),
         Arc::new(crate::engine::metrics::Metrics::new()),
     )
@@ -431,14 +472,24 @@ pub async fn open_with(
     clock: Arc<dyn crate::engine::clock::Clock>,
     metrics: Arc<crate::engine::metrics::Metrics>,
 ) -> StoreResult<Arc<dyn Store>> {
+    open_with_mode(target, OpenMode::Create, clock, metrics).await
+}
+
+/// [`open_mode`] with an injected clock and metrics registry.
+pub async fn open_with_mode(
+    target: &str,
+    mode: OpenMode,
+    clock: Arc<dyn crate::engine::clock::Clock>,
+    metrics: Arc<crate::engine::metrics::Metrics>,
+) -> StoreResult<Arc<dyn Store>> {
     if target.starts_with("postgres://") || target.starts_with("postgresql://") {
         Ok(Arc::new(
-            PgStore::connect_with(target, clock, metrics).await?,
+            PgStore::connect_mode(target, mode, clock, metrics).await?,
         ))
     } else if let Some(path) = target.strip_prefix("sqlite://") {
         let path = std::path::Path::new(path);
         Ok(Arc::new(
-            SqliteStore::open_with(path, clock, metrics).await?,
+            SqliteStore::open_mode(path, mode, clock, metrics).await?,
         ))
     } else if target.contains("://") {
         Err(StoreError::BadUrl {
@@ -454,7 +505,7 @@ pub async fn open_with(
     } else {
         let path = std::path::Path::new(target);
         Ok(Arc::new(
-            SqliteStore::open_with(path, clock, metrics).await?,
+            SqliteStore::open_mode(path, mode, clock, metrics).await?,
         ))
     }
 }

@@ -63,8 +63,21 @@ impl PgStore {
         Self::connect_with(url, clock::system(), Arc::new(Metrics::new())).await
     }
 
+    /// [`PgStore::connect`] with an injected clock and metrics registry.
     pub async fn connect_with(
         url: &str,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> super::StoreResult<Self> {
+        Self::connect_mode(url, super::OpenMode::Create, clock, metrics).await
+    }
+
+    /// Connect and migrate. [`super::OpenMode::Existing`] first checks that
+    /// the database holds Vigil's tables and refuses it, running no
+    /// migration, when it does not.
+    pub async fn connect_mode(
+        url: &str,
+        mode: super::OpenMode,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> super::StoreResult<Self> {
@@ -82,6 +95,29 @@ impl PgStore {
                 target: shown.clone(),
                 source,
             })?;
+        if mode == super::OpenMode::Existing {
+            let vigil: bool = sqlx::query_scalar(
+                "SELECT to_regclass('_sqlx_migrations') IS NOT NULL \
+                 AND to_regclass('runs') IS NOT NULL",
+            )
+            .fetch_one(&pool)
+            .await?;
+            if !vigil {
+                pool.close().await;
+                return Err(super::StoreError::NoStore {
+                    what: format!(
+                        "no Vigil store in database {} at {}:{}: its tables are missing",
+                        options
+                            .get_database()
+                            .unwrap_or_else(|| options.get_username()),
+                        options.get_host(),
+                        options.get_port()
+                    ),
+                    done: "nothing was changed",
+                    fix: "run vigil pod against it first, or pass --create".into(),
+                });
+            }
+        }
         // sqlx serializes concurrent migrators with an advisory lock.
         let migrator = sqlx::migrate!("./migrations/postgres");
         migrator

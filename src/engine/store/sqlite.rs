@@ -56,8 +56,21 @@ impl SqliteStore {
         Self::open_with(path, clock::system(), Arc::new(Metrics::new())).await
     }
 
+    /// [`SqliteStore::open`] with an injected clock and metrics registry.
     pub async fn open_with(
         path: &Path,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> super::StoreResult<Self> {
+        Self::open_mode(path, super::OpenMode::Create, clock, metrics).await
+    }
+
+    /// Open the store at `path`. [`super::OpenMode::Existing`] refuses a
+    /// missing file and a file without Vigil's tables, creating nothing (no
+    /// directory, no file, no -wal/-shm) and writing nothing to the file.
+    pub async fn open_mode(
+        path: &Path,
+        mode: super::OpenMode,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> super::StoreResult<Self> {
@@ -70,13 +83,19 @@ impl SqliteStore {
                 "is a directory; give a file path such as data/vigil.db".into(),
             ));
         }
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| bad(format!("cannot create directory {}: {e}", parent.display())))?;
+        let create = mode == super::OpenMode::Create;
+        if create {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    bad(format!("cannot create directory {}: {e}", parent.display()))
+                })?;
+            }
+        } else {
+            probe_existing(path).await?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
@@ -132,6 +151,81 @@ impl SqliteStore {
 }
 
 impl_store!(SqliteStore, Sqlite, dialect);
+
+/// The tables every Vigil store has, whatever its schema version.
+const VIGIL_TABLES: [&str; 2] = ["_sqlx_migrations", "runs"];
+
+/// Refuse `path` unless it is a Vigil store, looking through a read-only
+/// connection that sets no persistent pragma: the file is left as it was.
+async fn probe_existing(path: &Path) -> super::StoreResult<()> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(super::StoreError::NoStore {
+                what: format!("no Vigil store at {shown}"),
+                done: "nothing was created",
+                fix: super::CREATE_HINT.into(),
+            });
+        }
+        Err(e) => {
+            return Err(super::StoreError::BadUrl {
+                url: shown.to_string(),
+                problem: format!("cannot read it: {e}"),
+            });
+        }
+    }
+    let found = async {
+        let mut conn = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .create_if_missing(false)
+            .busy_timeout(BUSY_TIMEOUT)
+            .connect()
+            .await?;
+        let found: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ($1, $2)",
+        )
+        .bind(VIGIL_TABLES[0])
+        .bind(VIGIL_TABLES[1])
+        .fetch_all(&mut conn)
+        .await;
+        let _ = conn.close().await;
+        found
+    }
+    .await;
+    let tables =
+        "point --store at a Vigil store, or pass --create to add Vigil's tables to this file";
+    let (what, fix) = match found {
+        Ok(found) if VIGIL_TABLES.iter().all(|t| found.iter().any(|f| f == t)) => return Ok(()),
+        Ok(found) if found.is_empty() => ("it has no Vigil tables".to_owned(), tables),
+        Ok(found) => (
+            format!(
+                "it has only {} of Vigil's tables ({})",
+                found.join(", "),
+                VIGIL_TABLES.join(", ")
+            ),
+            tables,
+        ),
+        // SQLITE_NOTADB
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("26") => (
+            format!("it is not a SQLite database ({})", e.message()),
+            "point --store at a Vigil store",
+        ),
+        Err(source) => {
+            return Err(super::StoreError::Unreachable {
+                target: shown.to_string(),
+                source,
+            });
+        }
+    };
+    Err(super::StoreError::NoStore {
+        what: format!("no Vigil store at {shown}: {what}"),
+        done: "nothing was changed",
+        fix: fix.into(),
+    })
+}
 
 /// Columns the reaper reads off a timed-out run to queue its retry.
 const REAPED_COLS: &str = "id, epoch, workflow, lane, input, late_completion, deadline_at, \
