@@ -305,7 +305,9 @@ async fn null_output_raw_is_a_miss_and_redacted_never_flows_downstream(db: &Test
     assert!(raw.is_empty());
 }
 
-async fn db_fallback_off_makes_no_lookup_and_flipping_it_on_takes_effect_live(db: &TestDb) {
+async fn db_fallback_off_fails_a_step_missing_predecessors_and_flipping_it_on_takes_effect_live(
+    db: &TestDb,
+) {
     let reg = registry(&[FAN_IN]);
     let h = db.open().await;
     let setup = engine_with(&h, &reg, fast("pod-a")).await;
@@ -334,7 +336,31 @@ async fn db_fallback_off_makes_no_lookup_and_flipping_it_on_takes_effect_live(db
         .run(&r1.id, Some("pod-a"), CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(out, RunOutcome::Finished(RunState::Succeeded));
+    // a, b and c succeeded on pod-a (outputs in the store), but pod-b's
+    // tracker has only gate: the fan-in must not run on missing inputs.
+    assert_eq!(out, RunOutcome::Finished(RunState::Failed));
+    let failed = h.store.get_run(&r1.id).await.unwrap().unwrap();
+    assert_eq!(
+        failed.error.as_deref(),
+        Some(
+            "step merge: predecessor outputs unavailable: a, b, c are not in this process and \
+             authority.db_fallback is off (turn it on to read them from the store)"
+        )
+    );
+    assert_eq!(
+        step_status(&h, &r1.id, "merge").await,
+        None,
+        "no attempt of the fan-in was spent"
+    );
+    assert!(
+        !h.store
+            .effects(&r1.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.node_id == "merge"),
+        "the fan-in's body never ran"
+    );
     let queries = || {
         hb.store
             .stats()
@@ -349,13 +375,12 @@ async fn db_fallback_off_makes_no_lookup_and_flipping_it_on_takes_effect_live(db
             .fallback(FallbackSource::Predecessors, FallbackOutcome::Disabled),
         1
     );
-    // The pre-fix behaviour the switch restores: resumed fan-in lost its inputs.
     let merged = h
         .store
         .step_outputs_raw(&r1.id, &["merge".into()])
         .await
         .unwrap();
-    assert_eq!(merged["merge"]["a"], Value::Null);
+    assert!(merged.is_empty(), "no fan-in output on nulls: {merged:?}");
 
     switches::set(
         h.store.as_ref(),
@@ -392,6 +417,8 @@ async fn db_fallback_off_makes_no_lookup_and_flipping_it_on_takes_effect_live(db
         .await
         .unwrap();
     assert_eq!(merged["merge"]["a"]["token"], "tok-a");
+    assert_eq!(merged["merge"]["b"]["token"], "tok-b");
+    assert_eq!(merged["merge"]["c"]["n"], 3);
 
     let audit = h.store.switch_audit(AUTHORITY_DB_FALLBACK).await.unwrap();
     let trail: Vec<_> = audit
@@ -1535,7 +1562,7 @@ on_both_stores!(
     http_steps_classify_status_codes,
     fan_in_resumed_in_fresh_executor_hydrates_raw_outputs_in_one_query,
     null_output_raw_is_a_miss_and_redacted_never_flows_downstream,
-    db_fallback_off_makes_no_lookup_and_flipping_it_on_takes_effect_live,
+    db_fallback_off_fails_a_step_missing_predecessors_and_flipping_it_on_takes_effect_live,
     failing_step_commits_no_output_and_leaves_run_state_as_before,
     crash_between_attempts_never_exceeds_max_retries_plus_one,
     permanent_error_is_attempted_once_and_transient_is_retried,

@@ -13,7 +13,7 @@ use crate::engine::run::{RunRecord, RunState, StepStatus};
 use crate::engine::store::{
     BeginAttempt, NewRun, NextAttempt, StepSuccess, Store, StoreError, TransitionCtx,
 };
-use crate::engine::switches::Switches;
+use crate::engine::switches::{AUTHORITY_DB_FALLBACK, Switches};
 use crate::engine::workflow::{
     ErrorClass, StepDef, StepKind, WITNESS_URL, Workflow, WorkflowError, WorkflowRegistry,
     lookup_path, redact,
@@ -514,20 +514,33 @@ impl Engine {
                     _ = tokio::time::sleep(self.config.lookup_retry) => continue,
                 }
             }
-            if !lookup.missing.is_empty() && !lookup.disabled {
+            if !lookup.missing.is_empty() && lookup.disabled {
+                // With authority.db_fallback off a miss stays a miss, and a
+                // step never runs on inputs it does not have (a fan-in that
+                // "succeeds" on nulls is the seed-000 bug): it fails
+                // permanently, before any attempt, naming what is missing.
+                return Ok(Err(StepEnd::Failed(format!(
+                    "predecessor outputs unavailable: {} {} not in this process and \
+                     {AUTHORITY_DB_FALLBACK} is off (turn it on to read them from the store)",
+                    lookup.missing.join(", "),
+                    if lookup.missing.len() == 1 {
+                        "is"
+                    } else {
+                        "are"
+                    },
+                ))));
+            }
+            if !lookup.missing.is_empty() {
                 return Ok(Err(StepEnd::Failed(format!(
                     "predecessor output unavailable: {} has no raw output in the store",
                     lookup.missing.join(", ")
                 ))));
             }
-            // With authority.db_fallback off, absent predecessors stay absent
-            // (null): the documented pre-fix behaviour the switch restores.
             let mut inputs = Map::new();
             for p in &step.after {
-                inputs.insert(
-                    p.clone(),
-                    lookup.found.get(p).cloned().unwrap_or(Value::Null),
-                );
+                if let Some(v) = lookup.found.get(p) {
+                    inputs.insert(p.clone(), v.clone());
+                }
             }
             return Ok(Ok(inputs));
         }
