@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use vigil::engine::clock;
+use vigil::engine::clock::{self, Clock as _};
 use vigil::engine::metrics::{FallbackOutcome, FallbackSource};
 use vigil::engine::run::{RunState, StepStatus};
 use vigil::engine::store::{BeginAttempt, StepSuccess, StoreError, StreamPartRow, TransitionCtx};
@@ -1542,6 +1542,66 @@ async fn double_terminal_fault_rewrites_a_success_to_failed(db: &TestDb) {
     );
 }
 
+const LONG_STEP: &str = r#"
+name = "long"
+[[steps]]
+id = "crunch"
+kind = "sleep"
+ms = 600000
+"#;
+
+async fn janitor_measures_staleness_from_the_owners_death_not_the_last_checkpoint(db: &TestDb) {
+    const LOST_AFTER: i64 = 60_000;
+    let clock = clock::ManualClock::new(1_700_000_000_000);
+    let h = db.open_with_clock(Arc::new(clock.clone())).await;
+    let reg = registry(&[LONG_STEP]);
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let run = e.submit("long", json!({}), None).await.unwrap();
+    // A death of pod-a's previous incarnation, long before this run: not
+    // when this run became an orphan.
+    h.exec_owned(format!(
+        "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, last_heartbeat_at) \
+         VALUES ('pod-a', 'inc-0', 'pod-b', {}, {})",
+        clock.now_ms() - 10 * LOST_AFTER,
+        clock.now_ms() - 10 * LOST_AFTER - 500
+    ))
+    .await;
+    h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
+    // pod-a works on its long step: no checkpoint for three lost_afters...
+    clock.advance_ms(3 * LOST_AFTER);
+    // ...then dies; a survivor records the death now (pod-a was never in
+    // `pods` here, as after the survivor's probe removed its row).
+    h.exec_owned(format!(
+        "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, last_heartbeat_at) \
+         VALUES ('pod-a', 'inc-1', 'pod-b', {}, {})",
+        clock.now_ms(),
+        clock.now_ms() - 500
+    ))
+    .await;
+    let state = || async { h.store.get_run(&run.id).await.unwrap().unwrap().state };
+    assert_eq!(
+        h.store.mark_lost(LOST_AFTER, "pod-b").await.unwrap(),
+        Vec::<String>::new(),
+        "an orphan of a moment is not lost, however old its last checkpoint"
+    );
+    clock.advance_ms(LOST_AFTER - 1);
+    assert_eq!(
+        h.store.mark_lost(LOST_AFTER, "pod-b").await.unwrap(),
+        Vec::<String>::new(),
+        "not yet lost_after since the death"
+    );
+    assert_eq!(state().await, RunState::Running);
+    clock.advance_ms(2);
+    assert_eq!(
+        h.store.mark_lost(LOST_AFTER, "pod-b").await.unwrap(),
+        vec![run.id.clone()],
+        "lost_after has passed since the owner's death"
+    );
+    assert_eq!(state().await, RunState::Lost);
+    let last = h.store.transitions(&run.id).await.unwrap().pop().unwrap();
+    assert_eq!((last.from, last.to), (RunState::Running, RunState::Lost));
+}
+
 #[cfg(feature = "fault-injection")]
 mod faults {
     use super::*;
@@ -1554,6 +1614,7 @@ mod faults {
 }
 
 on_both_stores!(
+    janitor_measures_staleness_from_the_owners_death_not_the_last_checkpoint,
     a_store_from_a_newer_schema_is_refused_untouched,
     a_claim_keeps_succeeded_attempts_chunks_and_purges_the_rest,
     a_takeover_mid_stream_loses_no_finished_step_output,

@@ -378,7 +378,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn time_out_overdue(&self, grace_ms: i64, by: &str) -> StoreResult<Vec<String>>;
 
     /// Mark `lost` the running runs whose owner is gone and that nobody
-    /// resumed within `lost_after_ms`, in one transaction.
+    /// resumed within `lost_after_ms` of becoming orphans (the owner's latest
+    /// `pod_deaths.detected_at`, or the run's last write if later), in one
+    /// transaction.
     async fn mark_lost(&self, lost_after_ms: i64, by: &str) -> StoreResult<Vec<String>>;
 
     /// The claim log of a run, oldest first.

@@ -976,6 +976,11 @@ macro_rules! impl_store {
             }
 
             async fn mark_lost(&self, lost_after_ms: i64, by: &str) -> StoreResult<Vec<String>> {
+                // Orphaned since: the owner's latest recorded death, or the
+                // run's last write if that is later (or there is no death
+                // row). Never the last checkpoint alone: a long step's
+                // checkpoint is old when its owner dies, and the run was not
+                // an orphan until then.
                 let now = self.clock.now_ms();
                 let mut tx = self.begin_write().await?;
                 let rows = sqlx::query(
@@ -983,6 +988,8 @@ macro_rules! impl_store {
                      error = COALESCE(error, 'lost: its owner died and nobody resumed it') \
                      WHERE state = 'running' AND updated_at < $2 \
                      AND NOT EXISTS (SELECT 1 FROM pods p WHERE p.pod_id = runs.owner_pod) \
+                     AND NOT EXISTS (SELECT 1 FROM pod_deaths d \
+                                     WHERE d.pod_id = runs.owner_pod AND d.detected_at >= $2) \
                      RETURNING id, epoch",
                 )
                 .bind(now)
