@@ -1602,6 +1602,176 @@ async fn janitor_measures_staleness_from_the_owners_death_not_the_last_checkpoin
     assert_eq!((last.from, last.to), (RunState::Running, RunState::Lost));
 }
 
+/// Answers 503 to the first call and 200 after, recording the `attempt`
+/// of each call it got (the executions an outside system saw).
+async fn counting_service() -> (String, Arc<std::sync::Mutex<Vec<i64>>>) {
+    use axum::http::StatusCode;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = axum::Router::new().route(
+        "/count",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |body: String| {
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let mut seen = seen.lock().unwrap();
+                seen.push(v["attempt"].as_i64().unwrap_or(-1));
+                let status = if seen.len() == 1 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                };
+                async move { (status, "{}") }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
+
+async fn a_stop_after_a_checkpoint_spends_no_attempt_of_the_next_step(db: &TestDb) {
+    let (base, seen) = counting_service().await;
+    let wf = format!(
+        "name = \"stop\"\n[[steps]]\nid = \"first\"\nkind = \"compute\"\noutput = {{ x = 1 }}\n\
+         [[steps]]\nid = \"second\"\nkind = \"http\"\nafter = [\"first\"]\nurl = \"{base}/count\"\n\
+         method = \"POST\"\nbody = {{ attempt = \"{{{{vigil.attempt}}}}\" }}\nmax_retries = 1\n"
+    );
+    let reg = registry(&[&wf]);
+    let h = db.open().await;
+    // SIGTERM right after first's checkpoint (which, pipelined, also
+    // started second's attempt), before second's body.
+    let stop = CancellationToken::new();
+    let mut config = fast("pod-a");
+    config.after_checkpoint = Some(vigil::engine::CheckpointHook(Arc::new({
+        let stop = stop.clone();
+        move |_run: &str, step: &str| {
+            if step == "first" {
+                stop.cancel();
+            }
+        }
+    })));
+    let a = engine_with(&h, &reg, config).await;
+    let run = a.submit("stop", json!({}), None).await.unwrap();
+    let out = a.run(&run.id, None, stop).await.unwrap();
+    assert_eq!(out, RunOutcome::Abandoned);
+    assert_eq!(
+        step_status(&h, &run.id, "first").await,
+        Some((StepStatus::Succeeded, 1))
+    );
+    assert_eq!(
+        step_status(&h, &run.id, "second").await,
+        None,
+        "no attempt of second is spent: its body never began"
+    );
+    let effects = |h: &Handle| {
+        let store = h.store.clone();
+        let id = run.id.clone();
+        async move {
+            store
+                .effects(&id)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.node_id == "second")
+                .map(|e| e.attempt)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        effects(&h).await,
+        Vec::<i64>::new(),
+        "no execution recorded"
+    );
+    assert!(seen.lock().unwrap().is_empty());
+
+    // Resumed elsewhere, second has its whole budget: attempt 1 gets the
+    // 503, attempt 2 succeeds.
+    let hb = db.open().await;
+    let b = engine_with(&hb, &reg, fast("pod-b")).await;
+    let out = b
+        .run(&run.id, Some("pod-a"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out, RunOutcome::Finished(RunState::Succeeded));
+    assert_eq!(*seen.lock().unwrap(), vec![1, 2]);
+    assert_eq!(
+        step_status(&h, &run.id, "second").await,
+        Some((StepStatus::Succeeded, 2))
+    );
+    assert_eq!(effects(&h).await, vec![1, 2]);
+}
+
+async fn return_attempt_gives_back_only_the_latest_running_attempt_fenced(db: &TestDb) {
+    let reg = registry(&[ONE]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let run = e.submit("one", json!({}), None).await.unwrap();
+    let claim = h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
+    let ep = claim.epoch;
+    for n in 1..=2 {
+        assert_eq!(
+            h.store
+                .begin_attempt(&run.id, "s", ep, 3, "pod-a")
+                .await
+                .unwrap(),
+            BeginAttempt::Started { attempt: n }
+        );
+    }
+    let effects = || async {
+        h.store
+            .effects(&run.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.attempt)
+            .collect::<Vec<_>>()
+    };
+    // Not the latest attempt: nothing changes.
+    h.store.return_attempt(&run.id, "s", ep, 1).await.unwrap();
+    assert_eq!(
+        step_status(&h, &run.id, "s").await,
+        Some((StepStatus::Running, 2))
+    );
+    assert_eq!(effects().await, vec![1, 2]);
+    // The latest goes back, with its effects row.
+    h.store.return_attempt(&run.id, "s", ep, 2).await.unwrap();
+    assert_eq!(
+        step_status(&h, &run.id, "s").await,
+        Some((StepStatus::Running, 1))
+    );
+    assert_eq!(effects().await, vec![1]);
+    // A stale owner cannot give anything back.
+    let next = h
+        .store
+        .claim_run(&run.id, "pod-b", Some("pod-a"))
+        .await
+        .unwrap();
+    let stale = h.store.return_attempt(&run.id, "s", ep, 1).await;
+    assert!(matches!(stale, Err(StoreError::Fenced { .. })), "{stale:?}");
+    // Nor can the new owner give back an attempt it did not start.
+    h.store
+        .return_attempt(&run.id, "s", next.epoch, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        step_status(&h, &run.id, "s").await,
+        Some((StepStatus::Running, 1))
+    );
+    assert_eq!(effects().await, vec![1]);
+    // A step's first attempt going back leaves no step row at all.
+    let t = |n| BeginAttempt::Started { attempt: n };
+    let begin = || h.store.begin_attempt(&run.id, "t", next.epoch, 3, "pod-b");
+    assert_eq!(begin().await.unwrap(), t(1));
+    h.store
+        .return_attempt(&run.id, "t", next.epoch, 1)
+        .await
+        .unwrap();
+    assert_eq!(step_status(&h, &run.id, "t").await, None);
+    assert_eq!(effects().await, vec![1]);
+    assert_eq!(begin().await.unwrap(), t(1), "the budget is whole again");
+}
+
 #[cfg(feature = "fault-injection")]
 mod faults {
     use super::*;
@@ -1614,6 +1784,8 @@ mod faults {
 }
 
 on_both_stores!(
+    return_attempt_gives_back_only_the_latest_running_attempt_fenced,
+    a_stop_after_a_checkpoint_spends_no_attempt_of_the_next_step,
     janitor_measures_staleness_from_the_owners_death_not_the_last_checkpoint,
     a_store_from_a_newer_schema_is_refused_untouched,
     a_claim_keeps_succeeded_attempts_chunks_and_purges_the_rest,
