@@ -1643,7 +1643,7 @@ async fn a_stop_after_a_checkpoint_spends_no_attempt_of_the_next_step(db: &TestD
     // started second's attempt), before second's body.
     let stop = CancellationToken::new();
     let mut config = fast("pod-a");
-    config.after_checkpoint = Some(vigil::engine::CheckpointHook(Arc::new({
+    config.after_checkpoint = Some(vigil::engine::StepHook(Arc::new({
         let stop = stop.clone();
         move |_run: &str, step: &str| {
             if step == "first" {
@@ -1700,6 +1700,44 @@ async fn a_stop_after_a_checkpoint_spends_no_attempt_of_the_next_step(db: &TestD
         Some((StepStatus::Succeeded, 2))
     );
     assert_eq!(effects(&h).await, vec![1, 2]);
+}
+
+async fn a_stop_between_an_attempt_and_its_body_spends_no_attempt(db: &TestDb) {
+    let (base, seen) = counting_service().await;
+    let wf = format!(
+        "name = \"only\"\n[[steps]]\nid = \"call\"\nkind = \"http\"\nurl = \"{base}/count\"\n\
+         method = \"POST\"\nbody = {{ attempt = \"{{{{vigil.attempt}}}}\" }}\nmax_retries = 1\n"
+    );
+    let reg = registry(&[&wf]);
+    let h = db.open().await;
+    // SIGTERM right after the attempt's own commit (no checkpoint before
+    // it: the first step), before its body.
+    let stop = CancellationToken::new();
+    let mut config = fast("pod-a");
+    config.after_attempt_start = Some(vigil::engine::StepHook(Arc::new({
+        let stop = stop.clone();
+        move |_run: &str, _step: &str| stop.cancel()
+    })));
+    let a = engine_with(&h, &reg, config).await;
+    let run = a.submit("only", json!({}), None).await.unwrap();
+    let out = a.run(&run.id, None, stop).await.unwrap();
+    assert_eq!(out, RunOutcome::Abandoned);
+    assert!(seen.lock().unwrap().is_empty(), "the body never began");
+    assert_eq!(step_status(&h, &run.id, "call").await, None);
+    assert!(h.store.effects(&run.id).await.unwrap().is_empty());
+
+    let hb = db.open().await;
+    let b = engine_with(&hb, &reg, fast("pod-b")).await;
+    let out = b
+        .run(&run.id, Some("pod-a"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out, RunOutcome::Finished(RunState::Succeeded));
+    assert_eq!(*seen.lock().unwrap(), vec![1, 2], "the whole budget");
+    assert_eq!(
+        step_status(&h, &run.id, "call").await,
+        Some((StepStatus::Succeeded, 2))
+    );
 }
 
 async fn return_attempt_gives_back_only_the_latest_running_attempt_fenced(db: &TestDb) {
@@ -1784,6 +1822,7 @@ mod faults {
 }
 
 on_both_stores!(
+    a_stop_between_an_attempt_and_its_body_spends_no_attempt,
     return_attempt_gives_back_only_the_latest_running_attempt_fenced,
     a_stop_after_a_checkpoint_spends_no_attempt_of_the_next_step,
     janitor_measures_staleness_from_the_owners_death_not_the_last_checkpoint,

@@ -47,19 +47,22 @@ pub struct EngineConfig {
     /// Tests only: called with (run id, step id) right after a step's
     /// checkpoint commits, before the step loop goes on (where a stop can
     /// fall between a checkpoint and the next step's body).
-    pub after_checkpoint: Option<CheckpointHook>,
+    pub after_checkpoint: Option<StepHook>,
+    /// Tests only: called with (run id, step id) right after an attempt of
+    /// the step is durably started, before its body.
+    pub after_attempt_start: Option<StepHook>,
 }
 
-/// See [`EngineConfig::after_checkpoint`].
+/// See [`EngineConfig::after_checkpoint`] and [`EngineConfig::after_attempt_start`].
 #[derive(Clone)]
-pub struct CheckpointHook(pub Arc<CheckpointFn>);
+pub struct StepHook(pub Arc<StepFn>);
 
 /// Called with (run id, step id).
-pub type CheckpointFn = dyn Fn(&str, &str) + Send + Sync;
+pub type StepFn = dyn Fn(&str, &str) + Send + Sync;
 
-impl std::fmt::Debug for CheckpointHook {
+impl std::fmt::Debug for StepHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CheckpointHook")
+        f.write_str("StepHook")
     }
 }
 
@@ -72,6 +75,7 @@ impl EngineConfig {
             lookup_retry: Duration::from_millis(200),
             witness_url: None,
             after_checkpoint: None,
+            after_attempt_start: None,
         }
     }
 }
@@ -640,6 +644,9 @@ impl Engine {
                 }
                 BeginAttempt::Started { attempt } => attempt,
             };
+            if let Some(hook) = &self.config.after_attempt_start {
+                (hook.0)(ctx.run_id, &step.id);
+            }
             if ctx.cancel.is_cancelled() {
                 // Stopping between the attempt's commit and its body: the
                 // body never began, so the attempt is not spent. Past this
