@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use vigil::engine::clock;
+use vigil::engine::clock::{self, Clock as _};
 use vigil::engine::metrics::{FallbackOutcome, FallbackSource};
 use vigil::engine::run::{RunState, StepStatus};
 use vigil::engine::store::{BeginAttempt, StepSuccess, StoreError, StreamPartRow, TransitionCtx};
@@ -305,7 +305,9 @@ async fn null_output_raw_is_a_miss_and_redacted_never_flows_downstream(db: &Test
     assert!(raw.is_empty());
 }
 
-async fn db_fallback_off_makes_no_lookup_and_flipping_it_on_takes_effect_live(db: &TestDb) {
+async fn db_fallback_off_fails_a_step_missing_predecessors_and_flipping_it_on_takes_effect_live(
+    db: &TestDb,
+) {
     let reg = registry(&[FAN_IN]);
     let h = db.open().await;
     let setup = engine_with(&h, &reg, fast("pod-a")).await;
@@ -334,7 +336,31 @@ async fn db_fallback_off_makes_no_lookup_and_flipping_it_on_takes_effect_live(db
         .run(&r1.id, Some("pod-a"), CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(out, RunOutcome::Finished(RunState::Succeeded));
+    // a, b and c succeeded on pod-a (outputs in the store), but pod-b's
+    // tracker has only gate: the fan-in must not run on missing inputs.
+    assert_eq!(out, RunOutcome::Finished(RunState::Failed));
+    let failed = h.store.get_run(&r1.id).await.unwrap().unwrap();
+    assert_eq!(
+        failed.error.as_deref(),
+        Some(
+            "step merge: predecessor outputs unavailable: a, b, c are not in this process and \
+             authority.db_fallback is off (turn it on to read them from the store)"
+        )
+    );
+    assert_eq!(
+        step_status(&h, &r1.id, "merge").await,
+        None,
+        "no attempt of the fan-in was spent"
+    );
+    assert!(
+        !h.store
+            .effects(&r1.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.node_id == "merge"),
+        "the fan-in's body never ran"
+    );
     let queries = || {
         hb.store
             .stats()
@@ -349,13 +375,12 @@ async fn db_fallback_off_makes_no_lookup_and_flipping_it_on_takes_effect_live(db
             .fallback(FallbackSource::Predecessors, FallbackOutcome::Disabled),
         1
     );
-    // The pre-fix behaviour the switch restores: resumed fan-in lost its inputs.
     let merged = h
         .store
         .step_outputs_raw(&r1.id, &["merge".into()])
         .await
         .unwrap();
-    assert_eq!(merged["merge"]["a"], Value::Null);
+    assert!(merged.is_empty(), "no fan-in output on nulls: {merged:?}");
 
     switches::set(
         h.store.as_ref(),
@@ -392,6 +417,8 @@ async fn db_fallback_off_makes_no_lookup_and_flipping_it_on_takes_effect_live(db
         .await
         .unwrap();
     assert_eq!(merged["merge"]["a"]["token"], "tok-a");
+    assert_eq!(merged["merge"]["b"]["token"], "tok-b");
+    assert_eq!(merged["merge"]["c"]["n"], 3);
 
     let audit = h.store.switch_audit(AUTHORITY_DB_FALLBACK).await.unwrap();
     let trail: Vec<_> = audit
@@ -1515,6 +1542,274 @@ async fn double_terminal_fault_rewrites_a_success_to_failed(db: &TestDb) {
     );
 }
 
+const LONG_STEP: &str = r#"
+name = "long"
+[[steps]]
+id = "crunch"
+kind = "sleep"
+ms = 600000
+"#;
+
+async fn janitor_measures_staleness_from_the_owners_death_not_the_last_checkpoint(db: &TestDb) {
+    const LOST_AFTER: i64 = 60_000;
+    let clock = clock::ManualClock::new(1_700_000_000_000);
+    let h = db.open_with_clock(Arc::new(clock.clone())).await;
+    let reg = registry(&[LONG_STEP]);
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let run = e.submit("long", json!({}), None).await.unwrap();
+    // A death of pod-a's previous incarnation, long before this run: not
+    // when this run became an orphan.
+    h.exec_owned(format!(
+        "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, last_heartbeat_at) \
+         VALUES ('pod-a', 'inc-0', 'pod-b', {}, {})",
+        clock.now_ms() - 10 * LOST_AFTER,
+        clock.now_ms() - 10 * LOST_AFTER - 500
+    ))
+    .await;
+    h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
+    // pod-a works on its long step: no checkpoint for three lost_afters...
+    clock.advance_ms(3 * LOST_AFTER);
+    // ...then dies; a survivor records the death now (pod-a was never in
+    // `pods` here, as after the survivor's probe removed its row).
+    h.exec_owned(format!(
+        "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, last_heartbeat_at) \
+         VALUES ('pod-a', 'inc-1', 'pod-b', {}, {})",
+        clock.now_ms(),
+        clock.now_ms() - 500
+    ))
+    .await;
+    let state = || async { h.store.get_run(&run.id).await.unwrap().unwrap().state };
+    assert_eq!(
+        h.store.mark_lost(LOST_AFTER, "pod-b").await.unwrap(),
+        Vec::<String>::new(),
+        "an orphan of a moment is not lost, however old its last checkpoint"
+    );
+    clock.advance_ms(LOST_AFTER - 1);
+    assert_eq!(
+        h.store.mark_lost(LOST_AFTER, "pod-b").await.unwrap(),
+        Vec::<String>::new(),
+        "not yet lost_after since the death"
+    );
+    assert_eq!(state().await, RunState::Running);
+    clock.advance_ms(2);
+    assert_eq!(
+        h.store.mark_lost(LOST_AFTER, "pod-b").await.unwrap(),
+        vec![run.id.clone()],
+        "lost_after has passed since the owner's death"
+    );
+    assert_eq!(state().await, RunState::Lost);
+    let last = h.store.transitions(&run.id).await.unwrap().pop().unwrap();
+    assert_eq!((last.from, last.to), (RunState::Running, RunState::Lost));
+}
+
+/// Answers 503 to the first call and 200 after, recording the `attempt`
+/// of each call it got (the executions an outside system saw).
+async fn counting_service() -> (String, Arc<std::sync::Mutex<Vec<i64>>>) {
+    use axum::http::StatusCode;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = axum::Router::new().route(
+        "/count",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |body: String| {
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let mut seen = seen.lock().unwrap();
+                seen.push(v["attempt"].as_i64().unwrap_or(-1));
+                let status = if seen.len() == 1 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                };
+                async move { (status, "{}") }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
+
+async fn a_stop_after_a_checkpoint_spends_no_attempt_of_the_next_step(db: &TestDb) {
+    let (base, seen) = counting_service().await;
+    let wf = format!(
+        "name = \"stop\"\n[[steps]]\nid = \"first\"\nkind = \"compute\"\noutput = {{ x = 1 }}\n\
+         [[steps]]\nid = \"second\"\nkind = \"http\"\nafter = [\"first\"]\nurl = \"{base}/count\"\n\
+         method = \"POST\"\nbody = {{ attempt = \"{{{{vigil.attempt}}}}\" }}\nmax_retries = 1\n"
+    );
+    let reg = registry(&[&wf]);
+    let h = db.open().await;
+    // SIGTERM right after first's checkpoint (which, pipelined, also
+    // started second's attempt), before second's body.
+    let stop = CancellationToken::new();
+    let mut config = fast("pod-a");
+    config.after_checkpoint = Some(vigil::engine::StepHook(Arc::new({
+        let stop = stop.clone();
+        move |_run: &str, step: &str| {
+            if step == "first" {
+                stop.cancel();
+            }
+        }
+    })));
+    let a = engine_with(&h, &reg, config).await;
+    let run = a.submit("stop", json!({}), None).await.unwrap();
+    let out = a.run(&run.id, None, stop).await.unwrap();
+    assert_eq!(out, RunOutcome::Abandoned);
+    assert_eq!(
+        step_status(&h, &run.id, "first").await,
+        Some((StepStatus::Succeeded, 1))
+    );
+    assert_eq!(
+        step_status(&h, &run.id, "second").await,
+        None,
+        "no attempt of second is spent: its body never began"
+    );
+    let effects = |h: &Handle| {
+        let store = h.store.clone();
+        let id = run.id.clone();
+        async move {
+            store
+                .effects(&id)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.node_id == "second")
+                .map(|e| e.attempt)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        effects(&h).await,
+        Vec::<i64>::new(),
+        "no execution recorded"
+    );
+    assert!(seen.lock().unwrap().is_empty());
+
+    // Resumed elsewhere, second has its whole budget: attempt 1 gets the
+    // 503, attempt 2 succeeds.
+    let hb = db.open().await;
+    let b = engine_with(&hb, &reg, fast("pod-b")).await;
+    let out = b
+        .run(&run.id, Some("pod-a"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out, RunOutcome::Finished(RunState::Succeeded));
+    assert_eq!(*seen.lock().unwrap(), vec![1, 2]);
+    assert_eq!(
+        step_status(&h, &run.id, "second").await,
+        Some((StepStatus::Succeeded, 2))
+    );
+    assert_eq!(effects(&h).await, vec![1, 2]);
+}
+
+async fn a_stop_between_an_attempt_and_its_body_spends_no_attempt(db: &TestDb) {
+    let (base, seen) = counting_service().await;
+    let wf = format!(
+        "name = \"only\"\n[[steps]]\nid = \"call\"\nkind = \"http\"\nurl = \"{base}/count\"\n\
+         method = \"POST\"\nbody = {{ attempt = \"{{{{vigil.attempt}}}}\" }}\nmax_retries = 1\n"
+    );
+    let reg = registry(&[&wf]);
+    let h = db.open().await;
+    // SIGTERM right after the attempt's own commit (no checkpoint before
+    // it: the first step), before its body.
+    let stop = CancellationToken::new();
+    let mut config = fast("pod-a");
+    config.after_attempt_start = Some(vigil::engine::StepHook(Arc::new({
+        let stop = stop.clone();
+        move |_run: &str, _step: &str| stop.cancel()
+    })));
+    let a = engine_with(&h, &reg, config).await;
+    let run = a.submit("only", json!({}), None).await.unwrap();
+    let out = a.run(&run.id, None, stop).await.unwrap();
+    assert_eq!(out, RunOutcome::Abandoned);
+    assert!(seen.lock().unwrap().is_empty(), "the body never began");
+    assert_eq!(step_status(&h, &run.id, "call").await, None);
+    assert!(h.store.effects(&run.id).await.unwrap().is_empty());
+
+    let hb = db.open().await;
+    let b = engine_with(&hb, &reg, fast("pod-b")).await;
+    let out = b
+        .run(&run.id, Some("pod-a"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out, RunOutcome::Finished(RunState::Succeeded));
+    assert_eq!(*seen.lock().unwrap(), vec![1, 2], "the whole budget");
+    assert_eq!(
+        step_status(&h, &run.id, "call").await,
+        Some((StepStatus::Succeeded, 2))
+    );
+}
+
+async fn return_attempt_gives_back_only_the_latest_running_attempt_fenced(db: &TestDb) {
+    let reg = registry(&[ONE]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let run = e.submit("one", json!({}), None).await.unwrap();
+    let claim = h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
+    let ep = claim.epoch;
+    for n in 1..=2 {
+        assert_eq!(
+            h.store
+                .begin_attempt(&run.id, "s", ep, 3, "pod-a")
+                .await
+                .unwrap(),
+            BeginAttempt::Started { attempt: n }
+        );
+    }
+    let effects = || async {
+        h.store
+            .effects(&run.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.attempt)
+            .collect::<Vec<_>>()
+    };
+    // Not the latest attempt: nothing changes.
+    h.store.return_attempt(&run.id, "s", ep, 1).await.unwrap();
+    assert_eq!(
+        step_status(&h, &run.id, "s").await,
+        Some((StepStatus::Running, 2))
+    );
+    assert_eq!(effects().await, vec![1, 2]);
+    // The latest goes back, with its effects row.
+    h.store.return_attempt(&run.id, "s", ep, 2).await.unwrap();
+    assert_eq!(
+        step_status(&h, &run.id, "s").await,
+        Some((StepStatus::Running, 1))
+    );
+    assert_eq!(effects().await, vec![1]);
+    // A stale owner cannot give anything back.
+    let next = h
+        .store
+        .claim_run(&run.id, "pod-b", Some("pod-a"))
+        .await
+        .unwrap();
+    let stale = h.store.return_attempt(&run.id, "s", ep, 1).await;
+    assert!(matches!(stale, Err(StoreError::Fenced { .. })), "{stale:?}");
+    // Nor can the new owner give back an attempt it did not start.
+    h.store
+        .return_attempt(&run.id, "s", next.epoch, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        step_status(&h, &run.id, "s").await,
+        Some((StepStatus::Running, 1))
+    );
+    assert_eq!(effects().await, vec![1]);
+    // A step's first attempt going back leaves no step row at all.
+    let t = |n| BeginAttempt::Started { attempt: n };
+    let begin = || h.store.begin_attempt(&run.id, "t", next.epoch, 3, "pod-b");
+    assert_eq!(begin().await.unwrap(), t(1));
+    h.store
+        .return_attempt(&run.id, "t", next.epoch, 1)
+        .await
+        .unwrap();
+    assert_eq!(step_status(&h, &run.id, "t").await, None);
+    assert_eq!(effects().await, vec![1]);
+    assert_eq!(begin().await.unwrap(), t(1), "the budget is whole again");
+}
+
 #[cfg(feature = "fault-injection")]
 mod faults {
     use super::*;
@@ -1527,6 +1822,10 @@ mod faults {
 }
 
 on_both_stores!(
+    a_stop_between_an_attempt_and_its_body_spends_no_attempt,
+    return_attempt_gives_back_only_the_latest_running_attempt_fenced,
+    a_stop_after_a_checkpoint_spends_no_attempt_of_the_next_step,
+    janitor_measures_staleness_from_the_owners_death_not_the_last_checkpoint,
     a_store_from_a_newer_schema_is_refused_untouched,
     a_claim_keeps_succeeded_attempts_chunks_and_purges_the_rest,
     a_takeover_mid_stream_loses_no_finished_step_output,
@@ -1535,7 +1834,7 @@ on_both_stores!(
     http_steps_classify_status_codes,
     fan_in_resumed_in_fresh_executor_hydrates_raw_outputs_in_one_query,
     null_output_raw_is_a_miss_and_redacted_never_flows_downstream,
-    db_fallback_off_makes_no_lookup_and_flipping_it_on_takes_effect_live,
+    db_fallback_off_fails_a_step_missing_predecessors_and_flipping_it_on_takes_effect_live,
     failing_step_commits_no_output_and_leaves_run_state_as_before,
     crash_between_attempts_never_exceeds_max_retries_plus_one,
     permanent_error_is_attempted_once_and_transient_is_retried,

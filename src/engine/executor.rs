@@ -13,7 +13,7 @@ use crate::engine::run::{RunRecord, RunState, StepStatus};
 use crate::engine::store::{
     BeginAttempt, NewRun, NextAttempt, StepSuccess, Store, StoreError, TransitionCtx,
 };
-use crate::engine::switches::Switches;
+use crate::engine::switches::{AUTHORITY_DB_FALLBACK, Switches};
 use crate::engine::workflow::{
     ErrorClass, StepDef, StepKind, WITNESS_URL, Workflow, WorkflowError, WorkflowRegistry,
     lookup_path, redact,
@@ -44,6 +44,26 @@ pub struct EngineConfig {
     /// The chaos runner's witness, for `http` steps whose url starts with
     /// `{{vigil.witness}}` (none outside chaos runs).
     pub witness_url: Option<String>,
+    /// Tests only: called with (run id, step id) right after a step's
+    /// checkpoint commits, before the step loop goes on (where a stop can
+    /// fall between a checkpoint and the next step's body).
+    pub after_checkpoint: Option<StepHook>,
+    /// Tests only: called with (run id, step id) right after an attempt of
+    /// the step is durably started, before its body.
+    pub after_attempt_start: Option<StepHook>,
+}
+
+/// See [`EngineConfig::after_checkpoint`] and [`EngineConfig::after_attempt_start`].
+#[derive(Clone)]
+pub struct StepHook(pub Arc<StepFn>);
+
+/// Called with (run id, step id).
+pub type StepFn = dyn Fn(&str, &str) + Send + Sync;
+
+impl std::fmt::Debug for StepHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepHook")
+    }
 }
 
 impl EngineConfig {
@@ -54,6 +74,8 @@ impl EngineConfig {
             backoff_cap: Duration::from_secs(5),
             lookup_retry: Duration::from_millis(200),
             witness_url: None,
+            after_checkpoint: None,
+            after_attempt_start: None,
         }
     }
 }
@@ -475,6 +497,16 @@ impl Engine {
             .collect();
         for (i, step) in todo.iter().enumerate() {
             if cancel.is_cancelled() {
+                // The previous checkpoint may have started this step's
+                // attempt: its body will not begin, so the attempt goes back.
+                let prestarted = ctx
+                    .prestarted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                if let Some((node, BeginAttempt::Started { attempt })) = prestarted {
+                    self.give_back(&ctx, &node, attempt).await?;
+                }
                 return Ok(LoopEnd::Cancelled);
             }
             let next = todo.get(i + 1).copied();
@@ -514,20 +546,33 @@ impl Engine {
                     _ = tokio::time::sleep(self.config.lookup_retry) => continue,
                 }
             }
-            if !lookup.missing.is_empty() && !lookup.disabled {
+            if !lookup.missing.is_empty() && lookup.disabled {
+                // With authority.db_fallback off a miss stays a miss, and a
+                // step never runs on inputs it does not have (a fan-in that
+                // "succeeds" on nulls is the seed-000 bug): it fails
+                // permanently, before any attempt, naming what is missing.
+                return Ok(Err(StepEnd::Failed(format!(
+                    "predecessor outputs unavailable: {} {} not in this process and \
+                     {AUTHORITY_DB_FALLBACK} is off (turn it on to read them from the store)",
+                    lookup.missing.join(", "),
+                    if lookup.missing.len() == 1 {
+                        "is"
+                    } else {
+                        "are"
+                    },
+                ))));
+            }
+            if !lookup.missing.is_empty() {
                 return Ok(Err(StepEnd::Failed(format!(
                     "predecessor output unavailable: {} has no raw output in the store",
                     lookup.missing.join(", ")
                 ))));
             }
-            // With authority.db_fallback off, absent predecessors stay absent
-            // (null): the documented pre-fix behaviour the switch restores.
             let mut inputs = Map::new();
             for p in &step.after {
-                inputs.insert(
-                    p.clone(),
-                    lookup.found.get(p).cloned().unwrap_or(Value::Null),
-                );
+                if let Some(v) = lookup.found.get(p) {
+                    inputs.insert(p.clone(), v.clone());
+                }
             }
             return Ok(Ok(inputs));
         }
@@ -599,6 +644,16 @@ impl Engine {
                 }
                 BeginAttempt::Started { attempt } => attempt,
             };
+            if let Some(hook) = &self.config.after_attempt_start {
+                (hook.0)(ctx.run_id, &step.id);
+            }
+            if ctx.cancel.is_cancelled() {
+                // Stopping between the attempt's commit and its body: the
+                // body never began, so the attempt is not spent. Past this
+                // check the body is polled before the cancellation is.
+                self.give_back(ctx, &step.id, attempt).await?;
+                return Ok(StepEnd::Cancelled);
+            }
             match self
                 .execute_body(ctx, step, attempt, &inputs, run_state)
                 .await
@@ -617,14 +672,16 @@ impl Engine {
                             .iter()
                             .all(|p| *p == step.id || self.authority.tracked(ctx.run_id, p))
                     };
-                    let then_begin =
-                        next.filter(|_| !in_memory)
-                            .filter(ready)
-                            .map(|n| NextAttempt {
-                                node_id: &n.id,
-                                max_attempts: n.max_attempts(),
-                                pod: &self.config.pod_id,
-                            });
+                    // Nor when the run is stopping: that attempt would be
+                    // given back at once.
+                    let then_begin = next
+                        .filter(|_| !in_memory && !ctx.cancel.is_cancelled())
+                        .filter(ready)
+                        .map(|n| NextAttempt {
+                            node_id: &n.id,
+                            max_attempts: n.max_attempts(),
+                            pod: &self.config.pod_id,
+                        });
                     let began_next = self
                         .store
                         .commit_step_success(StepSuccess {
@@ -640,6 +697,9 @@ impl Engine {
                     if let (Some(n), Some(began)) = (next, began_next) {
                         *ctx.prestarted.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some((n.id.clone(), began));
+                    }
+                    if let Some(hook) = &self.config.after_checkpoint {
+                        (hook.0)(ctx.run_id, &step.id);
                     }
                     self.authority.record(ctx.run_id, &step.id, ok.output);
                     *run_state = new_state;
@@ -677,6 +737,39 @@ impl Engine {
                         _ = tokio::time::sleep(self.backoff(attempt)) => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// Give back an attempt whose body never began (see
+    /// [`Store::return_attempt`]). A fence is reported (another owner holds
+    /// the run); any other store error leaves the attempt spent, which only
+    /// errs on the safe side of the budget.
+    async fn give_back(
+        &self,
+        ctx: &RunCtx<'_>,
+        node_id: &str,
+        attempt: i64,
+    ) -> Result<(), EngineError> {
+        match self
+            .store
+            .return_attempt(ctx.run_id, node_id, ctx.epoch, attempt)
+            .await
+        {
+            Ok(()) => {
+                self.metrics.inc_attempt("returned");
+                tracing::info!(
+                    run_id = ctx.run_id,
+                    step = node_id,
+                    attempt,
+                    "stopping before the body: attempt given back"
+                );
+                Ok(())
+            }
+            Err(e @ StoreError::Fenced { .. }) => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(run_id = ctx.run_id, step = node_id, attempt, error = %e, "could not give back an attempt whose body never began; it stays spent");
+                Ok(())
             }
         }
     }
@@ -754,9 +847,12 @@ impl Engine {
                 None => body.await,
             }
         };
+        // The body is polled first: once its attempt is spent (the caller
+        // checked cancellation after starting it), the body begins.
         let ok = tokio::select! {
-            _ = ctx.cancel.cancelled() => return Err(BodyErr::Cancelled),
+            biased;
             r = timed => r?,
+            _ = ctx.cancel.cancelled() => return Err(BodyErr::Cancelled),
         };
         // Injected failures come after the body ran: its effects happened,
         // but its output and state changes must not be committed.

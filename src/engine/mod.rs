@@ -11,4 +11,4 @@ pub mod store;
 pub mod switches;
 pub mod workflow;
 
-pub use executor::{Engine, EngineConfig, EngineError, RunOutcome};
+pub use executor::{Engine, EngineConfig, EngineError, RunOutcome, StepHook};

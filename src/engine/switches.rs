@@ -32,13 +32,18 @@ pub const REAPER_ENABLED: &str = "reaper.enabled";
 pub const JANITOR_ENABLED: &str = "janitor.enabled";
 
 pub const KNOWN: &[SwitchSpec] = &[
+    // Off, a tracker miss stays a miss. The step that needed those outputs
+    // fails permanently (naming the predecessors and this switch) before any
+    // attempt; it never runs on missing inputs. The pre-fix behaviour of
+    // FIELD-NOTES section 1 (a fan-in succeeding on nulls) is not restored:
+    // a loud failure is recoverable, silently wrong output is not.
     SwitchSpec {
         name: AUTHORITY_DB_FALLBACK,
         default: true,
         env: "VIGIL_SWITCH_AUTHORITY_DB_FALLBACK",
-        disables: "the batched store lookup of predecessor outputs on a tracker miss; a run \
-                   resumed on another process then sees missing predecessors as absent (the \
-                   pre-fix behaviour of FIELD-NOTES section 1)",
+        disables: "the batched store lookup of predecessor outputs on a tracker miss; a step \
+                   whose predecessors ran in another process (a resumed run) then fails \
+                   permanently, naming them, instead of running on missing inputs",
         metric: "vigil_tracker_db_fallback_total{outcome=\"disabled\"}",
     },
     SwitchSpec {

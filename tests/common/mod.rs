@@ -133,11 +133,17 @@ impl TestDb {
 
     /// A new, independent handle (own pool, own metrics).
     pub async fn open(&self) -> Handle {
+        self.open_with_clock(clock::system()).await
+    }
+
+    /// [`TestDb::open`] with the store reading time from `clock` (a
+    /// `ManualClock` for tests that judge durations).
+    pub async fn open_with_clock(&self, clock: Arc<dyn clock::Clock>) -> Handle {
         let metrics = Arc::new(Metrics::new());
         match self {
             TestDb::Sqlite { path, .. } => {
                 let s = Arc::new(
-                    SqliteStore::open_with(path, clock::system(), metrics)
+                    SqliteStore::open_with(path, clock, metrics)
                         .await
                         .expect("open sqlite"),
                 );
@@ -148,7 +154,7 @@ impl TestDb {
             }
             TestDb::Postgres { url } => {
                 let s = Arc::new(
-                    PgStore::connect_with(url, clock::system(), metrics)
+                    PgStore::connect_with(url, clock, metrics)
                         .await
                         .expect("open postgres"),
                 );

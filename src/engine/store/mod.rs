@@ -316,6 +316,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// With `then_begin`, also what starting the next step's attempt gave.
     async fn commit_step_success(&self, s: StepSuccess<'_>) -> StoreResult<Option<BeginAttempt>>;
 
+    /// Give back attempt `attempt` of a step whose body never began (the
+    /// run was cancelled between the attempt's commit and the body), fenced
+    /// like every owner write: the step's attempt count goes back down (its
+    /// row goes if this was its first attempt) and the attempt's `effects`
+    /// row is deleted, so both count only bodies that began. A no-op unless
+    /// `attempt` is the step's latest, still running attempt and was started
+    /// at `epoch`.
+    async fn return_attempt(
+        &self,
+        run_id: &str,
+        node_id: &str,
+        epoch: i64,
+        attempt: i64,
+    ) -> StoreResult<()>;
+
     /// Record a failed attempt: no output, no run-state change.
     async fn record_step_failure(
         &self,
@@ -389,7 +404,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn time_out_overdue(&self, grace_ms: i64, by: &str) -> StoreResult<Vec<String>>;
 
     /// Mark `lost` the running runs whose owner is gone and that nobody
-    /// resumed within `lost_after_ms`, in one transaction.
+    /// resumed within `lost_after_ms` of becoming orphans (the owner's latest
+    /// `pod_deaths.detected_at`, or the run's last write if later), in one
+    /// transaction.
     async fn mark_lost(&self, lost_after_ms: i64, by: &str) -> StoreResult<Vec<String>>;
 
     /// The claim log of a run, oldest first.

@@ -717,6 +717,65 @@ macro_rules! impl_store {
                 Ok(next)
             }
 
+            async fn return_attempt(
+                &self,
+                run_id: &str,
+                node_id: &str,
+                epoch: i64,
+                attempt: i64,
+            ) -> StoreResult<()> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin_write().await?;
+                check_fence(&mut tx, &self.metrics, run_id, epoch, "attempt").await?;
+                // Only an attempt started at this epoch (its effects row says
+                // so) and still the step's latest running one goes back;
+                // anything else rolls back untouched.
+                let effect = sqlx::query(
+                    "DELETE FROM effects WHERE run_id = $1 AND node_id = $2 \
+                     AND attempt = $3 AND epoch = $4",
+                )
+                .bind(run_id)
+                .bind(node_id)
+                .bind(attempt)
+                .bind(epoch)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if effect == 0 {
+                    return Ok(());
+                }
+                let gone = sqlx::query(
+                    "DELETE FROM steps WHERE run_id = $1 AND node_id = $2 \
+                     AND status = 'running' AND attempts = $3 AND attempts = 1",
+                )
+                .bind(run_id)
+                .bind(node_id)
+                .bind(attempt)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let back = if gone == 1 {
+                    1
+                } else {
+                    sqlx::query(
+                        "UPDATE steps SET attempts = attempts - 1, updated_at = $4 \
+                         WHERE run_id = $1 AND node_id = $2 AND status = 'running' \
+                         AND attempts = $3",
+                    )
+                    .bind(run_id)
+                    .bind(node_id)
+                    .bind(attempt)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                };
+                if back == 1 {
+                    tx.commit().await?;
+                }
+                Ok(())
+            }
+
             async fn record_step_failure(
                 &self,
                 run_id: &str,
@@ -976,6 +1035,11 @@ macro_rules! impl_store {
             }
 
             async fn mark_lost(&self, lost_after_ms: i64, by: &str) -> StoreResult<Vec<String>> {
+                // Orphaned since: the owner's latest recorded death, or the
+                // run's last write if that is later (or there is no death
+                // row). Never the last checkpoint alone: a long step's
+                // checkpoint is old when its owner dies, and the run was not
+                // an orphan until then.
                 let now = self.clock.now_ms();
                 let mut tx = self.begin_write().await?;
                 let rows = sqlx::query(
@@ -983,6 +1047,8 @@ macro_rules! impl_store {
                      error = COALESCE(error, 'lost: its owner died and nobody resumed it') \
                      WHERE state = 'running' AND updated_at < $2 \
                      AND NOT EXISTS (SELECT 1 FROM pods p WHERE p.pod_id = runs.owner_pod) \
+                     AND NOT EXISTS (SELECT 1 FROM pod_deaths d \
+                                     WHERE d.pod_id = runs.owner_pod AND d.detected_at >= $2) \
                      RETURNING id, epoch",
                 )
                 .bind(now)
