@@ -286,16 +286,43 @@ impl Report<'_> {
         // dispatcher takes a pending run, an owner re-claiming its run after
         // a store error, and a survivor taking a run from another survivor
         // it found dead later.
+        // A fault target brought back with its id (restart_after_ms, or a
+        // restart fault) races the survivors for its own runs: either may
+        // take them, so its takeovers end at "a live pod".
+        let restarted: std::collections::BTreeSet<&str> = self
+            .evidence
+            .faults
+            .iter()
+            .filter(|f| {
+                f.action == Action::Restart
+                    || self
+                        .plan
+                        .faults
+                        .iter()
+                        .any(|p| p.index == f.index && p.restart_after_ms.is_some())
+            })
+            .filter_map(|f| f.pod.as_deref())
+            .collect();
+        let to_role = |from: Option<&str>, to: &str| {
+            if from.is_some_and(|p| restarted.contains(p))
+                && (Some(to) == from || self.role(Some(to)) == "survivor")
+            {
+                "a live pod".to_owned()
+            } else {
+                self.role(Some(to))
+            }
+        };
         let path = |c: &crate::engine::store::ClaimRecord| {
             format!(
                 "{} -> {}",
                 self.role(c.from_pod.as_deref()),
-                self.role(Some(&c.to_pod))
+                to_role(c.from_pod.as_deref(), &c.to_pod)
             )
         };
         let forced = |c: &&crate::engine::store::ClaimRecord| {
-            c.from_pod.as_deref() != Some(c.to_pod.as_str())
-                && (c.from_pod.is_none() || self.role(c.from_pod.as_deref()) != "survivor")
+            let from = c.from_pod.as_deref();
+            (from != Some(c.to_pod.as_str()) || from.is_some_and(|p| restarted.contains(p)))
+                && (from.is_none() || self.role(from) != "survivor")
         };
         let mut watched: Vec<String> = self
             .plan
@@ -332,7 +359,14 @@ impl Report<'_> {
                     "run": name,
                     "claims": claims,
                     "taken_from_fault_targets": from_targets,
-                    "final_owner": self.role(a.run.owner_pod.as_deref()),
+                    "final_owner": match a.run.owner_pod.as_deref() {
+                        Some(o) if !restarted.is_empty()
+                            && (restarted.contains(o) || self.role(Some(o)) == "survivor") =>
+                        {
+                            "a live pod".to_owned()
+                        }
+                        o => self.role(o),
+                    },
                 }))
             })
             .collect();
