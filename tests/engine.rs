@@ -533,13 +533,26 @@ async fn crash_between_attempts_never_exceeds_max_retries_plus_one(db: &TestDb) 
     assert!(kills > 0, "the test must actually crash executors");
     let hx = db.open().await;
     let e = engine_with(&hx, &reg, fast("pod-final")).await;
-    let state = h.store.get_run(&run.id).await.unwrap().unwrap().state;
-    if !state.is_terminal() {
-        let out = e
-            .run(&run.id, owner.as_deref(), CancellationToken::new())
+    // The last killed claimer's COMMIT may still land after `owner` was
+    // read: then this claim loses its compare-and-set, as it must; read the
+    // owner again and retry.
+    for _ in 0..20 {
+        let r = h.store.get_run(&run.id).await.unwrap().unwrap();
+        if r.state.is_terminal() {
+            break;
+        }
+        match e
+            .run(&run.id, r.owner_pod.as_deref(), CancellationToken::new())
             .await
-            .unwrap();
-        assert_eq!(out, RunOutcome::Finished(RunState::Failed));
+        {
+            Err(vigil::engine::EngineError::Store(StoreError::ClaimLost { .. })) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            out => {
+                assert_eq!(out.unwrap(), RunOutcome::Finished(RunState::Failed));
+                break;
+            }
+        }
     }
     let executions = h.store.effects(&run.id).await.unwrap().len();
     assert!(
