@@ -75,75 +75,41 @@ pub enum StreamEvent {
     },
 }
 
-/// Decode one SSE event of a run stream (`chunk`, `reset`, `end`); None for
-/// other event names or bodies that do not parse.
-pub fn decode_stream_event(event: &str, id: &str, data: &str) -> Option<StreamEvent> {
-    match event {
-        "chunk" => serde_json::from_str::<ChunkEvent>(data)
-            .ok()
-            .map(|c| StreamEvent::Chunk {
+/// Decode one SSE event of a run stream: `Ok(None)` for event names that
+/// are not `chunk`, `reset` or `end`; an error for a body that does not parse.
+pub fn decode_stream_event(
+    event: &str,
+    id: &str,
+    data: &str,
+) -> Result<Option<StreamEvent>, serde_json::Error> {
+    Ok(Some(match event {
+        "chunk" => {
+            let c: ChunkEvent = serde_json::from_str(data)?;
+            StreamEvent::Chunk {
                 id: id.to_owned(),
                 epoch: c.epoch,
                 seq: c.seq,
                 step: c.step,
                 attempt: c.attempt,
                 data: c.data,
-            }),
-        "reset" => serde_json::from_str::<ResetEvent>(data)
-            .ok()
-            .map(|r| StreamEvent::Reset {
+            }
+        }
+        "reset" => {
+            let r: ResetEvent = serde_json::from_str(data)?;
+            StreamEvent::Reset {
                 epoch: r.epoch,
                 keep: r.keep,
-            }),
-        "end" => serde_json::from_str::<EndEvent>(data)
-            .ok()
-            .map(|e| StreamEvent::End {
+            }
+        }
+        "end" => {
+            let e: EndEvent = serde_json::from_str(data)?;
+            StreamEvent::End {
                 state: e.state,
                 error: e.error,
-            }),
-        _ => None,
-    }
-}
-
-impl StreamPart {
-    /// Does this part hold the chunk of `epoch` written by `step`'s `attempt`?
-    pub fn covers(&self, epoch: i64, step: Option<&str>, attempt: Option<i64>) -> bool {
-        self.epoch == epoch && step == Some(self.step.as_str()) && attempt == Some(self.attempt)
-    }
-}
-
-/// Would a client following the stream keep a chunk it holds of
-/// `(epoch, step, attempt)` when a reset to `reset_epoch` with `keep` comes?
-pub fn keeps(
-    reset_epoch: i64,
-    keep: &[StreamPart],
-    epoch: i64,
-    step: Option<&str>,
-    attempt: Option<i64>,
-) -> bool {
-    epoch >= reset_epoch || keep.iter().any(|p| p.covers(epoch, step, attempt))
-}
-
-/// What a client holds after following `events` and honouring each reset:
-/// the chunk events it kept, in the order received.
-pub fn held_chunks(events: &[StreamEvent]) -> Vec<&StreamEvent> {
-    let mut held: Vec<&StreamEvent> = Vec::new();
-    for ev in events {
-        match ev {
-            StreamEvent::Chunk { .. } => held.push(ev),
-            StreamEvent::Reset { epoch, keep } => held.retain(|c| match c {
-                StreamEvent::Chunk {
-                    epoch: e,
-                    step,
-                    attempt,
-                    ..
-                } => keeps(*epoch, keep, *e, step.as_deref(), *attempt),
-                _ => false,
-            }),
-            StreamEvent::End { .. } => {}
+            }
         }
-    }
-    held
+        _ => return Ok(None),
+    }))
 }
 
 #[derive(Debug, Clone)]
@@ -412,36 +378,18 @@ impl PodClient {
                     url: url.to_string(),
                     problem: format!("bad {} event: {e}", ev.event),
                 };
-                match ev.event.as_str() {
-                    "chunk" => {
-                        let c: ChunkEvent = serde_json::from_str(&ev.data).map_err(proto)?;
-                        last_id = Some(ev.id.clone());
-                        failures = 0;
-                        on_event(&StreamEvent::Chunk {
-                            id: ev.id.clone(),
-                            epoch: c.epoch,
-                            seq: c.seq,
-                            step: c.step,
-                            attempt: c.attempt,
-                            data: c.data,
-                        });
-                    }
-                    "reset" => {
-                        let r: ResetEvent = serde_json::from_str(&ev.data).map_err(proto)?;
-                        on_event(&StreamEvent::Reset {
-                            epoch: r.epoch,
-                            keep: r.keep,
-                        });
-                    }
-                    "end" => {
-                        let e: EndEvent = serde_json::from_str(&ev.data).map_err(proto)?;
-                        on_event(&StreamEvent::End {
-                            state: e.state,
-                            error: e.error.clone(),
-                        });
-                        return Ok(e);
-                    }
-                    _ => {}
+                let Some(parsed) =
+                    decode_stream_event(&ev.event, &ev.id, &ev.data).map_err(proto)?
+                else {
+                    continue;
+                };
+                if matches!(parsed, StreamEvent::Chunk { .. }) {
+                    last_id = Some(ev.id.clone());
+                    failures = 0;
+                }
+                on_event(&parsed);
+                if let StreamEvent::End { state, error } = parsed {
+                    return Ok(EndEvent { state, error });
                 }
             }
             failures += 1;

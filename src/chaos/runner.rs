@@ -235,7 +235,9 @@ async fn follow(
                     return log;
                 }
             };
-            let Some(parsed) = crate::client::decode_stream_event(&ev.event, &ev.id, &ev.data)
+            // A body that does not parse is skipped like an unknown event:
+            // the checks judge what the client could read.
+            let Ok(Some(parsed)) = crate::client::decode_stream_event(&ev.event, &ev.id, &ev.data)
             else {
                 continue;
             };
