@@ -112,6 +112,47 @@ pub fn decode_stream_event(
     }))
 }
 
+impl StreamPart {
+    /// Does this part hold the chunk of `epoch` written by `step`'s `attempt`?
+    pub fn covers(&self, epoch: i64, step: Option<&str>, attempt: Option<i64>) -> bool {
+        self.epoch == epoch && step == Some(self.step.as_str()) && attempt == Some(self.attempt)
+    }
+}
+
+/// Would a client following the stream keep a chunk it holds of
+/// `(epoch, step, attempt)` when a reset to `reset_epoch` with `keep` comes?
+pub fn keeps(
+    reset_epoch: i64,
+    keep: &[StreamPart],
+    epoch: i64,
+    step: Option<&str>,
+    attempt: Option<i64>,
+) -> bool {
+    epoch >= reset_epoch || keep.iter().any(|p| p.covers(epoch, step, attempt))
+}
+
+/// What a client holds after following `events` and honouring each reset:
+/// the chunk events it kept, in the order received.
+pub fn held_chunks(events: &[StreamEvent]) -> Vec<&StreamEvent> {
+    let mut held: Vec<&StreamEvent> = Vec::new();
+    for ev in events {
+        match ev {
+            StreamEvent::Chunk { .. } => held.push(ev),
+            StreamEvent::Reset { epoch, keep } => held.retain(|c| match c {
+                StreamEvent::Chunk {
+                    epoch: e,
+                    step,
+                    attempt,
+                    ..
+                } => keeps(*epoch, keep, *e, step.as_deref(), *attempt),
+                _ => false,
+            }),
+            StreamEvent::End { .. } => {}
+        }
+    }
+    held
+}
+
 #[derive(Debug, Clone)]
 pub struct PodClient {
     base: url::Url,
