@@ -423,7 +423,7 @@ pub fn run_all(
                 CheckName::RetriesAgree => retries_agree(ev),
                 CheckName::DeathDetected => death_detected(ev),
                 CheckName::ClaimedOnce => claimed_once(ev),
-                CheckName::Fencing => fencing(ev, workflows),
+                CheckName::Fencing => fencing(ev),
             };
             CheckResult {
                 name,
@@ -589,17 +589,9 @@ fn held(events: &[(u64, StreamEvent)]) -> (Vec<HeldChunk>, usize) {
                 data: data.clone(),
             }),
             StreamEvent::Reset { epoch, keep } => {
-                let keep: BTreeSet<&StreamPart> = keep.iter().collect();
                 let before = held.len();
                 held.retain(|c| {
-                    c.epoch >= *epoch
-                        || c.step.as_ref().zip(c.attempt).is_some_and(|(s, a)| {
-                            keep.contains(&StreamPart {
-                                epoch: c.epoch,
-                                step: s.clone(),
-                                attempt: a,
-                            })
-                        })
+                    crate::client::keeps(*epoch, keep, c.epoch, c.step.as_deref(), c.attempt)
                 });
                 discarded += before - held.len();
             }
@@ -1192,7 +1184,7 @@ fn claimed_once(ev: &Evidence) -> Outcome {
 /// did not keep it. From the witness: no pod executes a step at an epoch
 /// older than one another pod already executed at. Cross-check: the
 /// store's log shows no terminal write by a pod that did not hold the epoch.
-fn fencing(ev: &Evidence, reg: &WorkflowRegistry) -> Outcome {
+fn fencing(ev: &Evidence) -> Outcome {
     let max_epoch_seen = ev
         .attachers
         .iter()
@@ -1233,7 +1225,7 @@ fn fencing(ev: &Evidence, reg: &WorkflowRegistry) -> Outcome {
             ));
         }
         let mut reset_to = 0;
-        let mut kept: BTreeSet<StreamPart> = BTreeSet::new();
+        let mut kept: Vec<StreamPart> = Vec::new();
         for (t, e) in &a.events {
             match e {
                 StreamEvent::Reset { epoch, keep } => {
@@ -1247,13 +1239,8 @@ fn fencing(ev: &Evidence, reg: &WorkflowRegistry) -> Outcome {
                     seq,
                     ..
                 } if *epoch < reset_to => {
-                    let is_kept = step.as_ref().zip(*attempt).is_some_and(|(s, at)| {
-                        kept.contains(&StreamPart {
-                            epoch: *epoch,
-                            step: s.clone(),
-                            attempt: at,
-                        })
-                    });
+                    let is_kept =
+                        crate::client::keeps(reset_to, &kept, *epoch, step.as_deref(), *attempt);
                     if !is_kept {
                         out.push(format!(
                             "{who}: got chunk {epoch}:{seq} at +{t} ms, after the stream moved to epoch {reset_to}"
@@ -1323,6 +1310,5 @@ fn fencing(ev: &Evidence, reg: &WorkflowRegistry) -> Outcome {
             }
         }
     }
-    let _ = reg;
     pass_or_fail(out)
 }
