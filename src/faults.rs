@@ -36,10 +36,19 @@ pub enum Bug {
     /// ~500 ms after an owner moves a run to `succeeded`, it writes a second
     /// terminal transition `succeeded -> failed`, past the terminal guard.
     DoubleTerminal,
+    /// The pre-issue-14 PostgreSQL sessions: a claim waits as long as it
+    /// takes for a run's row another session holds, and the liveness renew
+    /// waits for the recovery pass (it shared its loop), so one locked row
+    /// silences every survivor's liveness session.
+    StallingClaims,
+    /// A PostgreSQL store compares leases, heartbeats and deadlines on this
+    /// host's wall clock instead of the server's: a skewed pod reaps healthy
+    /// runs.
+    HostClockLeases,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 13] = [
         Bug::ReapAllLanes,
         Bug::SkipPurge,
         Bug::ClaimWithoutCas,
@@ -51,6 +60,8 @@ impl Bug {
         Bug::SkipFence,
         Bug::BlindSurvivor,
         Bug::DoubleTerminal,
+        Bug::StallingClaims,
+        Bug::HostClockLeases,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +77,8 @@ impl Bug {
             Bug::SkipFence => "skip_fence",
             Bug::BlindSurvivor => "blind_survivor",
             Bug::DoubleTerminal => "double_terminal",
+            Bug::StallingClaims => "stalling_claims",
+            Bug::HostClockLeases => "host_clock_leases",
         }
     }
 }

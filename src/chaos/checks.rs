@@ -424,6 +424,7 @@ pub fn run_all(
                 CheckName::DeathDetected => death_detected(ev),
                 CheckName::ClaimedOnce => claimed_once(ev),
                 CheckName::Fencing => fencing(ev),
+                CheckName::NoFalseDeaths => no_false_deaths(ev),
             };
             CheckResult {
                 name,
@@ -947,6 +948,8 @@ fn no_healthy_reaped(ev: &Evidence) -> Outcome {
                                 f.action,
                                 Action::Kill | Action::Term | Action::Pause | Action::Partition
                             )
+                        || f.run_id.as_deref() == Some(a.run.id.as_str())
+                            && f.action == Action::RowLock
                         || f.action == Action::StoreFreeze
                         || f.action == Action::StoreOutage)
             });
@@ -1104,6 +1107,40 @@ fn death_detected(ev: &Evidence) -> Outcome {
                 "{pod} recorded dead {ms} ms after the fault, bound {bound} ms (store record)"
             )),
             Some(_) => {}
+        }
+    }
+    pass_or_fail(out)
+}
+
+/// Store record: every recorded death is of a pod a fault could have killed
+/// (SIGKILL, SIGTERM, SIGSTOP, a partition, a restart with its id) or came
+/// after the store itself was stopped or frozen. A live pod declared dead
+/// has its runs taken from under it: the cluster-wide stall of issue 14
+/// (a row lock blocking recovery and, with it, the survivors' own liveness).
+fn no_false_deaths(ev: &Evidence) -> Outcome {
+    let mut out = Vec::new();
+    for d in &ev.deaths {
+        let excused = ev.faults.iter().any(|f| {
+            f.at_ms <= d.detected_at_ms
+                && (f.pod.as_deref() == Some(d.pod_id.as_str())
+                    && matches!(
+                        f.action,
+                        Action::Kill
+                            | Action::Term
+                            | Action::Pause
+                            | Action::Partition
+                            | Action::Restart
+                    )
+                    || matches!(f.action, Action::StoreOutage | Action::StoreFreeze))
+        });
+        if !excused {
+            out.push(format!(
+                "{} was declared dead by {} at +{} ms, with no fault on it or on the store \
+                 (store record)",
+                d.pod_id,
+                d.detected_by,
+                d.detected_at_ms - ev.wall0
+            ));
         }
     }
     pass_or_fail(out)

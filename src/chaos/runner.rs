@@ -80,6 +80,8 @@ const SETTLE: Duration = Duration::from_secs(1);
 struct Shared {
     history: Arc<History>,
     store: Arc<dyn Store>,
+    /// The store's URL as the runner reaches it (row_lock's own session).
+    store_url: String,
     cluster: tokio::sync::Mutex<Cluster>,
     live: Mutex<Vec<(String, String)>>,
     names: Mutex<BTreeMap<String, String>>,
@@ -538,6 +540,79 @@ async fn fire(
                 .history
                 .record("heal", json!({ "action": "store_thaw" }));
         }
+        Action::RowLock => {
+            let id = run_id.clone().context("row_lock needs its run")?;
+            let hold = Duration::from_millis(f.duration_ms.unwrap_or(1000));
+            let by = if p.is_empty() {
+                // A session of the runner's own: someone else's transaction.
+                crate::engine::store::postgres::hold_run_row(&shared.store_url, &id, hold, false)
+                    .await
+                    .with_context(|| format!("locking the row of run {id}"))?;
+                "runner".to_owned()
+            } else {
+                // A session of the target pod's (its chaos hook).
+                let url = shared
+                    .cluster
+                    .lock()
+                    .await
+                    .pod(&p)
+                    .map(|x| x.url.clone())
+                    .context("row_lock target vanished")?;
+                let r = shared
+                    .http
+                    .post(format!("{url}v1/chaos/runs/{id}/lock"))
+                    .json(&json!({ "hold_ms": hold.as_millis() as u64 }))
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!(
+                        "{p} did not lock run {id}'s row: {} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    );
+                }
+                p.clone()
+            };
+            shared.history.record(
+                "row_locked",
+                json!({ "run": id, "by": by, "hold_ms": hold.as_millis() as u64 }),
+            );
+            tokio::time::sleep(hold).await;
+            shared
+                .history
+                .record("heal", json!({ "action": "row_unlock", "run": id }));
+        }
+        Action::ClockSkew => {
+            let url = shared
+                .cluster
+                .lock()
+                .await
+                .pod(&p)
+                .map(|x| x.url.clone())
+                .context("clock_skew target vanished")?;
+            let offset = f.offset_ms.unwrap_or(0);
+            let skew = |ms: i64| {
+                shared
+                    .http
+                    .post(format!("{url}v1/chaos/clock"))
+                    .json(&json!({ "offset_ms": ms }))
+                    .send()
+            };
+            let r = skew(offset).await?;
+            if !r.status().is_success() {
+                bail!("{p} did not skew its clock: {}", r.status());
+            }
+            shared
+                .history
+                .record("clock_skewed", json!({ "pod": p, "offset_ms": offset }));
+            if let Some(ms) = f.duration_ms {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                skew(0).await?;
+                shared
+                    .history
+                    .record("heal", json!({ "action": "clock_unskew", "pod": p }));
+            }
+        }
         Action::LateComplete => {
             let id = run_id.clone().context("late_complete needs its run")?;
             let (_, url) = shared
@@ -647,6 +722,13 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
     } else if freeze && (kind != StoreKind::Postgres || matches!(opts.store, StoreChoice::PgUrl(_)))
     {
         Some("store_freeze needs a PostgreSQL server the runner starts: --store postgres")
+    } else if kind != StoreKind::Postgres
+        && plan
+            .faults
+            .iter()
+            .any(|f| matches!(f.action, Action::RowLock | Action::ClockSkew))
+    {
+        Some("row_lock and clock_skew are PostgreSQL faults: --store postgres")
     } else {
         None
     };
@@ -869,6 +951,7 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
     let shared = Arc::new(Shared {
         history,
         store: store.clone(),
+        store_url: target.to_owned(),
         cluster: tokio::sync::Mutex::new(cluster),
         live: Mutex::default(),
         names: Mutex::default(),

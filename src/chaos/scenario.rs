@@ -133,6 +133,15 @@ pub enum Action {
     /// of the throwaway server (process driver) or pause its container
     /// (Docker driver), then let it go on. Connections stay open and hang.
     StoreFreeze,
+    /// Hold run `run`'s row locked (`SELECT ... FOR UPDATE` in an open
+    /// transaction) for `duration_ms`. With a target pod the lock is taken
+    /// by a session of that pod (its chaos hook; pause it next and it is a
+    /// pod frozen mid-transaction); without one, by a session of the
+    /// runner's own (an operator's open `psql`). PostgreSQL only.
+    RowLock,
+    /// Step the target pod's wall clock by `offset_ms` (negative: behind),
+    /// as a drifting host or an NTP step does (chaos hook).
+    ClockSkew,
 }
 
 impl Action {
@@ -148,6 +157,8 @@ impl Action {
             Action::LateComplete => "late_complete",
             Action::Partition => "partition",
             Action::StoreFreeze => "store_freeze",
+            Action::RowLock => "row_lock",
+            Action::ClockSkew => "clock_skew",
         }
     }
 }
@@ -171,6 +182,8 @@ pub struct FaultCfg {
     pub restart_after_ms: Option<u64>,
     pub switch: Option<Spanned<String>>,
     pub value: Option<bool>,
+    /// For clock_skew: how far the pod's wall clock is stepped (ms).
+    pub offset_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, Hash)]
@@ -186,10 +199,11 @@ pub enum CheckName {
     DeathDetected,
     ClaimedOnce,
     Fencing,
+    NoFalseDeaths,
 }
 
 impl CheckName {
-    pub const ALL: [CheckName; 10] = [
+    pub const ALL: [CheckName; 11] = [
         CheckName::TerminalOnce,
         CheckName::NoGhosts,
         CheckName::StreamExactlyOnce,
@@ -200,6 +214,7 @@ impl CheckName {
         CheckName::DeathDetected,
         CheckName::ClaimedOnce,
         CheckName::Fencing,
+        CheckName::NoFalseDeaths,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -214,6 +229,7 @@ impl CheckName {
             CheckName::DeathDetected => "death_detected",
             CheckName::ClaimedOnce => "claimed_once",
             CheckName::Fencing => "fencing",
+            CheckName::NoFalseDeaths => "no_false_deaths",
         }
     }
 
@@ -241,6 +257,9 @@ impl CheckName {
             CheckName::DeathDetected => "a dead pod is detected within the liveness bound",
             CheckName::ClaimedOnce => "each orphan is claimed by exactly one survivor",
             CheckName::Fencing => "a pod that lost its claim writes nothing for the run afterwards",
+            CheckName::NoFalseDeaths => {
+                "no pod is declared dead unless it was stopped, killed or cut off (or the store was)"
+            }
         }
     }
 }
@@ -321,6 +340,7 @@ pub struct PlannedFault {
     pub duration_ms: Option<u64>,
     pub restart_after_ms: Option<u64>,
     pub switch: Option<(String, bool)>,
+    pub offset_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -528,9 +548,11 @@ impl Scenario {
                     | Action::Restart
                     | Action::Stall
                     | Action::Partition
+                    | Action::ClockSkew
             );
-            match (&f.target, needs_target) {
-                (None, true) => {
+            let may_target = needs_target || action == Action::RowLock;
+            match (&f.target, may_target) {
+                (None, true) if needs_target => {
                     return Err(err(
                         span,
                         &field("target"),
@@ -555,7 +577,28 @@ impl Scenario {
                         ));
                     }
                 }
-                (None, false) => {}
+                (None, _) => {}
+            }
+            if action == Action::ClockSkew && f.offset_ms.is_none() {
+                return Err(err(
+                    span,
+                    &field("offset_ms"),
+                    "clock_skew needs offset_ms (negative: behind)".into(),
+                ));
+            }
+            if action != Action::ClockSkew && f.offset_ms.is_some() {
+                return Err(err(
+                    span,
+                    &field("offset_ms"),
+                    "only clock_skew takes offset_ms".into(),
+                ));
+            }
+            if action == Action::RowLock && f.run.is_none() {
+                return Err(err(
+                    span,
+                    &field("run"),
+                    "row_lock needs the run whose row it locks".into(),
+                ));
             }
             if action == Action::Pause && f.duration_ms.is_none() {
                 return Err(err(
@@ -582,8 +625,11 @@ impl Scenario {
                     ));
                 }
             }
-            if matches!(action, Action::StoreOutage | Action::StoreFreeze) {
-                if f.duration_ms.is_none() {
+            if matches!(
+                action,
+                Action::StoreOutage | Action::StoreFreeze | Action::RowLock | Action::ClockSkew
+            ) {
+                if f.duration_ms.is_none() && action != Action::ClockSkew {
                     return Err(err(
                         span,
                         &field("duration_ms"),
@@ -591,10 +637,15 @@ impl Scenario {
                     ));
                 }
                 if raw.cluster.store != StoreKind::Postgres {
+                    let why = if action == Action::ClockSkew {
+                        " (pods on one SQLite file share one host, and its clock)"
+                    } else {
+                        ""
+                    };
                     return Err(err(
                         span,
                         &field("action"),
-                        format!("{} needs store = \"postgres\"", action.as_str()),
+                        format!("{} needs store = \"postgres\"{why}", action.as_str()),
                     ));
                 }
             }
@@ -720,6 +771,7 @@ impl Scenario {
                     target,
                     duration_ms: f.duration_ms,
                     restart_after_ms: f.restart_after_ms,
+                    offset_ms: f.offset_ms,
                     switch: f
                         .switch
                         .as_ref()

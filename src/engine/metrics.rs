@@ -181,7 +181,8 @@ impl Metrics {
         let dispatch_claims = Family::<Outcome, Counter>::default();
         registry.register(
             "vigil_dispatch_claims",
-            "Claims this pod attempted on pending runs and its own previous incarnation's runs",
+            "Claims this pod attempted, by outcome: pending, resumed, lost_race, row_busy (another \
+             session held the run's row; tried again later), error",
             dispatch_claims.clone(),
         );
         let runs_active = Gauge::default();

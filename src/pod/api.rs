@@ -161,7 +161,7 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(super) type ApiResult<T> = Result<T, ApiError>;
 
 /// Proof that a mutating request carried the pod's bearer token (when the
 /// pod has one: `--token-file`). Compared in constant time.
@@ -364,7 +364,7 @@ pub fn router(pod: Arc<Pod>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
-        .route("/v1/chaos/runs/{id}/stall", post(chaos_stall))
+        .merge(super::hooks::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -881,30 +881,4 @@ async fn openapi(State(pod): State<Arc<Pod>>) -> Json<serde_json::Value> {
         p["enum"] = serde_json::json!(switch_names);
     }
     Json(doc)
-}
-
-/// Chaos hook (only with `--chaos-hooks`; not part of the public API):
-/// stop a run's machinery on this pod while keeping its ownership, as if its
-/// driver had died on a live pod.
-async fn chaos_stall(
-    State(pod): State<Arc<Pod>>,
-    _auth: Authorized,
-    Path(id): Path<String>,
-) -> ApiResult<Json<EventAccepted>> {
-    if !pod.args.chaos_hooks {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "chaos_hooks_disabled",
-            "start the pod with --chaos-hooks",
-        ));
-    }
-    if pod.stall(&id) {
-        Ok(Json(EventAccepted { accepted: true }))
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "run_not_local",
-            format!("run {id} is not running on this pod"),
-        ))
-    }
 }

@@ -8,6 +8,7 @@
 //! a bounded time.
 
 pub mod api;
+mod hooks;
 pub mod stream;
 
 use crate::engine::clock;
@@ -122,6 +123,9 @@ struct LocalRun {
 pub struct Pod {
     pub engine: Arc<Engine>,
     pub store: Arc<dyn Store>,
+    /// Only for the `stalling_claims` fault: held by a recovery pass, taken
+    /// by the renew, which then waits for the pass as it once did.
+    renew_gate: tokio::sync::Mutex<()>,
     pub pod_id: String,
     pub args: PodArgs,
     /// The bearer token changes need, when `--token-file` is given.
@@ -209,6 +213,16 @@ impl Pod {
                 // Another pod won the race, or the run ended: not ours.
                 self.engine.metrics.inc_dispatch("lost_race");
                 tracing::debug!(run_id, error = %e, "claim not taken");
+                return false;
+            }
+            Err(e) if e.is_lock_busy() => {
+                // Another session holds the run's row (a frozen pod inside a
+                // transaction): never wait on it; the next pass tries again.
+                self.engine.metrics.inc_dispatch("row_busy");
+                tracing::debug!(
+                    run_id,
+                    "claim deferred: another session holds the run's row"
+                );
                 return false;
             }
             Err(e) => {
@@ -418,9 +432,51 @@ impl Pod {
         }
     }
 
-    /// Keep our membership alive, probe peers, recover orphans. Returns the
-    /// membership so the caller can leave after the runs have stopped.
+    /// Keep our membership alive (on a task of its own), probe peers and
+    /// recover orphans. Returns the membership so the caller can leave after
+    /// the runs have stopped.
     async fn liveness_loop(
+        self: Arc<Self>,
+        membership: Box<dyn crate::engine::liveness::Membership>,
+        identity: crate::engine::liveness::Identity,
+        stop: CancellationToken,
+    ) -> Box<dyn crate::engine::liveness::Membership> {
+        // The renew never waits behind recovery: a claim, a probe or a
+        // registry read that blocks (a row another session holds, a slow
+        // server) must not let our own liveness session go silent, or peers
+        // declare a live pod dead (issue 14, item 4).
+        let renewer = tokio::spawn(self.clone().renew_loop(membership, identity, stop.clone()));
+        let mut probe =
+            tokio::time::interval(Duration::from_millis(self.args.probe_interval_ms.max(10)));
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = probe.tick() => {
+                    // The stalling_claims fault: the renew waits for this pass.
+                    let _inline = if crate::faults::on(crate::faults::Bug::StallingClaims) {
+                        Some(self.renew_gate.lock().await)
+                    } else {
+                        None
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = self.probe_and_recover() => {}
+                    }
+                    self.engine.metrics.tick("liveness");
+                }
+            }
+        }
+        match renewer.await {
+            Ok(m) => m,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Renew our membership every timeout/5 until `stop`; when it is found
+    /// lost, stop local runs, rejoin as a new incarnation and take back what
+    /// is still ours.
+    async fn renew_loop(
         self: Arc<Self>,
         mut membership: Box<dyn crate::engine::liveness::Membership>,
         mut identity: crate::engine::liveness::Identity,
@@ -428,54 +484,59 @@ impl Pod {
     ) -> Box<dyn crate::engine::liveness::Membership> {
         let mut renew = tokio::time::interval(identity.timeout / 5);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut probe =
-            tokio::time::interval(Duration::from_millis(self.args.probe_interval_ms.max(10)));
-        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = renew.tick() => {
-                    if matches!(membership.renew().await, Ok(true)) {
-                        continue;
+                _ = renew.tick() => {}
+            }
+            let renewed = {
+                let _inline = if crate::faults::on(crate::faults::Bug::StallingClaims) {
+                    Some(self.renew_gate.lock().await)
+                } else {
+                    None
+                };
+                membership.renew().await
+            };
+            if matches!(renewed, Ok(true)) {
+                continue;
+            }
+            // Declared dead (paused, partitioned, or our session was
+            // killed): peers are taking our runs. Stop ours, rejoin as
+            // a new incarnation, and take back what is still ours.
+            tracing::error!(pod_id = %self.pod_id, "lost liveness: stopping local runs and rejoining");
+            self.stop_all_local();
+            identity.incarnation = uuid::Uuid::now_v7().to_string();
+            loop {
+                match self
+                    .store
+                    .liveness()
+                    .join(&identity, identity.timeout * 2)
+                    .await
+                {
+                    Ok(m) => {
+                        membership = m;
+                        break;
                     }
-                    // Declared dead (paused, partitioned, or our session was
-                    // killed): peers are taking our runs. Stop ours, rejoin as
-                    // a new incarnation, and take back what is still ours.
-                    tracing::error!(pod_id = %self.pod_id, "lost liveness: stopping local runs and rejoining");
-                    self.stop_all_local();
-                    identity.incarnation = uuid::Uuid::now_v7().to_string();
-                    loop {
-                        match self.store.liveness().join(&identity, identity.timeout * 2).await {
-                            Ok(m) => {
-                                membership = m;
-                                break;
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "rejoin failed; retrying");
-                                tokio::select! {
-                                    _ = stop.cancelled() => return membership,
-                                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                                }
-                            }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rejoin failed; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => return membership,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                         }
                     }
-                    // Let the stopped drivers leave `local` first, or the
-                    // sweep would skip the very runs it must take back.
-                    for _ in 0..200 {
-                        let draining = lock(&self.local).values().any(|l| l.cancel.is_cancelled());
-                        if !draining {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(25)).await;
-                    }
-                    if let Err(e) = self.startup_sweep().await {
-                        tracing::warn!(error = %e, "sweep after rejoin failed");
-                    }
                 }
-                _ = probe.tick() => {
-                    self.probe_and_recover().await;
-                    self.engine.metrics.tick("liveness");
+            }
+            // Let the stopped drivers leave `local` first, or the
+            // sweep would skip the very runs it must take back.
+            for _ in 0..200 {
+                let draining = lock(&self.local).values().any(|l| l.cancel.is_cancelled());
+                if !draining {
+                    break;
                 }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            if let Err(e) = self.startup_sweep().await {
+                tracing::warn!(error = %e, "sweep after rejoin failed");
             }
         }
         membership
@@ -681,7 +742,9 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
             store.clone(),
             Arc::new(workflows),
             switches,
-            clock::system(),
+            // The store's clock, not this host's: deadlines are compared
+            // with times other pods wrote.
+            store.clock().clone(),
             EngineConfig {
                 witness_url: args.witness_url.clone(),
                 ..EngineConfig::new(pod_id.clone())
@@ -692,6 +755,7 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
     Ok(Arc::new(Pod {
         engine,
         store,
+        renew_gate: tokio::sync::Mutex::new(()),
         pod_id,
         args,
         token,

@@ -14,7 +14,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-mod postgres;
+pub mod postgres;
 mod sql;
 mod sqlite;
 
@@ -98,6 +98,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Another session holds the row (PostgreSQL `lock_not_available`: a
+    /// `NOWAIT` claim, or a wait past the session's `lock_timeout`). Not a
+    /// rejection and not an outage: the same write can succeed later.
+    pub fn is_lock_busy(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(e)) => e.code().as_deref() == Some("55P03"),
+            _ => false,
+        }
+    }
+
     /// A protocol rejection: retrying the same write cannot succeed.
     pub fn is_rejection(&self) -> bool {
         matches!(
@@ -265,6 +275,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn stats(&self) -> &StoreStats;
     /// The metrics registry this store counts transitions and fences in.
     fn metrics(&self) -> &Arc<crate::engine::metrics::Metrics>;
+    /// The clock every time this store writes or compares is read from; the
+    /// engine on top of it reads the same one (deadlines).
+    fn clock(&self) -> &Arc<dyn crate::engine::clock::Clock>;
 
     /// Create a run; with an idempotency key already used, return the run it
     /// created first. The flag says whether this call created the run.
@@ -472,12 +485,13 @@ pub async fn open_existing(target: &str) -> StoreResult<Arc<dyn Store>> {
     open_mode(target, OpenMode::Existing).await
 }
 
-/// [`open`] or [`open_existing`], by `mode`.
+/// [`open`] or [`open_existing`], by `mode`, on the store's own clock: the
+/// server's for PostgreSQL, the host's for SQLite (one host, one clock).
 pub async fn open_mode(target: &str, mode: OpenMode) -> StoreResult<Arc<dyn Store>> {
-    open_with_mode(
+    open_clocked(
         target,
         mode,
-        crate::engine::clock::system(),
+        None,
         Arc::new(crate::engine::metrics::Metrics::new()),
     )
     .await
@@ -489,7 +503,7 @@ pub async fn open_with(
     clock: Arc<dyn crate::engine::clock::Clock>,
     metrics: Arc<crate::engine::metrics::Metrics>,
 ) -> StoreResult<Arc<dyn Store>> {
-    open_with_mode(target, OpenMode::Create, clock, metrics).await
+    open_clocked(target, OpenMode::Create, Some(clock), metrics).await
 }
 
 /// [`open_mode`] with an injected clock and metrics registry.
@@ -499,12 +513,22 @@ pub async fn open_with_mode(
     clock: Arc<dyn crate::engine::clock::Clock>,
     metrics: Arc<crate::engine::metrics::Metrics>,
 ) -> StoreResult<Arc<dyn Store>> {
+    open_clocked(target, mode, Some(clock), metrics).await
+}
+
+async fn open_clocked(
+    target: &str,
+    mode: OpenMode,
+    clock: Option<Arc<dyn crate::engine::clock::Clock>>,
+    metrics: Arc<crate::engine::metrics::Metrics>,
+) -> StoreResult<Arc<dyn Store>> {
     if target.starts_with("postgres://") || target.starts_with("postgresql://") {
         Ok(Arc::new(
             PgStore::connect_mode(target, mode, clock, metrics).await?,
         ))
     } else if let Some(path) = target.strip_prefix("sqlite://") {
         let path = std::path::Path::new(path);
+        let clock = clock.unwrap_or_else(crate::engine::clock::system);
         Ok(Arc::new(
             SqliteStore::open_mode(path, mode, clock, metrics).await?,
         ))
@@ -521,6 +545,7 @@ pub async fn open_with_mode(
         })
     } else {
         let path = std::path::Path::new(target);
+        let clock = clock.unwrap_or_else(crate::engine::clock::system);
         Ok(Arc::new(
             SqliteStore::open_mode(path, mode, clock, metrics).await?,
         ))

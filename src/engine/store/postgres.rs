@@ -3,7 +3,7 @@
 //! are strictly ordered.
 
 use super::sql::impl_store;
-use crate::engine::clock::{self, Clock};
+use crate::engine::clock::Clock;
 use crate::engine::metrics::Metrics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
@@ -27,6 +27,13 @@ mod dialect {
     pub const FENCE_SELECT: &str = "SELECT state, epoch FROM runs WHERE id = $1 FOR UPDATE";
     pub const STATE_SELECT_FOR_UPDATE: &str =
         "SELECT state, epoch, owner_pod, late_completion FROM runs WHERE id = $1 FOR UPDATE";
+    /// A claim never waits for a row another session holds (a pod frozen
+    /// mid-transaction, an operator's open `psql`): it fails at once with
+    /// `lock_not_available` and recovery tries again at its next pass.
+    pub const CLAIM_SELECT_FOR_UPDATE: &str = "SELECT state, epoch, owner_pod, late_completion \
+         FROM runs WHERE id = $1 FOR UPDATE NOWAIT";
+    /// Bulk passes (deadline, janitor) take only the rows nobody holds.
+    pub const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
     pub const SWITCH_SELECT_FOR_UPDATE: &str =
         "SELECT enabled FROM switches WHERE name = $1 FOR UPDATE";
     pub const TRANSITION_UPDATE: &str = "UPDATE runs SET state = $2, updated_at = $3, \
@@ -46,6 +53,163 @@ mod dialect {
     }
 }
 
+/// Settings of every pooled session, so that no session of this process can
+/// stall the cluster, and no stalled session elsewhere can stall this one
+/// for long (see "PostgreSQL sessions" in docs/engine.md):
+/// - `lock_timeout`: a statement waits at most this long for a row another
+///   session holds (claims do not wait at all: `NOWAIT`);
+/// - `statement_timeout`: no statement runs longer (a frozen disk, a plan
+///   gone wrong);
+/// - `idle_in_transaction_session_timeout`: a session left inside an open
+///   transaction (its pod SIGSTOPped, its VM paused, its network cut
+///   without a reset) is ended by the server, which releases its row locks;
+/// - TCP keepalives: the server finds a silent peer's socket dead.
+pub const SESSION_SETTINGS: [(&str, &str); 6] = [
+    ("lock_timeout", "2s"),
+    ("statement_timeout", "30s"),
+    ("idle_in_transaction_session_timeout", "5s"),
+    ("tcp_keepalives_idle", "5"),
+    ("tcp_keepalives_interval", "2"),
+    ("tcp_keepalives_count", "3"),
+];
+
+/// The PostgreSQL server's clock, as every pod sharing the server sees it.
+///
+/// Leases, heartbeats, deadlines and deaths are times one pod writes and
+/// another compares with its own "now": on each host's wall clock, a pod
+/// whose clock runs 8 s ahead reaps every healthy run of its peers (issue
+/// 14, item 8). So no pod reads its wall clock for them. The server's
+/// `clock_timestamp()` is sampled once a second (the sample with the
+/// shortest round trip of the last ten seconds wins; it is dated at the
+/// round trip's midpoint) and carried forward on this process's monotonic
+/// clock, so a read costs no round trip and a stepped or skewed host clock
+/// changes nothing. Readings never go backwards. While the server cannot be
+/// reached the last sample is carried forward.
+#[derive(Debug)]
+pub struct ServerClock {
+    sample: std::sync::Mutex<ClockSample>,
+    last: std::sync::atomic::AtomicI64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClockSample {
+    server_ms: i64,
+    at: std::time::Instant,
+    rtt: Duration,
+}
+
+const CLOCK_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+const CLOCK_SAMPLE_KEEP: Duration = Duration::from_secs(10);
+
+impl ServerClock {
+    async fn read(pool: &PgPool) -> Result<ClockSample, sqlx::Error> {
+        let sent = std::time::Instant::now();
+        let server_ms: i64 =
+            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT")
+                .fetch_one(pool)
+                .await?;
+        let rtt = sent.elapsed();
+        Ok(ClockSample {
+            server_ms,
+            at: sent + rtt / 2,
+            rtt,
+        })
+    }
+
+    /// Read the server's clock once (an error if it cannot be read), then
+    /// keep sampling it in the background for as long as the clock lives.
+    pub async fn start(pool: PgPool) -> super::StoreResult<Arc<dyn Clock>> {
+        let first = Self::read(&pool).await?;
+        let clock = Arc::new(ServerClock {
+            sample: std::sync::Mutex::new(first),
+            last: std::sync::atomic::AtomicI64::new(first.server_ms),
+        });
+        let weak = Arc::downgrade(&clock);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CLOCK_SAMPLE_EVERY).await;
+                let Some(clock) = weak.upgrade() else { break };
+                if pool.is_closed() {
+                    break;
+                }
+                match tokio::time::timeout(CLOCK_SAMPLE_EVERY, Self::read(&pool)).await {
+                    Ok(Ok(s)) => clock.offer(s),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "server clock not sampled"),
+                    Err(_) => tracing::debug!("server clock not sampled: no answer within 1 s"),
+                }
+            }
+        });
+        Ok(clock)
+    }
+
+    fn offer(&self, s: ClockSample) {
+        let mut cur = self.sample.lock().unwrap_or_else(|e| e.into_inner());
+        if s.rtt <= cur.rtt || cur.at.elapsed() >= CLOCK_SAMPLE_KEEP {
+            *cur = s;
+        }
+    }
+}
+
+impl Clock for ServerClock {
+    fn now_ms(&self) -> i64 {
+        let s = *self.sample.lock().unwrap_or_else(|e| e.into_inner());
+        let since = i64::try_from(s.at.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let now = s.server_ms.saturating_add(since);
+        let before = self
+            .last
+            .fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        now.max(before)
+    }
+}
+
+/// Chaos (`row_lock`): open a session of its own to `url`, begin a
+/// transaction and lock run `run_id`'s row (`SELECT ... FOR UPDATE`), then
+/// keep the transaction open for `hold` in the background and roll it back.
+/// Returns once the lock is held. `vigil_session` gives the session the
+/// settings of a pod's own sessions ([`SESSION_SETTINGS`]): what a pod frozen
+/// inside a transaction leaves behind; without them it is someone else's
+/// session (an operator's open `psql`, another application).
+pub async fn hold_run_row(
+    url: &str,
+    run_id: &str,
+    hold: Duration,
+    vigil_session: bool,
+) -> super::StoreResult<tokio::task::JoinHandle<()>> {
+    use sqlx::Connection as _;
+    let shown = redact_url(url);
+    let mut options = PgConnectOptions::from_str(url).map_err(|e| super::StoreError::BadUrl {
+        url: shown.clone(),
+        problem: e.to_string(),
+    })?;
+    if vigil_session {
+        options = options.options(SESSION_SETTINGS);
+    }
+    let mut conn = sqlx::PgConnection::connect_with(&options)
+        .await
+        .map_err(|source| super::StoreError::Unreachable {
+            target: shown,
+            source,
+        })?;
+    sqlx::query("BEGIN").execute(&mut conn).await?;
+    let found = sqlx::query("SELECT id FROM runs WHERE id = $1 FOR UPDATE")
+        .bind(run_id)
+        .fetch_optional(&mut conn)
+        .await?;
+    if found.is_none() {
+        let _ = conn.close().await;
+        return Err(super::StoreError::RunNotFound {
+            run_id: run_id.to_owned(),
+        });
+    }
+    Ok(tokio::spawn(async move {
+        tokio::time::sleep(hold).await;
+        // The server may have ended the session meanwhile
+        // (idle_in_transaction_session_timeout): nothing left to release.
+        let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+        let _ = conn.close().await;
+    }))
+}
+
 /// The URL with its password replaced, fit for errors and logs.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
@@ -59,8 +223,9 @@ pub fn redact_url(url: &str) -> String {
 }
 
 impl PgStore {
+    /// Connect and migrate, on the server's clock (see [`ServerClock`]).
     pub async fn connect(url: &str) -> super::StoreResult<Self> {
-        Self::connect_with(url, clock::system(), Arc::new(Metrics::new())).await
+        Self::connect_mode(url, super::OpenMode::Create, None, Arc::new(Metrics::new())).await
     }
 
     /// [`PgStore::connect`] with an injected clock and metrics registry.
@@ -69,16 +234,17 @@ impl PgStore {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> super::StoreResult<Self> {
-        Self::connect_mode(url, super::OpenMode::Create, clock, metrics).await
+        Self::connect_mode(url, super::OpenMode::Create, Some(clock), metrics).await
     }
 
     /// Connect and migrate. [`super::OpenMode::Existing`] first checks that
     /// the database holds Vigil's tables and refuses it, running no
-    /// migration, when it does not.
+    /// migration, when it does not. Without an injected `clock` every time
+    /// this store writes or compares is the server's ([`ServerClock`]).
     pub async fn connect_mode(
         url: &str,
         mode: super::OpenMode,
-        clock: Arc<dyn Clock>,
+        clock: Option<Arc<dyn Clock>>,
         metrics: Arc<Metrics>,
     ) -> super::StoreResult<Self> {
         let shown = redact_url(url);
@@ -86,24 +252,27 @@ impl PgStore {
             url: shown.clone(),
             problem: e.to_string(),
         })?;
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
+        let unreachable = |source| super::StoreError::Unreachable {
+            target: shown.clone(),
+            source,
+        };
+        // Checked and migrated on a connection of its own, without the pool's
+        // lock_timeout: concurrent migrators queue on sqlx's advisory lock.
+        let setup = PgPoolOptions::new()
+            .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.clone())
             .await
-            .map_err(|source| super::StoreError::Unreachable {
-                target: shown.clone(),
-                source,
-            })?;
+            .map_err(unreachable)?;
         if mode == super::OpenMode::Existing {
             let vigil: bool = sqlx::query_scalar(
                 "SELECT to_regclass('_sqlx_migrations') IS NOT NULL \
                  AND to_regclass('runs') IS NOT NULL",
             )
-            .fetch_one(&pool)
+            .fetch_one(&setup)
             .await?;
             if !vigil {
-                pool.close().await;
+                setup.close().await;
                 return Err(super::StoreError::NoStore {
                     what: format!(
                         "no Vigil store in database {} at {}:{}: its tables are missing",
@@ -121,9 +290,23 @@ impl PgStore {
         // sqlx serializes concurrent migrators with an advisory lock.
         let migrator = sqlx::migrate!("./migrations/postgres");
         migrator
-            .run(&pool)
+            .run(&setup)
             .await
             .map_err(|e| super::migrate_error(&shown, &migrator, e))?;
+        setup.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone().options(SESSION_SETTINGS))
+            .await
+            .map_err(unreachable)?;
+        let clock = match clock {
+            Some(c) => c,
+            None if crate::faults::on(crate::faults::Bug::HostClockLeases) => {
+                crate::engine::clock::system()
+            }
+            None => ServerClock::start(pool.clone()).await?,
+        };
         Ok(PgStore {
             pool,
             options,
@@ -155,6 +338,9 @@ const REAP_SQL: &str = "WITH reaped AS ( \
                UPDATE runs SET state = 'timed_out', updated_at = $1, \
                  error = 'reaped: no heartbeat within its lane''s timeout' \
                WHERE state = 'running' AND heartbeat_timeout_ms IS NOT NULL AND heartbeat_at + heartbeat_timeout_ms < $1 \
+                 AND id IN (SELECT id FROM runs WHERE state = 'running' \
+                   AND heartbeat_timeout_ms IS NOT NULL AND heartbeat_at + heartbeat_timeout_ms < $1 \
+                   FOR UPDATE SKIP LOCKED) \
                RETURNING id, epoch, workflow, lane, input, late_completion, deadline_at, \
                  created_at, heartbeat_timeout_ms, retries_left, family \
              ), logged AS ( \

@@ -322,6 +322,10 @@ macro_rules! impl_store {
                 &self.metrics
             }
 
+            fn clock(&self) -> &std::sync::Arc<dyn $crate::engine::clock::Clock> {
+                &self.clock
+            }
+
             async fn create_run(&self, run: NewRun) -> StoreResult<(RunRecord, bool)> {
                 let now = self.clock.now_ms();
                 let id = uuid::Uuid::now_v7().to_string();
@@ -401,7 +405,15 @@ macro_rules! impl_store {
             ) -> StoreResult<Claim> {
                 let now = self.clock.now_ms();
                 let mut tx = self.begin_write().await?;
-                let row = sqlx::query($dialect::STATE_SELECT_FOR_UPDATE)
+                let select = if $crate::faults::on($crate::faults::Bug::StallingClaims) {
+                    if $dialect::NAME == "postgres" {
+                        sqlx::query("SET LOCAL lock_timeout = 0").execute(&mut *tx).await?;
+                    }
+                    $dialect::STATE_SELECT_FOR_UPDATE
+                } else {
+                    $dialect::CLAIM_SELECT_FOR_UPDATE
+                };
+                let row = sqlx::query(select)
                     .bind(run_id)
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -1016,12 +1028,16 @@ macro_rules! impl_store {
             async fn time_out_overdue(&self, grace_ms: i64, by: &str) -> StoreResult<Vec<String>> {
                 let now = self.clock.now_ms();
                 let mut tx = self.begin_write().await?;
-                let rows = sqlx::query(
+                // Rows another session holds are left for the next pass.
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE runs SET state = 'timed_out', updated_at = $1, \
                      error = COALESCE(error, 'run deadline passed (timed out by the reaper)') \
                      WHERE state = 'running' AND deadline_at IS NOT NULL AND deadline_at < $2 \
+                     AND id IN (SELECT id FROM runs WHERE state = 'running' \
+                       AND deadline_at IS NOT NULL AND deadline_at < $2{}) \
                      RETURNING id, epoch",
-                )
+                    $dialect::SKIP_LOCKED
+                )))
                 .bind(now)
                 .bind(now.saturating_sub(grace_ms))
                 .fetch_all(&mut *tx)
@@ -1042,15 +1058,17 @@ macro_rules! impl_store {
                 // an orphan until then.
                 let now = self.clock.now_ms();
                 let mut tx = self.begin_write().await?;
-                let rows = sqlx::query(
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE runs SET state = 'lost', updated_at = $1, \
                      error = COALESCE(error, 'lost: its owner died and nobody resumed it') \
                      WHERE state = 'running' AND updated_at < $2 \
                      AND NOT EXISTS (SELECT 1 FROM pods p WHERE p.pod_id = runs.owner_pod) \
                      AND NOT EXISTS (SELECT 1 FROM pod_deaths d \
                                      WHERE d.pod_id = runs.owner_pod AND d.detected_at >= $2) \
+                     AND id IN (SELECT id FROM runs WHERE state = 'running' AND updated_at < $2{}) \
                      RETURNING id, epoch",
-                )
+                    $dialect::SKIP_LOCKED
+                )))
                 .bind(now)
                 .bind(now.saturating_sub(lost_after_ms))
                 .fetch_all(&mut *tx)

@@ -30,6 +30,8 @@ mod dialect {
     pub const FENCE_SELECT: &str = "SELECT state, epoch FROM runs WHERE id = $1";
     pub const STATE_SELECT_FOR_UPDATE: &str =
         "SELECT state, epoch, owner_pod, late_completion FROM runs WHERE id = $1";
+    pub const CLAIM_SELECT_FOR_UPDATE: &str = STATE_SELECT_FOR_UPDATE;
+    pub const SKIP_LOCKED: &str = "";
     pub const SWITCH_SELECT_FOR_UPDATE: &str = "SELECT enabled FROM switches WHERE name = $1";
     pub const TRANSITION_UPDATE: &str = "UPDATE runs SET state = $2, updated_at = $3, \
          error = COALESCE($4, error) WHERE id = $1 \
