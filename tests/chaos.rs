@@ -121,8 +121,8 @@ fn snapshot_all(store: &str, label: &str) {
     )
     .unwrap();
     assert!(
-        files.len() >= 15,
-        "ship at least the fifteen scenarios (two-step-stream, zombie-fenced and store-freeze among them)"
+        files.len() >= 18,
+        "ship at least the eighteen scenarios (row-lock-orphan, frozen-in-transaction and clock-skew among them)"
     );
     let mut failures = Vec::new();
     for f in files {
@@ -391,12 +391,26 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 /// throwaway server; CI must have one).
 #[cfg(feature = "fault-injection")]
 fn teeth(scenario_name: &str, bug: &str, check: &str, needle: &str) {
-    let f = scenario(scenario_name);
     let mut stores = vec!["sqlite"];
     if pg_store().is_some() {
         stores.push("postgres");
     }
-    for store in stores {
+    teeth_on(&stores, scenario_name, bug, check, needle);
+}
+
+/// [`teeth`] for a scenario of PostgreSQL faults (row locks, server clock),
+/// which is not applicable on SQLite.
+#[cfg(feature = "fault-injection")]
+fn teeth_pg(scenario_name: &str, bug: &str, check: &str, needle: &str) {
+    if pg_store().is_some() {
+        teeth_on(&["postgres"], scenario_name, bug, check, needle);
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+fn teeth_on(stores: &[&str], scenario_name: &str, bug: &str, check: &str, needle: &str) {
+    let f = scenario(scenario_name);
+    for &store in stores {
         let broken = chaos(&f, 7, store, Some(bug));
         assert_eq!(
             broken.code, 1,
@@ -425,7 +439,30 @@ fn teeth(scenario_name: &str, bug: &str, check: &str, needle: &str) {
 
 #[cfg(feature = "fault-injection")]
 mod teeth {
-    use super::teeth;
+    use super::{teeth, teeth_pg};
+
+    #[test]
+    fn stalling_claims_are_caught_by_no_false_deaths() {
+        // One locked row held every survivor's claim, and their liveness
+        // renew behind it: each declared the other dead (issue 14, item 4).
+        teeth_pg(
+            "row-lock-orphan",
+            "stalling_claims",
+            "no_false_deaths",
+            "was declared dead by",
+        );
+    }
+
+    #[test]
+    fn host_clock_leases_are_caught_by_no_healthy_reaped() {
+        // The pod 30 s ahead reaps its peers' healthy runs (issue 14, item 8).
+        teeth_pg(
+            "clock-skew",
+            "host_clock_leases",
+            "no_healthy_reaped",
+            "with no fault on it or its owner",
+        );
+    }
 
     #[test]
     fn reap_all_lanes_is_caught_by_no_healthy_reaped() {

@@ -329,11 +329,12 @@ fn images_build_from_local_files() {
     assert!(text.contains("vigil-postgres:"), "{text}");
 }
 
-/// The teeth on the Docker driver: pod death and partition, each with a bug
+/// The teeth on the Docker driver: pod death, partition, a locked row and a
+/// skewed clock, each with a bug
 /// switched on in the pod containers, caught by the check meant for it.
 #[cfg(feature = "fault-injection")]
 #[test]
-fn docker_teeth_pod_death_and_partition() {
+fn docker_teeth_catch_their_bugs() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     if engine().is_none() {
         return;
@@ -351,6 +352,18 @@ fn docker_teeth_pod_death_and_partition() {
             "death_detected",
             // Nobody probes it dead: at best it finds out itself, after the cut.
             "recorded dead",
+        ),
+        (
+            "scenarios/docker/row-lock-orphan.toml",
+            "stalling_claims",
+            "no_false_deaths",
+            "was declared dead by",
+        ),
+        (
+            "scenarios/docker/clock-skew.toml",
+            "host_clock_leases",
+            "no_healthy_reaped",
+            "with no fault on it or its owner",
         ),
     ] {
         let results = tempfile::tempdir().unwrap();

@@ -148,13 +148,20 @@ impl Report<'_> {
                 "  fault {}: {} {} {} -> {}",
                 f.index,
                 f.action.as_str(),
-                target_text(&f.target),
+                if f.action == Action::RowLock && f.target == super::scenario::Target::None {
+                    "from the runner's own session".to_owned()
+                } else {
+                    target_text(&f.target)
+                },
                 trigger_text(&f.trigger),
                 fired.map_or_else(
                     || "NOT FIRED".to_owned(),
                     |x| format!(
                         "hit {}",
-                        x.pod.clone().unwrap_or_else(|| "the cluster".into())
+                        x.pod
+                            .clone()
+                            .or_else(|| x.run_id.as_ref().map(|_| "the run's row".into()))
+                            .unwrap_or_else(|| "the cluster".into())
                     )
                 )
             );
