@@ -245,7 +245,8 @@ impl Report<'_> {
     }
 
     /// A pod's role, stable across runs: the pod a fault hit (by fault
-    /// index) or a survivor.
+    /// index) or a survivor. A skewed clock or a row lock leaves its pod up
+    /// and racing its peers: that pod is a survivor.
     fn role(&self, pod: Option<&str>) -> String {
         let Some(pod) = pod else {
             return "nobody".into();
@@ -253,6 +254,7 @@ impl Report<'_> {
         self.evidence
             .faults
             .iter()
+            .filter(|f| !matches!(f.action, Action::ClockSkew | Action::RowLock))
             .find(|f| f.pod.as_deref() == Some(pod))
             .map_or_else(|| "survivor".into(), |f| format!("fault{}-target", f.index))
     }
