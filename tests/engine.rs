@@ -436,6 +436,172 @@ async fn db_fallback_off_fails_a_step_missing_predecessors_and_flipping_it_on_ta
     watcher.await.unwrap();
 }
 
+// Issue 14 item 3: a value taken from a secret stays secret in every copy
+// shown to people, with no re-declaration.
+
+const SECRET_TEMPLATES: &str = r#"
+name = "secret-templates"
+[[steps]]
+id = "creds"
+kind = "compute"
+output = { api_key = "sk-live-1", user = "ann", n = 7 }
+secret_fields = ["api_key"]
+[[steps]]
+id = "call"
+kind = "compute"
+after = ["creds"]
+output = { header = "Bearer {{creds.api_key}}", key = "{{creds.api_key}}", who = "{{creds.user}}", label = "{{creds.user}}#{{creds.n}}", all = "{{creds}}" }
+[[steps]]
+id = "relay"
+kind = "compute"
+after = ["call"]
+output = { again = "{{call.header}}", user = "{{call.all.user}}" }
+"#;
+
+/// Everything a person can be shown about a run: the run record (API,
+/// CLI, console, chaos history) and every step's stored (redacted) output.
+async fn shown_copies(h: &Handle, run_id: &str) -> String {
+    let run = h.store.get_run(run_id).await.unwrap().unwrap();
+    let outputs: Vec<Value> = h
+        .store
+        .steps(run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|s| s.output)
+        .collect();
+    format!(
+        "{} {}",
+        serde_json::to_string(&run).unwrap(),
+        json!(outputs)
+    )
+}
+
+async fn a_value_templated_from_a_secret_stays_redacted_downstream(db: &TestDb) {
+    let reg = registry(&[SECRET_TEMPLATES]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let run = e.submit("secret-templates", json!({}), None).await.unwrap();
+    let out = e
+        .run(&run.id, None, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out, RunOutcome::Finished(RunState::Succeeded));
+    let raw = h
+        .store
+        .step_outputs_raw(&run.id, &["call".into(), "relay".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        raw["call"],
+        json!({
+            "header": "Bearer sk-live-1",
+            "key": "sk-live-1",
+            "who": "ann",
+            "label": "ann#7",
+            "all": {"api_key": "sk-live-1", "user": "ann", "n": 7}
+        }),
+        "templates inside longer strings are filled; execution reads raw values"
+    );
+    assert_eq!(
+        raw["relay"],
+        json!({"again": "Bearer sk-live-1", "user": "ann"})
+    );
+    let steps = h.store.steps(&run.id).await.unwrap();
+    let shown = |node: &str| {
+        steps
+            .iter()
+            .find(|s| s.node_id == node)
+            .and_then(|s| s.output.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        shown("call"),
+        json!({
+            "header": REDACTED,
+            "key": REDACTED,
+            "who": "ann",
+            "label": "ann#7",
+            "all": {"api_key": REDACTED, "user": "ann", "n": 7}
+        }),
+        "derived from a secret: redacted with no re-declaration; the rest shown"
+    );
+    assert_eq!(
+        shown("relay"),
+        json!({"again": REDACTED, "user": "ann"}),
+        "secrecy follows the value through a second template"
+    );
+    let all = shown_copies(&h, &run.id).await;
+    assert!(!all.contains("sk-live"), "{all}");
+}
+
+const SECRET_STATE: &str = r#"
+name = "secret-state"
+[[steps]]
+id = "creds"
+kind = "compute"
+output = { api_key = "sk-live-2" }
+secret_fields = ["api_key"]
+[[steps]]
+id = "save"
+kind = "mutate"
+after = ["creds"]
+set = { auth = "Bearer {{creds.api_key}}", account = { pin = "pin-4321", owner = "ann" }, note = "hi" }
+secret_fields = ["account.pin"]
+[[steps]]
+id = "gate"
+kind = "fail"
+after = ["save"]
+fail = { first = 1, class = "transient" }
+[[steps]]
+id = "later"
+kind = "mutate"
+after = ["gate"]
+set = { note = "bye" }
+"#;
+
+async fn mutate_secrets_are_redacted_in_run_state_and_survive_a_resume(db: &TestDb) {
+    let reg = registry(&[SECRET_STATE]);
+    let h = db.open().await;
+    let run = engine_with(&h, &reg, fast("pod-a"))
+        .await
+        .submit("secret-state", json!({}), None)
+        .await
+        .unwrap();
+    run_until_parked(db, &reg, &run.id, "gate").await;
+    let parked = h.store.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(
+        parked.run_state,
+        json!({"auth": REDACTED, "account": {"pin": REDACTED, "owner": "ann"}, "note": "hi"}),
+        "declared and derived state secrets are redacted in the shown copy"
+    );
+    // Another process finishes the run from the stored copies.
+    let hb = db.open().await;
+    let b = engine_with(&hb, &reg, fast("pod-b")).await;
+    let out = b
+        .run(&run.id, Some("pod-a"), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out, RunOutcome::Finished(RunState::Succeeded));
+    let done = h.store.get_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(
+        done.run_state,
+        json!({"auth": REDACTED, "account": {"pin": REDACTED, "owner": "ann"}, "note": "bye"})
+    );
+    let (shown, raw) = h.store.run_state_copies(&run.id).await.unwrap().unwrap();
+    assert_eq!(shown, done.run_state);
+    assert_eq!(
+        raw,
+        json!({"auth": "Bearer sk-live-2", "account": {"pin": "pin-4321", "owner": "ann"}, "note": "bye"}),
+        "the raw copy (engine only) keeps the values across the resume"
+    );
+    let all = shown_copies(&h, &run.id).await;
+    assert!(
+        !all.contains("sk-live") && !all.contains("pin-4321"),
+        "{all}"
+    );
+}
+
 const MUTATES: &str = r#"
 name = "mutates"
 [[steps]]
@@ -1243,6 +1409,7 @@ async fn stream_two_steps_then_die(h: &Handle, e: &Engine) -> String {
             output: &json!({}),
             output_raw: &json!({}),
             run_state: &json!({}),
+            run_state_raw: &json!({}),
             then_begin: None,
         })
         .await
@@ -1319,6 +1486,7 @@ async fn a_claim_keeps_succeeded_attempts_chunks_and_purges_the_rest(db: &TestDb
             output: &json!({}),
             output_raw: &json!({}),
             run_state: &json!({}),
+            run_state_raw: &json!({}),
             then_begin: None,
         })
         .await
@@ -1849,6 +2017,8 @@ on_both_stores!(
     null_output_raw_is_a_miss_and_redacted_never_flows_downstream,
     db_fallback_off_fails_a_step_missing_predecessors_and_flipping_it_on_takes_effect_live,
     failing_step_commits_no_output_and_leaves_run_state_as_before,
+    a_value_templated_from_a_secret_stays_redacted_downstream,
+    mutate_secrets_are_redacted_in_run_state_and_survive_a_resume,
     crash_between_attempts_never_exceeds_max_retries_plus_one,
     permanent_error_is_attempted_once_and_transient_is_retried,
     every_illegal_transition_is_rejected_typed_and_counted,

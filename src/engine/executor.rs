@@ -15,8 +15,7 @@ use crate::engine::store::{
 };
 use crate::engine::switches::{AUTHORITY_DB_FALLBACK, Switches};
 use crate::engine::workflow::{
-    ErrorClass, StepDef, StepKind, WITNESS_URL, Workflow, WorkflowError, WorkflowRegistry,
-    lookup_path, redact,
+    ErrorClass, StepDef, StepKind, WITNESS_URL, Workflow, WorkflowError, WorkflowRegistry, redact,
 };
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -489,7 +488,14 @@ impl Engine {
             next_seq: std::sync::atomic::AtomicI64::new(i64::try_from(emitted).unwrap_or(0)),
             prestarted: std::sync::Mutex::new(None),
         };
-        let mut run_state = run.run_state.clone();
+        // Both copies fresh from the store: the raw one (what a mutate
+        // builds on) never leaves the engine.
+        let (shown, raw) = self
+            .store
+            .run_state_copies(&run.id)
+            .await?
+            .unwrap_or_else(|| (run.run_state.clone(), run.run_state.clone()));
+        let mut run_state = StateCopies { raw, shown };
         let todo: Vec<&StepDef> = wf
             .steps
             .iter()
@@ -610,7 +616,7 @@ impl Engine {
         ctx: &RunCtx<'_>,
         step: &StepDef,
         next: Option<&StepDef>,
-        run_state: &mut Value,
+        run_state: &mut StateCopies,
     ) -> Result<StepEnd, EngineError> {
         let inputs = match self.resolve_inputs(ctx, step).await? {
             Ok(inputs) => inputs,
@@ -655,12 +661,12 @@ impl Engine {
                 return Ok(StepEnd::Cancelled);
             }
             match self
-                .execute_body(ctx, step, attempt, &inputs, run_state)
+                .execute_body(ctx, step, attempt, &inputs, &run_state.raw)
                 .await
             {
                 Ok(ok) => {
                     let output = redact(&ok.output, &step.secret_fields);
-                    let new_state = ok.run_state.unwrap_or_else(|| run_state.clone());
+                    let new_state = run_state.after(step, ok.run_state);
                     // Sequential steps: the next step's attempt starts in
                     // this checkpoint's transaction, when nothing can stop
                     // that step before its body: every predecessor is this
@@ -690,7 +696,8 @@ impl Engine {
                             epoch: ctx.epoch,
                             output: &output,
                             output_raw: &ok.output,
-                            run_state: &new_state,
+                            run_state: &new_state.shown,
+                            run_state_raw: &new_state.raw,
                             then_begin,
                         })
                         .await?;
@@ -988,36 +995,49 @@ impl Engine {
     }
 }
 
-/// Replace every string `{{step.path}}` by that predecessor's raw value.
+/// [`workflow::fill_template`]; a template that cannot be filled fails the
+/// step permanently (load already refused malformed ones).
+///
+/// [`workflow::fill_template`]: crate::engine::workflow::fill_template
 fn fill_template(v: &Value, inputs: &Map<String, Value>) -> Result<Value, BodyErr> {
-    Ok(match v {
-        Value::String(s) => match s.strip_prefix("{{").and_then(|s| s.strip_suffix("}}")) {
-            Some(path) => {
-                let path = path.trim();
-                let (head, rest) = path.split_once('.').unwrap_or((path, ""));
-                let base = inputs.get(head).ok_or_else(|| BodyErr::Fail {
-                    class: ErrorClass::Permanent,
-                    msg: format!("template {s:?}: {head:?} is not a predecessor"),
-                })?;
-                let found = if rest.is_empty() {
-                    Some(base)
-                } else {
-                    lookup_path(base, rest)
-                };
-                found.cloned().unwrap_or(Value::Null)
-            }
-            None => v.clone(),
-        },
-        Value::Array(a) => Value::Array(
-            a.iter()
-                .map(|x| fill_template(x, inputs))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, x)| Ok((k.clone(), fill_template(x, inputs)?)))
-                .collect::<Result<_, BodyErr>>()?,
-        ),
-        other => other.clone(),
+    crate::engine::workflow::fill_template(v, inputs).map_err(|msg| BodyErr::Fail {
+        class: ErrorClass::Permanent,
+        msg,
     })
+}
+
+/// The run's actor state after a step: `raw` (what execution carries on)
+/// and `shown` (the stored `run_state` people see), where a mutate step's
+/// secret paths read [`REDACTED`].
+///
+/// [`REDACTED`]: crate::engine::workflow::REDACTED
+#[derive(Debug, Clone)]
+struct StateCopies {
+    raw: Value,
+    shown: Value,
+}
+
+impl StateCopies {
+    /// The copies after `step` succeeded with `raw_next` as the raw state
+    /// (None: the step changes no state).
+    fn after(&self, step: &StepDef, raw_next: Option<Value>) -> StateCopies {
+        let Some(raw) = raw_next else {
+            return self.clone();
+        };
+        let mut shown = match &self.shown {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        if let StepKind::Mutate { set } = &step.kind {
+            for k in set.keys() {
+                if let Some(v) = raw.get(k) {
+                    shown.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        StateCopies {
+            shown: redact(&Value::Object(shown), &step.state_secrets),
+            raw,
+        }
+    }
 }

@@ -180,7 +180,10 @@ pub struct RunRecord {
     /// Bumped by every claim; every owner write is fenced on it.
     pub epoch: i64,
     pub late_completion: LateCompletion,
-    /// Actor state mutated by `mutate` steps; committed only with a step success.
+    /// Actor state mutated by `mutate` steps; committed only with a step
+    /// success. The shown copy: a mutate step's secret paths (declared, or
+    /// taken from a secret by a template) read `[REDACTED]`; the raw copy
+    /// never leaves the engine.
     pub run_state: serde_json::Value,
     pub idempotency_key: Option<String>,
     pub error: Option<String>,

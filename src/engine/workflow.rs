@@ -9,7 +9,9 @@ use crate::engine::run::LateCompletion;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use toml::Spanned;
 
 /// An `http` step whose `url` starts with this calls the chaos runner's
 /// witness: the pod's `--witness-url` replaces it. Its `body` may use
@@ -38,6 +40,14 @@ pub enum WorkflowError {
     #[error("{file}: {field}: {problem}")]
     Invalid {
         file: String,
+        field: String,
+        problem: String,
+    },
+    /// [`WorkflowError::Invalid`] where the line is known (bad templates).
+    #[error("{file}:{line}: {field}: {problem}")]
+    InvalidAt {
+        file: String,
+        line: usize,
         field: String,
         problem: String,
     },
@@ -80,14 +90,13 @@ pub enum StepKind {
     Sleep {
         ms: u64,
     },
-    /// Return `output`; strings of the form `{{step.path}}` are replaced by
-    /// that predecessor's raw output value.
+    /// Return `output` with its templates filled (see [`fill_template`]).
     Compute {
         output: Value,
     },
     /// Succeeds with `{}` unless its fail schedule says otherwise.
     Fail,
-    /// Merge `set` into the run's actor state.
+    /// Merge `set` (templates filled) into the run's actor state.
     Mutate {
         set: serde_json::Map<String, Value>,
     },
@@ -123,9 +132,15 @@ pub struct StepDef {
     pub timeout_ms: Option<u64>,
     pub fail: Option<FailSchedule>,
     /// Dotted paths into the output replaced by [`REDACTED`] in the stored
-    /// `output` (the raw copy keeps them). Fan-in steps inherit their
-    /// predecessors' secret paths under the predecessor's id.
+    /// `output` (the raw copy keeps them): the declared ones, plus every
+    /// path whose value a template takes from a secret (computed at load,
+    /// see [`Workflow::parse`]). Fan-in steps inherit their predecessors'
+    /// secret paths under the predecessor's id. `""` is the whole output.
     pub secret_fields: Vec<String>,
+    /// `mutate` only: dotted paths into the run's actor state (keys of
+    /// `set`, and below) replaced by [`REDACTED`] in the shown `run_state`;
+    /// declared (`secret_fields` of a mutate step) or taken from a secret.
+    pub state_secrets: Vec<String>,
     pub kind: StepKind,
 }
 
@@ -192,11 +207,11 @@ struct RawStep {
     interval_ms: Option<u64>,
     text: Option<String>,
     ms: Option<u64>,
-    output: Option<toml::Value>,
-    set: Option<toml::Table>,
+    output: Option<Spanned<toml::Value>>,
+    set: Option<Spanned<toml::Table>>,
     url: Option<String>,
     method: Option<String>,
-    body: Option<toml::Value>,
+    body: Option<Spanned<toml::Value>>,
 }
 
 /// Default retry budget when neither the step nor the workflow sets one.
@@ -246,6 +261,7 @@ impl Workflow {
             ));
         }
         let mut seen = HashSet::new();
+        let mut spans: HashMap<String, TemplateSite> = HashMap::new();
         let mut steps = Vec::with_capacity(raw.steps.len());
         for (i, rs) in raw.steps.into_iter().enumerate() {
             let at = |field: &str| format!("steps[{i}] ({}).{field}", rs.id);
@@ -301,6 +317,14 @@ impl Workflow {
                     ));
                 }
             }
+            // Where the templated parameter sits in the file, for errors.
+            let templated = [
+                ("output", rs.output.as_ref().map(Spanned::span)),
+                ("set", rs.set.as_ref().map(Spanned::span)),
+                ("body", rs.body.as_ref().map(Spanned::span)),
+            ]
+            .into_iter()
+            .find_map(|(param, span)| Some((i, param, span?)));
             let missing =
                 |param: &str| invalid(at(param), format!("required by kind {:?}", rs.kind));
             let kind = match rs.kind.as_str() {
@@ -313,12 +337,13 @@ impl Workflow {
                     ms: rs.ms.ok_or_else(|| missing("ms"))?,
                 },
                 "compute" => StepKind::Compute {
-                    output: toml_to_json(rs.output.ok_or_else(|| missing("output"))?),
+                    output: toml_to_json(rs.output.ok_or_else(|| missing("output"))?.into_inner()),
                 },
                 "fail" => StepKind::Fail,
                 "mutate" => {
-                    let set =
-                        toml_to_json(toml::Value::Table(rs.set.ok_or_else(|| missing("set"))?));
+                    let set = toml_to_json(toml::Value::Table(
+                        rs.set.ok_or_else(|| missing("set"))?.into_inner(),
+                    ));
                     StepKind::Mutate {
                         set: set.as_object().cloned().unwrap_or_default(),
                     }
@@ -347,7 +372,7 @@ impl Workflow {
                     StepKind::Http {
                         url,
                         method,
-                        body: rs.body.map(toml_to_json),
+                        body: rs.body.map(|b| toml_to_json(b.into_inner())),
                     }
                 }
             };
@@ -357,12 +382,20 @@ impl Workflow {
                     "a fan_in step needs predecessors".into(),
                 ));
             }
-            if let StepKind::Compute { output } = &kind {
+            // Secret paths must name a field: of the output (compute) or of
+            // `set` (mutate, paths into the run's actor state). An http
+            // step's response is not known before it runs.
+            let own_fields = match &kind {
+                StepKind::Compute { output } => Some((output.clone(), "the output")),
+                StepKind::Mutate { set } => Some((Value::Object(set.clone()), "`set`")),
+                _ => None,
+            };
+            if let Some((fields, what)) = own_fields {
                 for path in &rs.secret_fields {
-                    if lookup_path(output, path).is_none() {
+                    if path.is_empty() || lookup_path(&fields, path).is_none() {
                         return Err(invalid(
                             at("secret_fields"),
-                            format!("{path:?} is not a field of the output"),
+                            format!("{path:?} is not a field of {what}"),
                         ));
                     }
                 }
@@ -376,6 +409,14 @@ impl Workflow {
             if !is_ident(&lane) {
                 return Err(invalid(at("lane"), format!("{lane:?} is not a lane name")));
             }
+            if let Some(t) = templated {
+                spans.insert(rs.id.clone(), t);
+            }
+            let (secret_fields, state_secrets) = if matches!(kind, StepKind::Mutate { .. }) {
+                (Vec::new(), rs.secret_fields)
+            } else {
+                (rs.secret_fields, Vec::new())
+            };
             steps.push(StepDef {
                 id: rs.id,
                 after: rs.after,
@@ -386,7 +427,8 @@ impl Workflow {
                     .unwrap_or(DEFAULT_MAX_RETRIES),
                 timeout_ms: rs.timeout_ms,
                 fail: rs.fail,
-                secret_fields: rs.secret_fields,
+                secret_fields,
+                state_secrets,
                 kind,
             });
         }
@@ -412,7 +454,26 @@ impl Workflow {
                 format!("dependency cycle through {}", cycle.join(", ")),
             )
         })?;
-        inherit_secrets(&mut steps);
+        derive_secrets(&mut steps, &seen, |id, bad, problem| {
+            let (i, param, span) = spans.get(id).cloned().unwrap_or((0, "steps", 0..0));
+            // The line of the offending string where it appears verbatim in
+            // the parameter (which may go on in sub-tables after its own
+            // span, up to the next `[[...]]`), else the parameter's line.
+            let start = text
+                .get(span.start..)
+                .map(|src| {
+                    let end = (span.end - span.start).max(src.find("\n[[").unwrap_or(src.len()));
+                    &src[..end.min(src.len())]
+                })
+                .and_then(|src| src.find(bad))
+                .map_or(span.start, |at| span.start + at);
+            WorkflowError::InvalidAt {
+                file: fname.clone(),
+                line: line_at(text, start),
+                field: format!("steps[{i}] ({id}).{param}"),
+                problem,
+            }
+        })?;
         Ok(Workflow {
             name: raw.name,
             description: raw.description,
@@ -457,31 +518,282 @@ fn topo_sort(steps: Vec<StepDef>) -> Result<Vec<StepDef>, Vec<String>> {
     Ok(out)
 }
 
-/// A fan-in's output holds its predecessors' outputs, so their secrets are
-/// its secrets too (under the predecessor's id).
-fn inherit_secrets(steps: &mut [StepDef]) {
-    let mut secrets: HashMap<String, Vec<String>> = HashMap::new();
-    for s in steps.iter_mut() {
-        if matches!(s.kind, StepKind::FanIn) {
-            let inherited: Vec<String> = s
-                .after
-                .iter()
-                .flat_map(|p| {
-                    secrets
-                        .get(p)
-                        .into_iter()
-                        .flatten()
-                        .map(move |f| format!("{p}.{f}"))
-                })
-                .collect();
-            s.secret_fields.extend(inherited);
+/// Where a step's templated parameter (`output`, `set` or `body`) is: the
+/// step's index in the file, the parameter, its byte span.
+type TemplateSite = (usize, &'static str, Range<usize>);
+
+/// The 1-based line of byte offset `at` in `text`.
+fn line_at(text: &str, at: usize) -> usize {
+    text.get(..at).map_or(1, |t| t.matches('\n').count() + 1)
+}
+
+/// One piece of a template string: literal text or a `{{step.path}}`
+/// reference (`path` is `""` for the step's whole output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Text(&'a str),
+    Ref { step: &'a str, path: &'a str },
+}
+
+/// Split a string into literal text and `{{step.path}}` references. A
+/// `{{` with no `}}` after it, an empty reference or one that is not dotted
+/// names is an error. A string that is exactly one reference keeps the
+/// referenced value's JSON type when filled; any other string with
+/// references is filled as text (see [`fill_template`]).
+pub fn template_pieces(s: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            out.push(Piece::Text(&rest[..open]));
         }
-        secrets.insert(s.id.clone(), s.secret_fields.clone());
+        let after = &rest[open + 2..];
+        let close = after
+            .find("}}")
+            .ok_or_else(|| format!("template {s:?}: \"{{{{\" is never closed by \"}}}}\""))?;
+        let inner = after[..close].trim();
+        let ok_name = |n: &str| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !inner.split('.').all(ok_name) {
+            return Err(format!(
+                "template {s:?}: {{{{{inner}}}}} is not a reference; expected {{{{step}}}} or \
+                 {{{{step.field.subfield}}}}"
+            ));
+        }
+        let (step, path) = inner.split_once('.').unwrap_or((inner, ""));
+        out.push(Piece::Ref { step, path });
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    Ok(out)
+}
+
+/// Fill `v`'s templates from `inputs` (step id -> raw output; `vigil` for
+/// the http step context). A string that is exactly `{{step.path}}` becomes
+/// the value there (its JSON type kept; null if the path is absent); a
+/// reference inside a longer string is rendered as text (strings as they
+/// are, other values as JSON). Errors name the template.
+pub fn fill_template(v: &Value, inputs: &serde_json::Map<String, Value>) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) if s.contains("{{") => {
+            let pieces = template_pieces(s)?;
+            let resolve = |step: &str, path: &str| -> Result<Value, String> {
+                let base = inputs
+                    .get(step)
+                    .ok_or_else(|| format!("template {s:?}: {step:?} is not a predecessor"))?;
+                Ok(lookup_path(base, path).cloned().unwrap_or(Value::Null))
+            };
+            if let [Piece::Ref { step, path }] = pieces.as_slice() {
+                return resolve(step, path);
+            }
+            let mut text = String::new();
+            for p in pieces {
+                match p {
+                    Piece::Text(t) => text.push_str(t),
+                    Piece::Ref { step, path } => match resolve(step, path)? {
+                        Value::String(x) => text.push_str(&x),
+                        other => text.push_str(&other.to_string()),
+                    },
+                }
+            }
+            Value::String(text)
+        }
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| fill_template(x, inputs))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), fill_template(x, inputs)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// `a.b` joined; `""` is the root.
+fn join_path(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_owned(),
+        (_, true) => a.to_owned(),
+        _ => format!("{a}.{b}"),
     }
 }
 
-/// The value at a dotted path (`a.b.c`) in a JSON object.
+/// `inner` is `outer` or lies under it.
+fn within(inner: &str, outer: &str) -> bool {
+    outer.is_empty()
+        || inner == outer
+        || inner
+            .strip_prefix(outer)
+            .is_some_and(|r| r.starts_with('.'))
+}
+
+/// Every string in `v` with the path redaction can reach it by (the nearest
+/// enclosing object field: redaction does not index into arrays) and
+/// whether the string is the whole value at that path.
+fn template_strings<'a>(
+    v: &'a Value,
+    at: &str,
+    whole: bool,
+    out: &mut Vec<(String, bool, &'a str)>,
+) {
+    match v {
+        Value::String(s) => out.push((at.to_owned(), whole, s)),
+        Value::Array(a) => {
+            for x in a {
+                template_strings(x, at, false, out);
+            }
+        }
+        Value::Object(o) => {
+            for (k, x) in o {
+                if whole {
+                    template_strings(x, &join_path(at, k), true, out);
+                } else {
+                    template_strings(x, at, false, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The fields of the http step context, `{{vigil.FIELD}}`.
+const VIGIL_FIELDS: [&str; 5] = ["run", "step", "attempt", "epoch", "pod"];
+
+/// Check every template and work out, in topological order, which paths
+/// derive from secrets. A template that takes a value from a secret path
+/// (or from under one) makes its own path secret: the whole string, or the
+/// whole array it sits in; a string that is exactly a reference to a value
+/// holding secrets deeper down gets those paths, under its own. So secrecy
+/// follows values through any chain of compute, mutate and fan-in steps
+/// without being declared again. A fan-in's output holds its predecessors'
+/// outputs, so their secrets are its secrets (under the predecessor's id).
+/// `bad(step id, offending string, problem)` builds the error.
+fn derive_secrets(
+    steps: &mut [StepDef],
+    ids: &HashSet<String>,
+    bad: impl Fn(&str, &str, String) -> WorkflowError,
+) -> Result<(), WorkflowError> {
+    let mut secrets: HashMap<String, Vec<String>> = HashMap::new();
+    for s in steps.iter_mut() {
+        let set_value;
+        let template = match &s.kind {
+            StepKind::Compute { output } => Some(output),
+            StepKind::Mutate { set } => {
+                set_value = Value::Object(set.clone());
+                Some(&set_value)
+            }
+            StepKind::Http { body, .. } => body.as_ref(),
+            _ => None,
+        };
+        let mut derived = Vec::new();
+        let mut strings = Vec::new();
+        if let Some(t) = template {
+            template_strings(t, "", true, &mut strings);
+        }
+        for (at, whole, text) in strings {
+            let pieces = template_pieces(text).map_err(|p| bad(&s.id, text, p))?;
+            let exact = whole && matches!(pieces.as_slice(), [Piece::Ref { .. }]);
+            for piece in pieces {
+                let Piece::Ref { step, path } = piece else {
+                    continue;
+                };
+                if step == "vigil" {
+                    if !matches!(s.kind, StepKind::Http { .. }) {
+                        return Err(bad(
+                            &s.id,
+                            text,
+                            format!(
+                                "template {text:?}: the {{{{vigil.*}}}} context exists only in \
+                                 http bodies"
+                            ),
+                        ));
+                    }
+                    if !VIGIL_FIELDS.contains(&path) {
+                        return Err(bad(
+                            &s.id,
+                            text,
+                            format!(
+                                "template {text:?}: {{{{vigil.{path}}}}} is not one of {}",
+                                VIGIL_FIELDS
+                                    .map(|f| format!("{{{{vigil.{f}}}}}"))
+                                    .join(", ")
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+                if !s.after.iter().any(|a| a == step) {
+                    let why = if ids.contains(step) {
+                        format!("{step:?} is not a predecessor of this step (add it to `after`)")
+                    } else {
+                        format!("there is no step {step:?}")
+                    };
+                    return Err(bad(&s.id, text, format!("template {text:?}: {why}")));
+                }
+                for secret in secrets.get(step).into_iter().flatten() {
+                    if within(path, secret) || !exact {
+                        if within(path, secret) || within(secret, path) {
+                            derived.push(at.clone());
+                        }
+                    } else if within(secret, path) {
+                        let below = if path.is_empty() {
+                            secret.as_str()
+                        } else {
+                            &secret[path.len() + 1..]
+                        };
+                        derived.push(join_path(&at, below));
+                    }
+                }
+            }
+        }
+        match &s.kind {
+            StepKind::Compute { .. } => s.secret_fields.extend(derived),
+            StepKind::Mutate { .. } => s.state_secrets.extend(derived),
+            StepKind::FanIn => {
+                let inherited: Vec<String> = s
+                    .after
+                    .iter()
+                    .flat_map(|p| {
+                        secrets
+                            .get(p)
+                            .into_iter()
+                            .flatten()
+                            .map(move |f| join_path(p, f))
+                    })
+                    .collect();
+                s.secret_fields.extend(inherited);
+            }
+            // An http body goes to the service it is for; what the step
+            // outputs is the response (its own `secret_fields`).
+            _ => {}
+        }
+        dedup(&mut s.secret_fields);
+        dedup(&mut s.state_secrets);
+        secrets.insert(s.id.clone(), s.secret_fields.clone());
+    }
+    Ok(())
+}
+
+/// Drop repeats and paths under another secret path (already hidden).
+fn dedup(paths: &mut Vec<String>) {
+    let all = paths.clone();
+    let mut seen = HashSet::new();
+    paths.retain(|p| !all.iter().any(|q| q != p && within(p, q)) && seen.insert(p.clone()));
+}
+
+/// The value at a dotted path (`a.b.c`) in a JSON object; `""` is `v`.
 pub fn lookup_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    if path.is_empty() {
+        return Some(v);
+    }
     path.split('.').try_fold(v, |cur, key| cur.get(key))
 }
 
@@ -489,6 +801,9 @@ pub fn lookup_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 pub fn redact(raw: &Value, secret_fields: &[String]) -> Value {
     let mut out = raw.clone();
     for path in secret_fields {
+        if path.is_empty() {
+            return Value::String(REDACTED.into());
+        }
         let mut cur = &mut out;
         let mut parts = path.split('.').peekable();
         while let Some(key) = parts.next() {
@@ -641,6 +956,172 @@ mod tests {
             assert!(err.starts_with("wf.toml"), "{err}");
             assert!(err.contains(needle), "{needle:?} not in {err}");
         }
+    }
+
+    #[test]
+    fn secrets_follow_templates_through_every_step_kind() {
+        let wf = parse(
+            r#"
+            name = "w"
+            [[steps]]
+            id = "creds"
+            kind = "compute"
+            output = { api_key = "sk-1", nested = { token = "t", user = "u" }, region = "eu" }
+            secret_fields = ["api_key", "nested.token"]
+            [[steps]]
+            id = "call"
+            kind = "compute"
+            after = ["creds"]
+            output = { header = "Bearer {{creds.api_key}}", copy = "{{creds.api_key}}", who = "{{creds.nested}}", list = ["{{creds.nested.token}}"], region = "{{creds.region}}", all = "x {{creds.nested}}" }
+            [[steps]]
+            id = "again"
+            kind = "compute"
+            after = ["call"]
+            output = { h = "{{call.header}}", u = "{{call.who.user}}", t = "{{call.who.token}}" }
+            [[steps]]
+            id = "merge"
+            kind = "fan_in"
+            after = ["again"]
+            [[steps]]
+            id = "save"
+            kind = "mutate"
+            after = ["merge"]
+            set = { auth = "{{merge.again.h}}", plain = "{{merge.again.u}}", mine = { pin = "1234", note = "n" } }
+            secret_fields = ["mine.pin"]
+            [[steps]]
+            id = "whole"
+            kind = "compute"
+            after = ["creds"]
+            output = "{{creds.api_key}}"
+            "#,
+        )
+        .expect("parses");
+        let secrets = |id: &str| {
+            let mut v = wf.step(id).map(|s| s.secret_fields.clone()).unwrap();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            secrets("call"),
+            ["all", "copy", "header", "list", "who.token"]
+        );
+        assert_eq!(secrets("again"), ["h", "t"]);
+        assert_eq!(secrets("merge"), ["again.h", "again.t"]);
+        assert_eq!(secrets("whole"), [""]);
+        let save = wf.step("save").unwrap();
+        assert!(save.secret_fields.is_empty());
+        assert_eq!(
+            save.state_secrets,
+            ["mine.pin", "auth"],
+            "declared, then derived"
+        );
+    }
+
+    #[test]
+    fn templates_fill_whole_values_and_interpolate_inside_text() {
+        let inputs = json!({"creds": {"api_key": "sk-1", "n": 3, "o": {"a": [1]}}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let t = json!({
+            "whole": "{{creds.n}}",
+            "spaced": "{{ creds.n }}",
+            "header": "Bearer {{creds.api_key}}",
+            "mixed": "{{creds.n}}/{{creds.o}}/{{creds.gone}}",
+            "plain": "no braces }} here",
+            "list": ["k={{creds.api_key}}"]
+        });
+        assert_eq!(
+            fill_template(&t, &inputs).unwrap(),
+            json!({
+                "whole": 3,
+                "spaced": 3,
+                "header": "Bearer sk-1",
+                "mixed": "3/{\"a\":[1]}/null",
+                "plain": "no braces }} here",
+                "list": ["k=sk-1"]
+            })
+        );
+        assert!(
+            fill_template(&json!("{{nobody.x}}"), &inputs)
+                .unwrap_err()
+                .contains("not a predecessor")
+        );
+    }
+
+    #[test]
+    fn bad_templates_are_refused_naming_file_line_and_field() {
+        let head = "name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"compute\"\noutput = { k = \"v\" }\n\
+                    [[steps]]\nid = \"lone\"\nkind = \"sleep\"\nms = 1\n";
+        // The bad string is on line 15 of each file.
+        let cases = [
+            (
+                "compute",
+                "output",
+                "after = [\"a\"]\noutput = { x = \"ok\",\n  h = \"Bearer {{a.k\" }",
+                "never closed",
+            ),
+            (
+                "compute",
+                "output",
+                "after = [\"a\"]\noutput = { x = \"ok\",\n  h = \"{{}}\" }",
+                "not a reference",
+            ),
+            (
+                "compute",
+                "output",
+                "after = [\"a\"]\noutput = { x = \"ok\",\n  h = \"{{ghost.k}}\" }",
+                "no step \"ghost\"",
+            ),
+            (
+                "compute",
+                "output",
+                "after = [\"a\"]\noutput = { x = \"ok\",\n  h = \"{{lone.slept_ms}}\" }",
+                "not a predecessor",
+            ),
+            (
+                "compute",
+                "output",
+                "after = [\"a\"]\noutput = { x = \"ok\",\n  h = \"{{vigil.run}}\" }",
+                "only in http",
+            ),
+            (
+                "mutate",
+                "set",
+                "after = [\"a\"]\nset = { x = \"ok\",\n  h = \"{{lone}}\" }",
+                "not a predecessor",
+            ),
+            (
+                "http",
+                "body",
+                "url = \"http://x/\"\nbody = { x = \"ok\",\n  h = \"{{vigil.nope}}\" }",
+                "not one of",
+            ),
+        ];
+        for (kind, field, params, needle) in cases {
+            let text = format!("{head}[[steps]]\nid = \"b\"\nkind = \"{kind}\"\n{params}\n");
+            let err = parse(&text).expect_err(&text).to_string();
+            assert!(
+                err.starts_with(&format!("wf.toml:15: steps[2] (b).{field}: template")),
+                "{err}"
+            );
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
+        // A sub-table: the line of the offending string inside it.
+        let text = format!(
+            "{head}[[steps]]\nid = \"b\"\nkind = \"compute\"\nafter = [\"a\"]\n\
+             [steps.output]\nx = 1\ny = \"{{{{a.k\"\n"
+        );
+        let err = parse(&text).expect_err(&text).to_string();
+        assert!(err.starts_with("wf.toml:16: steps[2] (b).output"), "{err}");
+        // Mutate secret paths must be fields of `set`.
+        let err = parse(&format!(
+            "{head}[[steps]]\nid = \"b\"\nkind = \"mutate\"\nset = {{ x = 1 }}\n\
+             secret_fields = [\"y\"]\n"
+        ))
+        .expect_err("y is not in set")
+        .to_string();
+        assert!(err.contains("steps[2] (b).secret_fields"), "{err}");
     }
 
     #[test]

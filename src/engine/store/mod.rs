@@ -174,8 +174,11 @@ pub struct StepSuccess<'a> {
     pub epoch: i64,
     pub output: &'a serde_json::Value,
     pub output_raw: &'a serde_json::Value,
-    /// The run's actor state after the step, committed in the same transaction.
+    /// The run's actor state after the step, committed in the same
+    /// transaction: the shown copy (secret paths redacted) ...
     pub run_state: &'a serde_json::Value,
+    /// ... and the raw one, which never leaves the engine.
+    pub run_state_raw: &'a serde_json::Value,
     /// Start the next step's attempt in the same transaction (one commit
     /// instead of two between sequential steps).
     pub then_begin: Option<NextAttempt<'a>>,
@@ -311,6 +314,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn transitions(&self, run_id: &str) -> StoreResult<Vec<TransitionRecord>>;
 
     async fn steps(&self, run_id: &str) -> StoreResult<Vec<StepRecord>>;
+
+    /// The run's actor state as (shown, raw): `run_state` (secret paths
+    /// redacted; the copy on [`RunRecord`]) and `run_state_raw` (what
+    /// execution builds on; the shown copy for rows written before it
+    /// existed). None: no such run.
+    async fn run_state_copies(
+        &self,
+        run_id: &str,
+    ) -> StoreResult<Option<(serde_json::Value, serde_json::Value)>>;
 
     /// Make the next attempt durable before it runs, and record the
     /// execution it starts (an `effects` row for `pod`) in the same

@@ -688,6 +688,8 @@ macro_rules! impl_store {
                 let output = serde_json::to_string(s.output).unwrap_or_else(|_| "null".into());
                 let raw = serde_json::to_string(s.output_raw).unwrap_or_else(|_| "null".into());
                 let state = serde_json::to_string(s.run_state).unwrap_or_else(|_| "{}".into());
+                let state_raw =
+                    serde_json::to_string(s.run_state_raw).unwrap_or_else(|_| "{}".into());
                 let mut tx = self.begin_write().await?;
                 check_fence(&mut tx, &self.metrics, s.run_id, s.epoch, "checkpoint").await?;
                 let done = sqlx::query(
@@ -710,9 +712,13 @@ macro_rules! impl_store {
                         problem: "checkpoint of a step that has no running attempt".into(),
                     });
                 }
-                sqlx::query("UPDATE runs SET run_state = $2, updated_at = $3 WHERE id = $1")
+                sqlx::query(
+                    "UPDATE runs SET run_state = $2, run_state_raw = $3, updated_at = $4 \
+                     WHERE id = $1",
+                )
                     .bind(s.run_id)
                     .bind(state)
+                    .bind(state_raw)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
@@ -812,6 +818,29 @@ macro_rules! impl_store {
                 .await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn run_state_copies(
+                &self,
+                run_id: &str,
+            ) -> StoreResult<Option<(serde_json::Value, serde_json::Value)>> {
+                let row = sqlx::query("SELECT run_state, run_state_raw FROM runs WHERE id = $1")
+                    .bind(run_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let shown: String = row.try_get("run_state")?;
+                let raw: Option<String> = row.try_get("run_state_raw")?;
+                let shown = json_from_str("runs", run_id, "run_state", &shown)?;
+                // NULL: written before the column existed, when the one copy
+                // was all there was.
+                let raw = match raw {
+                    Some(r) => json_from_str("runs", run_id, "run_state_raw", &r)?,
+                    None => shown.clone(),
+                };
+                Ok(Some((shown, raw)))
             }
 
             async fn step_outputs_raw(
