@@ -7,7 +7,6 @@ use super::data::{
     ChaosPod, DetailData, MetricsUpdate, PodScrape, StoreData, StoreUpdate, View, Watch,
 };
 use crate::cluster::Cluster;
-use crate::engine::clock::wall_ms;
 use crate::engine::store::{self, EventCursor, Store, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +60,17 @@ impl StoreSlot {
             .await
             .cloned()
     }
+}
+
+/// How far the store's clock (the PostgreSQL server's) is from this host's,
+/// as last seen by the store collector: ages the console shows compare
+/// times the pods wrote on the store's clock, so "now" is on it too.
+static STORE_CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Now, on the store's clock (this host's until the store was read).
+pub fn now_ms() -> i64 {
+    crate::engine::clock::wall_ms()
+        .saturating_add(STORE_CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// How many statements the store collector issued: the console's cost.
@@ -212,6 +222,10 @@ pub fn spawn_store_collector(
             let started = Instant::now();
             let result = match tokio::time::timeout(ROUND_TIMEOUT, async {
                 let store = slot.get().await?;
+                STORE_CLOCK_OFFSET_MS.store(
+                    store.clock().now_ms() - crate::engine::clock::wall_ms(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 round(
                     store.as_ref(),
                     &w,
@@ -245,7 +259,7 @@ pub fn spawn_store_collector(
             }
             let update = StoreUpdate {
                 generation: w.generation,
-                at_ms: wall_ms(),
+                at_ms: now_ms(),
                 queries: queries.get(),
                 took_ms: started.elapsed().as_millis() as i64,
                 result,
@@ -318,7 +332,7 @@ pub fn spawn_metrics_collector(
             }))
             .await;
             let update = MetricsUpdate {
-                at_ms: wall_ms(),
+                at_ms: now_ms(),
                 pods: scrapes,
             };
             if tx.send(Event::Metrics(Box::new(update))).await.is_err() {

@@ -189,7 +189,7 @@ pub fn initial_app(s: &Session) -> App {
     app.events_limit = s.config.events_limit;
     app.pods_given = !s.pods.is_empty();
     app.has_chaos = s.cluster.is_some();
-    app.now_ms = crate::engine::clock::wall_ms();
+    app.now_ms = collect::now_ms();
     if let Some(id) = &s.open_run {
         app.open_run(id);
     }
@@ -314,7 +314,7 @@ pub async fn run_session(s: Session, cancel: CancellationToken) -> Result<()> {
 
 fn handle(app: &mut App, ev: Event) {
     match ev {
-        Event::Tick => app.update(Action::Tick(crate::engine::clock::wall_ms())),
+        Event::Tick => app.update(Action::Tick(collect::now_ms())),
         Event::Term(crossterm::event::Event::Key(k)) => app.on_key(k),
         Event::Term(crossterm::event::Event::Resize(w, h)) => app.update(Action::Resize(w, h)),
         Event::Term(_) => app.dirty = true,

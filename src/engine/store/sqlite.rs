@@ -330,6 +330,10 @@ fn timeout_ms(d: Duration) -> i64 {
 #[async_trait::async_trait]
 impl crate::engine::liveness::Membership for LeaseMembership {
     async fn renew(&mut self) -> Result<bool, super::StoreError> {
+        // The write lock first, then the time: a renew that waited for a
+        // busy writer (or for a pooled connection) must not write a lease
+        // already mostly spent while it waited.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = self.clock.now_ms();
         let done = sqlx::query(
             "UPDATE pods SET heartbeat_at = $3, lease_until = $4 \
@@ -339,9 +343,10 @@ impl crate::engine::liveness::Membership for LeaseMembership {
         .bind(&self.me.incarnation)
         .bind(now)
         .bind(now + timeout_ms(self.me.timeout))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
         Ok(done == 1)
     }
 
