@@ -1823,6 +1823,121 @@ async fn return_attempt_gives_back_only_the_latest_running_attempt_fenced(db: &T
     assert_eq!(begin().await.unwrap(), t(1), "the budget is whole again");
 }
 
+// Issue 14, item 2: runs that never end. Every step has a timeout, every run
+// a deadline under the store-wide maximum.
+
+/// A TCP service that accepts connections and never answers; counts them.
+async fn silent_service() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(sock);
+        }
+    });
+    (format!("http://{addr}"), accepted)
+}
+
+/// Drive a run, failing the test (instead of hanging it) if it never ends.
+async fn run_bounded(e: &Engine, run_id: &str, bound: Duration) -> RunOutcome {
+    tokio::time::timeout(bound, e.run(run_id, None, CancellationToken::new()))
+        .await
+        .unwrap_or_else(|_| panic!("run {run_id} did not end within {bound:?}"))
+        .unwrap()
+}
+
+async fn run_error(h: &Handle, run_id: &str) -> String {
+    h.store
+        .get_run(run_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .error
+        .unwrap_or_default()
+}
+
+async fn an_http_step_that_never_answers_times_out_per_attempt_within_its_budget(db: &TestDb) {
+    let (base, accepted) = silent_service().await;
+    // A lane that does not heartbeat, no deadline_ms, no timeout_ms: only
+    // the http default bounds each attempt.
+    let wf = format!(
+        "name = \"silent\"\nlane = \"embed_backfill\"\n[[steps]]\nid = \"call\"\nkind = \"http\"\nurl = \"{base}/never\"\nmax_retries = 2\n"
+    );
+    let reg = registry(&[&wf]);
+    let h = db.open().await;
+    let mut config = fast("pod-a");
+    config.step_timeouts.http = Duration::from_millis(300);
+    let e = engine_with(&h, &reg, config).await;
+    let run = e.submit("silent", json!({}), None).await.unwrap();
+    let started = std::time::Instant::now();
+    let out = run_bounded(&e, &run.id, Duration::from_secs(20)).await;
+    assert_eq!(out, RunOutcome::Finished(RunState::Failed));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "3 x 300 ms"
+    );
+    assert_eq!(
+        step_status(&h, &run.id, "call").await,
+        Some((StepStatus::Failed, 3)),
+        "each timeout is a transient failure spending one attempt"
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(e.metrics.attempts("failed_transient"), 3);
+    let err = run_error(&h, &run.id).await;
+    assert!(
+        err.contains("exceeded max retries (3 attempts)") && err.contains("timed out"),
+        "{err}"
+    );
+}
+
+const PROGRESS: &str = r#"
+name = "progress"
+lane = "embed_backfill"
+[[steps]]
+id = "stream"
+kind = "emit"
+chunks = 6
+interval_ms = 60
+timeout_ms = 200
+[[steps]]
+id = "nap"
+kind = "sleep"
+after = ["stream"]
+ms = 60000
+timeout_ms = 150
+max_retries = 1
+"#;
+
+async fn a_step_timeout_is_a_no_progress_timeout_and_a_silent_step_fails_transiently(db: &TestDb) {
+    let reg = registry(&[PROGRESS]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let run = e.submit("progress", json!({}), None).await.unwrap();
+    let out = run_bounded(&e, &run.id, Duration::from_secs(20)).await;
+    assert_eq!(out, RunOutcome::Finished(RunState::Failed));
+    // 6 chunks over 300 ms with a 200 ms timeout: each chunk is progress.
+    assert_eq!(
+        step_status(&h, &run.id, "stream").await,
+        Some((StepStatus::Succeeded, 1))
+    );
+    assert_eq!(h.store.chunks(&run.id).await.unwrap().len(), 6);
+    // A sleep reports no progress: its timeout bounds each attempt.
+    assert_eq!(
+        step_status(&h, &run.id, "nap").await,
+        Some((StepStatus::Failed, 2))
+    );
+    let err = run_error(&h, &run.id).await;
+    assert!(
+        err.contains("step nap: exceeded max retries (2 attempts)")
+            && err.contains("no progress within 150 ms"),
+        "{err}"
+    );
+}
+
 #[cfg(feature = "fault-injection")]
 mod faults {
     use super::*;
@@ -1835,6 +1950,8 @@ mod faults {
 }
 
 on_both_stores!(
+    an_http_step_that_never_answers_times_out_per_attempt_within_its_budget,
+    a_step_timeout_is_a_no_progress_timeout_and_a_silent_step_fails_transiently,
     a_stop_between_an_attempt_and_its_body_spends_no_attempt,
     return_attempt_gives_back_only_the_latest_running_attempt_fenced,
     a_stop_after_a_checkpoint_spends_no_attempt_of_the_next_step,

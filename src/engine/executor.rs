@@ -15,8 +15,8 @@ use crate::engine::store::{
 };
 use crate::engine::switches::{AUTHORITY_DB_FALLBACK, Switches};
 use crate::engine::workflow::{
-    ErrorClass, StepDef, StepKind, WITNESS_URL, Workflow, WorkflowError, WorkflowRegistry,
-    lookup_path, redact,
+    ErrorClass, StepDef, StepKind, StepTimeouts, WITNESS_URL, Workflow, WorkflowError,
+    WorkflowRegistry, lookup_path, redact,
 };
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -44,6 +44,8 @@ pub struct EngineConfig {
     /// The chaos runner's witness, for `http` steps whose url starts with
     /// `{{vigil.witness}}` (none outside chaos runs).
     pub witness_url: Option<String>,
+    /// Timeouts of steps that set no `timeout_ms` (see [`StepDef::timeout`]).
+    pub step_timeouts: StepTimeouts,
     /// Tests only: called with (run id, step id) right after a step's
     /// checkpoint commits, before the step loop goes on (where a stop can
     /// fall between a checkpoint and the next step's body).
@@ -74,6 +76,7 @@ impl EngineConfig {
             backoff_cap: Duration::from_secs(5),
             lookup_retry: Duration::from_millis(200),
             witness_url: None,
+            step_timeouts: StepTimeouts::default(),
             after_checkpoint: None,
             after_attempt_start: None,
         }
@@ -165,6 +168,7 @@ impl Engine {
             switches.clone(),
             metrics.clone(),
         ));
+        let http = http_client(&config.step_timeouts);
         Engine {
             store,
             workflows,
@@ -174,7 +178,7 @@ impl Engine {
             clock,
             config,
             lanes: crate::engine::lanes::Lanes::builtin(),
-            http: reqwest::Client::new(),
+            http,
             changes: tokio::sync::broadcast::channel(4096).0,
             attempts_in_memory: std::sync::Mutex::default(),
         }
@@ -833,18 +837,28 @@ impl Engine {
     ) -> Result<BodyOk, BodyErr> {
         // The side effect an external system sees (one `effects` row per
         // execution) was recorded with the attempt, in begin_attempt.
-        let body = self.body(ctx, step, attempt, inputs, run_state);
+        // Every step has a timeout: an attempt that goes that long without
+        // progress (an emit's chunk; the end of the body for other kinds)
+        // fails as transient, so a hung step cannot hold its run forever.
+        let limit = step.timeout(&self.config.step_timeouts);
+        let progress = tokio::sync::Notify::new();
+        let body = self.body(ctx, step, attempt, inputs, run_state, &progress);
         let timed = async {
-            match step.timeout_ms {
-                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), body)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(BodyErr::Fail {
+            tokio::pin!(body);
+            loop {
+                tokio::select! {
+                    r = &mut body => return r,
+                    // A permit is kept if progress came between two polls.
+                    () = progress.notified() => {}
+                    () = tokio::time::sleep(limit) => {
+                        let ms = limit.as_millis();
+                        tracing::warn!(run_id = ctx.run_id, step = %step.id, attempt, timeout_ms = %ms, "step made no progress within its timeout");
+                        return Err(BodyErr::Fail {
                             class: ErrorClass::Transient,
-                            msg: format!("step timed out after {ms} ms"),
-                        })
-                    }),
-                None => body.await,
+                            msg: format!("step timed out: no progress within {ms} ms"),
+                        });
+                    }
+                }
             }
         };
         // The body is polled first: once its attempt is spent (the caller
@@ -872,6 +886,7 @@ impl Engine {
         attempt: i64,
         inputs: &Map<String, Value>,
         run_state: &Value,
+        progress: &tokio::sync::Notify,
     ) -> Result<BodyOk, BodyErr> {
         let output = |output| {
             Ok(BodyOk {
@@ -901,6 +916,7 @@ impl Engine {
                         .append_chunk(ctx.run_id, ctx.epoch, seq, Some((&step.id, attempt)), &data)
                         .await?;
                     self.touched(ctx.run_id);
+                    progress.notify_one();
                 }
                 output(serde_json::json!({ "chunks": chunks }))
             }
@@ -950,7 +966,8 @@ impl Engine {
                         class: ErrorClass::Permanent,
                         msg: e.to_string(),
                     })?;
-                let mut req = self.http.request(method, url);
+                let timeout = step.timeout(&self.config.step_timeouts);
+                let mut req = self.http.request(method, url).timeout(timeout);
                 if let Some(b) = body {
                     req = req.json(&fill_template(b, inputs)?);
                 }
@@ -962,9 +979,17 @@ impl Engine {
                     } else {
                         ErrorClass::Transient
                     },
-                    msg: format!("request to {url} failed: {e}"),
+                    msg: if e.is_timeout() {
+                        format!(
+                            "request to {url} timed out after {} ms",
+                            timeout.as_millis()
+                        )
+                    } else {
+                        format!("request to {url} failed: {e}")
+                    },
                 })?;
                 let status = resp.status();
+                // Under the same per-request timeout as the headers.
                 let text = resp.text().await.map_err(|e| BodyErr::Fail {
                     class: ErrorClass::Transient,
                     msg: format!("reading the response from {url}: {e}"),
@@ -986,6 +1011,20 @@ impl Engine {
             }
         }
     }
+}
+
+/// The client of `http` steps. Each request carries its step's own timeout
+/// (see [`StepDef::timeout`]); the client's own bound is the default, and a
+/// connection must be up within 10 s or that bound if shorter.
+fn http_client(t: &StepTimeouts) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(t.http.min(Duration::from_secs(10)))
+        .timeout(t.http)
+        .build()
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot build the http step client with timeouts");
+            reqwest::Client::new()
+        })
 }
 
 /// Replace every string `{{step.path}}` by that predecessor's raw value.

@@ -72,6 +72,15 @@ pub struct PodArgs {
     /// How far past its deadline a run may be before the reaper times it out (ms).
     #[arg(long, env = "VIGIL_DEADLINE_GRACE_MS", default_value_t = 2000)]
     pub deadline_grace_ms: u64,
+    /// Default timeout of `http` steps that set no `timeout_ms` (ms): the
+    /// whole request, connect to last byte.
+    #[arg(long, env = "VIGIL_HTTP_STEP_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_step_timeout_ms: u64,
+    /// What a step that sets no `timeout_ms` gets over its own duration (a
+    /// sleep's ms, an emit's interval between chunks), and the whole bound
+    /// of the instant kinds (ms).
+    #[arg(long, env = "VIGIL_STEP_TIMEOUT_SLACK_MS", default_value_t = 30_000)]
+    pub step_timeout_slack_ms: u64,
     /// How often the janitor runs (ms).
     #[arg(long, env = "VIGIL_JANITOR_INTERVAL_MS", default_value_t = 1000)]
     pub janitor_interval_ms: u64,
@@ -684,6 +693,10 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
             clock::system(),
             EngineConfig {
                 witness_url: args.witness_url.clone(),
+                step_timeouts: crate::engine::workflow::StepTimeouts {
+                    http: Duration::from_millis(args.http_step_timeout_ms.max(1)),
+                    slack: Duration::from_millis(args.step_timeout_slack_ms.max(1)),
+                },
                 ..EngineConfig::new(pod_id.clone())
             },
         )
