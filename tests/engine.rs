@@ -1938,6 +1938,82 @@ async fn a_step_timeout_is_a_no_progress_timeout_and_a_silent_step_fails_transie
     );
 }
 
+const HANG: &str = r#"
+name = "hang"
+lane = "embed_backfill"
+[[steps]]
+id = "wait"
+kind = "sleep"
+ms = 600000
+"#;
+
+const HANG_LONG_DEADLINE: &str = r#"
+name = "hang-long"
+lane = "embed_backfill"
+deadline_ms = 60000
+[[steps]]
+id = "wait"
+kind = "sleep"
+ms = 600000
+"#;
+
+async fn a_run_without_deadline_ms_gets_the_store_wide_maximum(db: &TestDb) {
+    use vigil::engine::settings::{self, DEFAULT_MAX_DEADLINE_MS, RUNS_MAX_DEADLINE_MS};
+    let reg = registry(&[HANG, HANG_LONG_DEADLINE]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    // Untouched store: the default maximum.
+    let r = e.submit("hang", json!({}), None).await.unwrap();
+    assert_eq!(
+        r.deadline_at_ms.map(|d| d - r.created_at_ms),
+        Some(DEFAULT_MAX_DEADLINE_MS)
+    );
+    h.store
+        .transition(&r.id, RunState::Cancelled, &ctx("test"))
+        .await
+        .unwrap();
+    let audit = settings::set(h.store.as_ref(), RUNS_MAX_DEADLINE_MS, 1000, "ops", "test")
+        .await
+        .unwrap();
+    assert_eq!((audit.old, audit.new), (None, 1000));
+    // A hung step on a lane that does not heartbeat, in a workflow without
+    // deadline_ms, ends by the maximum (the step's own timeout is 10 min +).
+    let r = e.submit("hang", json!({}), None).await.unwrap();
+    assert_eq!(r.deadline_at_ms.map(|d| d - r.created_at_ms), Some(1000));
+    let started = std::time::Instant::now();
+    let out = run_bounded(&e, &r.id, Duration::from_secs(20)).await;
+    assert_eq!(out, RunOutcome::Finished(RunState::TimedOut));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(run_error(&h, &r.id).await, "run deadline passed");
+    // A longer workflow deadline is capped: by every pod sharing the store.
+    let other = db.open().await;
+    let b = engine_with(&other, &reg, fast("pod-b")).await;
+    let r = b.submit("hang-long", json!({}), None).await.unwrap();
+    assert_eq!(r.deadline_at_ms.map(|d| d - r.created_at_ms), Some(1000));
+    let out = run_bounded(&b, &r.id, Duration::from_secs(20)).await;
+    assert_eq!(out, RunOutcome::Finished(RunState::TimedOut));
+    // Out of bounds or unknown: refused, nothing written.
+    let low = settings::set(h.store.as_ref(), RUNS_MAX_DEADLINE_MS, 10, "ops", "x").await;
+    assert!(
+        low.as_ref()
+            .is_err_and(|e| e.to_string().contains("out of range")),
+        "{low:?}"
+    );
+    assert!(
+        settings::set(h.store.as_ref(), "runs.nope", 5000, "ops", "x")
+            .await
+            .is_err()
+    );
+    let trail = h.store.setting_audit(RUNS_MAX_DEADLINE_MS).await.unwrap();
+    assert_eq!(trail.len(), 1);
+    assert_eq!(
+        settings::get(h.store.as_ref(), RUNS_MAX_DEADLINE_MS)
+            .await
+            .unwrap(),
+        1000
+    );
+}
+
 #[cfg(feature = "fault-injection")]
 mod faults {
     use super::*;
@@ -1952,6 +2028,7 @@ mod faults {
 on_both_stores!(
     an_http_step_that_never_answers_times_out_per_attempt_within_its_budget,
     a_step_timeout_is_a_no_progress_timeout_and_a_silent_step_fails_transiently,
+    a_run_without_deadline_ms_gets_the_store_wide_maximum,
     a_stop_between_an_attempt_and_its_body_spends_no_attempt,
     return_attempt_gives_back_only_the_latest_running_attempt_fenced,
     a_stop_after_a_checkpoint_spends_no_attempt_of_the_next_step,

@@ -223,12 +223,15 @@ impl Engine {
     ) -> Result<(RunRecord, bool), EngineError> {
         let wf = self.workflows.get(workflow)?;
         let (heartbeat_timeout_ms, retries_left) = self.lanes.run_policy(&wf.lane);
+        // The store gives every run a deadline: this one, capped at
+        // runs.max_deadline_ms from now, or that maximum when the workflow
+        // sets none.
         let deadline_at_ms = wf.deadline_ms.map(|d| {
             self.clock
                 .now_ms()
                 .saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
         });
-        Ok(self
+        let (run, created) = self
             .store
             .create_run(NewRun {
                 workflow: wf.name.clone(),
@@ -240,7 +243,21 @@ impl Engine {
                 heartbeat_timeout_ms,
                 retries_left,
             })
-            .await?)
+            .await?;
+        if let (true, Some(asked), Some(at)) = (created, wf.deadline_ms, run.deadline_at_ms) {
+            let given = at.saturating_sub(run.created_at_ms);
+            if i64::try_from(asked).unwrap_or(i64::MAX) > given {
+                tracing::warn!(
+                    run_id = %run.id,
+                    workflow = %wf.name,
+                    deadline_ms = asked,
+                    capped_to_ms = given,
+                    "the workflow's deadline_ms exceeds {}: capped",
+                    crate::engine::settings::RUNS_MAX_DEADLINE_MS
+                );
+            }
+        }
+        Ok((run, created))
     }
 
     /// Claim the run (compare-and-set on `expected_owner`) and drive it.

@@ -685,6 +685,7 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
         .await
         .context("reading kill switches")?;
     switches.spawn_watcher(store.clone(), shutdown.clone());
+    warn_capped_deadlines(store.as_ref(), &workflows).await;
     let engine = Arc::new(
         Engine::new(
             store.clone(),
@@ -717,6 +718,35 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
         dispatcher_tick_ms: AtomicI64::new(0),
         watch_tick_ms: AtomicI64::new(0),
     }))
+}
+
+/// Say at startup which workflows ask for a deadline longer than the store's
+/// `runs.max_deadline_ms` (their runs get the maximum; each submit says so too).
+async fn warn_capped_deadlines(store: &dyn Store, workflows: &WorkflowRegistry) {
+    use crate::engine::settings::{self, RUNS_MAX_DEADLINE_MS};
+    let max = match settings::get(store, RUNS_MAX_DEADLINE_MS).await {
+        Ok(max) => max,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read {RUNS_MAX_DEADLINE_MS}");
+            return;
+        }
+    };
+    for name in workflows.names() {
+        let Ok(wf) = workflows.get(name) else {
+            continue;
+        };
+        if let Some(d) = wf
+            .deadline_ms
+            .filter(|d| i64::try_from(*d).unwrap_or(i64::MAX) > max)
+        {
+            tracing::warn!(
+                workflow = %wf.name,
+                deadline_ms = d,
+                max_ms = max,
+                "the workflow's deadline_ms exceeds {RUNS_MAX_DEADLINE_MS}: its runs get the maximum"
+            );
+        }
+    }
 }
 
 /// Run a pod until `shutdown` fires, then stop within the grace bound.
