@@ -2014,6 +2014,73 @@ async fn a_run_without_deadline_ms_gets_the_store_wide_maximum(db: &TestDb) {
     );
 }
 
+async fn a_run_stuck_outside_its_steps_stops_heartbeating_and_is_reaped(db: &TestDb) {
+    // FAN_IN is on the sync lane, which heartbeats. Pod A runs a, b, c and
+    // parks in the gate's backoff; pod B resumes it, and every lookup of the
+    // merge's predecessors fails: B's machinery waits (no attempt spent),
+    // stuck where no step timeout reaches, while its heartbeat timer runs.
+    let reg = registry(&[FAN_IN]);
+    let h = db.open().await;
+    // The sync lane goes stale after 600 ms of silence.
+    let lanes =
+        || vigil::engine::lanes::Lanes::load(Path::new("fixtures/lanes/fast-reaper.toml")).unwrap();
+    let run = engine_with(&h, &reg, fast("pod-a"))
+        .await
+        .with_lanes(lanes())
+        .submit("fan", json!({}), None)
+        .await
+        .unwrap();
+    assert_eq!(run.heartbeat_timeout_ms, Some(600));
+    run_until_parked(db, &reg, &run.id, "gate").await;
+    let hb = db.open().await;
+    let mut config = fast("pod-b");
+    config.step_timeouts.slack = Duration::from_millis(100);
+    // Right after the gate's checkpoint, B waits for the test to break the
+    // store's output lookups.
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let hook = std::sync::Mutex::new((entered_tx, go_rx));
+    config.after_checkpoint = Some(vigil::engine::StepHook(Arc::new(move |_, step| {
+        if step == "gate" {
+            // Off the runtime's worker: the store's tasks must go on.
+            tokio::task::block_in_place(|| {
+                let hook = hook.lock().unwrap();
+                hook.0.send(()).unwrap();
+                hook.1.recv().unwrap();
+            });
+        }
+    })));
+    let b = Arc::new(engine_with(&hb, &reg, config).await.with_lanes(lanes()));
+    let cancel = CancellationToken::new();
+    let task = {
+        let (b, id, c) = (b.clone(), run.id.clone(), cancel.clone());
+        tokio::spawn(async move { b.run(&id, Some("pod-a"), c).await })
+    };
+    let entered = std::sync::Mutex::new(entered_rx);
+    wait_for("the gate to succeed on pod B", || async {
+        entered.lock().unwrap().try_recv().is_ok()
+    })
+    .await;
+    h.exec("ALTER TABLE steps RENAME COLUMN output_raw TO output_raw_gone")
+        .await;
+    go_tx.send(()).unwrap();
+    // Stalled for longer than the longest step timeout (100 ms), a backoff
+    // (20 ms) and the lane's heartbeat timeout (600 ms): no more beats, so
+    // the reaper, which only judges heartbeats, times the run out.
+    wait_for("the reaper to time the stuck run out", || async {
+        let r = h.store.reap_stale("reaper-test").await.unwrap();
+        r.timed_out.iter().any(|(id, _)| *id == run.id)
+    })
+    .await;
+    let state = h.store.get_run(&run.id).await.unwrap().unwrap().state;
+    assert_eq!(state, RunState::TimedOut);
+    cancel.cancel();
+    let out = task.await.expect("join").expect("drive");
+    assert_eq!(out, RunOutcome::Abandoned);
+    h.exec("ALTER TABLE steps RENAME COLUMN output_raw_gone TO output_raw")
+        .await;
+}
+
 #[cfg(feature = "fault-injection")]
 mod faults {
     use super::*;
@@ -2029,6 +2096,7 @@ on_both_stores!(
     an_http_step_that_never_answers_times_out_per_attempt_within_its_budget,
     a_step_timeout_is_a_no_progress_timeout_and_a_silent_step_fails_transiently,
     a_run_without_deadline_ms_gets_the_store_wide_maximum,
+    a_run_stuck_outside_its_steps_stops_heartbeating_and_is_reaped,
     a_stop_between_an_attempt_and_its_body_spends_no_attempt,
     return_attempt_gives_back_only_the_latest_running_attempt_fenced,
     a_stop_after_a_checkpoint_spends_no_attempt_of_the_next_step,

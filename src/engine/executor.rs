@@ -143,11 +143,42 @@ struct BodyOk {
     run_state: Option<Value>,
 }
 
+/// When a run's machinery last moved: an attempt began or ended, a chunk
+/// was written, a backoff ran out. The run heartbeat says "alive" only while
+/// this is recent, so a run stuck anywhere stops heartbeating.
+struct Progress {
+    since: std::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            since: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        self.since
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+}
+
 /// What a running step needs to know about its run.
 struct RunCtx<'a> {
     run_id: &'a str,
     epoch: i64,
     cancel: &'a CancellationToken,
+    progress: &'a Progress,
     next_seq: std::sync::atomic::AtomicI64,
     /// An attempt the previous step's checkpoint already started (same
     /// transaction), for the step it names.
@@ -335,8 +366,23 @@ impl Engine {
             .deadline_at_ms
             .map(|d| Duration::from_millis(u64::try_from(d - self.clock.now_ms()).unwrap_or(0)));
         let mut spurious_rechecks = 0;
+        let progress = Progress::new();
+        // Between two marks of progress a healthy run waits at most for one
+        // step's timeout (past it the step fails, which is progress) or one
+        // backoff (capped, +20% jitter), plus store latency: the run's
+        // heartbeat timeout is that allowance.
+        let stall_after = |beat_timeout: Duration| {
+            wf.steps
+                .iter()
+                .map(|s| s.timeout(&self.config.step_timeouts))
+                .max()
+                .unwrap_or_default()
+                .saturating_add(self.config.backoff_cap.mul_f64(1.2))
+                .saturating_add(beat_timeout)
+        };
         loop {
-            let work = self.steps_loop(&run, &wf, epoch, &run_cancel);
+            progress.mark();
+            let work = self.steps_loop(&run, &wf, epoch, &run_cancel, &progress);
             tokio::pin!(work);
             let deadline = async {
                 match until_deadline {
@@ -345,19 +391,32 @@ impl Engine {
                 }
             };
             // Runs on heartbeating lanes say they are alive while their
-            // machinery is; a fenced heartbeat means another owner took over.
+            // machinery makes progress; a fenced heartbeat means another
+            // owner took over.
             let heartbeat = async {
                 let Some(t) = run.heartbeat_timeout_ms else {
                     return std::future::pending().await;
                 };
                 let every = Duration::from_millis(u64::try_from(t / 4).unwrap_or(250).max(10));
+                let stall_after = stall_after(Duration::from_millis(u64::try_from(t).unwrap_or(0)));
                 let mut first = true;
+                let mut stalled = false;
                 loop {
                     // The first beat at once: a run driven again after a
                     // store outage must say so before anyone judges it.
                     if !std::mem::take(&mut first) {
                         tokio::time::sleep(every).await;
                     }
+                    let idle = progress.idle();
+                    if idle > stall_after {
+                        // Stuck somewhere no step timeout reaches: stop
+                        // saying "alive", so the reaper can end the run.
+                        if !std::mem::replace(&mut stalled, true) {
+                            tracing::warn!(run_id, idle_ms = %idle.as_millis(), "run made no progress: heartbeat withheld");
+                        }
+                        continue;
+                    }
+                    stalled = false;
                     match self.store.heartbeat_run(run_id, epoch).await {
                         Ok(()) => {}
                         Err(e @ StoreError::Fenced { .. }) => return e,
@@ -488,6 +547,7 @@ impl Engine {
         wf: &Workflow,
         epoch: i64,
         cancel: &CancellationToken,
+        progress: &Progress,
     ) -> Result<LoopEnd, EngineError> {
         let done: HashMap<String, StepStatus> = self
             .store
@@ -507,6 +567,7 @@ impl Engine {
             run_id: &run.id,
             epoch,
             cancel,
+            progress,
             next_seq: std::sync::atomic::AtomicI64::new(i64::try_from(emitted).unwrap_or(0)),
             prestarted: std::sync::Mutex::new(None),
         };
@@ -675,10 +736,12 @@ impl Engine {
                 self.give_back(ctx, &step.id, attempt).await?;
                 return Ok(StepEnd::Cancelled);
             }
-            match self
+            ctx.progress.mark();
+            let result = self
                 .execute_body(ctx, step, attempt, &inputs, run_state)
-                .await
-            {
+                .await;
+            ctx.progress.mark();
+            match result {
                 Ok(ok) => {
                     let output = redact(&ok.output, &step.secret_fields);
                     let new_state = ok.run_state.unwrap_or_else(|| run_state.clone());
@@ -755,7 +818,7 @@ impl Engine {
                         .await?;
                     tokio::select! {
                         _ = ctx.cancel.cancelled() => return Ok(StepEnd::Cancelled),
-                        _ = tokio::time::sleep(self.backoff(attempt)) => {}
+                        _ = tokio::time::sleep(self.backoff(attempt)) => ctx.progress.mark(),
                     }
                 }
             }
@@ -933,6 +996,7 @@ impl Engine {
                         .append_chunk(ctx.run_id, ctx.epoch, seq, Some((&step.id, attempt)), &data)
                         .await?;
                     self.touched(ctx.run_id);
+                    ctx.progress.mark();
                     progress.notify_one();
                 }
                 output(serde_json::json!({ "chunks": chunks }))
