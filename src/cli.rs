@@ -109,6 +109,9 @@ pub enum Command {
     /// Read and flip kill switches (every change is audited in the store).
     #[command(subcommand)]
     Switch(SwitchCmd),
+    /// Read and change the store-wide settings (every change is audited in the store).
+    #[command(subcommand)]
+    Setting(SettingCmd),
     /// List runs in the store.
     Runs(RunsArgs),
     /// Show one run: its state, steps (redacted outputs), transitions and stream.
@@ -188,6 +191,33 @@ pub enum SwitchCmd {
         who: String,
     },
     /// The audit trail of one switch.
+    Audit {
+        #[command(flatten)]
+        store: StoreArg,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SettingCmd {
+    /// Every known setting: its value in the store (or default), bounds, what it governs.
+    List(StoreArg),
+    /// Set a setting, with a reason for the audit trail; every pod sharing the store uses it.
+    Set {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Setting name, e.g. runs.max_deadline_ms.
+        name: String,
+        /// The new value (an integer within the setting's bounds).
+        value: i64,
+        /// Why: recorded in the audit row.
+        #[arg(long)]
+        reason: String,
+        /// Who: recorded in the audit row.
+        #[arg(long, env = "USER", default_value = "unknown")]
+        who: String,
+    },
+    /// The audit trail of one setting.
     Audit {
         #[command(flatten)]
         store: StoreArg,
@@ -315,6 +345,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Workflows(cmd) => workflows(cmd),
         Command::Switch(cmd) => switch(cmd).await,
+        Command::Setting(cmd) => setting(cmd).await,
         Command::Runs(args) => runs(args).await,
         Command::Run(args) => show_run(args).await,
     }
@@ -467,6 +498,58 @@ async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn setting(cmd: SettingCmd) -> Result<ExitCode> {
+    use crate::engine::settings;
+    let (SettingCmd::List(s)
+    | SettingCmd::Set { store: s, .. }
+    | SettingCmd::Audit { store: s, .. }) = &cmd;
+    if s.pod.is_some() {
+        bail!("settings are read and set in the store: pass --store, not --pod");
+    }
+    let store = s.open().await?;
+    match cmd {
+        SettingCmd::List(_) => {
+            let rows = store.settings().await?;
+            for spec in settings::KNOWN {
+                let (value, source) = match rows.iter().find(|r| r.name == spec.name) {
+                    Some(r) => (r.value, format!("set by {} ({})", r.updated_by, r.reason)),
+                    None => (spec.default, "default".to_string()),
+                };
+                println!(
+                    "{:<24} {value}  {source}\n    {}\n    default {}, from {} to {}",
+                    spec.name, spec.governs, spec.default, spec.min, spec.max
+                );
+            }
+        }
+        SettingCmd::Set {
+            name,
+            value,
+            reason,
+            who,
+            ..
+        } => {
+            if reason.trim().is_empty() {
+                bail!("--reason must say why (it goes into the audit trail)");
+            }
+            let audit = settings::set(store.as_ref(), &name, value, &who, &reason).await?;
+            let old = audit
+                .old
+                .map_or_else(|| "default".to_string(), |v| v.to_string());
+            println!("{name}: {old} -> {} (by {who}: {reason})", audit.new);
+        }
+        SettingCmd::Audit { name, .. } => {
+            settings::spec(&name)?;
+            for a in store.setting_audit(&name).await? {
+                println!(
+                    "{}  {:?} -> {}  by {}: {}",
+                    a.at_ms, a.old, a.new, a.who, a.reason
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn runs(args: RunsArgs) -> Result<ExitCode> {

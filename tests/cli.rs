@@ -124,6 +124,61 @@ fn bad_store_locations_are_clear_errors() {
 }
 
 #[test]
+fn settings_change_with_an_audit_trail_within_their_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("v.db");
+    let db = db.to_str().unwrap();
+    let o = vigil(&["setting", "list", "--create", "--store", db]);
+    assert!(
+        text(&o).contains("runs.max_deadline_ms     3600000  default"),
+        "{}",
+        text(&o)
+    );
+    let set = |value: &str, name: &str| {
+        vigil(&[
+            "setting",
+            "set",
+            "--store",
+            db,
+            name,
+            value,
+            "--reason",
+            "backfills",
+            "--who",
+            "ops",
+        ])
+    };
+    let o = set("7200000", "runs.max_deadline_ms");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("runs.max_deadline_ms: default -> 7200000 (by ops: backfills)"),
+        "{}",
+        text(&o)
+    );
+    let o = set("5", "runs.max_deadline_ms");
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("out of range: expected 1000 to"),
+        "{}",
+        text(&o)
+    );
+    let o = set("5000", "runs.nope");
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("unknown setting \"runs.nope\"; known: runs.max_deadline_ms"),
+        "{}",
+        text(&o)
+    );
+    let o = vigil(&["setting", "audit", "--store", db, "runs.max_deadline_ms"]);
+    let audit = text(&o);
+    assert_eq!(audit.lines().count(), 1, "{audit}");
+    assert!(
+        audit.contains("None -> 7200000  by ops: backfills"),
+        "{audit}"
+    );
+}
+
+#[test]
 fn switches_flip_with_an_audit_trail_and_reject_unknown_names() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("v.db");

@@ -2005,6 +2005,264 @@ async fn return_attempt_gives_back_only_the_latest_running_attempt_fenced(db: &T
     assert_eq!(begin().await.unwrap(), t(1), "the budget is whole again");
 }
 
+// Issue 14, item 2: runs that never end. Every step has a timeout, every run
+// a deadline under the store-wide maximum.
+
+/// A TCP service that accepts connections and never answers; counts them.
+async fn silent_service() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(sock);
+        }
+    });
+    (format!("http://{addr}"), accepted)
+}
+
+/// Drive a run, failing the test (instead of hanging it) if it never ends.
+async fn run_bounded(e: &Engine, run_id: &str, bound: Duration) -> RunOutcome {
+    tokio::time::timeout(bound, e.run(run_id, None, CancellationToken::new()))
+        .await
+        .unwrap_or_else(|_| panic!("run {run_id} did not end within {bound:?}"))
+        .unwrap()
+}
+
+async fn run_error(h: &Handle, run_id: &str) -> String {
+    h.store
+        .get_run(run_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .error
+        .unwrap_or_default()
+}
+
+async fn an_http_step_that_never_answers_times_out_per_attempt_within_its_budget(db: &TestDb) {
+    let (base, accepted) = silent_service().await;
+    // A lane that does not heartbeat, no deadline_ms, no timeout_ms: only
+    // the http default bounds each attempt.
+    let wf = format!(
+        "name = \"silent\"\nlane = \"embed_backfill\"\n[[steps]]\nid = \"call\"\nkind = \"http\"\nurl = \"{base}/never\"\nmax_retries = 2\n"
+    );
+    let reg = registry(&[&wf]);
+    let h = db.open().await;
+    let mut config = fast("pod-a");
+    config.step_timeouts.http = Duration::from_millis(300);
+    let e = engine_with(&h, &reg, config).await;
+    let run = e.submit("silent", json!({}), None).await.unwrap();
+    let started = std::time::Instant::now();
+    let out = run_bounded(&e, &run.id, Duration::from_secs(20)).await;
+    assert_eq!(out, RunOutcome::Finished(RunState::Failed));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "3 x 300 ms"
+    );
+    assert_eq!(
+        step_status(&h, &run.id, "call").await,
+        Some((StepStatus::Failed, 3)),
+        "each timeout is a transient failure spending one attempt"
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(e.metrics.attempts("failed_transient"), 3);
+    let err = run_error(&h, &run.id).await;
+    assert!(
+        err.contains("exceeded max retries (3 attempts)") && err.contains("timed out"),
+        "{err}"
+    );
+}
+
+const PROGRESS: &str = r#"
+name = "progress"
+lane = "embed_backfill"
+[[steps]]
+id = "stream"
+kind = "emit"
+chunks = 6
+interval_ms = 60
+timeout_ms = 200
+[[steps]]
+id = "nap"
+kind = "sleep"
+after = ["stream"]
+ms = 60000
+timeout_ms = 150
+max_retries = 1
+"#;
+
+async fn a_step_timeout_is_a_no_progress_timeout_and_a_silent_step_fails_transiently(db: &TestDb) {
+    let reg = registry(&[PROGRESS]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let run = e.submit("progress", json!({}), None).await.unwrap();
+    let out = run_bounded(&e, &run.id, Duration::from_secs(20)).await;
+    assert_eq!(out, RunOutcome::Finished(RunState::Failed));
+    // 6 chunks over 300 ms with a 200 ms timeout: each chunk is progress.
+    assert_eq!(
+        step_status(&h, &run.id, "stream").await,
+        Some((StepStatus::Succeeded, 1))
+    );
+    assert_eq!(h.store.chunks(&run.id).await.unwrap().len(), 6);
+    // A sleep reports no progress: its timeout bounds each attempt.
+    assert_eq!(
+        step_status(&h, &run.id, "nap").await,
+        Some((StepStatus::Failed, 2))
+    );
+    let err = run_error(&h, &run.id).await;
+    assert!(
+        err.contains("step nap: exceeded max retries (2 attempts)")
+            && err.contains("no progress within 150 ms"),
+        "{err}"
+    );
+}
+
+const HANG: &str = r#"
+name = "hang"
+lane = "embed_backfill"
+[[steps]]
+id = "wait"
+kind = "sleep"
+ms = 600000
+"#;
+
+const HANG_LONG_DEADLINE: &str = r#"
+name = "hang-long"
+lane = "embed_backfill"
+deadline_ms = 60000
+[[steps]]
+id = "wait"
+kind = "sleep"
+ms = 600000
+"#;
+
+async fn a_run_without_deadline_ms_gets_the_store_wide_maximum(db: &TestDb) {
+    use vigil::engine::settings::{self, DEFAULT_MAX_DEADLINE_MS, RUNS_MAX_DEADLINE_MS};
+    let reg = registry(&[HANG, HANG_LONG_DEADLINE]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    // Untouched store: the default maximum.
+    let r = e.submit("hang", json!({}), None).await.unwrap();
+    assert_eq!(
+        r.deadline_at_ms.map(|d| d - r.created_at_ms),
+        Some(DEFAULT_MAX_DEADLINE_MS)
+    );
+    h.store
+        .transition(&r.id, RunState::Cancelled, &ctx("test"))
+        .await
+        .unwrap();
+    let audit = settings::set(h.store.as_ref(), RUNS_MAX_DEADLINE_MS, 1000, "ops", "test")
+        .await
+        .unwrap();
+    assert_eq!((audit.old, audit.new), (None, 1000));
+    // A hung step on a lane that does not heartbeat, in a workflow without
+    // deadline_ms, ends by the maximum (the step's own timeout is 10 min +).
+    let r = e.submit("hang", json!({}), None).await.unwrap();
+    assert_eq!(r.deadline_at_ms.map(|d| d - r.created_at_ms), Some(1000));
+    let started = std::time::Instant::now();
+    let out = run_bounded(&e, &r.id, Duration::from_secs(20)).await;
+    assert_eq!(out, RunOutcome::Finished(RunState::TimedOut));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(run_error(&h, &r.id).await, "run deadline passed");
+    // A longer workflow deadline is capped: by every pod sharing the store.
+    let other = db.open().await;
+    let b = engine_with(&other, &reg, fast("pod-b")).await;
+    let r = b.submit("hang-long", json!({}), None).await.unwrap();
+    assert_eq!(r.deadline_at_ms.map(|d| d - r.created_at_ms), Some(1000));
+    let out = run_bounded(&b, &r.id, Duration::from_secs(20)).await;
+    assert_eq!(out, RunOutcome::Finished(RunState::TimedOut));
+    // Out of bounds or unknown: refused, nothing written.
+    let low = settings::set(h.store.as_ref(), RUNS_MAX_DEADLINE_MS, 10, "ops", "x").await;
+    assert!(
+        low.as_ref()
+            .is_err_and(|e| e.to_string().contains("out of range")),
+        "{low:?}"
+    );
+    assert!(
+        settings::set(h.store.as_ref(), "runs.nope", 5000, "ops", "x")
+            .await
+            .is_err()
+    );
+    let trail = h.store.setting_audit(RUNS_MAX_DEADLINE_MS).await.unwrap();
+    assert_eq!(trail.len(), 1);
+    assert_eq!(
+        settings::get(h.store.as_ref(), RUNS_MAX_DEADLINE_MS)
+            .await
+            .unwrap(),
+        1000
+    );
+}
+
+async fn a_run_stuck_outside_its_steps_stops_heartbeating_and_is_reaped(db: &TestDb) {
+    // FAN_IN is on the sync lane, which heartbeats. Pod A runs a, b, c and
+    // parks in the gate's backoff; pod B resumes it, and every lookup of the
+    // merge's predecessors fails: B's machinery waits (no attempt spent),
+    // stuck where no step timeout reaches, while its heartbeat timer runs.
+    let reg = registry(&[FAN_IN]);
+    let h = db.open().await;
+    // The sync lane goes stale after 600 ms of silence.
+    let lanes =
+        || vigil::engine::lanes::Lanes::load(Path::new("fixtures/lanes/fast-reaper.toml")).unwrap();
+    let run = engine_with(&h, &reg, fast("pod-a"))
+        .await
+        .with_lanes(lanes())
+        .submit("fan", json!({}), None)
+        .await
+        .unwrap();
+    assert_eq!(run.heartbeat_timeout_ms, Some(600));
+    run_until_parked(db, &reg, &run.id, "gate").await;
+    let hb = db.open().await;
+    let mut config = fast("pod-b");
+    config.step_timeouts.slack = Duration::from_millis(100);
+    // Right after the gate's checkpoint, B waits for the test to break the
+    // store's output lookups.
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let hook = std::sync::Mutex::new((entered_tx, go_rx));
+    config.after_checkpoint = Some(vigil::engine::StepHook(Arc::new(move |_, step| {
+        if step == "gate" {
+            // Off the runtime's worker: the store's tasks must go on.
+            tokio::task::block_in_place(|| {
+                let hook = hook.lock().unwrap();
+                hook.0.send(()).unwrap();
+                hook.1.recv().unwrap();
+            });
+        }
+    })));
+    let b = Arc::new(engine_with(&hb, &reg, config).await.with_lanes(lanes()));
+    let cancel = CancellationToken::new();
+    let task = {
+        let (b, id, c) = (b.clone(), run.id.clone(), cancel.clone());
+        tokio::spawn(async move { b.run(&id, Some("pod-a"), c).await })
+    };
+    let entered = std::sync::Mutex::new(entered_rx);
+    wait_for("the gate to succeed on pod B", || async {
+        entered.lock().unwrap().try_recv().is_ok()
+    })
+    .await;
+    h.exec("ALTER TABLE steps RENAME COLUMN output_raw TO output_raw_gone")
+        .await;
+    go_tx.send(()).unwrap();
+    // Stalled for longer than the longest step timeout (100 ms), a backoff
+    // (20 ms) and the lane's heartbeat timeout (600 ms): no more beats, so
+    // the reaper, which only judges heartbeats, times the run out.
+    wait_for("the reaper to time the stuck run out", || async {
+        let r = h.store.reap_stale("reaper-test").await.unwrap();
+        r.timed_out.iter().any(|(id, _)| *id == run.id)
+    })
+    .await;
+    let state = h.store.get_run(&run.id).await.unwrap().unwrap().state;
+    assert_eq!(state, RunState::TimedOut);
+    cancel.cancel();
+    let out = task.await.expect("join").expect("drive");
+    assert_eq!(out, RunOutcome::Abandoned);
+    h.exec("ALTER TABLE steps RENAME COLUMN output_raw_gone TO output_raw")
+        .await;
+}
+
 #[cfg(feature = "fault-injection")]
 mod faults {
     use super::*;
@@ -2017,6 +2275,10 @@ mod faults {
 }
 
 on_both_stores!(
+    an_http_step_that_never_answers_times_out_per_attempt_within_its_budget,
+    a_step_timeout_is_a_no_progress_timeout_and_a_silent_step_fails_transiently,
+    a_run_without_deadline_ms_gets_the_store_wide_maximum,
+    a_run_stuck_outside_its_steps_stops_heartbeating_and_is_reaped,
     a_stop_between_an_attempt_and_its_body_spends_no_attempt,
     return_attempt_gives_back_only_the_latest_running_attempt_fenced,
     a_stop_after_a_checkpoint_spends_no_attempt_of_the_next_step,

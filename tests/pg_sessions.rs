@@ -102,13 +102,11 @@ async fn the_deadline_pass_skips_a_locked_row_and_takes_the_rest() {
     let hold = hold_run_row(&url, &held.id, Duration::from_secs(8), false)
         .await
         .unwrap();
-    let timed_out = tokio::time::timeout(
-        Duration::from_secs(4),
-        store.time_out_overdue(0, "reaper"),
-    )
-    .await
-    .expect("the pass answered while a row was held")
-    .unwrap();
+    let timed_out =
+        tokio::time::timeout(Duration::from_secs(4), store.time_out_overdue(0, "reaper"))
+            .await
+            .expect("the pass answered while a row was held")
+            .unwrap();
     assert_eq!(timed_out, vec![free.id.clone()]);
     hold.abort();
 }

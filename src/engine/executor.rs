@@ -15,7 +15,8 @@ use crate::engine::store::{
 };
 use crate::engine::switches::{AUTHORITY_DB_FALLBACK, Switches};
 use crate::engine::workflow::{
-    ErrorClass, StepDef, StepKind, WITNESS_URL, Workflow, WorkflowError, WorkflowRegistry, redact,
+    ErrorClass, StepDef, StepKind, StepTimeouts, WITNESS_URL, Workflow, WorkflowError,
+    WorkflowRegistry, redact,
 };
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -43,6 +44,8 @@ pub struct EngineConfig {
     /// The chaos runner's witness, for `http` steps whose url starts with
     /// `{{vigil.witness}}` (none outside chaos runs).
     pub witness_url: Option<String>,
+    /// Timeouts of steps that set no `timeout_ms` (see [`StepDef::timeout`]).
+    pub step_timeouts: StepTimeouts,
     /// Tests only: called with (run id, step id) right after a step's
     /// checkpoint commits, before the step loop goes on (where a stop can
     /// fall between a checkpoint and the next step's body).
@@ -73,6 +76,7 @@ impl EngineConfig {
             backoff_cap: Duration::from_secs(5),
             lookup_retry: Duration::from_millis(200),
             witness_url: None,
+            step_timeouts: StepTimeouts::default(),
             after_checkpoint: None,
             after_attempt_start: None,
         }
@@ -139,11 +143,42 @@ struct BodyOk {
     run_state: Option<Value>,
 }
 
+/// When a run's machinery last moved: an attempt began or ended, a chunk
+/// was written, a backoff ran out. The run heartbeat says "alive" only while
+/// this is recent, so a run stuck anywhere stops heartbeating.
+struct Progress {
+    since: std::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            since: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        self.since
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+}
+
 /// What a running step needs to know about its run.
 struct RunCtx<'a> {
     run_id: &'a str,
     epoch: i64,
     cancel: &'a CancellationToken,
+    progress: &'a Progress,
     next_seq: std::sync::atomic::AtomicI64,
     /// An attempt the previous step's checkpoint already started (same
     /// transaction), for the step it names.
@@ -164,6 +199,7 @@ impl Engine {
             switches.clone(),
             metrics.clone(),
         ));
+        let http = http_client(&config.step_timeouts);
         Engine {
             store,
             workflows,
@@ -173,7 +209,7 @@ impl Engine {
             clock,
             config,
             lanes: crate::engine::lanes::Lanes::builtin(),
-            http: reqwest::Client::new(),
+            http,
             changes: tokio::sync::broadcast::channel(4096).0,
             attempts_in_memory: std::sync::Mutex::default(),
         }
@@ -218,12 +254,15 @@ impl Engine {
     ) -> Result<(RunRecord, bool), EngineError> {
         let wf = self.workflows.get(workflow)?;
         let (heartbeat_timeout_ms, retries_left) = self.lanes.run_policy(&wf.lane);
+        // The store gives every run a deadline: this one, capped at
+        // runs.max_deadline_ms from now, or that maximum when the workflow
+        // sets none.
         let deadline_at_ms = wf.deadline_ms.map(|d| {
             self.clock
                 .now_ms()
                 .saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
         });
-        Ok(self
+        let (run, created) = self
             .store
             .create_run(NewRun {
                 workflow: wf.name.clone(),
@@ -235,7 +274,21 @@ impl Engine {
                 heartbeat_timeout_ms,
                 retries_left,
             })
-            .await?)
+            .await?;
+        if let (true, Some(asked), Some(at)) = (created, wf.deadline_ms, run.deadline_at_ms) {
+            let given = at.saturating_sub(run.created_at_ms);
+            if i64::try_from(asked).unwrap_or(i64::MAX) > given {
+                tracing::warn!(
+                    run_id = %run.id,
+                    workflow = %wf.name,
+                    deadline_ms = asked,
+                    capped_to_ms = given,
+                    "the workflow's deadline_ms exceeds {}: capped",
+                    crate::engine::settings::RUNS_MAX_DEADLINE_MS
+                );
+            }
+        }
+        Ok((run, created))
     }
 
     /// Claim the run (compare-and-set on `expected_owner`) and drive it.
@@ -313,8 +366,23 @@ impl Engine {
             .deadline_at_ms
             .map(|d| Duration::from_millis(u64::try_from(d - self.clock.now_ms()).unwrap_or(0)));
         let mut spurious_rechecks = 0;
+        let progress = Progress::new();
+        // Between two marks of progress a healthy run waits at most for one
+        // step's timeout (past it the step fails, which is progress) or one
+        // backoff (capped, +20% jitter), plus store latency: the run's
+        // heartbeat timeout is that allowance.
+        let stall_after = |beat_timeout: Duration| {
+            wf.steps
+                .iter()
+                .map(|s| s.timeout(&self.config.step_timeouts))
+                .max()
+                .unwrap_or_default()
+                .saturating_add(self.config.backoff_cap.mul_f64(1.2))
+                .saturating_add(beat_timeout)
+        };
         loop {
-            let work = self.steps_loop(&run, &wf, epoch, &run_cancel);
+            progress.mark();
+            let work = self.steps_loop(&run, &wf, epoch, &run_cancel, &progress);
             tokio::pin!(work);
             let deadline = async {
                 match until_deadline {
@@ -323,19 +391,32 @@ impl Engine {
                 }
             };
             // Runs on heartbeating lanes say they are alive while their
-            // machinery is; a fenced heartbeat means another owner took over.
+            // machinery makes progress; a fenced heartbeat means another
+            // owner took over.
             let heartbeat = async {
                 let Some(t) = run.heartbeat_timeout_ms else {
                     return std::future::pending().await;
                 };
                 let every = Duration::from_millis(u64::try_from(t / 4).unwrap_or(250).max(10));
+                let stall_after = stall_after(Duration::from_millis(u64::try_from(t).unwrap_or(0)));
                 let mut first = true;
+                let mut stalled = false;
                 loop {
                     // The first beat at once: a run driven again after a
                     // store outage must say so before anyone judges it.
                     if !std::mem::take(&mut first) {
                         tokio::time::sleep(every).await;
                     }
+                    let idle = progress.idle();
+                    if idle > stall_after {
+                        // Stuck somewhere no step timeout reaches: stop
+                        // saying "alive", so the reaper can end the run.
+                        if !std::mem::replace(&mut stalled, true) {
+                            tracing::warn!(run_id, idle_ms = %idle.as_millis(), "run made no progress: heartbeat withheld");
+                        }
+                        continue;
+                    }
+                    stalled = false;
                     match self.store.heartbeat_run(run_id, epoch).await {
                         Ok(()) => {}
                         Err(e @ StoreError::Fenced { .. }) => return e,
@@ -466,6 +547,7 @@ impl Engine {
         wf: &Workflow,
         epoch: i64,
         cancel: &CancellationToken,
+        progress: &Progress,
     ) -> Result<LoopEnd, EngineError> {
         let done: HashMap<String, StepStatus> = self
             .store
@@ -485,6 +567,7 @@ impl Engine {
             run_id: &run.id,
             epoch,
             cancel,
+            progress,
             next_seq: std::sync::atomic::AtomicI64::new(i64::try_from(emitted).unwrap_or(0)),
             prestarted: std::sync::Mutex::new(None),
         };
@@ -660,10 +743,12 @@ impl Engine {
                 self.give_back(ctx, &step.id, attempt).await?;
                 return Ok(StepEnd::Cancelled);
             }
-            match self
+            ctx.progress.mark();
+            let result = self
                 .execute_body(ctx, step, attempt, &inputs, &run_state.raw)
-                .await
-            {
+                .await;
+            ctx.progress.mark();
+            match result {
                 Ok(ok) => {
                     let output = redact(&ok.output, &step.secret_fields);
                     let new_state = run_state.after(step, ok.run_state);
@@ -741,7 +826,7 @@ impl Engine {
                         .await?;
                     tokio::select! {
                         _ = ctx.cancel.cancelled() => return Ok(StepEnd::Cancelled),
-                        _ = tokio::time::sleep(self.backoff(attempt)) => {}
+                        _ = tokio::time::sleep(self.backoff(attempt)) => ctx.progress.mark(),
                     }
                 }
             }
@@ -840,18 +925,28 @@ impl Engine {
     ) -> Result<BodyOk, BodyErr> {
         // The side effect an external system sees (one `effects` row per
         // execution) was recorded with the attempt, in begin_attempt.
-        let body = self.body(ctx, step, attempt, inputs, run_state);
+        // Every step has a timeout: an attempt that goes that long without
+        // progress (an emit's chunk; the end of the body for other kinds)
+        // fails as transient, so a hung step cannot hold its run forever.
+        let limit = step.timeout(&self.config.step_timeouts);
+        let progress = tokio::sync::Notify::new();
+        let body = self.body(ctx, step, attempt, inputs, run_state, &progress);
         let timed = async {
-            match step.timeout_ms {
-                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), body)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(BodyErr::Fail {
+            tokio::pin!(body);
+            loop {
+                tokio::select! {
+                    r = &mut body => return r,
+                    // A permit is kept if progress came between two polls.
+                    () = progress.notified() => {}
+                    () = tokio::time::sleep(limit) => {
+                        let ms = limit.as_millis();
+                        tracing::warn!(run_id = ctx.run_id, step = %step.id, attempt, timeout_ms = %ms, "step made no progress within its timeout");
+                        return Err(BodyErr::Fail {
                             class: ErrorClass::Transient,
-                            msg: format!("step timed out after {ms} ms"),
-                        })
-                    }),
-                None => body.await,
+                            msg: format!("step timed out: no progress within {ms} ms"),
+                        });
+                    }
+                }
             }
         };
         // The body is polled first: once its attempt is spent (the caller
@@ -879,6 +974,7 @@ impl Engine {
         attempt: i64,
         inputs: &Map<String, Value>,
         run_state: &Value,
+        progress: &tokio::sync::Notify,
     ) -> Result<BodyOk, BodyErr> {
         let output = |output| {
             Ok(BodyOk {
@@ -908,6 +1004,8 @@ impl Engine {
                         .append_chunk(ctx.run_id, ctx.epoch, seq, Some((&step.id, attempt)), &data)
                         .await?;
                     self.touched(ctx.run_id);
+                    ctx.progress.mark();
+                    progress.notify_one();
                 }
                 output(serde_json::json!({ "chunks": chunks }))
             }
@@ -957,7 +1055,8 @@ impl Engine {
                         class: ErrorClass::Permanent,
                         msg: e.to_string(),
                     })?;
-                let mut req = self.http.request(method, url);
+                let timeout = step.timeout(&self.config.step_timeouts);
+                let mut req = self.http.request(method, url).timeout(timeout);
                 if let Some(b) = body {
                     req = req.json(&fill_template(b, inputs)?);
                 }
@@ -969,9 +1068,17 @@ impl Engine {
                     } else {
                         ErrorClass::Transient
                     },
-                    msg: format!("request to {url} failed: {e}"),
+                    msg: if e.is_timeout() {
+                        format!(
+                            "request to {url} timed out after {} ms",
+                            timeout.as_millis()
+                        )
+                    } else {
+                        format!("request to {url} failed: {e}")
+                    },
                 })?;
                 let status = resp.status();
+                // Under the same per-request timeout as the headers.
                 let text = resp.text().await.map_err(|e| BodyErr::Fail {
                     class: ErrorClass::Transient,
                     msg: format!("reading the response from {url}: {e}"),
@@ -993,6 +1100,20 @@ impl Engine {
             }
         }
     }
+}
+
+/// The client of `http` steps. Each request carries its step's own timeout
+/// (see [`StepDef::timeout`]); the client's own bound is the default, and a
+/// connection must be up within 10 s or that bound if shorter.
+fn http_client(t: &StepTimeouts) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(t.http.min(Duration::from_secs(10)))
+        .timeout(t.http)
+        .build()
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot build the http step client with timeouts");
+            reqwest::Client::new()
+        })
 }
 
 /// [`workflow::fill_template`]; a template that cannot be filled fails the

@@ -7,6 +7,7 @@ pub mod lanes;
 pub mod liveness;
 pub mod metrics;
 pub mod run;
+pub mod settings;
 pub mod store;
 pub mod switches;
 pub mod workflow;

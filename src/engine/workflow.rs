@@ -11,6 +11,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use toml::Spanned;
 
 /// An `http` step whose `url` starts with this calls the chaos runner's
@@ -148,6 +149,56 @@ impl StepDef {
     pub fn max_attempts(&self) -> i64 {
         i64::from(self.max_retries) + 1
     }
+
+    /// How long an attempt of this step may go without progress before it
+    /// fails as transient (and is retried within its budget). Progress is a
+    /// chunk for `emit`, so there it bounds the gap between chunks; the
+    /// other kinds report none until they finish, so there it bounds the
+    /// attempt. `timeout_ms` when set, else a default by kind: `http` gets
+    /// [`StepTimeouts::http`]; `sleep` and `emit` get their own duration
+    /// (`ms`, `interval_ms`) plus [`StepTimeouts::slack`]; the instant kinds
+    /// get the slack alone.
+    pub fn timeout(&self, defaults: &StepTimeouts) -> Duration {
+        if let Some(ms) = self.timeout_ms {
+            return Duration::from_millis(ms);
+        }
+        match &self.kind {
+            StepKind::Http { .. } => defaults.http,
+            StepKind::Sleep { ms } => Duration::from_millis(*ms).saturating_add(defaults.slack),
+            StepKind::Emit { interval_ms, .. } => {
+                Duration::from_millis(*interval_ms).saturating_add(defaults.slack)
+            }
+            StepKind::Compute { .. }
+            | StepKind::Fail
+            | StepKind::Mutate { .. }
+            | StepKind::FanIn => defaults.slack,
+        }
+    }
+}
+
+/// The step timeouts used where a step does not set `timeout_ms` (see
+/// [`StepDef::timeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepTimeouts {
+    /// An `http` step's request, from connecting to the last byte.
+    pub http: Duration,
+    /// Allowed over a step's own duration; the whole bound of the kinds
+    /// that have none.
+    pub slack: Duration,
+}
+
+/// Default [`StepTimeouts::http`].
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`StepTimeouts::slack`].
+pub const DEFAULT_STEP_SLACK: Duration = Duration::from_secs(30);
+
+impl Default for StepTimeouts {
+    fn default() -> Self {
+        StepTimeouts {
+            http: DEFAULT_HTTP_TIMEOUT,
+            slack: DEFAULT_STEP_SLACK,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -252,6 +303,12 @@ impl Workflow {
             return Err(invalid(
                 "lane".into(),
                 format!("{:?} is not a lane name", raw.lane),
+            ));
+        }
+        if raw.deadline_ms == Some(0) {
+            return Err(invalid(
+                "deadline_ms".into(),
+                "must be at least 1 ms".into(),
             ));
         }
         if raw.steps.is_empty() {
@@ -404,6 +461,21 @@ impl Workflow {
                     at("secret_fields"),
                     format!("kind {:?} has no own output fields to mark secret", rs.kind),
                 ));
+            }
+            if rs.timeout_ms == Some(0) {
+                return Err(invalid(at("timeout_ms"), "must be at least 1 ms".into()));
+            }
+            if let (StepKind::Emit { interval_ms, .. }, Some(t)) = (&kind, rs.timeout_ms) {
+                // An emit's timeout is the longest it may go without a chunk.
+                if t <= *interval_ms {
+                    return Err(invalid(
+                        at("timeout_ms"),
+                        format!(
+                            "{t} ms is a no-progress timeout between chunks: it must exceed \
+                             interval_ms ({interval_ms})"
+                        ),
+                    ));
+                }
             }
             let lane = rs.lane.unwrap_or_else(|| raw.lane.clone());
             if !is_ident(&lane) {
@@ -950,6 +1022,22 @@ mod tests {
                 "name = \"W W\"\n[[steps]]\nid = \"a\"\nkind = \"fail\"",
                 "name",
             ),
+            (
+                "name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"fail\"\ntimeout_ms = 0",
+                "steps[0] (a).timeout_ms",
+            ),
+            (
+                "name = \"w\"\n[[steps]]\nid = \"a\"\nkind = \"emit\"\nchunks = 2\ninterval_ms = 100\ntimeout_ms = 100",
+                "steps[0] (a).timeout_ms: 100 ms is a no-progress timeout between chunks",
+            ),
+            (
+                "name = \"w\"\ndeadline_ms = 0\n[[steps]]\nid = \"a\"\nkind = \"fail\"",
+                "deadline_ms: must be at least 1 ms",
+            ),
+            (
+                "name = \"w\"\ndeadline_ms = -5\n[[steps]]\nid = \"a\"\nkind = \"fail\"",
+                "deadline_ms",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -1014,6 +1102,64 @@ mod tests {
             save.state_secrets,
             ["mine.pin", "auth"],
             "declared, then derived"
+        );
+    }
+
+    #[test]
+    fn every_step_has_a_timeout_explicit_or_by_kind() {
+        let wf = parse(
+            r#"
+            name = "w"
+            deadline_ms = 9000
+            [[steps]]
+            id = "call"
+            kind = "http"
+            url = "http://127.0.0.1:9/x"
+            [[steps]]
+            id = "call_slow"
+            kind = "http"
+            url = "http://127.0.0.1:9/x"
+            timeout_ms = 120000
+            [[steps]]
+            id = "nap"
+            kind = "sleep"
+            ms = 2000
+            [[steps]]
+            id = "stream"
+            kind = "emit"
+            chunks = 3
+            interval_ms = 250
+            [[steps]]
+            id = "stream_tight"
+            kind = "emit"
+            chunks = 3
+            interval_ms = 250
+            timeout_ms = 251
+            [[steps]]
+            id = "calc"
+            kind = "compute"
+            output = { x = 1 }
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(wf.deadline_ms, Some(9000));
+        let d = StepTimeouts {
+            http: Duration::from_millis(700),
+            slack: Duration::from_millis(50),
+        };
+        let t = |id: &str| wf.step(id).map(|s| s.timeout(&d).as_millis());
+        assert_eq!(t("call"), Some(700), "http: the http default");
+        assert_eq!(t("call_slow"), Some(120_000), "explicit wins");
+        assert_eq!(t("nap"), Some(2050), "sleep: its own duration plus slack");
+        assert_eq!(t("stream"), Some(300), "emit: between chunks, plus slack");
+        assert_eq!(t("stream_tight"), Some(251));
+        assert_eq!(t("calc"), Some(50), "instant kinds: the slack");
+        assert_eq!(
+            StepTimeouts::default(),
+            StepTimeouts {
+                http: DEFAULT_HTTP_TIMEOUT,
+                slack: DEFAULT_STEP_SLACK
+            }
         );
     }
 

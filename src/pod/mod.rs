@@ -73,6 +73,15 @@ pub struct PodArgs {
     /// How far past its deadline a run may be before the reaper times it out (ms).
     #[arg(long, env = "VIGIL_DEADLINE_GRACE_MS", default_value_t = 2000)]
     pub deadline_grace_ms: u64,
+    /// Default timeout of `http` steps that set no `timeout_ms` (ms): the
+    /// whole request, connect to last byte.
+    #[arg(long, env = "VIGIL_HTTP_STEP_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_step_timeout_ms: u64,
+    /// What a step that sets no `timeout_ms` gets over its own duration (a
+    /// sleep's ms, an emit's interval between chunks), and the whole bound
+    /// of the instant kinds (ms).
+    #[arg(long, env = "VIGIL_STEP_TIMEOUT_SLACK_MS", default_value_t = 30_000)]
+    pub step_timeout_slack_ms: u64,
     /// How often the janitor runs (ms).
     #[arg(long, env = "VIGIL_JANITOR_INTERVAL_MS", default_value_t = 1000)]
     pub janitor_interval_ms: u64,
@@ -737,6 +746,7 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
         .await
         .context("reading kill switches")?;
     switches.spawn_watcher(store.clone(), shutdown.clone());
+    warn_capped_deadlines(store.as_ref(), &workflows).await;
     let engine = Arc::new(
         Engine::new(
             store.clone(),
@@ -747,6 +757,10 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
             store.clock().clone(),
             EngineConfig {
                 witness_url: args.witness_url.clone(),
+                step_timeouts: crate::engine::workflow::StepTimeouts {
+                    http: Duration::from_millis(args.http_step_timeout_ms.max(1)),
+                    slack: Duration::from_millis(args.step_timeout_slack_ms.max(1)),
+                },
                 ..EngineConfig::new(pod_id.clone())
             },
         )
@@ -768,6 +782,35 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
         dispatcher_tick_ms: AtomicI64::new(0),
         watch_tick_ms: AtomicI64::new(0),
     }))
+}
+
+/// Say at startup which workflows ask for a deadline longer than the store's
+/// `runs.max_deadline_ms` (their runs get the maximum; each submit says so too).
+async fn warn_capped_deadlines(store: &dyn Store, workflows: &WorkflowRegistry) {
+    use crate::engine::settings::{self, RUNS_MAX_DEADLINE_MS};
+    let max = match settings::get(store, RUNS_MAX_DEADLINE_MS).await {
+        Ok(max) => max,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read {RUNS_MAX_DEADLINE_MS}");
+            return;
+        }
+    };
+    for name in workflows.names() {
+        let Ok(wf) = workflows.get(name) else {
+            continue;
+        };
+        if let Some(d) = wf
+            .deadline_ms
+            .filter(|d| i64::try_from(*d).unwrap_or(i64::MAX) > max)
+        {
+            tracing::warn!(
+                workflow = %wf.name,
+                deadline_ms = d,
+                max_ms = max,
+                "the workflow's deadline_ms exceeds {RUNS_MAX_DEADLINE_MS}: its runs get the maximum"
+            );
+        }
+    }
 }
 
 /// Run a pod until `shutdown` fires, then stop within the grace bound.

@@ -213,6 +213,27 @@ pub struct SwitchAudit {
     pub at_ms: i64,
 }
 
+/// One row of `settings` (see `crate::engine::settings`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SettingRow {
+    pub name: String,
+    pub value: i64,
+    pub updated_at_ms: i64,
+    pub updated_by: String,
+    pub reason: String,
+}
+
+/// One audit row: every setting change, who, when, old, new and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SettingAudit {
+    pub name: String,
+    pub old: Option<i64>,
+    pub new: i64,
+    pub who: String,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
 /// Filters for [`Store::list_runs`].
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
@@ -447,6 +468,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         reason: &str,
     ) -> StoreResult<SwitchAudit>;
     async fn switch_audit(&self, name: &str) -> StoreResult<Vec<SwitchAudit>>;
+    /// Every setting that has a row (see `crate::engine::settings`).
+    async fn settings(&self) -> StoreResult<Vec<SettingRow>>;
+    /// Set a setting and write its audit row in one transaction.
+    async fn set_setting(
+        &self,
+        name: &str,
+        value: i64,
+        who: &str,
+        reason: &str,
+    ) -> StoreResult<SettingAudit>;
+    async fn setting_audit(&self, name: &str) -> StoreResult<Vec<SettingAudit>>;
 
     // console queries: read-only, one statement each, for `vigil console`.
 

@@ -36,6 +36,8 @@ mod dialect {
     pub const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
     pub const SWITCH_SELECT_FOR_UPDATE: &str =
         "SELECT enabled FROM switches WHERE name = $1 FOR UPDATE";
+    pub const SETTING_SELECT_FOR_UPDATE: &str =
+        "SELECT value FROM settings WHERE name = $1 FOR UPDATE";
     pub const TRANSITION_UPDATE: &str = "UPDATE runs SET state = $2, updated_at = $3, \
          error = COALESCE($4, error) WHERE id = $1 \
          AND (state IN (SELECT jsonb_array_elements_text($5::jsonb)) \

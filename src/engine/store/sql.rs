@@ -20,7 +20,7 @@ macro_rules! impl_store {
         use $crate::engine::store::sql::run_cols;
         use $crate::engine::store::{
             BeginAttempt, Claim, ClaimRecord, ReapReport, EffectRecord, NewRun, RunFilter, StepSuccess, StoreError,
-            StoreResult, StoreStats, SwitchAudit, SwitchRow, TransitionCtx, json_from_str,
+            StoreResult, StoreStats, SwitchAudit, SwitchRow, SettingAudit, SettingRow, TransitionCtx, json_from_str,
             state_from_str, status_from_str,
         };
         use $crate::engine::run::{
@@ -330,11 +330,19 @@ macro_rules! impl_store {
                 let now = self.clock.now_ms();
                 let id = uuid::Uuid::now_v7().to_string();
                 let input = serde_json::to_string(&run.input).unwrap_or_else(|_| "null".into());
+                // Every run gets a deadline, at most runs.max_deadline_ms
+                // from now (that setting's row, else its default): read in
+                // this statement, so every pod caps alike. (`WHERE true`:
+                // SQLite's INSERT ... SELECT ... ON CONFLICT needs it.)
                 sqlx::query(
                     "INSERT INTO runs (id, workflow, lane, input, state, epoch, late_completion, \
                      run_state, idempotency_key, deadline_at, created_at, updated_at, \
                      heartbeat_timeout_ms, retries_left, family) \
-                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, '{}', $6, $7, $8, $8, $9, $10, $1) \
+                     SELECT $1, $2, $3, $4, 'pending', 0, $5, '{}', $6, \
+                     CASE WHEN $7 IS NULL OR $7 > $8 + lim.ms THEN $8 + lim.ms ELSE $7 END, \
+                     $8, $8, $9, $10, $1 \
+                     FROM (SELECT COALESCE((SELECT value FROM settings WHERE name = $11), $12) \
+                     AS ms) lim WHERE true \
                      ON CONFLICT (idempotency_key) DO NOTHING",
                 )
                 .bind(&id)
@@ -347,6 +355,8 @@ macro_rules! impl_store {
                 .bind(now)
                 .bind(run.heartbeat_timeout_ms)
                 .bind(run.retries_left)
+                .bind($crate::engine::settings::RUNS_MAX_DEADLINE_MS)
+                .bind($crate::engine::settings::DEFAULT_MAX_DEADLINE_MS)
                 .execute(&self.pool)
                 .await?;
                 // A repeated idempotency key returns the run it created first.
@@ -1212,6 +1222,98 @@ macro_rules! impl_store {
                 rows.iter()
                     .map(|row| {
                         Ok(SwitchAudit {
+                            name: row.try_get("name")?,
+                            old: row.try_get("old_value")?,
+                            new: row.try_get("new_value")?,
+                            who: row.try_get("who")?,
+                            reason: row.try_get("reason")?,
+                            at_ms: row.try_get("at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn settings(&self) -> StoreResult<Vec<SettingRow>> {
+                let rows = sqlx::query(
+                    "SELECT name, value, updated_at, updated_by, reason FROM settings \
+                     ORDER BY name",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(SettingRow {
+                            name: row.try_get("name")?,
+                            value: row.try_get("value")?,
+                            updated_at_ms: row.try_get("updated_at")?,
+                            updated_by: row.try_get("updated_by")?,
+                            reason: row.try_get("reason")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn set_setting(
+                &self,
+                name: &str,
+                value: i64,
+                who: &str,
+                reason: &str,
+            ) -> StoreResult<SettingAudit> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin_write().await?;
+                let old: Option<i64> = sqlx::query($dialect::SETTING_SELECT_FOR_UPDATE)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| row.try_get("value"))
+                    .transpose()?;
+                sqlx::query(
+                    "INSERT INTO settings (name, value, updated_at, updated_by, reason) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE \
+                     SET value = $2, updated_at = $3, updated_by = $4, reason = $5",
+                )
+                .bind(name)
+                .bind(value)
+                .bind(now)
+                .bind(who)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO setting_audit (name, old_value, new_value, who, reason, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(name)
+                .bind(old)
+                .bind(value)
+                .bind(who)
+                .bind(reason)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(SettingAudit {
+                    name: name.to_owned(),
+                    old,
+                    new: value,
+                    who: who.to_owned(),
+                    reason: reason.to_owned(),
+                    at_ms: now,
+                })
+            }
+
+            async fn setting_audit(&self, name: &str) -> StoreResult<Vec<SettingAudit>> {
+                let rows = sqlx::query(
+                    "SELECT name, old_value, new_value, who, reason, at FROM setting_audit \
+                     WHERE name = $1 ORDER BY id",
+                )
+                .bind(name)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(SettingAudit {
                             name: row.try_get("name")?,
                             old: row.try_get("old_value")?,
                             new: row.try_get("new_value")?,

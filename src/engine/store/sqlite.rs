@@ -33,6 +33,7 @@ mod dialect {
     pub const CLAIM_SELECT_FOR_UPDATE: &str = STATE_SELECT_FOR_UPDATE;
     pub const SKIP_LOCKED: &str = "";
     pub const SWITCH_SELECT_FOR_UPDATE: &str = "SELECT enabled FROM switches WHERE name = $1";
+    pub const SETTING_SELECT_FOR_UPDATE: &str = "SELECT value FROM settings WHERE name = $1";
     pub const TRANSITION_UPDATE: &str = "UPDATE runs SET state = $2, updated_at = $3, \
          error = COALESCE($4, error) WHERE id = $1 \
          AND (state IN (SELECT value FROM json_each($5)) \
