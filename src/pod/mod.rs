@@ -135,6 +135,12 @@ pub struct Pod {
     /// Only for the `stalling_claims` fault: held by a recovery pass, taken
     /// by the renew, which then waits for the pass as it once did.
     renew_gate: tokio::sync::Mutex<()>,
+    /// False from the moment the renew finds our membership gone until we
+    /// have rejoined: a pod that is not live itself must not judge its
+    /// peers or take their runs (after a store restart every session is
+    /// gone at once; the first pod back must not ping-pong runs with a
+    /// peer that has not rejoined yet, burning their attempts).
+    live: AtomicBool,
     pub pod_id: String,
     pub args: PodArgs,
     /// The bearer token changes need, when `--token-file` is given.
@@ -388,7 +394,11 @@ impl Pod {
     }
 
     /// Probe every peer; claim the runs of the dead (CAS on the dead owner).
+    /// Not while this pod's own membership is gone (until it has rejoined).
     async fn probe_and_recover(self: &Arc<Self>) {
+        if !self.live.load(Ordering::SeqCst) {
+            return;
+        }
         let liveness = self.store.liveness();
         let peers = match liveness.pods().await {
             Ok(p) => p,
@@ -513,6 +523,7 @@ impl Pod {
             // killed): peers are taking our runs. Stop ours, rejoin as
             // a new incarnation, and take back what is still ours.
             tracing::error!(pod_id = %self.pod_id, "lost liveness: stopping local runs and rejoining");
+            self.live.store(false, Ordering::SeqCst);
             self.stop_all_local();
             identity.incarnation = uuid::Uuid::now_v7().to_string();
             loop {
@@ -524,6 +535,7 @@ impl Pod {
                 {
                     Ok(m) => {
                         membership = m;
+                        self.live.store(true, Ordering::SeqCst);
                         break;
                     }
                     Err(e) => {
@@ -770,6 +782,7 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
         engine,
         store,
         renew_gate: tokio::sync::Mutex::new(()),
+        live: AtomicBool::new(true),
         pod_id,
         args,
         token,
