@@ -29,7 +29,7 @@ trap 'rm -f "$TEST_LOG"' EXIT
 # label afterwards.
 docker_clean() { cargo run --quiet --features fault-injection -- chaos clean >/dev/null 2>&1 || true; }
 trap 'rm -f "$TEST_LOG"; docker_clean' EXIT
-cargo test --lib --bins --tests --features fault-injection "$@" 2>&1 | tee "$TEST_LOG"
+cargo test --no-fail-fast --lib --bins --tests --features fault-injection "$@" 2>&1 | tee "$TEST_LOG"
 if [ $# -eq 0 ]; then
     log "schemathesis against a live pod (SQLite, then PostgreSQL)"
     FUZZ_DIR="$(mktemp -d /tmp/vigil-fuzz-store.XXXXXX)"
