@@ -105,6 +105,16 @@ impl Shared {
         *lock(&self.live) = urls;
     }
 
+    /// The API URL of the pod a fault targets (its chaos hooks).
+    async fn pod_url(&self, pod: &str, action: &str) -> Result<String> {
+        self.cluster
+            .lock()
+            .await
+            .pod(pod)
+            .map(|x| x.url.clone())
+            .with_context(|| format!("{action} target {pod} vanished"))
+    }
+
     fn live(&self) -> Vec<(String, String)> {
         lock(&self.live).clone()
     }
@@ -481,13 +491,7 @@ async fn fire(
             }
         }
         Action::Stall => {
-            let url = shared
-                .cluster
-                .lock()
-                .await
-                .pod(&p)
-                .map(|x| x.url.clone())
-                .context("stall target vanished")?;
+            let url = shared.pod_url(&p, "stall").await?;
             let id = run_id.clone().context("stall needs its run")?;
             let r = shared
                 .http
@@ -551,13 +555,7 @@ async fn fire(
                 "runner".to_owned()
             } else {
                 // A session of the target pod's (its chaos hook).
-                let url = shared
-                    .cluster
-                    .lock()
-                    .await
-                    .pod(&p)
-                    .map(|x| x.url.clone())
-                    .context("row_lock target vanished")?;
+                let url = shared.pod_url(&p, "row_lock").await?;
                 let r = shared
                     .http
                     .post(format!("{url}v1/chaos/runs/{id}/lock"))
@@ -583,13 +581,7 @@ async fn fire(
                 .record("heal", json!({ "action": "row_unlock", "run": id }));
         }
         Action::ClockSkew => {
-            let url = shared
-                .cluster
-                .lock()
-                .await
-                .pod(&p)
-                .map(|x| x.url.clone())
-                .context("clock_skew target vanished")?;
+            let url = shared.pod_url(&p, "clock_skew").await?;
             let offset = f.offset_ms.unwrap_or(0);
             let skew = |ms: i64| {
                 shared

@@ -179,10 +179,7 @@ pub async fn hold_run_row(
 ) -> super::StoreResult<tokio::task::JoinHandle<()>> {
     use sqlx::Connection as _;
     let shown = redact_url(url);
-    let mut options = PgConnectOptions::from_str(url).map_err(|e| super::StoreError::BadUrl {
-        url: shown.clone(),
-        problem: e.to_string(),
-    })?;
+    let mut options = parse_url(url, &shown)?;
     if vigil_session {
         options = options.options(SESSION_SETTINGS);
     }
@@ -210,6 +207,15 @@ pub async fn hold_run_row(
         let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
         let _ = conn.close().await;
     }))
+}
+
+/// Connection options from `url`; an error names the URL as `shown`
+/// (password redacted).
+fn parse_url(url: &str, shown: &str) -> super::StoreResult<PgConnectOptions> {
+    PgConnectOptions::from_str(url).map_err(|e| super::StoreError::BadUrl {
+        url: shown.to_owned(),
+        problem: e.to_string(),
+    })
 }
 
 /// The URL with its password replaced, fit for errors and logs.
@@ -250,10 +256,7 @@ impl PgStore {
         metrics: Arc<Metrics>,
     ) -> super::StoreResult<Self> {
         let shown = redact_url(url);
-        let options = PgConnectOptions::from_str(url).map_err(|e| super::StoreError::BadUrl {
-            url: shown.clone(),
-            problem: e.to_string(),
-        })?;
+        let options = parse_url(url, &shown)?;
         let unreachable = |source| super::StoreError::Unreachable {
             target: shown.clone(),
             source,
