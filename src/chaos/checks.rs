@@ -1112,17 +1112,21 @@ fn death_detected(ev: &Evidence) -> Outcome {
     pass_or_fail(out)
 }
 
-/// Store record: every recorded death is of a pod a fault could have killed
-/// (SIGKILL, SIGTERM, SIGSTOP, a partition, a restart with its id) or came
-/// after the store itself was stopped or frozen. A live pod declared dead
-/// has its runs taken from under it: the cluster-wide stall of issue 14
-/// (a row lock blocking recovery and, with it, the survivors' own liveness).
+/// No live pod is declared dead. The witness: a run whose side effects move
+/// from one pod to another at a newer epoch was taken over, and a takeover
+/// is only right from a pod a fault could have downed (SIGKILL, SIGTERM,
+/// SIGSTOP, a partition, a restart with its id) or after the store itself
+/// was stopped or frozen. Cross-check (store record): every recorded death
+/// is of such a pod. A live pod declared dead has its runs taken from under
+/// it: the cluster-wide stall of issue 14 (a row lock blocking recovery and,
+/// with it, the survivors' own liveness).
 fn no_false_deaths(ev: &Evidence) -> Outcome {
-    let mut out = Vec::new();
-    for d in &ev.deaths {
-        let excused = ev.faults.iter().any(|f| {
-            f.at_ms <= d.detected_at_ms
-                && (f.pod.as_deref() == Some(d.pod_id.as_str())
+    // A fault that came `before` (told on the witness's clock or the
+    // store's) and could have downed `pod`.
+    let downed_by = |pod: &str, before: &dyn Fn(&FiredFault) -> bool| {
+        ev.faults.iter().any(|f| {
+            before(f)
+                && (f.pod.as_deref() == Some(pod)
                     && matches!(
                         f.action,
                         Action::Kill
@@ -1132,8 +1136,36 @@ fn no_false_deaths(ev: &Evidence) -> Outcome {
                             | Action::Restart
                     )
                     || matches!(f.action, Action::StoreOutage | Action::StoreFreeze))
-        });
-        if !excused {
+        })
+    };
+    let mut out = Vec::new();
+    let mut by_run: BTreeMap<&str, Vec<&WitnessCall>> = BTreeMap::new();
+    for c in &ev.witness {
+        by_run.entry(c.run_id.as_str()).or_default().push(c);
+    }
+    for (run, calls) in by_run {
+        for pair in calls.windows(2) {
+            let (before, after) = (pair[0], pair[1]);
+            if after.epoch > before.epoch
+                && after.pod != before.pod
+                && !downed_by(&before.pod, &|f| f.t_ms <= after.t_ms)
+            {
+                out.push(format!(
+                    "{}: taken from {} (epoch {}) by {} (epoch {}) at +{} ms, with no fault on \
+                     {} or on the store (witness)",
+                    ev.label(run),
+                    before.pod,
+                    before.epoch,
+                    after.pod,
+                    after.epoch,
+                    after.t_ms,
+                    before.pod
+                ));
+            }
+        }
+    }
+    for d in &ev.deaths {
+        if !downed_by(&d.pod_id, &|f| f.at_ms <= d.detected_at_ms) {
             out.push(format!(
                 "{} was declared dead by {} at +{} ms, with no fault on it or on the store \
                  (store record)",
@@ -1348,4 +1380,56 @@ fn fencing(ev: &Evidence) -> Outcome {
         }
     }
     pass_or_fail(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(t_ms: u64, epoch: i64, pod: &str) -> WitnessCall {
+        WitnessCall {
+            t_ms,
+            run_id: "run-1".into(),
+            step: "begin".into(),
+            attempt: 1,
+            epoch,
+            pod: pod.into(),
+        }
+    }
+
+    fn kill(t_ms: u64, pod: &str) -> FiredFault {
+        FiredFault {
+            index: 0,
+            action: Action::Kill,
+            pod: Some(pod.into()),
+            run_id: None,
+            at_ms: i64::try_from(t_ms).unwrap_or_default(),
+            t_ms,
+            owned: Vec::new(),
+            duration_ms: None,
+        }
+    }
+
+    /// The witness half of `no_false_deaths`: side effects that move to
+    /// another pod at a newer epoch are a takeover, wrong unless a fault
+    /// could have downed the first pod before it.
+    #[test]
+    fn a_takeover_the_witness_saw_from_an_untouched_pod_is_a_false_death() {
+        let mut ev = Evidence {
+            witness: vec![call(100, 1, "pod-1"), call(900, 2, "pod-2")],
+            ..Default::default()
+        };
+        let o = no_false_deaths(&ev);
+        assert_eq!(o.status, Status::Fail);
+        assert!(
+            o.evidence[0].contains("taken from pod-1 (epoch 1) by pod-2 (epoch 2)"),
+            "{:?}",
+            o.evidence
+        );
+        ev.faults = vec![kill(500, "pod-1")];
+        assert_eq!(no_false_deaths(&ev).status, Status::Pass);
+        // A fault after the takeover excuses nothing.
+        ev.faults = vec![kill(950, "pod-1")];
+        assert_eq!(no_false_deaths(&ev).status, Status::Fail);
+    }
 }
