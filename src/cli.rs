@@ -280,7 +280,7 @@ pub fn main() -> ExitCode {
     };
     // The console and the demo own the screen: they set up their own logging.
     if !matches!(cli.command, Command::Console(_) | Command::Demo(_)) {
-        init_tracing();
+        crate::logging::init();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -299,15 +299,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {

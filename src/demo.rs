@@ -132,7 +132,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     if interactive {
         crate::console::init_file_logging(&args.data_dir.join("console.log"))?;
     } else {
-        crate::cli::init_tracing();
+        crate::logging::init();
     }
     let n = Narrator {
         t0: Instant::now(),

@@ -9,7 +9,7 @@ pub mod client;
 pub mod cluster;
 pub mod console;
 pub mod demo;
-pub mod docker;
 pub mod engine;
 pub mod faults;
+pub mod logging;
 pub mod pod;

@@ -34,7 +34,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// The engine, or None (a skip) when there is none and CI is not set.
 fn engine() -> Option<bollard::Docker> {
-    match rt().block_on(vigil::docker::connect()) {
+    match rt().block_on(vigil::cluster::docker::connect()) {
         Ok(d) => Some(d),
         Err(e) => {
             assert!(
@@ -47,8 +47,8 @@ fn engine() -> Option<bollard::Docker> {
     }
 }
 
-fn leftovers(docker: &bollard::Docker) -> vigil::docker::Swept {
-    rt().block_on(vigil::docker::leftovers(docker, None))
+fn leftovers(docker: &bollard::Docker) -> vigil::cluster::docker::Swept {
+    rt().block_on(vigil::cluster::docker::leftovers(docker, None))
         .unwrap()
 }
 

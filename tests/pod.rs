@@ -708,7 +708,7 @@ async fn a_store_outage_is_answered_and_healed_without_a_restart() {
     if common::pg_admin_url().is_none() {
         return;
     }
-    let mut server = tokio::task::spawn_blocking(vigil::chaos::pgserver::PgServer::start)
+    let mut server = tokio::task::spawn_blocking(vigil::cluster::pgserver::PgServer::start)
         .await
         .unwrap()
         .unwrap();

@@ -9,8 +9,6 @@
 
 pub mod checks;
 pub mod history;
-pub mod image;
-pub mod pgserver;
 pub mod report;
 pub mod runner;
 pub mod scenario;
@@ -293,14 +291,15 @@ fn check(dir: &std::path::Path, workflows: Option<&std::path::Path>) -> Result<E
 }
 
 async fn image_build(args: ImageBuildArgs) -> Result<()> {
-    let docker = crate::docker::connect().await?;
+    let docker = crate::cluster::docker::connect().await?;
     let binary = match args.binary {
         Some(b) => b,
         None => std::env::current_exe().context("locating the vigil binary")?,
     };
-    let mut built = vec![image::pod_image(&docker, &binary, args.force).await?];
+    let mut built =
+        vec![crate::cluster::docker::image::pod_image(&docker, &binary, args.force).await?];
     if !args.no_postgres {
-        built.push(image::pg_image(&docker, args.force).await?);
+        built.push(crate::cluster::docker::image::pg_image(&docker, args.force).await?);
     }
     for i in built {
         println!(
@@ -314,14 +313,14 @@ async fn image_build(args: ImageBuildArgs) -> Result<()> {
 }
 
 async fn clean(args: CleanArgs) -> Result<()> {
-    use crate::docker::Scope;
-    let docker = crate::docker::connect().await?;
+    use crate::cluster::docker::Scope;
+    let docker = crate::cluster::docker::connect().await?;
     let scope = match (args.all, args.run) {
         (_, Some(r)) => Scope::Run(r),
         (true, None) => Scope::All,
         (false, None) => Scope::Orphans,
     };
-    let swept = crate::docker::sweep(&docker, &scope, args.images).await?;
+    let swept = crate::cluster::docker::sweep(&docker, &scope, args.images).await?;
     for (what, names) in [
         ("container", &swept.containers),
         ("network", &swept.networks),

@@ -5,11 +5,11 @@ use super::checks::{
     self, AttacherLog, CheckResult, Evidence, RawFacts, Status, StepFacts, StoreAccount,
 };
 use super::history::History;
-use super::pgserver::PgServer;
 use super::scenario::{
     Action, AttachKind, DriverKind, Plan, Scenario, StoreKind, Target, Trigger, pod_ids,
 };
 use crate::client::{PodClient, StreamEvent};
+use crate::cluster::pgserver::PgServer;
 use crate::cluster::{Cluster, ClusterSpec, PodState};
 use crate::engine::store::{self, RunFilter, Store};
 use crate::engine::workflow::WorkflowRegistry;
@@ -755,8 +755,12 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
                 None => std::env::current_exe().context("locating the vigil binary")?,
             };
             Some(
-                crate::docker::env::DockerEnv::up(&scn.name, &binary, opts.image.as_deref())
-                    .await?,
+                crate::cluster::docker::env::DockerEnv::up(
+                    &scn.name,
+                    &binary,
+                    opts.image.as_deref(),
+                )
+                .await?,
             )
         }
     };
@@ -856,7 +860,7 @@ struct Setup<'a> {
     /// Where the witness listens (the pods must reach it there).
     witness_bind: std::net::IpAddr,
     workflows: WorkflowRegistry,
-    docker: Option<(crate::docker::pods::DockerPods, String)>,
+    docker: Option<(crate::cluster::docker::pods::DockerPods, String)>,
 }
 
 async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {

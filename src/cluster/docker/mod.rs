@@ -16,9 +16,13 @@
 //! volumes.
 
 pub mod env;
+pub mod image;
 pub mod pods;
 
 use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkingConfig, PortBinding,
+};
 use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListImagesOptionsBuilder, ListNetworksOptionsBuilder,
     ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
@@ -42,6 +46,51 @@ pub const LABEL_OWNER: &str = "vigil.owner";
 
 /// The port a pod listens on inside its container.
 pub const POD_PORT: u16 = 7700;
+
+/// What every container of a scenario is: `image` running `cmd`, on the
+/// scenario `network` under the name `alias` (also its hostname), with
+/// `port`/tcp published on 127.0.0.1 at a free port (the only way the
+/// runner reaches it).
+pub fn container_body(
+    image: &str,
+    network: &str,
+    alias: &str,
+    port: u16,
+    cmd: Vec<String>,
+    env: Vec<String>,
+    labels: HashMap<String, String>,
+) -> ContainerCreateBody {
+    let port = format!("{port}/tcp");
+    ContainerCreateBody {
+        image: Some(image.to_owned()),
+        hostname: Some(alias.to_owned()),
+        cmd: Some(cmd),
+        env: (!env.is_empty()).then_some(env),
+        labels: Some(labels),
+        exposed_ports: Some(vec![port.clone()]),
+        host_config: Some(HostConfig {
+            network_mode: Some(network.to_owned()),
+            port_bindings: Some(HashMap::from([(
+                port,
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(String::new()),
+                }]),
+            )])),
+            ..Default::default()
+        }),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                network.to_owned(),
+                EndpointSettings {
+                    aliases: Some(vec![alias.to_owned()]),
+                    ..Default::default()
+                },
+            )])),
+        }),
+        ..Default::default()
+    }
+}
 
 type BollardError = bollard::errors::Error;
 

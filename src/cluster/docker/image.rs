@@ -13,7 +13,7 @@
 //!   also makes every container start in well under a second from a fresh
 //!   copy of the same empty cluster).
 
-use crate::docker::{DockerError, LABEL_CHAOS, LABEL_ROLE};
+use super::{DockerError, LABEL_CHAOS, LABEL_ROLE};
 use bollard::Docker;
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures::StreamExt;
@@ -37,7 +37,7 @@ pub struct BuiltImage {
 pub async fn image_size(docker: &Docker, tag: &str) -> Result<Option<i64>, DockerError> {
     match docker.inspect_image(tag).await {
         Ok(i) => Ok(Some(i.size.unwrap_or(0))),
-        Err(e) if crate::docker::is_not_found(&e) => Ok(None),
+        Err(e) if super::is_not_found(&e) => Ok(None),
         Err(source) => Err(DockerError::InspectImage {
             image: tag.to_owned(),
             source,
@@ -204,7 +204,7 @@ fn pod_context(binary: &Path) -> Result<(String, Vec<u8>), DockerError> {
         "Dockerfile",
         format!(
             "FROM scratch\nCOPY root/ /\nEXPOSE {}\nENTRYPOINT [\"/vigil\"]\n",
-            crate::docker::POD_PORT
+            super::POD_PORT
         )
         .as_bytes(),
         0o644,

@@ -5,11 +5,10 @@
 //! did not create, whatever its name.
 
 use super::{DockerError, LABEL_CHAOS, LABEL_POD, LABEL_RUN, POD_PORT};
-use crate::cluster::ClusterSpec;
+use crate::cluster::{ClusterSpec, Driver, PodState, Started};
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, EndpointSettings, HostConfig,
-    NetworkConnectRequest, NetworkDisconnectRequest, NetworkingConfig, PortBinding,
+    ContainerStateStatusEnum, EndpointSettings, NetworkConnectRequest, NetworkDisconnectRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
@@ -178,44 +177,12 @@ impl DockerPods {
         }
         cmd.extend(spec.pod_args.iter().cloned());
         cmd.extend(extra.iter().cloned());
-        let mut env = vec![format!(
-            "VIGIL_LOG={}",
-            std::env::var("VIGIL_POD_LOG").unwrap_or_else(|_| "vigil=info".into())
-        )];
+        let mut env = vec![format!("VIGIL_LOG={}", ClusterSpec::pod_log_filter())];
         env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         let mut labels = self.labels.clone();
         labels.insert(LABEL_POD.to_owned(), pod.to_owned());
-        let port = format!("{POD_PORT}/tcp");
-        let body = ContainerCreateBody {
-            image: Some(self.image.clone()),
-            hostname: Some(pod.to_owned()),
-            cmd: Some(cmd),
-            env: Some(env),
-            labels: Some(labels),
-            exposed_ports: Some(vec![port.clone()]),
-            host_config: Some(HostConfig {
-                network_mode: Some(self.network.clone()),
-                // The runner reaches pods only here: 127.0.0.1, a free port.
-                port_bindings: Some(HashMap::from([(
-                    port,
-                    Some(vec![PortBinding {
-                        host_ip: Some("127.0.0.1".into()),
-                        host_port: Some(String::new()),
-                    }]),
-                )])),
-                ..Default::default()
-            }),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(
-                    self.network.clone(),
-                    EndpointSettings {
-                        aliases: Some(vec![pod.to_owned()]),
-                        ..Default::default()
-                    },
-                )])),
-            }),
-            ..Default::default()
-        };
+        let body =
+            super::container_body(&self.image, &self.network, pod, POD_PORT, cmd, env, labels);
         let created = self
             .docker
             .create_container(
@@ -549,5 +516,61 @@ impl DockerPods {
             }
         });
         futures::future::join_all(stops).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for DockerPods {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    /// A container the cluster has not seen exit counts as running: a
+    /// restart goes through [`DockerPods::start`], which reuses it.
+    async fn alive(&mut self, _id: &str) -> anyhow::Result<bool> {
+        Ok(true)
+    }
+
+    async fn start(
+        &mut self,
+        spec: &ClusterSpec,
+        id: &str,
+        extra: &[String],
+        _log: &Path,
+    ) -> anyhow::Result<Started> {
+        let url = DockerPods::start(self, spec, id, extra).await?;
+        Ok(Started { url, pid: None })
+    }
+
+    async fn kill(&mut self, id: &str) -> anyhow::Result<()> {
+        Ok(DockerPods::kill(self, id).await?)
+    }
+
+    async fn terminate(&mut self, id: &str, bound: Duration) -> anyhow::Result<Option<Duration>> {
+        Ok(self.stop(id, bound).await?)
+    }
+
+    async fn pause(&mut self, id: &str) -> anyhow::Result<()> {
+        Ok(DockerPods::pause(self, id).await?)
+    }
+
+    async fn resume(&mut self, id: &str) -> anyhow::Result<()> {
+        Ok(self.unpause(id).await?)
+    }
+
+    async fn partition(&mut self, id: &str) -> anyhow::Result<()> {
+        Ok(self.disconnect(id).await?)
+    }
+
+    async fn heal_partition(&mut self, id: &str) -> anyhow::Result<String> {
+        Ok(self.reconnect(id).await?)
+    }
+
+    async fn shutdown(&mut self, pods: &[(String, PodState)], bound: Duration, log_dir: &Path) {
+        let pods: Vec<(String, bool)> = pods
+            .iter()
+            .map(|(id, state)| (id.clone(), *state == PodState::Paused))
+            .collect();
+        DockerPods::shutdown(self, &pods, bound, log_dir).await;
     }
 }

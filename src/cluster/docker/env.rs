@@ -8,10 +8,7 @@ use super::{
     DockerError, LABEL_CHAOS, LABEL_OWNER, LABEL_ROLE, LABEL_RUN, LABEL_SCENARIO, Scope, Swept,
 };
 use bollard::Docker;
-use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
-    PortBinding,
-};
+use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::CreateContainerOptionsBuilder;
 use std::collections::HashMap;
 use std::path::Path;
@@ -53,10 +50,7 @@ impl DockerEnv {
         let docker = super::connect().await?;
         let pod_image = match image {
             Some(tag) => {
-                if crate::chaos::image::image_size(&docker, tag)
-                    .await?
-                    .is_none()
-                {
+                if super::image::image_size(&docker, tag).await?.is_none() {
                     return Err(DockerError::ImageMissing {
                         image: tag.to_owned(),
                         hint: format!(" --tag {tag}"),
@@ -64,11 +58,7 @@ impl DockerEnv {
                 }
                 tag.to_owned()
             }
-            None => {
-                crate::chaos::image::pod_image(&docker, binary, false)
-                    .await?
-                    .tag
-            }
+            None => super::image::pod_image(&docker, binary, false).await?.tag,
         };
         let id = uuid::Uuid::now_v7().simple().to_string();
         // The random tail of a v7 uuid: unique across parallel runs.
@@ -125,48 +115,26 @@ impl DockerEnv {
     /// from the installed server binaries on demand) and wait until it
     /// accepts connections through its published port.
     pub async fn start_postgres(&self) -> Result<PgEndpoints, DockerError> {
-        let image = crate::chaos::image::pg_image(&self.docker, false).await?;
+        let image = super::image::pg_image(&self.docker, false).await?;
         let name = self.postgres_container();
-        let port = "5432/tcp".to_owned();
-        let body = ContainerCreateBody {
-            image: Some(image.tag.clone()),
-            hostname: Some(PG_HOST.into()),
-            cmd: Some(
-                [
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "max_connections=300",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
-            labels: Some(self.labels("postgres")),
-            exposed_ports: Some(vec![port.clone()]),
-            host_config: Some(HostConfig {
-                network_mode: Some(self.network.clone()),
-                port_bindings: Some(HashMap::from([(
-                    port,
-                    Some(vec![PortBinding {
-                        host_ip: Some("127.0.0.1".into()),
-                        host_port: Some(String::new()),
-                    }]),
-                )])),
-                ..Default::default()
-            }),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(
-                    self.network.clone(),
-                    EndpointSettings {
-                        aliases: Some(vec![PG_HOST.into()]),
-                        ..Default::default()
-                    },
-                )])),
-            }),
-            ..Default::default()
-        };
+        let body = super::container_body(
+            &image.tag,
+            &self.network,
+            PG_HOST,
+            5432,
+            [
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=300",
+            ]
+            .map(String::from)
+            .to_vec(),
+            Vec::new(),
+            self.labels("postgres"),
+        );
         self.docker
             .create_container(
                 Some(CreateContainerOptionsBuilder::new().name(&name).build()),
