@@ -1,0 +1,192 @@
+//! Recovery: this pod's membership kept alive, its peers probed, and the
+//! runs of the dead claimed (compare-and-set on the dead owner).
+//!
+//! The renew runs on a task of its own and never waits behind a probe or a
+//! claim: a row another session holds or a slow server must not let our
+//! own liveness go silent, or peers declare a live pod dead. A pod whose
+//! own membership was found gone stops its runs, rejoins as a new
+//! incarnation and takes back what is still its own; until it has
+//! rejoined it neither judges peers nor takes their runs.
+
+use super::liveness::{Identity, Membership};
+use super::switches::RECOVERY_ENABLED;
+use super::worker::Worker;
+use crate::faults::{self, Bug};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryPass {
+    /// Peers this pass found dead (and recorded).
+    pub deaths: Vec<String>,
+    /// Orphaned runs this pod claimed.
+    pub won: Vec<String>,
+    /// Orphaned runs another pod (or a held row) kept from us.
+    pub lost: Vec<String>,
+}
+
+/// One pass: probe every peer; claim the runs of the dead. Nothing while
+/// this pod's own membership is gone (until it has rejoined); no claims
+/// while stopping, switched off, or full.
+pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
+    let mut out = RecoveryPass::default();
+    if !worker.is_live() {
+        return out;
+    }
+    let engine = &worker.engine;
+    let liveness = worker.store().liveness();
+    let peers = match liveness.pods().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the pod registry");
+            return out;
+        }
+    };
+    for peer in peers.iter().filter(|p| p.pod_id != worker.pod_id()) {
+        match liveness.probe(peer, worker.pod_id()).await {
+            Ok(Some(death)) => {
+                let latency =
+                    (death.detected_at_ms - death.last_heartbeat_at_ms).max(0) as f64 / 1000.0;
+                engine.metrics.pod_deaths.inc();
+                engine.metrics.detection_latency.observe(latency);
+                tracing::warn!(pod = %death.pod_id, incarnation = %death.incarnation, latency_s = latency, "peer pod is dead");
+                out.deaths.push(death.pod_id);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(pod = %peer.pod_id, error = %e, "probe failed"),
+        }
+    }
+    let room = worker.room();
+    if worker.is_stopping() || !engine.switches.enabled(RECOVERY_ENABLED) || room == 0 {
+        return out;
+    }
+    match worker
+        .store()
+        .orphaned_runs(i64::try_from(room).unwrap_or(64))
+        .await
+    {
+        Ok(orphans) => {
+            for (id, owner) in orphans {
+                if worker.start_run(&id, owner.as_deref()).await {
+                    engine.metrics.inc_claim("won");
+                    tracing::info!(run_id = %id, from = ?owner, "recovered an orphaned run");
+                    out.won.push(id);
+                } else {
+                    engine.metrics.inc_claim("lost");
+                    out.lost.push(id);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list orphaned runs"),
+    }
+    out
+}
+
+/// Keep our membership alive (on a task of its own), and run a recovery
+/// [`pass`] every `probe_interval` until `stop`. Returns the membership so
+/// the caller can leave after the runs have stopped.
+pub async fn run(
+    worker: Arc<Worker>,
+    membership: Box<dyn Membership>,
+    identity: Identity,
+    probe_interval: Duration,
+    stop: CancellationToken,
+) -> Box<dyn Membership> {
+    let renewer = tokio::spawn(renew_loop(
+        worker.clone(),
+        membership,
+        identity,
+        stop.clone(),
+    ));
+    let mut probe = tokio::time::interval(probe_interval.max(Duration::from_millis(10)));
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = probe.tick() => {
+                // The stalling_claims fault: the renew waits for this pass.
+                let _inline = if faults::on(Bug::StallingClaims) {
+                    Some(worker.renew_gate.lock().await)
+                } else {
+                    None
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = pass(&worker) => {}
+                }
+                worker.engine.metrics.tick("liveness");
+            }
+        }
+    }
+    match renewer.await {
+        Ok(m) => m,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Renew our membership every timeout/5 until `stop`; when it is found
+/// lost, stop local runs, rejoin as a new incarnation and take back what
+/// is still ours.
+async fn renew_loop(
+    worker: Arc<Worker>,
+    mut membership: Box<dyn Membership>,
+    mut identity: Identity,
+    stop: CancellationToken,
+) -> Box<dyn Membership> {
+    let mut renew = tokio::time::interval(identity.timeout / 5);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = renew.tick() => {}
+        }
+        let renewed = {
+            let _inline = if faults::on(Bug::StallingClaims) {
+                Some(worker.renew_gate.lock().await)
+            } else {
+                None
+            };
+            membership.renew().await
+        };
+        if matches!(renewed, Ok(true)) {
+            continue;
+        }
+        // Declared dead (paused, partitioned, or our session was killed):
+        // peers are taking our runs. Stop ours, rejoin as a new
+        // incarnation, and take back what is still ours.
+        tracing::error!(pod_id = %worker.pod_id(), "lost liveness: stopping local runs and rejoining");
+        worker.set_live(false);
+        worker.stop_all_local();
+        identity.incarnation = uuid::Uuid::now_v7().to_string();
+        loop {
+            match worker
+                .store()
+                .liveness()
+                .join(&identity, identity.timeout * 2)
+                .await
+            {
+                Ok(m) => {
+                    membership = m;
+                    worker.set_live(true);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rejoin failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return membership,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+        // Let the stopped drivers leave first, or the sweep would skip the
+        // very runs it must take back.
+        worker.stopped_drivers_gone().await;
+        if let Err(e) = worker.startup_sweep().await {
+            tracing::warn!(error = %e, "sweep after rejoin failed");
+        }
+    }
+    membership
+}

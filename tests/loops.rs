@@ -1,0 +1,338 @@
+//! The engine's background rules (reaper, janitor, recovery, dispatch)
+//! judged pass by pass on a manual clock, on both stores: no real sleeps
+//! stand between a rule and its verdict. `tests/recovery.rs` keeps the
+//! end-to-end runs with real processes and signals.
+
+mod common;
+
+use common::{Handle, TestDb};
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use vigil::engine::clock::{Clock, ManualClock};
+use vigil::engine::janitor::Janitor;
+use vigil::engine::liveness::{Identity, Membership};
+use vigil::engine::reaper::Reaper;
+use vigil::engine::run::RunState;
+use vigil::engine::switches::{self, JANITOR_ENABLED, REAPER_ENABLED, RECOVERY_ENABLED, Switches};
+use vigil::engine::worker::{Worker, WorkerConfig};
+use vigil::engine::workflow::{Workflow, WorkflowRegistry};
+use vigil::engine::{Engine, EngineConfig, dispatch, recovery};
+
+/// A long step on a heartbeating lane (the built-in `sync`: 5 s timeout,
+/// one retry).
+const LONG_SYNC: &str = r#"
+name = "long_sync"
+lane = "sync"
+[[steps]]
+id = "crunch"
+kind = "sleep"
+ms = 600000
+"#;
+
+/// A long step on a lane that does not heartbeat, bounded by a deadline.
+const LONG_DEADLINE: &str = r#"
+name = "long_deadline"
+lane = "action"
+deadline_ms = 10000
+[[steps]]
+id = "crunch"
+kind = "sleep"
+ms = 600000
+"#;
+
+/// The built-in heartbeat timeout of `sync` and `auth`.
+const HEARTBEAT_TIMEOUT_MS: i64 = 5_000;
+const LIVENESS_TIMEOUT: Duration = Duration::from_millis(2_000);
+const T0: i64 = 1_700_000_000_000;
+
+fn registry() -> Arc<WorkflowRegistry> {
+    let mut reg = WorkflowRegistry::default();
+    for (i, t) in [LONG_SYNC, LONG_DEADLINE].iter().enumerate() {
+        let wf = Workflow::parse(Path::new(&format!("inline-{i}.toml")), t).expect("workflow");
+        reg.insert(wf).expect("unique");
+    }
+    Arc::new(reg)
+}
+
+/// One pod on its own store handle (its own pool, as a process has), on
+/// the shared manual clock.
+struct TestPod {
+    h: Handle,
+    engine: Arc<Engine>,
+    worker: Arc<Worker>,
+}
+
+async fn pod(db: &TestDb, clock: &ManualClock, id: &str) -> TestPod {
+    let h = db.open_with_clock(Arc::new(clock.clone())).await;
+    let switches = Switches::defaults();
+    switches.refresh(h.store.as_ref()).await.expect("switches");
+    let engine = Arc::new(Engine::new(
+        h.store.clone(),
+        registry(),
+        switches,
+        Arc::new(clock.clone()),
+        EngineConfig::new(id),
+    ));
+    let worker = Arc::new(Worker::new(
+        engine.clone(),
+        WorkerConfig::default(),
+        CancellationToken::new(),
+    ));
+    TestPod { h, engine, worker }
+}
+
+impl TestPod {
+    async fn switch(&self, name: &str, enabled: bool) {
+        switches::set(self.h.store.as_ref(), name, enabled, "test", "loops test")
+            .await
+            .expect("set switch");
+        self.engine
+            .switches
+            .refresh(self.h.store.as_ref())
+            .await
+            .expect("refresh switches");
+    }
+
+    async fn join(&self) -> Box<dyn Membership> {
+        let me = Identity {
+            pod_id: self.engine.config.pod_id.clone(),
+            incarnation: uuid::Uuid::now_v7().to_string(),
+            addr: None,
+            timeout: LIVENESS_TIMEOUT,
+        };
+        self.h
+            .store
+            .liveness()
+            .join(&me, LIVENESS_TIMEOUT)
+            .await
+            .expect("join")
+    }
+
+    async fn state(&self, run: &str) -> (RunState, Option<String>) {
+        let r = self.h.store.get_run(run).await.unwrap().unwrap();
+        (r.state, r.owner_pod)
+    }
+}
+
+/// Kill `pod` as a SIGKILL would, for the store: its drivers stop, its
+/// liveness session closes (PostgreSQL), and its lease runs out (SQLite,
+/// on the manual clock).
+async fn die(pod: TestPod, membership: Box<dyn Membership>, clock: &ManualClock) {
+    pod.worker.stop();
+    pod.worker.drained().await;
+    drop(membership);
+    drop(pod);
+    clock.advance_ms(i64::try_from(LIVENESS_TIMEOUT.as_millis()).unwrap() + 1);
+}
+
+/// Recovery passes until one finds a death (a closed PostgreSQL session is
+/// seen by the server a moment after the client lets go).
+async fn pass_until_death(pod: &TestPod) -> recovery::RecoveryPass {
+    for _ in 0..100 {
+        let p = recovery::pass(&pod.worker).await;
+        if !p.deaths.is_empty() {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no death found within 5 s");
+}
+
+async fn reaper_judges_staleness_only_after_watching_one_heartbeat_timeout(db: &TestDb) {
+    let clock = ManualClock::new(T0);
+    let a = pod(db, &clock, "pod-a").await;
+    let run = a.engine.submit("long_sync", json!({}), None).await.unwrap();
+    a.h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
+    // The owner went silent long ago (it never heartbeat after its claim)...
+    clock.advance_ms(3 * HEARTBEAT_TIMEOUT_MS);
+    // ...but a reaper that has only just started watching cannot know that
+    // the owner did not heartbeat while it was not looking.
+    let mut reaper = Reaper::new(a.engine.clone(), Duration::from_secs(2));
+    let p = reaper.pass().await;
+    assert!(!p.judged, "{p:?}");
+    assert_eq!(a.state(&run.id).await.0, RunState::Running);
+    clock.advance_ms(HEARTBEAT_TIMEOUT_MS - 1);
+    assert!(
+        !reaper.pass().await.judged,
+        "one ms short of a full timeout"
+    );
+    assert_eq!(a.state(&run.id).await.0, RunState::Running);
+    clock.advance_ms(1);
+    let p = reaper.pass().await;
+    assert!(p.judged, "{p:?}");
+    assert_eq!(
+        p.stale.timed_out,
+        vec![(run.id.clone(), "sync".to_owned())],
+        "a heartbeat silent past its lane's timeout is stale"
+    );
+    assert_eq!(p.stale.retried.len(), 1, "sync has one retry: {p:?}");
+    assert_eq!(a.state(&run.id).await.0, RunState::TimedOut);
+}
+
+async fn reaper_spares_a_fresh_heartbeat_and_obeys_its_switch(db: &TestDb) {
+    let clock = ManualClock::new(T0);
+    let a = pod(db, &clock, "pod-a").await;
+    let run = a.engine.submit("long_sync", json!({}), None).await.unwrap();
+    let claim = a.h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
+    let mut reaper = Reaper::new(a.engine.clone(), Duration::from_secs(2));
+    clock.advance_ms(HEARTBEAT_TIMEOUT_MS);
+    a.h.store.heartbeat_run(&run.id, claim.epoch).await.unwrap();
+    clock.advance_ms(HEARTBEAT_TIMEOUT_MS);
+    let p = reaper.pass().await;
+    assert!(p.judged && p.stale.timed_out.is_empty(), "{p:?}");
+    // Silent past the timeout, but the reaper is switched off.
+    clock.advance_ms(1);
+    a.switch(REAPER_ENABLED, false).await;
+    let p = reaper.pass().await;
+    assert!(!p.judged, "{p:?}");
+    assert_eq!(a.state(&run.id).await.0, RunState::Running);
+    a.switch(REAPER_ENABLED, true).await;
+    assert_eq!(reaper.pass().await.stale.timed_out.len(), 1);
+}
+
+async fn reaper_times_out_a_run_past_its_deadline_plus_grace(db: &TestDb) {
+    let clock = ManualClock::new(T0);
+    let a = pod(db, &clock, "pod-a").await;
+    let run = a
+        .engine
+        .submit("long_deadline", json!({}), None)
+        .await
+        .unwrap();
+    a.h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
+    let mut reaper = Reaper::new(a.engine.clone(), Duration::from_millis(2_000));
+    clock.advance_ms(10_000 + 2_000);
+    let p = reaper.pass().await;
+    assert!(
+        p.judged && p.overdue.is_empty(),
+        "at deadline + grace: {p:?}"
+    );
+    clock.advance_ms(1);
+    let p = reaper.pass().await;
+    assert_eq!(p.overdue, vec![run.id.clone()]);
+    assert!(p.stale.timed_out.is_empty(), "action does not heartbeat");
+    assert_eq!(a.state(&run.id).await.0, RunState::TimedOut);
+}
+
+async fn recovery_claims_a_dead_peers_run_once_and_only_while_live(db: &TestDb) {
+    let clock = ManualClock::new(T0);
+    let a = pod(db, &clock, "pod-a").await;
+    let b = pod(db, &clock, "pod-b").await;
+    let mem_a = a.join().await;
+    let _mem_b = b.join().await;
+    let run = a.engine.submit("long_sync", json!({}), None).await.unwrap();
+    assert!(a.worker.start_run(&run.id, None).await);
+    assert!(a.worker.drives(&run.id));
+    let p = recovery::pass(&b.worker).await;
+    assert_eq!(p, recovery::RecoveryPass::default(), "pod-a is alive");
+    die(a, mem_a, &clock).await;
+    // A pod that lost its own membership judges nobody and takes nothing.
+    b.worker.set_live(false);
+    for _ in 0..5 {
+        assert_eq!(
+            recovery::pass(&b.worker).await,
+            recovery::RecoveryPass::default()
+        );
+    }
+    assert_eq!(
+        b.state(&run.id).await,
+        (RunState::Running, Some("pod-a".into()))
+    );
+    b.worker.set_live(true);
+    let p = pass_until_death(&b).await;
+    assert_eq!(p.deaths, vec!["pod-a".to_owned()]);
+    assert_eq!(p.won, vec![run.id.clone()], "{p:?}");
+    assert!(b.worker.drives(&run.id));
+    assert_eq!(
+        b.state(&run.id).await,
+        (RunState::Running, Some("pod-b".into()))
+    );
+    let again = recovery::pass(&b.worker).await;
+    assert!(again.deaths.is_empty() && again.won.is_empty(), "{again:?}");
+    let claims = b.h.store.claims(&run.id).await.unwrap();
+    let owners: Vec<&str> = claims.iter().map(|c| c.to_pod.as_str()).collect();
+    assert_eq!(owners, ["pod-a", "pod-b"], "one claim each");
+    b.worker.stop();
+    b.worker.drained().await;
+}
+
+async fn recovery_switched_off_records_deaths_and_the_janitor_marks_the_orphan_lost(db: &TestDb) {
+    const LOST_AFTER_MS: i64 = 60_000;
+    let clock = ManualClock::new(T0);
+    let a = pod(db, &clock, "pod-a").await;
+    let b = pod(db, &clock, "pod-b").await;
+    let mem_a = a.join().await;
+    let _mem_b = b.join().await;
+    let run = a.engine.submit("long_sync", json!({}), None).await.unwrap();
+    assert!(a.worker.start_run(&run.id, None).await);
+    b.switch(RECOVERY_ENABLED, false).await;
+    die(a, mem_a, &clock).await;
+    let p = pass_until_death(&b).await;
+    assert_eq!(p.deaths, vec!["pod-a".to_owned()]);
+    assert!(p.won.is_empty() && p.lost.is_empty(), "switched off: {p:?}");
+    assert_eq!(
+        b.state(&run.id).await,
+        (RunState::Running, Some("pod-a".into()))
+    );
+    let janitor = Janitor::new(b.engine.clone(), Duration::from_millis(60_000));
+    clock.advance_ms(LOST_AFTER_MS - 1);
+    assert!(janitor.pass().await.is_empty(), "not yet lost_after");
+    clock.advance_ms(2);
+    b.switch(JANITOR_ENABLED, false).await;
+    assert!(
+        janitor.pass().await.is_empty(),
+        "the janitor is switched off"
+    );
+    b.switch(JANITOR_ENABLED, true).await;
+    assert_eq!(janitor.pass().await, vec![run.id.clone()]);
+    assert_eq!(b.state(&run.id).await.0, RunState::Lost);
+}
+
+async fn dispatch_claims_pending_runs_up_to_the_pods_room(db: &TestDb) {
+    let clock = ManualClock::new(T0);
+    let h = db.open_with_clock(Arc::new(clock.clone())).await;
+    let switches = Switches::defaults();
+    switches.refresh(h.store.as_ref()).await.unwrap();
+    let engine = Arc::new(Engine::new(
+        h.store.clone(),
+        registry(),
+        switches,
+        Arc::new(clock.clone()),
+        EngineConfig::new("pod-a"),
+    ));
+    let worker = Arc::new(Worker::new(
+        engine.clone(),
+        WorkerConfig {
+            max_runs: 2,
+            keep_zombie_runs: false,
+        },
+        CancellationToken::new(),
+    ));
+    for _ in 0..3 {
+        engine.submit("long_sync", json!({}), None).await.unwrap();
+    }
+    assert_eq!(dispatch::pass(&worker).await.unwrap(), 2);
+    assert_eq!(worker.runs_active(), 2);
+    assert_eq!(dispatch::pass(&worker).await.unwrap(), 0, "no room left");
+    let pending = h.store.pending_runs(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert!(clock.now_ms() == T0, "the manual clock did not move");
+    worker.stop();
+    worker.drained().await;
+    assert_eq!(
+        dispatch::pass(&worker).await.unwrap(),
+        0,
+        "a stopping worker takes nothing"
+    );
+}
+
+on_both_stores!(
+    reaper_judges_staleness_only_after_watching_one_heartbeat_timeout,
+    reaper_spares_a_fresh_heartbeat_and_obeys_its_switch,
+    reaper_times_out_a_run_past_its_deadline_plus_grace,
+    recovery_claims_a_dead_peers_run_once_and_only_while_live,
+    recovery_switched_off_records_deaths_and_the_janitor_marks_the_orphan_lost,
+    dispatch_claims_pending_runs_up_to_the_pods_room,
+);
