@@ -2,6 +2,7 @@
 //! judged pass by pass on a manual clock, on both stores: no real sleeps
 //! stand between a rule and its verdict. `tests/recovery.rs` keeps the
 //! end-to-end runs with real processes and signals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
