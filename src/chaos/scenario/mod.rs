@@ -3,9 +3,16 @@
 //! Parsing is strict and happens before anything starts: an unknown key, a
 //! bad trigger, a run or workflow that does not exist is an error naming the
 //! file, the line and the field.
+//!
+//! This module holds the file's format and its parsing and validation;
+//! `plan` the schedule a seed gives, `tests` the unit tests.
+
+mod plan;
+
+pub use plan::{Plan, PlannedFault, PlannedRun, Target, Trigger};
 
 use crate::engine::workflow::WorkflowRegistry;
-use rand::{Rng, SeedableRng};
+use plan::parse_target;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -311,49 +318,6 @@ struct RawScenario {
     checks: ChecksCfg,
 }
 
-/// Who a fault hits, as planned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Target {
-    OwnerOf(String),
-    Pod(String),
-    /// A draw from the seed, resolved against the live pods (sorted) when it fires.
-    Random(u64),
-    LastKilled,
-    None,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    AtMs(u64),
-    AfterChunk { run: String, chunks: u32 },
-    AfterEnd { run: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlannedFault {
-    pub index: usize,
-    pub action: Action,
-    pub trigger: Trigger,
-    pub target: Target,
-    pub duration_ms: Option<u64>,
-    pub restart_after_ms: Option<u64>,
-    pub switch: Option<(String, bool)>,
-    pub offset_ms: Option<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlannedRun {
-    pub name: String,
-    pub workflow: String,
-    pub submit_at_ms: u64,
-    /// Index into the pods (sorted) the run is submitted to.
-    pub pod: String,
-    pub attach: Vec<AttachKind>,
-    pub input: serde_json::Value,
-}
-
 /// A parsed, validated scenario.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -369,15 +333,6 @@ pub struct Scenario {
     workloads: Vec<Workload>,
     faults: Vec<FaultCfg>,
     pub checks: ChecksCfg,
-}
-
-/// The schedule a seed gives: who gets which run when, which fault hits
-/// whom at which moment. Same seed, same plan.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Plan {
-    pub seed: u64,
-    pub runs: Vec<PlannedRun>,
-    pub faults: Vec<PlannedFault>,
 }
 
 pub fn pod_ids(n: u32) -> Vec<String> {
@@ -706,108 +661,6 @@ impl Scenario {
             checks: raw.checks,
         })
     }
-
-    /// The schedule `seed` gives.
-    pub fn plan(&self, seed: u64) -> Plan {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let ids = pod_ids(self.pods);
-        let run_names: Vec<String> = self
-            .workloads
-            .iter()
-            .flat_map(|w| (1..=w.runs).map(move |k| format!("{}{k}", w.name)))
-            .collect();
-        let mut runs = Vec::new();
-        for w in &self.workloads {
-            for k in 0..w.runs {
-                let pod = match &w.to {
-                    Some(t) => t.get_ref().clone(),
-                    None => ids[rng.random_range(0..ids.len())].clone(),
-                };
-                runs.push(PlannedRun {
-                    name: format!("{}{}", w.name, k + 1),
-                    workflow: w.workflow.get_ref().clone(),
-                    // parse refuses workloads whose last run overflows.
-                    submit_at_ms: w
-                        .start_ms
-                        .saturating_add(u64::from(k).saturating_mul(w.interval_ms)),
-                    pod,
-                    attach: w.attach.clone(),
-                    input: w
-                        .input
-                        .clone()
-                        .and_then(|v| serde_json::to_value(v).ok())
-                        .unwrap_or_else(
-                            || serde_json::json!({ "run": format!("{}{}", w.name, k + 1) }),
-                        ),
-                });
-            }
-        }
-        let faults = self
-            .faults
-            .iter()
-            .enumerate()
-            .map(|(index, f)| {
-                let draw: u64 = rng.random();
-                let target = f
-                    .target
-                    .as_ref()
-                    .and_then(|t| parse_target(t.get_ref(), &ids, &run_names, draw).ok())
-                    .unwrap_or(Target::None);
-                let trigger = match (f.at_ms, f.after_chunk, &f.run) {
-                    (Some(ms), _, _) => Trigger::AtMs(ms),
-                    (None, Some(n), Some(r)) => Trigger::AfterChunk {
-                        run: r.get_ref().clone(),
-                        chunks: n,
-                    },
-                    (_, _, Some(r)) => Trigger::AfterEnd {
-                        run: r.get_ref().clone(),
-                    },
-                    _ => Trigger::AtMs(0),
-                };
-                PlannedFault {
-                    index,
-                    action: *f.action.get_ref(),
-                    trigger,
-                    target,
-                    duration_ms: f.duration_ms,
-                    restart_after_ms: f.restart_after_ms,
-                    offset_ms: f.offset_ms,
-                    switch: f
-                        .switch
-                        .as_ref()
-                        .map(|s| (s.get_ref().clone(), f.value.unwrap_or(true))),
-                }
-            })
-            .collect();
-        Plan { seed, runs, faults }
-    }
-
-    /// The run a `late_complete` fault is about (it has no target).
-    pub fn fault_run(&self, index: usize) -> Option<String> {
-        self.faults
-            .get(index)
-            .and_then(|f| f.run.as_ref())
-            .map(|r| r.get_ref().clone())
-    }
-}
-
-fn parse_target(t: &str, ids: &[String], runs: &[String], draw: u64) -> Result<Target, String> {
-    if let Some(run) = t.strip_prefix("owner_of:") {
-        return if runs.iter().any(|r| r == run) {
-            Ok(Target::OwnerOf(run.to_owned()))
-        } else {
-            Err(format!("no run {run:?}; runs are {}", runs.join(", ")))
-        };
-    }
-    match t {
-        "random" => Ok(Target::Random(draw)),
-        "last_killed" => Ok(Target::LastKilled),
-        id if ids.iter().any(|p| p == id) => Ok(Target::Pod(id.to_owned())),
-        other => Err(format!(
-            "{other:?}: expected owner_of:RUN, random, last_killed or a pod ({})",
-            ids.join(", ")
-        )),
-    }
 }
 
 /// Every `*.toml` under `path` (or `path` itself), sorted.
@@ -824,95 +677,4 @@ pub fn scenario_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reg() -> WorkflowRegistry {
-        WorkflowRegistry::load_dir(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/workflows"
-        )))
-        .unwrap()
-    }
-
-    const OK: &str = r#"
-name = "s"
-[cluster]
-pods = 3
-[[workload]]
-name = "r"
-workflow = "slow_stream"
-runs = 2
-attach = ["early", "late"]
-[[fault]]
-action = "kill"
-target = "owner_of:r1"
-after_chunk = 2
-run = "r1"
-[[fault]]
-action = "pause"
-target = "random"
-at_ms = 500
-duration_ms = 100
-"#;
-
-    #[test]
-    fn the_same_seed_gives_the_same_plan() {
-        let s = Scenario::parse(Path::new("s.toml"), OK, &reg()).unwrap();
-        assert_eq!(s.plan(7), s.plan(7));
-        assert_eq!(s.plan(7).faults[0].target, Target::OwnerOf("r1".into()));
-        let differs =
-            (0..20).any(|seed| s.plan(seed).faults[1].target != s.plan(7).faults[1].target);
-        assert!(differs, "the seed drives the random draws");
-    }
-
-    #[test]
-    fn malformed_scenarios_name_file_line_and_field() {
-        let cases = [
-            (
-                OK.replace("pods = 3", "pods = 3\nbogus = 1"),
-                "s.toml",
-                "bogus",
-            ),
-            (
-                OK.replace("\"slow_stream\"", "\"nope\""),
-                "s.toml:7: workload[0].workflow",
-                "unknown workflow \"nope\"",
-            ),
-            (
-                OK.replace("owner_of:r1", "owner_of:r9"),
-                "s.toml:12: fault[0].target",
-                "no run \"r9\"",
-            ),
-            (
-                OK.replace("target = \"random\"", "target = \"pod-7\""),
-                "s.toml:17: fault[1].target",
-                "pod-7",
-            ),
-            (
-                OK.replace("after_chunk = 2\n", ""),
-                "fault[0].at_ms|after_chunk|after_end",
-                "exactly one trigger",
-            ),
-            (
-                OK.replace("duration_ms = 100\n", ""),
-                "fault[1].duration_ms",
-                "pause needs",
-            ),
-            (
-                OK.replace("action = \"kill\"", "action = \"explode\""),
-                "s.toml",
-                "explode",
-            ),
-        ];
-        for (text, at, problem) in cases {
-            let e = Scenario::parse(Path::new("s.toml"), &text, &reg())
-                .unwrap_err()
-                .to_string();
-            assert!(
-                e.contains(at) && e.contains(problem),
-                "{at:?} / {problem:?} not in: {e}"
-            );
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,251 @@
+//! Pod deaths: a downed pod is found dead in time and its runs taken over
+//! (`death_detected`); a live one never is (`no_false_deaths`).
+
+use super::{Evidence, FiredFault, Outcome, WitnessCall, not_applicable, pass_or_fail};
+use crate::chaos::scenario::Action;
+use crate::client::StreamEvent;
+use std::collections::BTreeMap;
+
+/// Whether fault `f` must lead to its pod being found dead.
+fn must_die(ev: &Evidence, f: &FiredFault) -> bool {
+    match f.action {
+        Action::Kill | Action::Term => true,
+        // A pod stopped or cut off for twice its liveness timeout has
+        // certainly lost its liveness (a shorter one may or may not have).
+        Action::Pause | Action::Partition => f
+            .duration_ms
+            .is_some_and(|d| d >= ev.liveness_timeout_ms.saturating_mul(2)),
+        _ => false,
+    }
+}
+
+/// A dead pod is found dead within the bound and its runs are taken over.
+/// From clients and the witness: every run the pod owned either ended, or
+/// was seen resumed at a newer epoch (a chunk, a witness call). The time
+/// bound is judged on the store's death record (cross-check).
+pub(super) fn death_detected(ev: &Evidence) -> Outcome {
+    let faults: Vec<&FiredFault> = ev
+        .faults
+        .iter()
+        .filter(|f| must_die(ev, f) && f.pod.is_some())
+        .collect();
+    if faults.is_empty() {
+        return not_applicable(
+            "no pod was killed, terminated, or stopped or cut off for longer than the liveness \
+             timeout plus the detection bound",
+        );
+    }
+    let bound = ev.detection_bound_ms;
+    let mut out = Vec::new();
+    for f in faults {
+        let pod = f.pod.as_deref().unwrap_or_default();
+        // Independent: every run the pod owned shows a sign of a new owner.
+        for id in &f.owned {
+            let before_epoch = ev
+                .attachers
+                .iter()
+                .filter(|a| &a.run_id == id)
+                .flat_map(|a| a.events.iter())
+                .filter(|(t, _)| *t <= f.t_ms)
+                .filter_map(|(_, e)| match e {
+                    StreamEvent::Chunk { epoch, .. } | StreamEvent::Reset { epoch, .. } => {
+                        Some(*epoch)
+                    }
+                    StreamEvent::End { .. } => None,
+                })
+                .chain(
+                    ev.witness
+                        .iter()
+                        .filter(|c| &c.run_id == id && c.t_ms <= f.t_ms)
+                        .map(|c| c.epoch),
+                )
+                .max()
+                .unwrap_or(0);
+            let from_clients = ev
+                .attachers
+                .iter()
+                .filter(|a| &a.run_id == id)
+                .flat_map(|a| a.events.iter())
+                .filter(|(t, _)| *t > f.t_ms)
+                .filter_map(|(t, e)| match e {
+                    StreamEvent::Chunk { epoch, .. } | StreamEvent::Reset { epoch, .. }
+                        if *epoch > before_epoch =>
+                    {
+                        Some(*t)
+                    }
+                    _ => None,
+                });
+            let from_witness = ev
+                .witness
+                .iter()
+                .filter(|c| &c.run_id == id && c.t_ms > f.t_ms && c.epoch > before_epoch)
+                .map(|c| c.t_ms);
+            let ended_early = ev
+                .seen_states(id)
+                .iter()
+                .any(|(t, st, _)| st.is_terminal() && *t <= f.t_ms);
+            // Resumption takes detection, a claim and the run's next step,
+            // so its time is reported (latency), not bounded; a run that
+            // was never taken over and never ended is the finding.
+            let resumed = from_clients.chain(from_witness).min().is_some();
+            let stuck = ev.final_state(id).is_none_or(|s| !s.is_terminal());
+            if !resumed && !ended_early && stuck {
+                out.push(format!(
+                    "{pod} was {} at +{} ms; no client or witness ever saw {} resumed by a new \
+                     owner, and it never ended",
+                    action_verb(f.action),
+                    f.t_ms,
+                    ev.label(id)
+                ));
+            }
+        }
+        // Cross-check: the store's death records.
+        let found = ev
+            .deaths
+            .iter()
+            .filter(|d| d.pod_id == pod && d.detected_at_ms >= f.at_ms)
+            .map(|d| d.detected_at_ms - f.at_ms)
+            .min();
+        match found {
+            None => out.push(format!(
+                "{pod} was {} at +{} ms and never recorded dead (store record)",
+                action_verb(f.action),
+                f.t_ms
+            )),
+            Some(ms) if ms > i64::try_from(bound).unwrap_or(i64::MAX) => out.push(format!(
+                "{pod} recorded dead {ms} ms after the fault, bound {bound} ms (store record)"
+            )),
+            Some(_) => {}
+        }
+    }
+    pass_or_fail(out)
+}
+
+/// No live pod is declared dead. The witness: a run whose side effects move
+/// from one pod to another at a newer epoch was taken over, and a takeover
+/// is only right from a pod a fault could have downed (SIGKILL, SIGTERM,
+/// SIGSTOP, a partition, a restart with its id) or after the store itself
+/// was stopped or frozen. Cross-check (store record): every recorded death
+/// is of such a pod. A live pod declared dead has its runs taken from under
+/// it: the cluster-wide stall of issue 14 (a row lock blocking recovery and,
+/// with it, the survivors' own liveness).
+pub(super) fn no_false_deaths(ev: &Evidence) -> Outcome {
+    // A fault that came `before` (told on the witness's clock or the
+    // store's) and could have downed `pod`.
+    let downed_by = |pod: &str, before: &dyn Fn(&FiredFault) -> bool| {
+        ev.faults.iter().any(|f| {
+            before(f)
+                && (f.pod.as_deref() == Some(pod)
+                    && matches!(
+                        f.action,
+                        Action::Kill
+                            | Action::Term
+                            | Action::Pause
+                            | Action::Partition
+                            | Action::Restart
+                    )
+                    || matches!(f.action, Action::StoreOutage | Action::StoreFreeze))
+        })
+    };
+    let mut out = Vec::new();
+    let mut by_run: BTreeMap<&str, Vec<&WitnessCall>> = BTreeMap::new();
+    for c in &ev.witness {
+        by_run.entry(c.run_id.as_str()).or_default().push(c);
+    }
+    for (run, calls) in by_run {
+        for pair in calls.windows(2) {
+            let (before, after) = (pair[0], pair[1]);
+            if after.epoch > before.epoch
+                && after.pod != before.pod
+                && !downed_by(&before.pod, &|f| f.t_ms <= after.t_ms)
+            {
+                out.push(format!(
+                    "{}: taken from {} (epoch {}) by {} (epoch {}) at +{} ms, with no fault on \
+                     {} or on the store (witness)",
+                    ev.label(run),
+                    before.pod,
+                    before.epoch,
+                    after.pod,
+                    after.epoch,
+                    after.t_ms,
+                    before.pod
+                ));
+            }
+        }
+    }
+    for d in &ev.deaths {
+        if !downed_by(&d.pod_id, &|f| f.at_ms <= d.detected_at_ms) {
+            out.push(format!(
+                "{} was declared dead by {} at +{} ms, with no fault on it or on the store \
+                 (store record)",
+                d.pod_id,
+                d.detected_by,
+                d.detected_at_ms - ev.wall0
+            ));
+        }
+    }
+    pass_or_fail(out)
+}
+
+fn action_verb(a: Action) -> &'static str {
+    match a {
+        Action::Kill => "SIGKILLed",
+        Action::Term => "SIGTERMed",
+        Action::Pause => "SIGSTOPped",
+        Action::Partition => "partitioned",
+        _ => "hit",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chaos::checks::Status;
+
+    fn call(t_ms: u64, epoch: i64, pod: &str) -> WitnessCall {
+        WitnessCall {
+            t_ms,
+            run_id: "run-1".into(),
+            step: "begin".into(),
+            attempt: 1,
+            epoch,
+            pod: pod.into(),
+        }
+    }
+
+    fn kill(t_ms: u64, pod: &str) -> FiredFault {
+        FiredFault {
+            index: 0,
+            action: Action::Kill,
+            pod: Some(pod.into()),
+            run_id: None,
+            at_ms: i64::try_from(t_ms).unwrap_or_default(),
+            t_ms,
+            owned: Vec::new(),
+            duration_ms: None,
+        }
+    }
+
+    /// The witness half of `no_false_deaths`: side effects that move to
+    /// another pod at a newer epoch are a takeover, wrong unless a fault
+    /// could have downed the first pod before it.
+    #[test]
+    fn a_takeover_the_witness_saw_from_an_untouched_pod_is_a_false_death() {
+        let mut ev = Evidence {
+            witness: vec![call(100, 1, "pod-1"), call(900, 2, "pod-2")],
+            ..Default::default()
+        };
+        let o = no_false_deaths(&ev);
+        assert_eq!(o.status, Status::Fail);
+        assert!(
+            o.evidence[0].contains("taken from pod-1 (epoch 1) by pod-2 (epoch 2)"),
+            "{:?}",
+            o.evidence
+        );
+        ev.faults = vec![kill(500, "pod-1")];
+        assert_eq!(no_false_deaths(&ev).status, Status::Pass);
+        // A fault after the takeover excuses nothing.
+        ev.faults = vec![kill(950, "pod-1")];
+        assert_eq!(no_false_deaths(&ev).status, Status::Fail);
+    }
+}

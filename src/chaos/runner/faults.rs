@@ -1,0 +1,474 @@
+//! Firing faults: each planned fault waits for its trigger, resolves its
+//! target, is recorded, then does what its kind says (one function a kind,
+//! dispatched by [`fire`]); after the workload, [`heal`] undoes what is
+//! still broken.
+
+use super::{Shared, lock};
+use crate::chaos::scenario::{Action, Plan, PlannedFault, Scenario, Target, Trigger};
+use crate::client::PodClient;
+use crate::cluster::PodState;
+use crate::engine::store::RunFilter;
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// One task a planned fault: it waits for its trigger (until `bound`),
+/// then fires; a trigger that never came or a fault that failed is a note.
+pub(super) fn spawn(
+    shared: &Arc<Shared>,
+    scn: &Arc<Scenario>,
+    plan: &Plan,
+    bound: Instant,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for f in plan.faults.clone() {
+        let (shared, scn) = (shared.clone(), scn.clone());
+        tasks.push(tokio::spawn(async move {
+            if !wait_trigger(&shared, &f.trigger, bound).await {
+                shared.note(format!(
+                    "fault {} ({}): its trigger never happened",
+                    f.index,
+                    f.action.as_str()
+                ));
+                return;
+            }
+            if let Err(e) = fire(&shared, &scn, &f).await {
+                shared.note(format!(
+                    "fault {} ({}) failed: {e:#}",
+                    f.index,
+                    f.action.as_str()
+                ));
+            }
+        }));
+    }
+    tasks
+}
+
+async fn resolve_target(shared: &Shared, target: &Target) -> Option<String> {
+    match target {
+        Target::Pod(p) => Some(p.clone()),
+        Target::OwnerOf(run) => {
+            let id = shared.run_id(run)?;
+            let until = Instant::now() + Duration::from_secs(10);
+            shared
+                .observe("reading a fault target's owner", until, || {
+                    shared.store.get_run(&id)
+                })
+                .await
+                .flatten()
+                .and_then(|r| r.owner_pod)
+        }
+        Target::Random(draw) => {
+            let mut live: Vec<String> = shared.live().into_iter().map(|(id, _)| id).collect();
+            live.sort();
+            (!live.is_empty())
+                .then(|| live[usize::try_from(*draw % live.len() as u64).unwrap_or(0)].clone())
+        }
+        Target::LastKilled => lock(&shared.last_killed).clone(),
+        Target::None => None,
+    }
+}
+
+async fn wait_trigger(shared: &Shared, trigger: &Trigger, bound: Instant) -> bool {
+    match trigger {
+        Trigger::AtMs(ms) => {
+            let due = Duration::from_millis(*ms)
+                .saturating_sub(Duration::from_millis(shared.history.elapsed_ms()));
+            tokio::time::sleep(due).await;
+            true
+        }
+        Trigger::AfterChunk { run, chunks } => loop {
+            if Instant::now() > bound {
+                return false;
+            }
+            if let Some(id) = shared.run_id(run) {
+                let n = tokio::time::timeout(Duration::from_secs(2), shared.store.chunks(&id))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map_or(0, |c| c.len());
+                if n >= usize::try_from(*chunks).unwrap_or(usize::MAX) {
+                    return true;
+                }
+                if ended(shared, &id).await {
+                    return false;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        },
+        Trigger::AfterEnd { run } => loop {
+            if Instant::now() > bound {
+                return false;
+            }
+            if let Some(id) = shared.run_id(run)
+                && ended(shared, &id).await
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        },
+    }
+}
+
+/// Whether the store says run `id` is terminal (false when it does not
+/// answer within 2 s).
+async fn ended(shared: &Shared, id: &str) -> bool {
+    tokio::time::timeout(Duration::from_secs(2), shared.store.get_run(id))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .is_some_and(|r| r.state.is_terminal())
+}
+
+/// Fire fault `f`: resolve its target and run, record it with the runs its
+/// pod owned, then do what its kind says.
+async fn fire(shared: &Shared, scn: &Scenario, f: &PlannedFault) -> Result<()> {
+    let pod = resolve_target(shared, &f.target).await;
+    let run_id = match (&f.target, scn.fault_run(f.index)) {
+        (Target::OwnerOf(r), _) => shared.run_id(r),
+        (_, Some(r)) => shared.run_id(&r),
+        _ => None,
+    };
+    if f.target != Target::None && pod.is_none() {
+        shared.note(format!(
+            "fault {} ({}) found no target: not fired",
+            f.index,
+            f.action.as_str()
+        ));
+        return Ok(());
+    }
+    let owned = owned_runs(shared, pod.as_deref()).await;
+    shared.say(&format!(
+        "fault {}: {} {}",
+        f.index,
+        f.action.as_str(),
+        pod.as_deref().unwrap_or("")
+    ));
+    shared.history.record(
+        "fault",
+        json!({ "index": f.index, "action": f.action, "pod": pod, "run_id": run_id, "owned": owned, "duration_ms": f.duration_ms }),
+    );
+    lock(&shared.fired).push(f.index);
+    let p = pod.as_deref().unwrap_or_default();
+    match f.action {
+        Action::Kill | Action::Term => kill(shared, f, p).await,
+        Action::Pause | Action::Partition => cut_off(shared, f, p).await,
+        Action::Restart => restart(shared, p).await,
+        Action::Switch => switch(shared, f).await,
+        Action::Stall => stall(shared, p, run_id).await,
+        Action::StoreOutage => store_outage(shared, f).await,
+        Action::StoreFreeze => store_freeze(shared, f).await,
+        Action::RowLock => row_lock(shared, f, p, run_id).await,
+        Action::ClockSkew => clock_skew(shared, f, p).await,
+        Action::LateComplete => late_complete(shared, run_id).await,
+    }
+}
+
+/// The runs `pod` owns as the fault hits (none without a target pod).
+async fn owned_runs(shared: &Shared, pod: Option<&str>) -> Vec<String> {
+    let Some(p) = pod else {
+        return Vec::new();
+    };
+    let filter = RunFilter {
+        state: Some(crate::engine::run::RunState::Running),
+        owner_pod: Some(p.to_owned()),
+        ..Default::default()
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    shared
+        .observe("listing the target's runs", until, || {
+            shared.store.list_runs(&filter)
+        })
+        .await
+        .map(|rs| rs.into_iter().map(|r| r.id).collect())
+        .unwrap_or_default()
+}
+
+/// How long a fault holds (a pause, a partition, a freeze...): 1 s unless
+/// the scenario says.
+fn hold(f: &PlannedFault) -> Duration {
+    Duration::from_millis(f.duration_ms.unwrap_or(1000))
+}
+
+/// SIGKILL or SIGTERM, then a restart with the same id if the fault says.
+async fn kill(shared: &Shared, f: &PlannedFault, p: &str) -> Result<()> {
+    {
+        let mut c = shared.cluster.lock().await;
+        if f.action == Action::Kill {
+            c.kill(p).await?;
+        } else {
+            let took = c.terminate(p, Duration::from_secs(15)).await?;
+            shared.history.record(
+                "exited",
+                json!({ "pod": p, "graceful_ms": took.map(|d| d.as_millis() as u64) }),
+            );
+        }
+    }
+    *lock(&shared.last_killed) = Some(p.to_owned());
+    shared.refresh_live().await;
+    if let Some(after) = f.restart_after_ms {
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        shared.cluster.lock().await.start_pod(p, &[]).await?;
+        shared
+            .history
+            .record("heal", json!({ "action": "restart", "pod": p }));
+        shared.refresh_live().await;
+    }
+    Ok(())
+}
+
+/// SIGSTOP (pause) or a cut from the network (partition) for the fault's
+/// duration, then resume or reconnect.
+async fn cut_off(shared: &Shared, f: &PlannedFault, p: &str) -> Result<()> {
+    let partition = f.action == Action::Partition;
+    {
+        let mut c = shared.cluster.lock().await;
+        if partition {
+            c.partition(p).await?;
+        } else {
+            c.pause(p).await?;
+        }
+    }
+    shared.refresh_live().await;
+    tokio::time::sleep(hold(f)).await;
+    {
+        let mut c = shared.cluster.lock().await;
+        if partition {
+            c.heal_partition(p).await?;
+        } else {
+            c.resume(p).await?;
+        }
+    }
+    let action = if partition { "reconnect" } else { "resume" };
+    shared
+        .history
+        .record("heal", json!({ "action": action, "pod": p }));
+    shared.refresh_live().await;
+    Ok(())
+}
+
+async fn restart(shared: &Shared, p: &str) -> Result<()> {
+    shared.cluster.lock().await.start_pod(p, &[]).await?;
+    shared.refresh_live().await;
+    Ok(())
+}
+
+/// Set a cluster switch in the store.
+async fn switch(shared: &Shared, f: &PlannedFault) -> Result<()> {
+    if let Some((name, value)) = &f.switch {
+        crate::engine::switches::set(
+            shared.store.as_ref(),
+            name,
+            *value,
+            "chaos",
+            &format!("scenario fault {}", f.index),
+        )
+        .await?;
+        shared
+            .history
+            .record("switch", json!({ "switch": name, "enabled": value }));
+    }
+    Ok(())
+}
+
+/// Make the target pod stop heartbeating its run (its chaos hook).
+async fn stall(shared: &Shared, p: &str, run_id: Option<String>) -> Result<()> {
+    let url = shared.pod_url(p, "stall").await?;
+    let id = run_id.context("stall needs its run")?;
+    let r = shared
+        .http
+        .post(format!("{url}v1/chaos/runs/{id}/stall"))
+        .send()
+        .await?;
+    shared.history.record(
+        "stalled",
+        json!({ "run": id, "pod": p, "status": r.status().as_u16() }),
+    );
+    Ok(())
+}
+
+/// Stop the throwaway PostgreSQL server for the fault's duration.
+async fn store_outage(shared: &Shared, f: &PlannedFault) -> Result<()> {
+    let pg = shared
+        .pg
+        .as_ref()
+        .context("store_outage needs a throwaway PostgreSQL server")?;
+    pg.lock().await.stop()?;
+    tokio::time::sleep(hold(f)).await;
+    pg.lock().await.start_again()?;
+    shared
+        .history
+        .record("heal", json!({ "action": "store_start" }));
+    Ok(())
+}
+
+/// Freeze the PostgreSQL server (its processes, or its container) for the
+/// fault's duration.
+async fn store_freeze(shared: &Shared, f: &PlannedFault) -> Result<()> {
+    let ms = hold(f);
+    if let Some(pg) = &shared.pg {
+        let frozen = pg.lock().await.freeze()?;
+        shared
+            .history
+            .record("frozen", json!({ "processes": frozen }));
+        tokio::time::sleep(ms).await;
+        pg.lock().await.thaw()?;
+    } else if let Some((docker, name)) = &shared.pg_container {
+        docker
+            .pause_container(name)
+            .await
+            .with_context(|| format!("pausing container {name}"))?;
+        shared
+            .history
+            .record("frozen", json!({ "container": name }));
+        tokio::time::sleep(ms).await;
+        docker
+            .unpause_container(name)
+            .await
+            .with_context(|| format!("unpausing container {name}"))?;
+    } else {
+        bail!("store_freeze needs a PostgreSQL server the runner started");
+    }
+    shared
+        .history
+        .record("heal", json!({ "action": "store_thaw" }));
+    Ok(())
+}
+
+/// Hold the row of the fault's run locked for its duration: from a session
+/// of the runner's own (no target pod) or of the target pod's.
+async fn row_lock(
+    shared: &Shared,
+    f: &PlannedFault,
+    p: &str,
+    run_id: Option<String>,
+) -> Result<()> {
+    let id = run_id.context("row_lock needs its run")?;
+    let held = hold(f);
+    let by = if p.is_empty() {
+        // A session of the runner's own: someone else's transaction.
+        crate::engine::store::postgres::hold_run_row(&shared.store_url, &id, held, false)
+            .await
+            .with_context(|| format!("locking the row of run {id}"))?;
+        "runner".to_owned()
+    } else {
+        // A session of the target pod's (its chaos hook).
+        let url = shared.pod_url(p, "row_lock").await?;
+        let r = shared
+            .http
+            .post(format!("{url}v1/chaos/runs/{id}/lock"))
+            .json(&json!({ "hold_ms": held.as_millis() as u64 }))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!(
+                "{p} did not lock run {id}'s row: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+        }
+        p.to_owned()
+    };
+    shared.history.record(
+        "row_locked",
+        json!({ "run": id, "by": by, "hold_ms": held.as_millis() as u64 }),
+    );
+    tokio::time::sleep(held).await;
+    shared
+        .history
+        .record("heal", json!({ "action": "row_unlock", "run": id }));
+    Ok(())
+}
+
+/// Skew the target pod's clock, and set it back after the fault's duration
+/// if it has one.
+async fn clock_skew(shared: &Shared, f: &PlannedFault, p: &str) -> Result<()> {
+    let url = shared.pod_url(p, "clock_skew").await?;
+    let offset = f.offset_ms.unwrap_or(0);
+    let skew = |ms: i64| {
+        shared
+            .http
+            .post(format!("{url}v1/chaos/clock"))
+            .json(&json!({ "offset_ms": ms }))
+            .send()
+    };
+    let r = skew(offset).await?;
+    if !r.status().is_success() {
+        bail!("{p} did not skew its clock: {}", r.status());
+    }
+    shared
+        .history
+        .record("clock_skewed", json!({ "pod": p, "offset_ms": offset }));
+    if let Some(ms) = f.duration_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        skew(0).await?;
+        shared
+            .history
+            .record("heal", json!({ "action": "clock_unskew", "pod": p }));
+    }
+    Ok(())
+}
+
+/// Send a completion at epoch 1 for the fault's run (by then lost or
+/// taken over) and record the answer.
+async fn late_complete(shared: &Shared, run_id: Option<String>) -> Result<()> {
+    let id = run_id.context("late_complete needs its run")?;
+    let (_, url) = shared
+        .live()
+        .into_iter()
+        .next()
+        .context("no live pod to send the late completion to")?;
+    let c = PodClient::new(&url)?;
+    let ev = crate::pod::api::RunEvent::Complete { epoch: 1 };
+    let res = c.event(&id, &ev).await;
+    let answer = match &res {
+        Ok(()) => "accepted".to_owned(),
+        Err(e) => e
+            .already_terminal()
+            .map_or_else(|| e.to_string(), |s| format!("409 already_terminal ({s})")),
+    };
+    shared.history.record(
+        "late_complete",
+        json!({ "run_id": id, "accepted": res.is_ok(), "answer": answer }),
+    );
+    Ok(())
+}
+
+/// Resume what is paused, reconnect what is cut off, bring back a cluster
+/// with no live pod.
+pub(super) async fn heal(shared: &Shared) -> Result<()> {
+    let mut c = shared.cluster.lock().await;
+    for (state, action) in [
+        (PodState::Paused, "resume"),
+        (PodState::Partitioned, "reconnect"),
+    ] {
+        let stuck: Vec<String> = c
+            .pods()
+            .filter(|p| p.state == state)
+            .map(|p| p.id.clone())
+            .collect();
+        for p in stuck {
+            if state == PodState::Paused {
+                c.resume(&p).await?;
+            } else {
+                c.heal_partition(&p).await?;
+            }
+            shared
+                .history
+                .record("heal", json!({ "action": action, "pod": p }));
+        }
+    }
+    if c.live_urls().is_empty() {
+        let exited: Vec<String> = c.pods().map(|p| p.id.clone()).collect();
+        for p in exited {
+            c.start_pod(&p, &[]).await?;
+            shared
+                .history
+                .record("heal", json!({ "action": "restart", "pod": p }));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! The scenario's store: its kind, whether the plan's faults can run on it,
+//! and where it lives (a SQLite file in the results, a throwaway PostgreSQL
+//! server or container, or a scratch database on a server given by URL).
+
+use super::StoreChoice;
+use crate::chaos::scenario::{Action, DriverKind, Plan, Scenario, StoreKind};
+use crate::cluster::docker::env::DockerEnv;
+use crate::cluster::pgserver::PgServer;
+use anyhow::{Context, Result, bail};
+
+/// The store kind a run uses: the `--store` choice over the scenario's.
+pub(super) fn store_kind(choice: &StoreChoice, scn: &Scenario) -> StoreKind {
+    match choice {
+        StoreChoice::Scenario => scn.store,
+        StoreChoice::Sqlite => StoreKind::Sqlite,
+        StoreChoice::PgServer | StoreChoice::PgUrl(_) => StoreKind::Postgres,
+    }
+}
+
+/// Why the plan's faults cannot run on this store (the scenario is then
+/// not applicable), or None.
+pub(super) fn why_not_applicable(
+    plan: &Plan,
+    kind: StoreKind,
+    choice: &StoreChoice,
+    driver: DriverKind,
+) -> Option<&'static str> {
+    let outage = plan.faults.iter().any(|f| f.action == Action::StoreOutage);
+    let freeze = plan.faults.iter().any(|f| f.action == Action::StoreFreeze);
+    if outage
+        && (kind != StoreKind::Postgres
+            || matches!(choice, StoreChoice::PgUrl(_))
+            || driver == DriverKind::Docker)
+    {
+        Some(
+            "store_outage needs a throwaway PostgreSQL server process: --store postgres --driver process",
+        )
+    } else if freeze && (kind != StoreKind::Postgres || matches!(choice, StoreChoice::PgUrl(_))) {
+        Some("store_freeze needs a PostgreSQL server the runner starts: --store postgres")
+    } else if kind != StoreKind::Postgres
+        && plan
+            .faults
+            .iter()
+            .any(|f| matches!(f.action, Action::RowLock | Action::ClockSkew))
+    {
+        Some("row_lock and clock_skew are PostgreSQL faults: --store postgres")
+    } else {
+        None
+    }
+}
+
+/// A store made ready for a run.
+pub(super) struct Provisioned {
+    /// The store's URL (or SQLite path) as the runner reaches it.
+    pub target: String,
+    /// The URL as the pods reach it, when it differs (a container on the
+    /// scenario network).
+    pub pod_target: Option<String>,
+    /// The throwaway server the runner started, if any.
+    pub pg_server: Option<PgServer>,
+    /// A scratch database to drop afterwards: (admin URL, name).
+    pub drop_db: Option<(String, String)>,
+}
+
+/// Make the run's store: a SQLite file in `dir`, a database on a PostgreSQL
+/// container (Docker driver) or on a throwaway server, or a scratch
+/// database on the server `--store` names.
+pub(super) async fn store(
+    choice: &StoreChoice,
+    kind: StoreKind,
+    dir: &std::path::Path,
+    docker_env: Option<&DockerEnv>,
+) -> Result<Provisioned> {
+    let mut pod_target = None;
+    let mut pg_server = None;
+    let mut drop_db: Option<(String, String)> = None;
+    let target = match (choice, kind) {
+        (_, StoreKind::Sqlite) => dir.join("store.db").display().to_string(),
+        (StoreChoice::PgUrl(admin), _) if docker_env.is_some() && pg_on_loopback(admin) => {
+            bail!(
+                "--store {}: pods in containers cannot reach a server on the host's loopback; \
+                 use --store postgres (a PostgreSQL container on the scenario network)",
+                crate::engine::store::redact_url(admin)
+            );
+        }
+        (StoreChoice::Scenario | StoreChoice::PgServer, _) if docker_env.is_some() => {
+            let env = docker_env.context("docker environment")?;
+            let pg = env.start_postgres().await?;
+            create_chaos_database(&pg.host_admin_url).await?;
+            pod_target = Some(pg_database_url(&pg.net_admin_url, "vigil_chaos")?);
+            pg_database_url(&pg.host_admin_url, "vigil_chaos")?
+        }
+        (StoreChoice::PgUrl(admin), _) => {
+            let (url, db) = create_scratch_database(admin, "vigil_chaos").await?;
+            drop_db = Some((admin.clone(), db));
+            url
+        }
+        _ => {
+            let server = tokio::task::spawn_blocking(PgServer::start).await??;
+            let url = server.admin_url();
+            create_chaos_database(&url).await?;
+            pg_server = Some(server);
+            pg_database_url(&url, "vigil_chaos")?
+        }
+    };
+    Ok(Provisioned {
+        target,
+        pod_target,
+        pg_server,
+        drop_db,
+    })
+}
+
+/// `vigil_chaos` on a server of the runner's own (gone with the server).
+async fn create_chaos_database(admin: &str) -> Result<()> {
+    let pool = sqlx::PgPool::connect(admin).await?;
+    sqlx::query("CREATE DATABASE vigil_chaos")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    Ok(())
+}
+
+fn pg_on_loopback(url: &str) -> bool {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]")
+}
+
+fn pg_database_url(admin: &str, db: &str) -> Result<String> {
+    let mut u = url::Url::parse(admin).with_context(|| format!("bad PostgreSQL URL {admin:?}"))?;
+    u.set_path(db);
+    Ok(u.to_string())
+}
+
+/// Create a fresh database `{prefix}_{unique}` on the server `admin` names
+/// (its own database is only used to connect). Returns the new database's
+/// URL and its name, for [`drop_database`] after.
+pub async fn create_scratch_database(admin: &str, prefix: &str) -> Result<(String, String)> {
+    let safe = crate::engine::store::redact_url(admin);
+    let db = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
+    let pool = sqlx::PgPool::connect(admin)
+        .await
+        .with_context(|| format!("connecting to {safe}"))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&pool)
+        .await
+        .with_context(|| format!("creating database {db} on {safe}"))?;
+    pool.close().await;
+    Ok((pg_database_url(admin, &db)?, db))
+}
+
+/// Drop a database made by [`create_scratch_database`], sessions and all;
+/// best effort (a server already gone has nothing left to drop).
+pub async fn drop_database(admin: &str, db: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(admin).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await;
+    }
+}
