@@ -1,5 +1,5 @@
 //! The console's state and its one mutator, [`App::update`]: no I/O here.
-//! Rendering is a pure function of [`App`] (`super::ui::draw`); side effects
+//! Rendering is a pure function of [`App`] (`super::views::draw`); side effects
 //! leave through [`App::effects`], which the event loop hands to the effect
 //! executor and the collectors.
 
@@ -1421,6 +1421,6 @@ pub fn event_text(e: &ConsoleEvent) -> String {
         "{} {} {}",
         event_label(e),
         e.subject,
-        super::ui::event_detail(e)
+        super::views::event_detail(e)
     )
 }
