@@ -1,14 +1,15 @@
 //! The Activity view: counter totals and rates over the pods' /metrics,
 //! as sparklines, and the detection latency.
 
-use super::{age, block, filter_note, sparkline, window};
+use super::table::ListTable;
+use super::{age, block, filter_note, sparkline};
 use crate::console::app::{ACTIVITY_WINDOW_MS, App};
 use crate::console::data::View;
 use crate::console::theme::Role;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{Cell, Paragraph, Row, Wrap};
 
 const BUCKET_MS: i64 = 10_000;
 
@@ -63,68 +64,36 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let series = app.activity_series();
     let spark_width = usize::from(table_area.width.saturating_sub(48)).clamp(10, 60);
     let buckets = spark_width as i64;
-    let sel = app.selected[View::Activity.index()].0;
-    let height = usize::from(table_area.height.saturating_sub(1));
-    let (from, to) = window(sel, series.len(), height);
-    let rows: Vec<Row> = series[from..to]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let total = app.activity.total(name);
-            let minute = total - app.activity.total_at(name, app.now_ms - 60_000);
-            let values: Vec<f64> = (0..buckets)
-                .map(|b| {
-                    let end = app.now_ms - (buckets - 1 - b) * BUCKET_MS;
-                    app.activity.total_at(name, end) - app.activity.total_at(name, end - BUCKET_MS)
-                })
-                .collect();
-            let role = if minute > 0.0 && is_alarming(name) {
-                Role::Warn
-            } else {
-                Role::Plain
-            };
-            let row = Row::new(vec![
-                Cell::from(Span::styled(name.clone(), t.style(role))),
-                Cell::from(format!("{total:.0}")),
-                Cell::from(format!("{minute:.0}")),
-                Cell::from(sparkline(&values, None)),
-            ]);
-            if from + i == sel {
-                row.style(t.style(Role::Selected))
-            } else {
-                row
-            }
-        })
-        .collect();
-    if rows.is_empty() {
-        frame.render_widget(
-            Paragraph::new(Span::styled("no counters yet", t.style(Role::Muted))),
-            table_area,
-        );
-    } else {
-        let spark_title = format!("PER 10 s OVER {} (now →)", age(buckets * BUCKET_MS));
-        frame.render_widget(
-            Table::new(
-                rows,
-                [
-                    Constraint::Length(30),
-                    Constraint::Length(7),
-                    Constraint::Length(8),
-                    Constraint::Fill(1),
-                ],
-            )
-            .header(
-                Row::new(vec![
-                    Cell::from("SERIES"),
-                    Cell::from("TOTAL"),
-                    Cell::from("LAST MIN"),
-                    Cell::from(spark_title),
-                ])
-                .style(t.style(Role::Header)),
-            ),
-            table_area,
-        );
-    }
+    let spark_title = format!("PER 10 s OVER {} (now →)", age(buckets * BUCKET_MS));
+    ListTable::new(
+        app,
+        &["SERIES", "TOTAL", "LAST MIN", &spark_title],
+        &[30, 7, 8],
+    )
+    .empty("no counters yet")
+    // Not clamped to the rows, as it always was here.
+    .cursor(app.selected[View::Activity.index()].0)
+    .render(frame, table_area, &series, |name| {
+        let total = app.activity.total(name);
+        let minute = total - app.activity.total_at(name, app.now_ms - 60_000);
+        let values: Vec<f64> = (0..buckets)
+            .map(|b| {
+                let end = app.now_ms - (buckets - 1 - b) * BUCKET_MS;
+                app.activity.total_at(name, end) - app.activity.total_at(name, end - BUCKET_MS)
+            })
+            .collect();
+        let role = if minute > 0.0 && is_alarming(name) {
+            Role::Warn
+        } else {
+            Role::Plain
+        };
+        Row::new(vec![
+            Cell::from(Span::styled(name.clone(), t.style(role))),
+            Cell::from(format!("{total:.0}")),
+            Cell::from(format!("{minute:.0}")),
+            Cell::from(sparkline(&values, None)),
+        ])
+    });
     // Detection latency: the histogram's mean over the window, and the
     // store's own record of the last death.
     let window_start = app.now_ms - ACTIVITY_WINDOW_MS.min(300_000);

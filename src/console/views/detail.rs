@@ -1,14 +1,15 @@
 //! One run opened from the Runs view: its record, steps, transitions and
 //! claims, and the live stream of its chunks.
 
-use super::{age, block, header_row, state_role, trunc, utc_time};
+use super::table::ListTable;
+use super::{age, block, state_role, trunc, utc_time};
 use crate::console::app::{App, Detail, StreamLine};
 use crate::console::theme::Role;
 use crate::engine::run::StepStatus;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table};
+use ratatui::widgets::{Cell, Paragraph, Row};
 
 pub(super) fn draw(frame: &mut Frame, app: &App, d: &Detail, area: Rect) {
     let t = &app.theme;
@@ -65,44 +66,29 @@ pub(super) fn draw(frame: &mut Frame, app: &App, d: &Detail, area: Rect) {
 
     let [steps_area, log_area] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(middle);
-    let steps: Vec<Row> = d
-        .steps
-        .iter()
-        .map(|s| {
-            let role = match s.status {
-                StepStatus::Running => Role::Accent,
-                StepStatus::Succeeded => Role::Ok,
-                StepStatus::Failed => Role::Bad,
-            };
-            Row::new(vec![
-                Cell::from(s.node_id.clone()),
-                Cell::from(Span::styled(s.status.as_str(), t.style(role))),
-                Cell::from(s.attempts.to_string()),
-                Cell::from(match (&s.output, &s.error) {
-                    (Some(o), _) => o.to_string(),
-                    (None, Some(e)) => format!("error: {e}"),
-                    _ => "-".into(),
-                }),
-            ])
-        })
-        .collect();
-    frame.render_widget(
-        Table::new(
-            steps,
-            [
-                Constraint::Length(10),
-                Constraint::Length(9),
-                Constraint::Length(3),
-                Constraint::Fill(1),
-            ],
-        )
-        .header(header_row(
-            app,
-            &["STEP", "STATUS", "ATT", "OUTPUT (redacted)"],
-        ))
-        .block(block(app, "Steps".into())),
-        steps_area,
-    );
+    ListTable::new(
+        app,
+        &["STEP", "STATUS", "ATT", "OUTPUT (redacted)"],
+        &[10, 9, 3],
+    )
+    .block(block(app, "Steps".into()))
+    .render(frame, steps_area, &d.steps, |s| {
+        let role = match s.status {
+            StepStatus::Running => Role::Accent,
+            StepStatus::Succeeded => Role::Ok,
+            StepStatus::Failed => Role::Bad,
+        };
+        Row::new(vec![
+            Cell::from(s.node_id.clone()),
+            Cell::from(Span::styled(s.status.as_str(), t.style(role))),
+            Cell::from(s.attempts.to_string()),
+            Cell::from(match (&s.output, &s.error) {
+                (Some(o), _) => o.to_string(),
+                (None, Some(e)) => format!("error: {e}"),
+                _ => "-".into(),
+            }),
+        ])
+    });
     // Transitions and claims, merged in time order.
     let mut log: Vec<(i64, i64, String)> = d
         .transitions

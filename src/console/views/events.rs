@@ -1,15 +1,16 @@
 //! The Events view: transitions, claims, deaths and switch flips, newest
 //! first, and [`event_detail`], the one line an event says.
 
-use super::{age, block, filter_note, header_row, short, utc_time, window};
+use super::table::ListTable;
+use super::{age, block, filter_note, selected_row, short, utc_time};
 use crate::console::app::{App, event_label};
 use crate::console::data::View;
 use crate::console::theme::Role;
 use crate::engine::store::{ConsoleEvent, EventKind};
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Rect};
+use ratatui::layout::Rect;
 use ratatui::text::Span;
-use ratatui::widgets::{Cell, Paragraph, Row, Table};
+use ratatui::widgets::{Cell, Row};
 
 /// What an event says, past its kind and subject.
 pub fn event_detail(e: &ConsoleEvent) -> String {
@@ -51,38 +52,21 @@ pub fn event_detail(e: &ConsoleEvent) -> String {
 pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
     let rows = app.visible_events();
-    let b = block(
-        app,
-        format!(
-            "Events, newest first ({} of {} kept, UTC){}",
-            rows.len(),
-            app.events.len(),
-            filter_note(app, View::Events)
-        ),
+    let title = format!(
+        "Events, newest first ({} of {} kept, UTC){}",
+        rows.len(),
+        app.events.len(),
+        filter_note(app, View::Events)
     );
-    let inner = b.inner(area);
-    frame.render_widget(b, area);
-    if rows.is_empty() {
-        frame.render_widget(
-            Paragraph::new(Span::styled(
-                if app.events.is_empty() {
-                    "no events yet: transitions, claims, deaths and switch flips show here"
-                } else {
-                    "no event matches the filter (esc clears it)"
-                },
-                t.style(Role::Muted),
-            )),
-            inner,
-        );
-        return;
-    }
-    let sel = app.selected[View::Events.index()].0.min(rows.len() - 1);
-    let height = usize::from(inner.height.saturating_sub(1));
-    let (from, to) = window(sel, rows.len(), height);
-    let body: Vec<Row> = rows[from..to]
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
+    ListTable::new(app, &["TIME", "KIND", "SUBJECT", "DETAIL"], &[12, 10, 17])
+        .block(block(app, title))
+        .empty(if app.events.is_empty() {
+            "no events yet: transitions, claims, deaths and switch flips show here"
+        } else {
+            "no event matches the filter (esc clears it)"
+        })
+        .cursor(selected_row(app, View::Events, rows.len()))
+        .render(frame, area, &rows, |e| {
             let label = event_label(e);
             let role = match label {
                 "death" | "reap" | "janitor" => Role::Bad,
@@ -97,30 +81,11 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
                 EventKind::Transition | EventKind::Claim => short(&e.subject).to_owned(),
                 _ => e.subject.clone(),
             };
-            let row = Row::new(vec![
+            Row::new(vec![
                 Cell::from(Span::styled(utc_time(e.at_ms), t.style(Role::Muted))),
                 Cell::from(Span::styled(label, t.style(role))),
                 Cell::from(subject),
                 Cell::from(event_detail(e)),
-            ]);
-            if from + i == sel {
-                row.style(t.style(Role::Selected))
-            } else {
-                row
-            }
-        })
-        .collect();
-    frame.render_widget(
-        Table::new(
-            body,
-            [
-                Constraint::Length(12),
-                Constraint::Length(10),
-                Constraint::Length(17),
-                Constraint::Fill(1),
-            ],
-        )
-        .header(header_row(app, &["TIME", "KIND", "SUBJECT", "DETAIL"])),
-        inner,
-    );
+            ])
+        });
 }

@@ -3,8 +3,9 @@
 //!
 //! This module holds [`draw`] (the frame: header, tabs, the body, status
 //! and key hints), the chrome lines and the helpers every view shares
-//! (durations, times, ids, sparklines, blocks, table windows); each view
-//! has its own module, and the dialogs and help are in `overlay`.
+//! (durations, times, ids, sparklines, blocks, notes). Each view has its
+//! own module; they draw their rows with the one list table in `table`,
+//! and the dialogs and help are in `overlay`.
 
 mod activity;
 mod chaos;
@@ -14,6 +15,7 @@ mod overlay;
 mod pods;
 mod runs;
 mod switches;
+mod table;
 
 pub use events::event_detail;
 
@@ -25,7 +27,7 @@ use crate::engine::run::RunState;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row};
+use ratatui::widgets::{Block, Borders, Paragraph};
 
 /// Draw the whole console.
 pub fn draw(frame: &mut Frame, app: &App) {
@@ -139,19 +141,9 @@ fn block<'a>(app: &App, title: String) -> Block<'a> {
         .title(Span::styled(title, app.theme.style(Role::Title)))
 }
 
-fn header_row<'a>(app: &App, cols: &[&'a str]) -> Row<'a> {
-    Row::new(cols.iter().map(|c| Cell::from(*c))).style(app.theme.style(Role::Header))
-}
-
-/// First row to draw so that `selected` stays visible in `height` rows.
-fn window(selected: usize, len: usize, height: usize) -> (usize, usize) {
-    let height = height.max(1);
-    let offset = if selected >= height {
-        selected + 1 - height
-    } else {
-        0
-    };
-    (offset, (offset + height).min(len))
+/// The selected row of `view`'s table of `len` rows.
+fn selected_row(app: &App, view: View, len: usize) -> usize {
+    app.selected[view.index()].0.min(len.saturating_sub(1))
 }
 
 fn filter_note(app: &App, view: View) -> String {

@@ -1,15 +1,15 @@
 //! The Runs view: the runs the store holds, filtered and sorted, with
 //! each one's current step and last event.
 
-use super::{age, block, filter_note, header_row, short, sort_note, state_role, window};
+use super::table::ListTable;
+use super::{age, block, filter_note, selected_row, short, sort_note, state_role};
 use crate::console::app::App;
 use crate::console::data::View;
-use crate::console::theme::Role;
 use crate::engine::run::StepStatus;
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Rect};
+use ratatui::layout::Rect;
 use ratatui::text::Span;
-use ratatui::widgets::{Cell, Paragraph, Row, Table};
+use ratatui::widgets::{Cell, Row};
 
 pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let rows = app.visible_runs();
@@ -35,87 +35,19 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
         filter_note(app, View::Runs),
         sort_note(app, View::Runs)
     );
-    let b = block(app, title);
-    let inner = b.inner(area);
-    frame.render_widget(b, area);
-    if rows.is_empty() {
-        let msg = if app.runs.is_empty() {
-            if app.health.error.is_some() && app.health.ok_at_ms.is_none() {
-                "cannot read the store yet: the error is below"
-            } else if app.health.ok_at_ms.is_none() {
-                "waiting for the store…"
-            } else {
-                "no runs in the store yet: submit one (vigil submit WORKFLOW) or start `vigil demo`"
-            }
+    let empty = if app.runs.is_empty() {
+        if app.health.error.is_some() && app.health.ok_at_ms.is_none() {
+            "cannot read the store yet: the error is below"
+        } else if app.health.ok_at_ms.is_none() {
+            "waiting for the store…"
         } else {
-            "no run matches the filter (esc clears it)"
-        };
-        frame.render_widget(
-            Paragraph::new(Span::styled(msg, app.theme.style(Role::Muted))),
-            inner,
-        );
-        return;
-    }
-    let height = usize::from(inner.height.saturating_sub(1));
-    let sel = app.selected[View::Runs.index()].0.min(rows.len() - 1);
-    let (from, to) = window(sel, rows.len(), height);
+            "no runs in the store yet: submit one (vigil submit WORKFLOW) or start `vigil demo`"
+        }
+    } else {
+        "no run matches the filter (esc clears it)"
+    };
     let t = &app.theme;
-    let body: Vec<Row> = rows[from..to]
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let step = match &r.current_step {
-                Some((node, status, _)) => format!(
-                    "{node}{}",
-                    match status {
-                        StepStatus::Running => "…",
-                        StepStatus::Succeeded => " ✓",
-                        StepStatus::Failed => " ✗",
-                    }
-                ),
-                None => "-".into(),
-            };
-            let attempts = r
-                .current_step
-                .as_ref()
-                .map_or("-".into(), |s| s.2.to_string());
-            let last = match &r.last_event {
-                Some((at, what)) => format!("{} ago {what}", age(app.now_ms - at)),
-                None => "-".into(),
-            };
-            let row = Row::new(vec![
-                Cell::from(short(&r.id).to_owned()),
-                Cell::from(r.workflow.clone()),
-                Cell::from(r.lane.clone()),
-                Cell::from(Span::styled(r.state.as_str(), t.style(state_role(r.state)))),
-                Cell::from(r.owner_pod.clone().unwrap_or_else(|| "-".into())),
-                Cell::from(step),
-                Cell::from(attempts),
-                Cell::from(age(app.now_ms - r.created_at_ms)),
-                Cell::from(last),
-            ]);
-            if from + i == sel {
-                row.style(t.style(Role::Selected))
-            } else {
-                row
-            }
-        })
-        .collect();
-    let table = Table::new(
-        body,
-        [
-            Constraint::Length(8),
-            Constraint::Length(14),
-            Constraint::Length(8),
-            Constraint::Length(9),
-            Constraint::Length(8),
-            Constraint::Length(12),
-            Constraint::Length(3),
-            Constraint::Length(6),
-            Constraint::Fill(1),
-        ],
-    )
-    .header(header_row(
+    ListTable::new(
         app,
         &[
             "ID",
@@ -128,6 +60,41 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
             "AGE",
             "LAST EVENT",
         ],
-    ));
-    frame.render_widget(table, inner);
+        &[8, 14, 8, 9, 8, 12, 3, 6],
+    )
+    .block(block(app, title))
+    .empty(empty)
+    .cursor(selected_row(app, View::Runs, rows.len()))
+    .render(frame, area, &rows, |r| {
+        let step = match &r.current_step {
+            Some((node, status, _)) => format!(
+                "{node}{}",
+                match status {
+                    StepStatus::Running => "…",
+                    StepStatus::Succeeded => " ✓",
+                    StepStatus::Failed => " ✗",
+                }
+            ),
+            None => "-".into(),
+        };
+        let attempts = r
+            .current_step
+            .as_ref()
+            .map_or("-".into(), |s| s.2.to_string());
+        let last = match &r.last_event {
+            Some((at, what)) => format!("{} ago {what}", age(app.now_ms - at)),
+            None => "-".into(),
+        };
+        Row::new(vec![
+            Cell::from(short(&r.id).to_owned()),
+            Cell::from(r.workflow.clone()),
+            Cell::from(r.lane.clone()),
+            Cell::from(Span::styled(r.state.as_str(), t.style(state_role(r.state)))),
+            Cell::from(r.owner_pod.clone().unwrap_or_else(|| "-".into())),
+            Cell::from(step),
+            Cell::from(attempts),
+            Cell::from(age(app.now_ms - r.created_at_ms)),
+            Cell::from(last),
+        ])
+    });
 }

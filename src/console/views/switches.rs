@@ -1,7 +1,8 @@
 //! The Switches view: every kill switch with its value and source, and
 //! the selected one's meaning and audit trail.
 
-use super::{age, block, filter_note, header_row, utc_time};
+use super::table::ListTable;
+use super::{age, block, filter_note, selected_row, utc_time};
 use crate::console::app::App;
 use crate::console::data::View;
 use crate::console::theme::Role;
@@ -9,7 +10,7 @@ use crate::engine::switches;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{Cell, Paragraph, Row, Wrap};
 
 pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
@@ -19,67 +20,43 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
         Constraint::Fill(1),
     ])
     .areas(area);
-    let sel = app.selected[View::Switches.index()]
-        .0
-        .min(names.len().saturating_sub(1));
-    let rows: Vec<Row> = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let (on, row) = app.switch_value(name);
-            let (source, when, by, why) = match row {
-                Some(r) => (
-                    "store",
-                    format!("{} ago", age(app.now_ms - r.updated_at_ms)),
-                    r.updated_by.clone(),
-                    r.reason.clone(),
-                ),
-                None => ("default", "-".into(), "-".into(), "-".into()),
-            };
-            let r = Row::new(vec![
-                Cell::from(name.clone()),
-                Cell::from(Span::styled(
-                    if on { "on" } else { "OFF" },
-                    t.style(if on { Role::Ok } else { Role::Bad }),
-                )),
-                Cell::from(source),
-                Cell::from(when),
-                Cell::from(by),
-                Cell::from(why),
-            ]);
-            if i == sel {
-                r.style(t.style(Role::Selected))
-            } else {
-                r
-            }
-        })
-        .collect();
-    frame.render_widget(
-        Table::new(
-            rows,
-            [
-                Constraint::Length(24),
-                Constraint::Length(5),
-                Constraint::Length(8),
-                Constraint::Length(10),
-                Constraint::Length(12),
-                Constraint::Fill(1),
-            ],
-        )
-        .header(header_row(
-            app,
-            &["SWITCH", "STATE", "SOURCE", "CHANGED", "BY", "WHY"],
-        ))
-        .block(block(
-            app,
-            format!(
-                "Kill switches (pods re-read them every {} ms){}",
-                switches::WATCH_INTERVAL.as_millis(),
-                filter_note(app, View::Switches)
-            ),
-        )),
-        top,
+    let sel = selected_row(app, View::Switches, names.len());
+    let title = format!(
+        "Kill switches (pods re-read them every {} ms){}",
+        switches::WATCH_INTERVAL.as_millis(),
+        filter_note(app, View::Switches)
     );
+    // The table is as tall as its rows: it needs no scrolling.
+    ListTable::new(
+        app,
+        &["SWITCH", "STATE", "SOURCE", "CHANGED", "BY", "WHY"],
+        &[24, 5, 8, 10, 12],
+    )
+    .block(block(app, title))
+    .highlight(sel)
+    .render(frame, top, &names, |name| {
+        let (on, row) = app.switch_value(name);
+        let (source, when, by, why) = match row {
+            Some(r) => (
+                "store",
+                format!("{} ago", age(app.now_ms - r.updated_at_ms)),
+                r.updated_by.clone(),
+                r.reason.clone(),
+            ),
+            None => ("default", "-".into(), "-".into(), "-".into()),
+        };
+        Row::new(vec![
+            Cell::from(name.clone()),
+            Cell::from(Span::styled(
+                if on { "on" } else { "OFF" },
+                t.style(if on { Role::Ok } else { Role::Bad }),
+            )),
+            Cell::from(source),
+            Cell::from(when),
+            Cell::from(by),
+            Cell::from(why),
+        ])
+    });
     let Some(name) = names.get(sel) else {
         return;
     };
