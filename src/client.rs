@@ -164,6 +164,19 @@ pub struct PodClient {
 
 impl PodClient {
     pub fn new(url: &str) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| ClientError::BadUrl {
+                url: url.to_owned(),
+                problem: e.to_string(),
+            })?;
+        Self::with_http(url, http)
+    }
+
+    /// A client that sends through `http`, with its timeouts and its
+    /// connection pool (the console's scrapes share one).
+    pub fn with_http(url: &str, http: reqwest::Client) -> Result<Self, ClientError> {
         let bad = |problem: &str| ClientError::BadUrl {
             url: url.to_owned(),
             problem: problem.into(),
@@ -175,10 +188,6 @@ impl PodClient {
         if base.host().is_none() {
             return Err(bad("no host"));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .build()
-            .map_err(|e| bad(&e.to_string()))?;
         Ok(PodClient {
             base,
             http,
@@ -349,21 +358,28 @@ impl PodClient {
             .1)
     }
 
+    /// The pod's `/metrics` text; an answer other than 2xx is an error.
     pub async fn metrics_text(&self) -> Result<String, ClientError> {
         let url = self.endpoint("metrics")?;
-        let resp =
-            self.http
-                .get(url.clone())
-                .send()
-                .await
-                .map_err(|source| ClientError::Transport {
-                    url: url.to_string(),
-                    source,
-                })?;
-        resp.text().await.map_err(|source| ClientError::Transport {
+        let transport = |source| ClientError::Transport {
             url: url.to_string(),
             source,
-        })
+        };
+        let resp = self.http.get(url.clone()).send().await.map_err(transport)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(ClientError::Api {
+                url: url.to_string(),
+                status,
+                body: ApiErrorBody {
+                    error: "http_error".into(),
+                    message: text.chars().take(200).collect(),
+                    state: None,
+                },
+            });
+        }
+        Ok(text)
     }
 
     /// Follow a run's stream to its `end` event, calling `on_event` for each

@@ -6,6 +6,7 @@ use super::Event;
 use super::data::{
     ChaosPod, DetailData, MetricsUpdate, PodScrape, StoreData, StoreUpdate, View, Watch,
 };
+use crate::client::{ClientError, PodClient};
 use crate::cluster::Cluster;
 use crate::engine::store::{self, EventCursor, Store, StoreError};
 use std::sync::Arc;
@@ -310,20 +311,23 @@ pub fn spawn_metrics_collector(
             let scrapes = futures::future::join_all(targets.into_iter().map(|(pod, url)| {
                 let http = http.clone();
                 async move {
-                    let endpoint = format!("{}/metrics", url.trim_end_matches('/'));
+                    let base = url.trim_end_matches('/');
+                    let endpoint = format!("{base}/metrics");
                     let result = async {
-                        let resp = http
-                            .get(&endpoint)
-                            .send()
+                        // The trailing slash keeps `metrics` under the URL's path.
+                        let text = PodClient::with_http(&format!("{base}/"), http)
+                            .map_err(|e| e.to_string())?
+                            .metrics_text()
                             .await
-                            .map_err(|e| format!("GET {endpoint}: {e}"))?;
-                        if !resp.status().is_success() {
-                            return Err(format!("GET {endpoint}: {}", resp.status()));
-                        }
-                        let text = resp
-                            .text()
-                            .await
-                            .map_err(|e| format!("GET {endpoint}: {e}"))?;
+                            .map_err(|e| match e {
+                                ClientError::Transport { source, .. } => {
+                                    format!("GET {endpoint}: {source}")
+                                }
+                                ClientError::Api { status, .. } => {
+                                    format!("GET {endpoint}: {status}")
+                                }
+                                other => other.to_string(),
+                            })?;
                         super::metrics::parse(&text).map_err(|e| format!("{endpoint}: {e}"))
                     }
                     .await;

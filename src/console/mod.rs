@@ -18,7 +18,7 @@ mod data;
 mod keys;
 mod metrics;
 mod theme;
-mod ui;
+mod views;
 
 pub use app::{Activity, App, ChaosOp, Detail, Dialog, Effect, Level, Mode, StreamLine};
 pub use collect::{QueryCount, RoundState, StoreSlot, chaos_pods, round};
@@ -29,7 +29,7 @@ pub use data::{
 pub use keys::{Action, Key, Keymap};
 pub use metrics::{PodMetrics, parse as parse_metrics};
 pub use theme::{Role, Theme};
-pub use ui::{age, draw, sparkline, utc_time};
+pub use views::{age, draw, sparkline, utc_time};
 
 use crate::cluster::Cluster;
 use crate::engine::switches;
