@@ -74,7 +74,7 @@ pub struct ScratchStore {
 impl ScratchStore {
     pub async fn create(spec: &str, label: &str) -> Result<ScratchStore> {
         if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-            let (target, db) = crate::chaos::runner::create_scratch_database(
+            let (target, db) = crate::cluster::pgserver::create_scratch_database(
                 spec,
                 &format!("vigil_bench_{label}"),
             )
@@ -107,7 +107,7 @@ impl ScratchStore {
 
     pub async fn cleanup(mut self) {
         if let Some((admin, db)) = self.drop_db.take() {
-            crate::chaos::runner::drop_database(&admin, &db).await;
+            crate::cluster::pgserver::drop_database(&admin, &db).await;
         }
     }
 }

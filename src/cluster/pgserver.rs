@@ -1,5 +1,6 @@
 //! A throwaway PostgreSQL server from the installed binaries, which a
-//! scenario can stop and start (store outage).
+//! scenario can stop and start (store outage), and scratch databases on
+//! any server: created for one scenario or benchmark, dropped after.
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -192,4 +193,40 @@ impl Drop for PgServer {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Create a fresh database `{prefix}_{unique}` on the server `admin` names
+/// (its own database is only used to connect). Returns the new database's
+/// URL and its name, for [`drop_database`] after.
+pub async fn create_scratch_database(admin: &str, prefix: &str) -> Result<(String, String)> {
+    let safe = crate::engine::store::redact_url(admin);
+    let db = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
+    let pool = sqlx::PgPool::connect(admin)
+        .await
+        .with_context(|| format!("connecting to {safe}"))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&pool)
+        .await
+        .with_context(|| format!("creating database {db} on {safe}"))?;
+    pool.close().await;
+    Ok((pg_database_url(admin, &db)?, db))
+}
+
+/// Drop a database made by [`create_scratch_database`], sessions and all;
+/// best effort (a server already gone has nothing left to drop).
+pub async fn drop_database(admin: &str, db: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(admin).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await;
+    }
+}
+
+/// The URL of database `db` on the server `admin` names.
+pub fn pg_database_url(admin: &str, db: &str) -> Result<String> {
+    let mut u = url::Url::parse(admin).with_context(|| format!("bad PostgreSQL URL {admin:?}"))?;
+    u.set_path(db);
+    Ok(u.to_string())
 }

@@ -12,12 +12,10 @@ mod provision;
 mod submit;
 mod wait;
 
-pub use provision::{create_scratch_database, drop_database};
-
 use super::checks::{self, CheckResult, Evidence, Status};
 use super::history::History;
 use super::scenario::{Action, DriverKind, Plan, Scenario, StoreKind, pod_ids};
-use crate::cluster::pgserver::PgServer;
+use crate::cluster::pgserver::{PgServer, drop_database};
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::engine::store::{self, Store};
 use crate::engine::workflow::WorkflowRegistry;

@@ -5,7 +5,7 @@
 use super::StoreChoice;
 use crate::chaos::scenario::{Action, DriverKind, Plan, Scenario, StoreKind};
 use crate::cluster::docker::env::DockerEnv;
-use crate::cluster::pgserver::PgServer;
+use crate::cluster::pgserver::{PgServer, create_scratch_database, pg_database_url};
 use anyhow::{Context, Result, bail};
 
 /// The store kind a run uses: the `--store` choice over the scenario's.
@@ -126,39 +126,4 @@ fn pg_on_loopback(url: &str) -> bool {
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
         .is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]")
-}
-
-fn pg_database_url(admin: &str, db: &str) -> Result<String> {
-    let mut u = url::Url::parse(admin).with_context(|| format!("bad PostgreSQL URL {admin:?}"))?;
-    u.set_path(db);
-    Ok(u.to_string())
-}
-
-/// Create a fresh database `{prefix}_{unique}` on the server `admin` names
-/// (its own database is only used to connect). Returns the new database's
-/// URL and its name, for [`drop_database`] after.
-pub async fn create_scratch_database(admin: &str, prefix: &str) -> Result<(String, String)> {
-    let safe = crate::engine::store::redact_url(admin);
-    let db = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
-    let pool = sqlx::PgPool::connect(admin)
-        .await
-        .with_context(|| format!("connecting to {safe}"))?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&pool)
-        .await
-        .with_context(|| format!("creating database {db} on {safe}"))?;
-    pool.close().await;
-    Ok((pg_database_url(admin, &db)?, db))
-}
-
-/// Drop a database made by [`create_scratch_database`], sessions and all;
-/// best effort (a server already gone has nothing left to drop).
-pub async fn drop_database(admin: &str, db: &str) {
-    if let Ok(pool) = sqlx::PgPool::connect(admin).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-        )))
-        .execute(&pool)
-        .await;
-    }
 }
