@@ -450,7 +450,7 @@ async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
             }
             let audit = match s.client()? {
                 Some(client) => {
-                    let req = crate::pod::api::SetSwitchRequest {
+                    let req = crate::pod::wire::SetSwitchRequest {
                         enabled,
                         reason: reason.clone(),
                         who: Some(who.clone()),
@@ -599,32 +599,14 @@ async fn show_run(args: RunArgs) -> Result<ExitCode> {
             let Some(run) = store.get_run(&args.id).await? else {
                 bail!("run {} not found in {}", args.id, args.store.store);
             };
-            let steps = store
-                .steps(&run.id)
-                .await?
-                .into_iter()
-                .map(|s| crate::pod::api::StepView {
-                    node_id: s.node_id,
-                    status: s.status,
-                    attempts: s.attempts,
-                    output: s.output,
-                    error: s.error,
-                    updated_at_ms: s.updated_at_ms,
-                })
-                .collect();
-            let transitions = store.transitions(&run.id).await?;
-            crate::pod::api::RunDetail {
-                run,
-                steps,
-                transitions,
-            }
+            crate::pod::wire::RunDetail::of(store.as_ref(), run).await?
         }
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&detail)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let crate::pod::api::RunDetail {
+    let crate::pod::wire::RunDetail {
         run,
         steps,
         transitions,
@@ -670,7 +652,7 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let client = args.pod.client()?;
     let input: serde_json::Value = serde_json::from_str(&args.input)
         .with_context(|| format!("--input is not JSON: {:?}", args.input))?;
-    let req = crate::pod::api::SubmitRequest {
+    let req = crate::pod::wire::SubmitRequest {
         workflow: args.workflow,
         input,
         idempotency_key: args.idempotency_key,

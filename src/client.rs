@@ -5,11 +5,11 @@
 
 use crate::engine::run::{RunState, TransitionRecord};
 use crate::engine::store::SwitchAudit;
-use crate::pod::api::{
-    ApiErrorBody, RunDetail, RunList, SetSwitchRequest, SubmitRequest, SubmitResponse, SwitchList,
-};
 pub use crate::pod::stream::StreamPart;
 use crate::pod::stream::{ChunkEvent, EndEvent, ResetEvent};
+use crate::pod::wire::{
+    ApiErrorBody, RunDetail, RunList, SetSwitchRequest, SubmitRequest, SubmitResponse, SwitchList,
+};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
@@ -313,7 +313,7 @@ impl PodClient {
         id: &str,
         reason: Option<String>,
     ) -> Result<TransitionRecord, ClientError> {
-        let body = crate::pod::api::CancelRequest { reason };
+        let body = crate::pod::wire::CancelRequest { reason };
         Ok(self
             .call(
                 Method::POST,
@@ -324,8 +324,12 @@ impl PodClient {
             .1)
     }
 
-    pub async fn event(&self, id: &str, ev: &crate::pod::api::RunEvent) -> Result<(), ClientError> {
-        let _: crate::pod::api::EventAccepted = self
+    pub async fn event(
+        &self,
+        id: &str,
+        ev: &crate::pod::wire::RunEvent,
+    ) -> Result<(), ClientError> {
+        let _: crate::pod::wire::EventAccepted = self
             .call(
                 Method::POST,
                 &format!("v1/runs/{}/events", enc(id)),

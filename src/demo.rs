@@ -224,7 +224,7 @@ struct Workload {
 
 async fn submit(url: &str, workflow: &str, input: serde_json::Value) -> Result<String> {
     let client = PodClient::new(url)?;
-    let req = crate::pod::api::SubmitRequest {
+    let req = crate::pod::wire::SubmitRequest {
         workflow: workflow.to_owned(),
         input,
         idempotency_key: None,

@@ -83,7 +83,7 @@ async fn measure(a: &RecoveryArgs, scratch: &ScratchStore) -> Result<serde_json:
     let mut cluster = Cluster::new(spec)?;
     cluster.start_pod("survivor", &[]).await?;
     let store = crate::engine::store::open(&scratch.target).await?;
-    let req: crate::pod::api::SubmitRequest =
+    let req: crate::pod::wire::SubmitRequest =
         serde_json::from_value(serde_json::json!({"workflow": "bench_stream"}))?;
     let mut s = Series::default();
     let mut round = 0usize;

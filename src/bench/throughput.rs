@@ -72,7 +72,7 @@ async fn measure(
         pids.push(p.pid().map(|p| p.as_raw() as u32));
     }
     let clients = Arc::new(clients);
-    let req: crate::pod::api::SubmitRequest =
+    let req: crate::pod::wire::SubmitRequest =
         serde_json::from_value(serde_json::json!({"workflow": a.workflow}))?;
     let req = Arc::new(req);
 
@@ -155,7 +155,7 @@ async fn measure(
 
 async fn one_run(
     client: &PodClient,
-    req: &crate::pod::api::SubmitRequest,
+    req: &crate::pod::wire::SubmitRequest,
 ) -> Result<(String, RunState)> {
     let id = client.submit(req).await?.run.id;
     let end = client.attach(&id, |_| {}).await?;

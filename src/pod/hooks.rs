@@ -3,7 +3,8 @@
 //! otherwise); not part of the public API and not in `/openapi.json`.
 
 use super::Pod;
-use super::api::{ApiError, ApiResult, Authorized, EventAccepted};
+use super::api::{ApiError, ApiResult, Authorized};
+use super::wire::EventAccepted;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;

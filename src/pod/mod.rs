@@ -10,6 +10,7 @@
 pub mod api;
 mod hooks;
 pub mod stream;
+pub mod wire;
 
 use crate::engine::janitor::Janitor;
 use crate::engine::lanes::Lanes;

@@ -422,7 +422,7 @@ async fn late_complete(shared: &Shared, run_id: Option<String>) -> Result<()> {
         .next()
         .context("no live pod to send the late completion to")?;
     let c = PodClient::new(&url)?;
-    let ev = crate::pod::api::RunEvent::Complete { epoch: 1 };
+    let ev = crate::pod::wire::RunEvent::Complete { epoch: 1 };
     let res = c.event(&id, &ev).await;
     let answer = match &res {
         Ok(()) => "accepted".to_owned(),

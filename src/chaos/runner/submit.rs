@@ -6,7 +6,7 @@ use super::{Shared, attach, lock};
 use crate::chaos::checks::AttacherLog;
 use crate::chaos::scenario::{AttachKind, Plan, PlannedRun};
 use crate::client::{ClientError, PodClient};
-use crate::pod::api::{SubmitRequest, SubmitResponse};
+use crate::pod::wire::{SubmitRequest, SubmitResponse};
 use anyhow::Result;
 use serde_json::json;
 use std::sync::Arc;
