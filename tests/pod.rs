@@ -39,11 +39,26 @@ async fn wait_state(c: &PodClient, id: &str, want: RunState) {
     panic!("run {id} never reached {want}");
 }
 
-async fn api_end_to_end(db: &TestDb) {
+/// A pod named `api-1` on `db`, and a client of it.
+fn api_pod(db: &TestDb) -> (PodProc, PodClient) {
     let pod = PodProc::spawn(&db.target(), "api-1", &[]);
-    let u = &pod.url;
-    let c = PodClient::new(u).unwrap();
+    let c = PodClient::new(&pod.url).unwrap();
+    (pod, c)
+}
 
+/// Submit `workflow` and wait until the run has succeeded; its id.
+async fn succeeded(c: &PodClient, workflow: &str) -> String {
+    let sub = c
+        .submit(&serde_json::from_value(json!({"workflow": workflow})).unwrap())
+        .await
+        .unwrap();
+    wait_state(c, &sub.run.id, RunState::Succeeded).await;
+    sub.run.id
+}
+
+async fn submit_is_idempotent_and_the_detail_shows_only_redacted_outputs(db: &TestDb) {
+    let (pod, c) = api_pod(db);
+    let u = &pod.url;
     // Submit + idempotency.
     let body = json!({"workflow": "flaky_sync", "input": {"n": 1}, "idempotency_key": "k-1"});
     let (s1, r1) = post(&format!("{u}v1/runs"), &body).await;
@@ -70,7 +85,11 @@ async fn api_end_to_end(db: &TestDb) {
             .iter()
             .all(|s| s.get("output_raw").is_none())
     );
+}
 
+async fn bad_requests_are_json_errors_naming_the_problem_and_write_nothing(db: &TestDb) {
+    let (pod, c) = api_pod(db);
+    let u = &pod.url;
     // Bad requests: JSON errors naming the problem, nothing written.
     let before = c
         .runs(&[("limit", "1000".into())])
@@ -114,7 +133,40 @@ async fn api_end_to_end(db: &TestDb) {
     assert_eq!(s, 400);
     let (s, e) = get(&format!("{u}v1/nothing-here")).await;
     assert_eq!((s, e["error"].as_str()), (404, Some("not_found")));
+    // NUL characters (PostgreSQL text refuses them) are the request's fault,
+    // never a 5xx: found by schemathesis.
+    for (method, path, body) in [
+        (
+            "PUT",
+            "v1/switches/authority.db_fallback".to_owned(),
+            json!({"enabled": true, "reason": "a\u{0}b"}),
+        ),
+        (
+            "POST",
+            "v1/runs".to_owned(),
+            json!({"workflow": "chat_reply", "idempotency_key": "k\u{0}"}),
+        ),
+        ("GET", "v1/runs/a%00b".to_owned(), json!(null)),
+        ("GET", "v1/runs?lane=a%00b".to_owned(), json!(null)),
+    ] {
+        let mut req = reqwest::Client::new().request(method.parse().unwrap(), format!("{u}{path}"));
+        if !body.is_null() {
+            req = req.json(&body);
+        }
+        let status = req.send().await.unwrap().status().as_u16();
+        assert!(status < 500, "{method} {path} with a NUL answered {status}");
+    }
+    // The store still takes a change after the probes.
+    let req =
+        serde_json::from_value(json!({"enabled": true, "reason": "reset after the NUL probe"}))
+            .unwrap();
+    c.set_switch("authority.db_fallback", &req).await.unwrap();
+}
 
+async fn run_lists_filter_by_state_lane_and_owner(db: &TestDb) {
+    let (pod, c) = api_pod(db);
+    let u = &pod.url;
+    let id = succeeded(&c, "flaky_sync").await;
     // Filters.
     let (s, list) = get(&format!("{u}v1/runs?state=succeeded&lane=sync&owner=api-1")).await;
     assert_eq!(s, 200);
@@ -127,7 +179,11 @@ async fn api_end_to_end(db: &TestDb) {
     );
     let (_, list) = get(&format!("{u}v1/runs?owner=someone-else")).await;
     assert!(list["runs"].as_array().unwrap().is_empty());
+}
 
+async fn attach_streams_every_chunk_then_the_end_and_resumes_after_an_event_id(db: &TestDb) {
+    let (pod, c) = api_pod(db);
+    let u = &pod.url;
     // Attach: the whole stream, then the end event.
     let sub = c
         .submit(&serde_json::from_value(json!({"workflow": "chat_reply"})).unwrap())
@@ -165,7 +221,17 @@ async fn api_end_to_end(db: &TestDb) {
         "{r}"
     );
     assert!(r.contains("event: end"));
+}
 
+async fn a_second_cancel_and_late_events_are_answered_409_and_counted(db: &TestDb) {
+    let (pod, c) = api_pod(db);
+    let u = &pod.url;
+    succeeded(&c, "flaky_sync").await;
+    let sub = c
+        .submit(&serde_json::from_value(json!({"workflow": "chat_reply"})).unwrap())
+        .await
+        .unwrap();
+    wait_state(&c, &sub.run.id, RunState::Succeeded).await;
     // Cancel, and cancel again: the second is too late, answered 409 with the state.
     let slow = c
         .submit(&serde_json::from_value(json!({"workflow": "embed_backfill"})).unwrap())
@@ -201,6 +267,39 @@ async fn api_end_to_end(db: &TestDb) {
         "{e}"
     );
 
+    // Metrics, parsed by a real Prometheus text parser.
+    let text = c.metrics_text().await.unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let value = |name: &str, label: (&str, &str)| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(
+        value("vigil_too_late_events_total", ("kind", "complete")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("vigil_too_late_events_total", ("kind", "cancel")),
+        Some(1.0)
+    );
+    assert!(value("vigil_run_transitions_total", ("to", "succeeded")).unwrap_or(0.0) >= 2.0);
+    assert!(
+        value("vigil_step_attempts_total", ("outcome", "failed_transient")).unwrap_or(0.0) >= 2.0
+    );
+}
+
+async fn switches_are_set_through_the_api_and_audited(db: &TestDb) {
+    let (pod, _) = api_pod(db);
+    let u = &pod.url;
     // Switches through the API, audited.
     let (s, sw) = get(&format!("{u}v1/switches")).await;
     assert_eq!(s, 200);
@@ -235,66 +334,11 @@ async fn api_end_to_end(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 422, "a reason is required");
+}
 
-    // NUL characters (PostgreSQL text refuses them) are the request's fault,
-    // never a 5xx: found by schemathesis.
-    for (method, path, body) in [
-        (
-            "PUT",
-            "v1/switches/authority.db_fallback".to_owned(),
-            json!({"enabled": true, "reason": "a\u{0}b"}),
-        ),
-        (
-            "POST",
-            "v1/runs".to_owned(),
-            json!({"workflow": "chat_reply", "idempotency_key": "k\u{0}"}),
-        ),
-        ("GET", "v1/runs/a%00b".to_owned(), json!(null)),
-        ("GET", "v1/runs?lane=a%00b".to_owned(), json!(null)),
-    ] {
-        let mut req = reqwest::Client::new().request(method.parse().unwrap(), format!("{u}{path}"));
-        if !body.is_null() {
-            req = req.json(&body);
-        }
-        let status = req.send().await.unwrap().status().as_u16();
-        assert!(status < 500, "{method} {path} with a NUL answered {status}");
-    }
-    let req =
-        serde_json::from_value(json!({"enabled": true, "reason": "reset after the NUL probe"}))
-            .unwrap();
-    c.set_switch("authority.db_fallback", &req).await.unwrap();
-    let req = serde_json::from_value(json!({"enabled": false, "reason": "drill"})).unwrap();
-    c.set_switch("authority.db_fallback", &req).await.unwrap();
-
-    // Metrics, parsed by a real Prometheus text parser.
-    let text = c.metrics_text().await.unwrap();
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
-    let value = |name: &str, label: (&str, &str)| {
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            })
-    };
-    assert_eq!(
-        value("vigil_too_late_events_total", ("kind", "complete")),
-        Some(1.0)
-    );
-    assert_eq!(
-        value("vigil_too_late_events_total", ("kind", "cancel")),
-        Some(1.0)
-    );
-    assert!(value("vigil_run_transitions_total", ("to", "succeeded")).unwrap_or(0.0) >= 2.0);
-    assert!(
-        value("vigil_step_attempts_total", ("outcome", "failed_transient")).unwrap_or(0.0) >= 2.0
-    );
-
+async fn health_readiness_and_the_openapi_document_answer(db: &TestDb) {
+    let (pod, _) = api_pod(db);
+    let u = &pod.url;
     // Health, readiness, and the OpenAPI document.
     let (s, h) = get(&format!("{u}healthz")).await;
     assert_eq!((s, h["pod_id"].as_str()), (200, Some("api-1")));
@@ -585,7 +629,13 @@ async fn sigterm_keeps_ownership_and_exits_within_its_bound(db: &TestDb) {
 }
 
 on_both_stores!(
-    api_end_to_end,
+    submit_is_idempotent_and_the_detail_shows_only_redacted_outputs,
+    bad_requests_are_json_errors_naming_the_problem_and_write_nothing,
+    run_lists_filter_by_state_lane_and_owner,
+    attach_streams_every_chunk_then_the_end_and_resumes_after_an_event_id,
+    a_second_cancel_and_late_events_are_answered_409_and_counted,
+    switches_are_set_through_the_api_and_audited,
+    health_readiness_and_the_openapi_document_answer,
     early_and_late_attachers_see_each_chunk_of_the_final_run_once,
     a_takeover_in_the_second_step_keeps_the_first_steps_chunks,
     sigterm_keeps_ownership_and_exits_within_its_bound,
