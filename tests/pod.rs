@@ -129,8 +129,23 @@ async fn bad_requests_are_json_errors_naming_the_problem_and_write_nothing(db: &
     );
     let (s, e) = get(&format!("{u}v1/runs/no-such-run")).await;
     assert_eq!((s, e["error"].as_str()), (404, Some("run_not_found")));
-    let (s, _) = get(&format!("{u}v1/runs?state=bogus")).await;
-    assert_eq!(s, 400);
+    let (s, e) = get(&format!("{u}v1/runs?state=bogus")).await;
+    assert_eq!((s, e["error"].as_str()), (400, Some("bad_query")), "{e}");
+    let (s, e) = get(&format!("{u}v1/runs?limit=0")).await;
+    assert_eq!((s, e["error"].as_str()), (400, Some("bad_query")), "{e}");
+    let run = c
+        .submit(&serde_json::from_value(json!({"workflow": "chat_reply"})).unwrap())
+        .await
+        .unwrap()
+        .run;
+    let r = reqwest::Client::new()
+        .get(format!("{u}v1/runs/{}/stream", run.id))
+        .header("Last-Event-ID", "not-a-cursor")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "bad_cursor");
     let (s, e) = get(&format!("{u}v1/nothing-here")).await;
     assert_eq!((s, e["error"].as_str()), (404, Some("not_found")));
     // NUL characters (PostgreSQL text refuses them) are the request's fault,
