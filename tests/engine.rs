@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Handle, TestDb};
+use common::{Handle, TestDb, registry};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
@@ -14,17 +14,8 @@ use vigil::engine::metrics::{FallbackOutcome, FallbackSource};
 use vigil::engine::run::{RunState, StepStatus};
 use vigil::engine::store::{BeginAttempt, StepSuccess, StoreError, StreamPartRow, TransitionCtx};
 use vigil::engine::switches::{self, AUTHORITY_DB_FALLBACK, Switches};
-use vigil::engine::workflow::{REDACTED, Workflow, WorkflowRegistry};
+use vigil::engine::workflow::{REDACTED, WorkflowRegistry};
 use vigil::engine::{Engine, EngineConfig, RunOutcome};
-
-fn registry(tomls: &[&str]) -> Arc<WorkflowRegistry> {
-    let mut reg = WorkflowRegistry::default();
-    for (i, t) in tomls.iter().enumerate() {
-        let wf = Workflow::parse(Path::new(&format!("inline-{i}.toml")), t).expect("workflow");
-        reg.insert(wf).expect("unique");
-    }
-    Arc::new(reg)
-}
 
 async fn engine_with(h: &Handle, reg: &Arc<WorkflowRegistry>, config: EngineConfig) -> Engine {
     let switches = Switches::defaults();

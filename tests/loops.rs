@@ -6,9 +6,8 @@
 
 mod common;
 
-use common::{Handle, TestDb};
+use common::{Handle, TestDb, registry};
 use serde_json::json;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +18,6 @@ use vigil::engine::reaper::Reaper;
 use vigil::engine::run::RunState;
 use vigil::engine::switches::{self, JANITOR_ENABLED, REAPER_ENABLED, RECOVERY_ENABLED, Switches};
 use vigil::engine::worker::{Worker, WorkerConfig};
-use vigil::engine::workflow::{Workflow, WorkflowRegistry};
 use vigil::engine::{Engine, EngineConfig, dispatch, recovery};
 
 /// A long step on a heartbeating lane (the built-in `sync`: 5 s timeout,
@@ -49,15 +47,6 @@ const HEARTBEAT_TIMEOUT_MS: i64 = 5_000;
 const LIVENESS_TIMEOUT: Duration = Duration::from_millis(2_000);
 const T0: i64 = 1_700_000_000_000;
 
-fn registry() -> Arc<WorkflowRegistry> {
-    let mut reg = WorkflowRegistry::default();
-    for (i, t) in [LONG_SYNC, LONG_DEADLINE].iter().enumerate() {
-        let wf = Workflow::parse(Path::new(&format!("inline-{i}.toml")), t).expect("workflow");
-        reg.insert(wf).expect("unique");
-    }
-    Arc::new(reg)
-}
-
 /// One pod on its own store handle (its own pool, as a process has), on
 /// the shared manual clock.
 struct TestPod {
@@ -67,19 +56,23 @@ struct TestPod {
 }
 
 async fn pod(db: &TestDb, clock: &ManualClock, id: &str) -> TestPod {
+    pod_with(db, clock, id, WorkerConfig::default()).await
+}
+
+async fn pod_with(db: &TestDb, clock: &ManualClock, id: &str, config: WorkerConfig) -> TestPod {
     let h = db.open_with_clock(Arc::new(clock.clone())).await;
     let switches = Switches::defaults();
     switches.refresh(h.store.as_ref()).await.expect("switches");
     let engine = Arc::new(Engine::new(
         h.store.clone(),
-        registry(),
+        registry(&[LONG_SYNC, LONG_DEADLINE]),
         switches,
         Arc::new(clock.clone()),
         EngineConfig::new(id),
     ));
     let worker = Arc::new(Worker::new(
         engine.clone(),
-        WorkerConfig::default(),
+        config,
         CancellationToken::new(),
     ));
     TestPod { h, engine, worker }
@@ -293,24 +286,11 @@ async fn recovery_switched_off_records_deaths_and_the_janitor_marks_the_orphan_l
 
 async fn dispatch_claims_pending_runs_up_to_the_pods_room(db: &TestDb) {
     let clock = ManualClock::new(T0);
-    let h = db.open_with_clock(Arc::new(clock.clone())).await;
-    let switches = Switches::defaults();
-    switches.refresh(h.store.as_ref()).await.unwrap();
-    let engine = Arc::new(Engine::new(
-        h.store.clone(),
-        registry(),
-        switches,
-        Arc::new(clock.clone()),
-        EngineConfig::new("pod-a"),
-    ));
-    let worker = Arc::new(Worker::new(
-        engine.clone(),
-        WorkerConfig {
-            max_runs: 2,
-            keep_zombie_runs: false,
-        },
-        CancellationToken::new(),
-    ));
+    let config = WorkerConfig {
+        max_runs: 2,
+        keep_zombie_runs: false,
+    };
+    let TestPod { h, engine, worker } = pod_with(db, &clock, "pod-a", config).await;
     for _ in 0..3 {
         engine.submit("long_sync", json!({}), None).await.unwrap();
     }

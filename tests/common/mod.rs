@@ -18,6 +18,17 @@ use vigil::engine::store::{PgStore, SqliteStore, Store};
 
 pub const PG_ENV: &str = "VIGIL_TEST_PG_URL";
 
+/// A registry of inline workflow definitions (`inline-N.toml`).
+pub fn registry(tomls: &[&str]) -> Arc<vigil::engine::workflow::WorkflowRegistry> {
+    use vigil::engine::workflow::{Workflow, WorkflowRegistry};
+    let mut reg = WorkflowRegistry::default();
+    for (i, t) in tomls.iter().enumerate() {
+        let wf = Workflow::parse(Path::new(&format!("inline-{i}.toml")), t).expect("workflow");
+        reg.insert(wf).expect("unique");
+    }
+    Arc::new(reg)
+}
+
 /// Where one test's store lives; [`TestDb::open`] gives independent handles
 /// to it, like separate processes would have.
 pub enum TestDb {
