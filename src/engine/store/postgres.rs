@@ -2,6 +2,8 @@
 //! so a claim (which bumps the epoch under the same lock) and a fenced write
 //! are strictly ordered.
 
+use super::kv::impl_audited_kv;
+use super::ops::impl_ops_store;
 use super::sql::impl_store;
 use crate::engine::clock::Clock;
 use crate::engine::metrics::Metrics;
@@ -34,10 +36,10 @@ mod dialect {
          FROM runs WHERE id = $1 FOR UPDATE NOWAIT";
     /// Bulk passes (deadline, janitor) take only the rows nobody holds.
     pub const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
-    pub const SWITCH_SELECT_FOR_UPDATE: &str =
-        "SELECT enabled FROM switches WHERE name = $1 FOR UPDATE";
-    pub const SETTING_SELECT_FOR_UPDATE: &str =
-        "SELECT value FROM settings WHERE name = $1 FOR UPDATE";
+    /// What a read-then-write of one row appends to lock it (switches, settings).
+    pub const ROW_LOCK: &str = " FOR UPDATE";
+    /// The statement that lists the advisory locks held, if there are any.
+    pub const LIVENESS_LOCKS: Option<&str> = Some(crate::engine::store::ops::PG_LOCKS_SQL);
     pub const TRANSITION_UPDATE: &str = "UPDATE runs SET state = $2, updated_at = $3, \
          error = COALESCE($4, error) WHERE id = $1 \
          AND (state IN (SELECT jsonb_array_elements_text($5::jsonb)) \
@@ -337,6 +339,8 @@ impl PgStore {
 }
 
 impl_store!(PgStore, Postgres, dialect);
+impl_ops_store!(PgStore, dialect);
+impl_audited_kv!(PgStore, Postgres, dialect);
 
 /// The reaper's one statement: see [`PgStore::reap_stale_impl`].
 const REAP_SQL: &str = "WITH reaped AS ( \
@@ -374,7 +378,6 @@ impl PgStore {
     /// transitions and queue retries (no active sibling) in a single CTE, so
     /// the timed-out count and the retries-queued count cannot disagree.
     async fn reap_stale_impl(&self, now: i64, by: &str) -> super::StoreResult<super::ReapReport> {
-        use sqlx::Row as _;
         let sql = if crate::faults::on(crate::faults::Bug::ReapAllLanes) {
             // Seed 003: every lane is reaped, heartbeating or not.
             REAP_SQL.replace(
@@ -384,21 +387,18 @@ impl PgStore {
         } else {
             REAP_SQL.to_owned()
         };
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query_as::<_, super::rows::ReapOutcomeRow>(sqlx::AssertSqlSafe(sql))
             .bind(now)
             .bind(by)
             .fetch_all(&self.pool)
             .await?;
         let mut report = super::ReapReport::default();
         for row in rows {
-            let kind: String = row.try_get("kind")?;
-            let id: String = row.try_get("id")?;
-            let lane: String = row.try_get("lane")?;
-            if kind == "timed_out" {
-                report.timed_out.push((id, lane));
+            if row.kind == "timed_out" {
+                report.timed_out.push((row.id, row.lane));
             } else {
-                let of: Option<String> = row.try_get("retry_of")?;
-                report.retried.push((id, lane, of.unwrap_or_default()));
+                let of = row.retry_of.unwrap_or_default();
+                report.retried.push((row.id, row.lane, of));
             }
         }
         Ok(report)
@@ -542,7 +542,6 @@ impl crate::engine::liveness::Liveness for PgStore {
         peer: &crate::engine::liveness::PodRow,
         prober: &str,
     ) -> Result<Option<crate::engine::liveness::Death>, super::StoreError> {
-        use sqlx::Row as _;
         if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
             // The fault: every peer looks alive, so nobody recovers its runs.
             return Ok(None);
@@ -558,15 +557,14 @@ impl crate::engine::liveness::Liveness for PgStore {
             return Ok(None);
         }
         let now = self.clock.now_ms();
-        let gone = sqlx::query(
+        let gone: Option<i64> = sqlx::query_scalar(
             "DELETE FROM pods WHERE pod_id = $1 AND incarnation = $2 RETURNING heartbeat_at",
         )
         .bind(&peer.pod_id)
         .bind(&peer.incarnation)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(gone) = gone else { return Ok(None) };
-        let last: i64 = gone.try_get("heartbeat_at")?;
+        let Some(last) = gone else { return Ok(None) };
         let death = record_death(&mut tx, peer, prober, now, last).await?;
         tx.commit().await?;
         Ok(Some(death))
