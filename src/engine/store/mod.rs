@@ -12,7 +12,8 @@
 //! text and the decisions of its writes, as ordinary code), `rows` (the row
 //! shapes and their decoding), `kv` (the audited key-value tables behind
 //! switches and settings), [`ops`] (the ops console's queries, off the engine's
-//! trait), and the backends, [`sqlite`] and [`postgres`].
+//! trait), and the backends, `sqlite` and [`postgres`] (with `pg_clock`,
+//! the PostgreSQL server's clock).
 
 use crate::engine::run::{
     Chunk, LateCompletion, RunRecord, RunState, StepRecord, TransitionRecord,
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 mod kv;
 pub mod ops;
+mod pg_clock;
 pub mod postgres;
 mod rows;
 mod sql;

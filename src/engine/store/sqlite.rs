@@ -2,6 +2,10 @@
 //! safe for several pods on one machine (writers serialize on SQLite's write
 //! lock; every write transaction is `BEGIN IMMEDIATE`, so a read-then-write
 //! transaction never fails to upgrade its lock).
+//!
+//! Here: [`SqliteStore`] (opening, refusing a file that is not a Vigil
+//! store, migrating under a file lock), its `dialect`, the reaper's one
+//! transaction, and liveness by leases in the `pods` table.
 
 use super::kv::impl_audited_kv;
 use super::ops::impl_ops_store;
