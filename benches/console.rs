@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vigil::console::{QueryCount, RoundState, View, Watch, round};
-use vigil::engine::store::Store;
+use vigil::engine::store::OpsStore;
 
 const NOW: i64 = 1_760_000_000_000;
 
@@ -26,7 +26,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn seed_sqlite(n: usize) -> (tempfile::TempDir, Arc<dyn Store>) {
+async fn seed_sqlite(n: usize) -> (tempfile::TempDir, Arc<dyn OpsStore>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.db");
     let s = vigil::engine::store::SqliteStore::open(&path)
@@ -43,13 +43,13 @@ async fn seed_sqlite(n: usize) -> (tempfile::TempDir, Arc<dyn Store>) {
     }
     tx.commit().await.unwrap();
     drop(s);
-    let store = vigil::engine::store::open(&path.display().to_string())
+    let store = vigil::engine::store::ops::open(&path.display().to_string())
         .await
         .unwrap();
     (dir, store)
 }
 
-async fn seed_pg(url: &str, n: usize) -> Arc<dyn Store> {
+async fn seed_pg(url: &str, n: usize) -> Arc<dyn OpsStore> {
     let db = format!("vigil_console_bench_{}", std::process::id());
     let admin = vigil::engine::store::PgStore::connect(url).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
@@ -70,7 +70,7 @@ async fn seed_pg(url: &str, n: usize) -> Arc<dyn Store> {
         }
     }
     tx.commit().await.unwrap();
-    vigil::engine::store::open(&target).await.unwrap()
+    vigil::engine::store::ops::open(&target).await.unwrap()
 }
 
 fn seed_statements(i: usize) -> Vec<String> {
@@ -104,7 +104,7 @@ fn seed_statements(i: usize) -> Vec<String> {
     v
 }
 
-async fn bench_rounds(label: &str, store: &dyn Store) -> Vec<serde_json::Value> {
+async fn bench_rounds(label: &str, store: &dyn OpsStore) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for (what, view, limit) in [
         ("Runs view, default 1000 newest runs", View::Runs, 1000),

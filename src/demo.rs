@@ -17,7 +17,7 @@ use crate::client::PodClient;
 use crate::cluster::{Cluster, ClusterSpec, PodState};
 use crate::console::{Config, Session, StoreSlot};
 use crate::engine::run::RunState;
-use crate::engine::store::{self, Store};
+use crate::engine::store::{self, OpsStore, Store};
 use anyhow::{Context, Result, bail};
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -147,7 +147,8 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         Some(w) => w.clone(),
         None => write_workflows(&args.data_dir.join("workflows"))?,
     };
-    let store = store::open(&target)
+    // The ops store: the interactive demo opens the console on it.
+    let store = store::ops::open(&target)
         .await
         .with_context(|| format!("opening the demo store {target}"))?;
     n.say(format!(
@@ -352,7 +353,7 @@ async fn steady_workload(cluster: Arc<Mutex<Cluster>>, cancel: CancellationToken
 async fn interactive_demo(
     args: &DemoArgs,
     target: &str,
-    store: Arc<dyn Store>,
+    store: Arc<dyn OpsStore>,
     cluster: Arc<Mutex<Cluster>>,
     ids: &Workload,
 ) -> Result<bool> {

@@ -8,7 +8,7 @@ use super::data::{
 };
 use crate::client::{ClientError, PodClient};
 use crate::cluster::Cluster;
-use crate::engine::store::{self, EventCursor, Store, StoreError};
+use crate::engine::store::{self, EventCursor, OpsStore, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct StoreSlot {
     target: String,
-    cell: OnceCell<Arc<dyn Store>>,
+    cell: OnceCell<Arc<dyn OpsStore>>,
 }
 
 impl StoreSlot {
@@ -36,17 +36,19 @@ impl StoreSlot {
     }
 
     /// An already open store (tests, the demo).
-    pub fn with(target: &str, store: Arc<dyn Store>) -> Arc<StoreSlot> {
+    pub fn with(target: &str, store: Arc<dyn OpsStore>) -> Arc<StoreSlot> {
         Arc::new(StoreSlot {
             target: target.to_owned(),
             cell: OnceCell::new_with(Some(store)),
         })
     }
 
-    pub async fn get(&self) -> Result<Arc<dyn Store>, String> {
+    pub async fn get(&self) -> Result<Arc<dyn OpsStore>, String> {
         self.cell
             .get_or_try_init(|| async {
-                match tokio::time::timeout(OPEN_TIMEOUT, store::open_existing(&self.target)).await {
+                match tokio::time::timeout(OPEN_TIMEOUT, store::ops::open_existing(&self.target))
+                    .await
+                {
                     Ok(Err(StoreError::NoStore { what, done, .. })) => Err(format!(
                         "{what} ({done}; the console reads an existing store: start vigil pod \
                          against it, or run vigil demo)"
@@ -102,7 +104,7 @@ pub struct RoundState {
 /// events) plus what the current view needs. Returns the data and the
 /// number of statements issued.
 pub async fn round(
-    store: &dyn Store,
+    store: &dyn OpsStore,
     w: &Watch,
     st: &mut RoundState,
     runs_limit: i64,

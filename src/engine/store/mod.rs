@@ -3,21 +3,36 @@
 //! SQLite is the embedded default (a file in a data dir, WAL,
 //! `synchronous=FULL`); PostgreSQL is for production. Both run the same SQL
 //! wherever the dialects agree; the few places they differ are spelled out in
-//! each backend's `Dialect`. The behavioural suite in `tests/store_contract.rs`
+//! each backend's `dialect` module. The behavioural suite in `tests/engine.rs`
 //! runs against both.
+//!
+//! This module holds the [`Store`] trait, its error and its argument and
+//! record types, and opening a store from a URL or path. Beside it:
+//! `sql` (the implementation both backends expand), `statements` (the SQL
+//! text and the decisions of its writes, as ordinary code), `rows` (the row
+//! shapes and their decoding), `kv` (the audited key-value tables behind
+//! switches and settings), [`ops`] (the ops console's queries, off the engine's
+//! trait), and the backends, `sqlite` and [`postgres`] (with `pg_clock`,
+//! the PostgreSQL server's clock).
 
 use crate::engine::run::{
-    Chunk, LateCompletion, RunRecord, RunState, StepRecord, StepStatus, TransitionRecord,
+    Chunk, LateCompletion, RunRecord, RunState, StepRecord, TransitionRecord,
 };
 use async_trait::async_trait;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod kv;
+pub mod ops;
+mod pg_clock;
 pub mod postgres;
+mod rows;
 mod sql;
 mod sqlite;
+mod statements;
 
+pub use ops::{ActiveCount, ConsoleEvent, EventCursor, EventKind, OpsStore, RunSummary};
 pub use postgres::{PgStore, redact_url};
 pub use sqlite::SqliteStore;
 
@@ -479,23 +494,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         reason: &str,
     ) -> StoreResult<SettingAudit>;
     async fn setting_audit(&self, name: &str) -> StoreResult<Vec<SettingAudit>>;
-
-    // console queries: read-only, one statement each, for `vigil console`.
-
-    /// The newest `limit` runs with their current step and latest event.
-    async fn console_runs(&self, limit: i64) -> StoreResult<Vec<RunSummary>>;
-    /// Counts of pending and running runs by state, lane and owner.
-    async fn console_active_counts(&self) -> StoreResult<Vec<ActiveCount>>;
-    /// Transitions, claims, pod deaths and switch changes after `cursor`,
-    /// at most `limit` of each table (the newest), newest first.
-    async fn console_events(
-        &self,
-        cursor: &EventCursor,
-        limit: i64,
-    ) -> StoreResult<Vec<ConsoleEvent>>;
-    /// PostgreSQL: the advisory-lock keys held now (see
-    /// [`crate::engine::liveness::lock_key`]). SQLite has no locks: `None`.
-    async fn console_liveness_locks(&self) -> StoreResult<Option<Vec<i64>>>;
 }
 
 /// Whether opening a store may create it.
@@ -532,6 +530,12 @@ pub async fn open_existing(target: &str) -> StoreResult<Arc<dyn Store>> {
 /// [`open`] or [`open_existing`], by `mode`, on the store's own clock: the
 /// server's for PostgreSQL, the host's for SQLite (one host, one clock).
 pub async fn open_mode(target: &str, mode: OpenMode) -> StoreResult<Arc<dyn Store>> {
+    Ok(open_ops(target, mode).await?)
+}
+
+/// [`open_mode`] for the ops console, which also reads the store's
+/// overviews ([`OpsStore`]).
+pub(crate) async fn open_ops(target: &str, mode: OpenMode) -> StoreResult<Arc<dyn OpsStore>> {
     open_clocked(
         target,
         mode,
@@ -547,7 +551,7 @@ pub async fn open_with(
     clock: Arc<dyn crate::engine::clock::Clock>,
     metrics: Arc<crate::engine::metrics::Metrics>,
 ) -> StoreResult<Arc<dyn Store>> {
-    open_clocked(target, OpenMode::Create, Some(clock), metrics).await
+    Ok(open_clocked(target, OpenMode::Create, Some(clock), metrics).await?)
 }
 
 /// [`open_mode`] with an injected clock and metrics registry.
@@ -557,7 +561,7 @@ pub async fn open_with_mode(
     clock: Arc<dyn crate::engine::clock::Clock>,
     metrics: Arc<crate::engine::metrics::Metrics>,
 ) -> StoreResult<Arc<dyn Store>> {
-    open_clocked(target, mode, Some(clock), metrics).await
+    Ok(open_clocked(target, mode, Some(clock), metrics).await?)
 }
 
 async fn open_clocked(
@@ -565,7 +569,7 @@ async fn open_clocked(
     mode: OpenMode,
     clock: Option<Arc<dyn crate::engine::clock::Clock>>,
     metrics: Arc<crate::engine::metrics::Metrics>,
-) -> StoreResult<Arc<dyn Store>> {
+) -> StoreResult<Arc<dyn OpsStore>> {
     if target.starts_with("postgres://") || target.starts_with("postgresql://") {
         Ok(Arc::new(
             PgStore::connect_mode(target, mode, clock, metrics).await?,
@@ -610,116 +614,4 @@ pub(crate) fn migrate_error(
         },
         other => StoreError::Migrate(other),
     }
-}
-
-pub(crate) fn status_from_str(table: &'static str, key: &str, s: &str) -> StoreResult<StepStatus> {
-    StepStatus::parse(s).ok_or_else(|| StoreError::Corrupt {
-        table,
-        key: key.to_owned(),
-        problem: format!("unknown step status {s:?}"),
-    })
-}
-
-pub(crate) fn state_from_str(table: &'static str, key: &str, s: &str) -> StoreResult<RunState> {
-    s.parse().map_err(|e| StoreError::Corrupt {
-        table,
-        key: key.to_owned(),
-        problem: format!("{e}"),
-    })
-}
-
-pub(crate) fn json_from_str(
-    table: &'static str,
-    key: &str,
-    column: &str,
-    s: &str,
-) -> StoreResult<serde_json::Value> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
-        table,
-        key: key.to_owned(),
-        problem: format!("column {column} is not valid JSON: {e}"),
-    })
-}
-
-// console queries: the row types of the `console_*` store methods.
-
-/// A run as the console's Runs view lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RunSummary {
-    pub id: String,
-    pub workflow: String,
-    pub lane: String,
-    pub state: RunState,
-    pub owner_pod: Option<String>,
-    pub epoch: i64,
-    pub created_at_ms: i64,
-    pub updated_at_ms: i64,
-    pub error: Option<String>,
-    pub retry_of: Option<String>,
-    /// The step updated last, with its status and attempts so far.
-    pub current_step: Option<(String, StepStatus, i64)>,
-    /// The latest transition or claim of the run: when, and what.
-    pub last_event: Option<(i64, String)>,
-}
-
-/// How many pending or running runs share a state, lane and owner.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ActiveCount {
-    pub state: RunState,
-    pub lane: String,
-    pub owner_pod: Option<String>,
-    pub count: i64,
-}
-
-/// Where the console's event feed stands: the last row id seen per table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct EventCursor {
-    pub transitions: i64,
-    pub claims: i64,
-    pub deaths: i64,
-    pub switches: i64,
-}
-
-impl EventCursor {
-    /// Move past `ev`.
-    pub fn advance(&mut self, ev: &ConsoleEvent) {
-        let slot = match ev.kind {
-            EventKind::Transition => &mut self.transitions,
-            EventKind::Claim => &mut self.claims,
-            EventKind::Death => &mut self.deaths,
-            EventKind::Switch => &mut self.switches,
-        };
-        *slot = (*slot).max(ev.id);
-    }
-}
-
-/// Which table a [`ConsoleEvent`] comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// `run_transitions`: subject = run, from/to = states, actor = pod.
-    Transition,
-    /// `run_claims`: subject = run, from/to = pods, actor = the new owner.
-    Claim,
-    /// `pod_deaths`: subject = dead pod, from = its incarnation, actor =
-    /// who detected it, `extra_ms` = its last heartbeat.
-    Death,
-    /// `switch_audit`: subject = switch, from/to = "on"/"off", actor = who.
-    Switch,
-}
-
-/// One row of the console's event feed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ConsoleEvent {
-    pub kind: EventKind,
-    /// Row id in its own table.
-    pub id: i64,
-    pub at_ms: i64,
-    pub subject: String,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub actor: Option<String>,
-    pub epoch: Option<i64>,
-    pub reason: String,
-    pub extra_ms: Option<i64>,
 }

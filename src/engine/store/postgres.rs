@@ -1,7 +1,15 @@
 //! The production store: PostgreSQL. Owner writes take the run's row lock,
 //! so a claim (which bumps the epoch under the same lock) and a fenced write
 //! are strictly ordered.
+//!
+//! Here: [`PgStore`] (connecting, migrating, the pooled sessions'
+//! [`SESSION_SETTINGS`]), its `dialect`, the reaper's one-statement CTE,
+//! liveness by session advisory locks, URL parsing and redaction, and the
+//! chaos harness's [`hold_run_row`]. The server's clock is in `pg_clock`.
 
+use super::kv::impl_audited_kv;
+use super::ops::impl_ops_store;
+pub use super::pg_clock::ServerClock;
 use super::sql::impl_store;
 use crate::engine::clock::Clock;
 use crate::engine::metrics::Metrics;
@@ -34,10 +42,10 @@ mod dialect {
          FROM runs WHERE id = $1 FOR UPDATE NOWAIT";
     /// Bulk passes (deadline, janitor) take only the rows nobody holds.
     pub const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
-    pub const SWITCH_SELECT_FOR_UPDATE: &str =
-        "SELECT enabled FROM switches WHERE name = $1 FOR UPDATE";
-    pub const SETTING_SELECT_FOR_UPDATE: &str =
-        "SELECT value FROM settings WHERE name = $1 FOR UPDATE";
+    /// What a read-then-write of one row appends to lock it (switches, settings).
+    pub const ROW_LOCK: &str = " FOR UPDATE";
+    /// The statement that lists the advisory locks held, if there are any.
+    pub const LIVENESS_LOCKS: Option<&str> = Some(crate::engine::store::ops::PG_LOCKS_SQL);
     pub const TRANSITION_UPDATE: &str = "UPDATE runs SET state = $2, updated_at = $3, \
          error = COALESCE($4, error) WHERE id = $1 \
          AND (state IN (SELECT jsonb_array_elements_text($5::jsonb)) \
@@ -74,95 +82,6 @@ pub const SESSION_SETTINGS: [(&str, &str); 6] = [
     ("tcp_keepalives_interval", "2"),
     ("tcp_keepalives_count", "3"),
 ];
-
-/// The PostgreSQL server's clock, as every pod sharing the server sees it.
-///
-/// Leases, heartbeats, deadlines and deaths are times one pod writes and
-/// another compares with its own "now": on each host's wall clock, a pod
-/// whose clock runs 8 s ahead reaps every healthy run of its peers (issue
-/// 14, item 8). So no pod reads its wall clock for them. The server's
-/// `clock_timestamp()` is sampled once a second (the sample with the
-/// shortest round trip of the last ten seconds wins; it is dated at the
-/// round trip's midpoint) and carried forward on this process's monotonic
-/// clock, so a read costs no round trip and a stepped or skewed host clock
-/// changes nothing. Readings never go backwards. While the server cannot be
-/// reached the last sample is carried forward.
-#[derive(Debug)]
-pub struct ServerClock {
-    sample: std::sync::Mutex<ClockSample>,
-    last: std::sync::atomic::AtomicI64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct ClockSample {
-    server_ms: i64,
-    at: std::time::Instant,
-    rtt: Duration,
-}
-
-const CLOCK_SAMPLE_EVERY: Duration = Duration::from_secs(1);
-const CLOCK_SAMPLE_KEEP: Duration = Duration::from_secs(10);
-
-impl ServerClock {
-    async fn read(pool: &PgPool) -> Result<ClockSample, sqlx::Error> {
-        let sent = std::time::Instant::now();
-        let server_ms: i64 =
-            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT")
-                .fetch_one(pool)
-                .await?;
-        let rtt = sent.elapsed();
-        Ok(ClockSample {
-            server_ms,
-            at: sent + rtt / 2,
-            rtt,
-        })
-    }
-
-    /// Read the server's clock once (an error if it cannot be read), then
-    /// keep sampling it in the background for as long as the clock lives.
-    pub async fn start(pool: PgPool) -> super::StoreResult<Arc<dyn Clock>> {
-        let first = Self::read(&pool).await?;
-        let clock = Arc::new(ServerClock {
-            sample: std::sync::Mutex::new(first),
-            last: std::sync::atomic::AtomicI64::new(first.server_ms),
-        });
-        let weak = Arc::downgrade(&clock);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(CLOCK_SAMPLE_EVERY).await;
-                let Some(clock) = weak.upgrade() else { break };
-                if pool.is_closed() {
-                    break;
-                }
-                match tokio::time::timeout(CLOCK_SAMPLE_EVERY, Self::read(&pool)).await {
-                    Ok(Ok(s)) => clock.offer(s),
-                    Ok(Err(e)) => tracing::debug!(error = %e, "server clock not sampled"),
-                    Err(_) => tracing::debug!("server clock not sampled: no answer within 1 s"),
-                }
-            }
-        });
-        Ok(clock)
-    }
-
-    fn offer(&self, s: ClockSample) {
-        let mut cur = self.sample.lock().unwrap_or_else(|e| e.into_inner());
-        if s.rtt <= cur.rtt || cur.at.elapsed() >= CLOCK_SAMPLE_KEEP {
-            *cur = s;
-        }
-    }
-}
-
-impl Clock for ServerClock {
-    fn now_ms(&self) -> i64 {
-        let s = *self.sample.lock().unwrap_or_else(|e| e.into_inner());
-        let since = i64::try_from(s.at.elapsed().as_millis()).unwrap_or(i64::MAX);
-        let now = s.server_ms.saturating_add(since);
-        let before = self
-            .last
-            .fetch_max(now, std::sync::atomic::Ordering::SeqCst);
-        now.max(before)
-    }
-}
 
 /// Chaos (`row_lock`): open a session of its own to `url`, begin a
 /// transaction and lock run `run_id`'s row (`SELECT ... FOR UPDATE`), then
@@ -337,6 +256,8 @@ impl PgStore {
 }
 
 impl_store!(PgStore, Postgres, dialect);
+impl_ops_store!(PgStore, dialect);
+impl_audited_kv!(PgStore, Postgres, dialect);
 
 /// The reaper's one statement: see [`PgStore::reap_stale_impl`].
 const REAP_SQL: &str = "WITH reaped AS ( \
@@ -374,7 +295,6 @@ impl PgStore {
     /// transitions and queue retries (no active sibling) in a single CTE, so
     /// the timed-out count and the retries-queued count cannot disagree.
     async fn reap_stale_impl(&self, now: i64, by: &str) -> super::StoreResult<super::ReapReport> {
-        use sqlx::Row as _;
         let sql = if crate::faults::on(crate::faults::Bug::ReapAllLanes) {
             // Seed 003: every lane is reaped, heartbeating or not.
             REAP_SQL.replace(
@@ -384,21 +304,18 @@ impl PgStore {
         } else {
             REAP_SQL.to_owned()
         };
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query_as::<_, super::rows::ReapOutcomeRow>(sqlx::AssertSqlSafe(sql))
             .bind(now)
             .bind(by)
             .fetch_all(&self.pool)
             .await?;
         let mut report = super::ReapReport::default();
         for row in rows {
-            let kind: String = row.try_get("kind")?;
-            let id: String = row.try_get("id")?;
-            let lane: String = row.try_get("lane")?;
-            if kind == "timed_out" {
-                report.timed_out.push((id, lane));
+            if row.kind == "timed_out" {
+                report.timed_out.push((row.id, row.lane));
             } else {
-                let of: Option<String> = row.try_get("retry_of")?;
-                report.retried.push((id, lane, of.unwrap_or_default()));
+                let of = row.retry_of.unwrap_or_default();
+                report.retried.push((row.id, row.lane, of));
             }
         }
         Ok(report)
@@ -542,7 +459,6 @@ impl crate::engine::liveness::Liveness for PgStore {
         peer: &crate::engine::liveness::PodRow,
         prober: &str,
     ) -> Result<Option<crate::engine::liveness::Death>, super::StoreError> {
-        use sqlx::Row as _;
         if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
             // The fault: every peer looks alive, so nobody recovers its runs.
             return Ok(None);
@@ -558,15 +474,14 @@ impl crate::engine::liveness::Liveness for PgStore {
             return Ok(None);
         }
         let now = self.clock.now_ms();
-        let gone = sqlx::query(
+        let gone: Option<i64> = sqlx::query_scalar(
             "DELETE FROM pods WHERE pod_id = $1 AND incarnation = $2 RETURNING heartbeat_at",
         )
         .bind(&peer.pod_id)
         .bind(&peer.incarnation)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(gone) = gone else { return Ok(None) };
-        let last: i64 = gone.try_get("heartbeat_at")?;
+        let Some(last) = gone else { return Ok(None) };
         let death = record_death(&mut tx, peer, prober, now, last).await?;
         tx.commit().await?;
         Ok(Some(death))

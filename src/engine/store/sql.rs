@@ -3,115 +3,29 @@
 //! where they differ (row locks, the batched node-id list, the transaction
 //! opener), each backend's `dialect` module says so. The implementation is
 //! written once, in [`impl_store!`], and expanded for each backend so that
-//! both run literally the same code.
-
-/// Columns of `runs` in the order [`decode_run!`] reads them.
-macro_rules! run_cols {
-    () => {
-        "id, workflow, lane, input, state, owner_pod, epoch, late_completion, run_state, \
-         idempotency_key, error, deadline_at, created_at, updated_at, heartbeat_timeout_ms, \
-         heartbeat_at, retries_left, family, retry_of"
-    };
-}
-pub(crate) use run_cols;
+//! both run literally the same code: only the method bodies that run SQL
+//! live in it; the rows they read are decoded in `rows` (and `kv` for the
+//! audited key-value tables), in ordinary code.
 
 macro_rules! impl_store {
     ($store:ty, $db:ty, $dialect:ident) => {
-        use $crate::engine::store::sql::run_cols;
+        use $crate::engine::store::kv::{SETTINGS, SWITCHES};
+        use $crate::engine::store::rows::{self, json_from_str, late_str, run_cols, state_from_str};
+        use $crate::engine::store::statements;
         use $crate::engine::store::{
             BeginAttempt, Claim, ClaimRecord, ReapReport, EffectRecord, NewRun, RunFilter, StepSuccess, StoreError,
-            StoreResult, StoreStats, SwitchAudit, SwitchRow, SettingAudit, SettingRow, TransitionCtx, json_from_str,
-            state_from_str, status_from_str,
+            StoreResult, StoreStats, SwitchAudit, SwitchRow, SettingAudit, SettingRow, TransitionCtx,
         };
         use $crate::engine::run::{
-            Chunk, LateCompletion, RunRecord, RunState, StepRecord, TransitionRecord,
-            allowed_sources,
+            Chunk, RunRecord, RunState, StepRecord, TransitionRecord, allowed_sources,
         };
-        use sqlx::Row as _;
         use std::collections::HashMap;
 
-        type DbRow = <$db as sqlx::Database>::Row;
-
-        fn decode_run(row: &DbRow) -> StoreResult<RunRecord> {
-            let id: String = row.try_get("id")?;
-            let state: String = row.try_get("state")?;
-            let input: String = row.try_get("input")?;
-            let run_state: String = row.try_get("run_state")?;
-            let late: String = row.try_get("late_completion")?;
-            let late_completion = match late.as_str() {
-                "reject" => LateCompletion::Reject,
-                "accept" => LateCompletion::Accept,
-                other => {
-                    return Err(StoreError::Corrupt {
-                        table: "runs",
-                        key: id,
-                        problem: format!("unknown late_completion policy {other:?}"),
-                    });
-                }
-            };
-            Ok(RunRecord {
-                workflow: row.try_get("workflow")?,
-                lane: row.try_get("lane")?,
-                input: json_from_str("runs", &id, "input", &input)?,
-                state: state_from_str("runs", &id, &state)?,
-                owner_pod: row.try_get("owner_pod")?,
-                epoch: row.try_get("epoch")?,
-                late_completion,
-                run_state: json_from_str("runs", &id, "run_state", &run_state)?,
-                idempotency_key: row.try_get("idempotency_key")?,
-                error: row.try_get("error")?,
-                deadline_at_ms: row.try_get("deadline_at")?,
-                created_at_ms: row.try_get("created_at")?,
-                updated_at_ms: row.try_get("updated_at")?,
-                heartbeat_timeout_ms: row.try_get("heartbeat_timeout_ms")?,
-                heartbeat_at_ms: row.try_get("heartbeat_at")?,
-                retries_left: row.try_get("retries_left")?,
-                family: row.try_get("family")?,
-                retry_of: row.try_get("retry_of")?,
-                id,
-            })
-        }
-
-        fn decode_transition(row: &DbRow) -> StoreResult<TransitionRecord> {
-            let run_id: String = row.try_get("run_id")?;
-            let from: String = row.try_get("from_state")?;
-            let to: String = row.try_get("to_state")?;
-            Ok(TransitionRecord {
-                from: state_from_str("run_transitions", &run_id, &from)?,
-                to: state_from_str("run_transitions", &run_id, &to)?,
-                epoch: row.try_get("epoch")?,
-                pod: row.try_get("pod")?,
-                reason: row.try_get("reason")?,
-                late: row.try_get("late")?,
-                at_ms: row.try_get("at")?,
-                run_id,
-            })
-        }
-
-        fn decode_chunk(row: &DbRow) -> StoreResult<Chunk> {
-            Ok(Chunk {
-                run_id: row.try_get("run_id")?,
-                epoch: row.try_get("epoch")?,
-                seq: row.try_get("seq")?,
-                node_id: row.try_get("node_id")?,
-                attempt: row.try_get("attempt")?,
-                data: row.try_get("data")?,
-                at_ms: row.try_get("at")?,
-            })
-        }
-
-        fn late_str(p: LateCompletion) -> &'static str {
-            match p {
-                LateCompletion::Reject => "reject",
-                LateCompletion::Accept => "accept",
-            }
-        }
-
         /// The transition-log rows of a bulk state change (reaper, janitor),
-        /// in the caller's transaction. `rows` carry `id` and `epoch`.
+        /// in the caller's transaction.
         async fn log_bulk(
             tx: &mut sqlx::Transaction<'static, $db>,
-            rows: &[DbRow],
+            rows: Vec<rows::MovedRow>,
             from: &str,
             to: &str,
             by: &str,
@@ -122,23 +36,18 @@ macro_rules! impl_store {
                 .iter()
                 .any(|s| s.as_str() == from));
             let mut ids = Vec::with_capacity(rows.len());
-            for row in rows {
-                let id: String = row.try_get("id")?;
-                let epoch: i64 = row.try_get("epoch")?;
-                sqlx::query(
-                    "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, \
-                     reason, late, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(&id)
-                .bind(from)
-                .bind(to)
-                .bind(epoch)
-                .bind(by)
-                .bind(reason)
-                .bind(false)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
+            for rows::MovedRow { id, epoch } in rows {
+                sqlx::query(statements::LOG_TRANSITION)
+                    .bind(&id)
+                    .bind(from)
+                    .bind(to)
+                    .bind(epoch)
+                    .bind(by)
+                    .bind(reason)
+                    .bind(false)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
                 ids.push(id);
             }
             Ok(ids)
@@ -182,29 +91,15 @@ macro_rules! impl_store {
             held: i64,
             kind: &str,
         ) -> StoreResult<()> {
-            let row = sqlx::query($dialect::FENCE_SELECT)
+            let row = sqlx::query_as::<_, rows::FenceRow>($dialect::FENCE_SELECT)
                 .bind(run_id)
                 .fetch_optional(&mut **tx)
                 .await?;
-            let Some(row) = row else {
+            let Some(rows::FenceRow { state, epoch: current }) = row else {
                 return Err(StoreError::RunNotFound { run_id: run_id.to_owned() });
             };
-            let state: String = row.try_get("state")?;
             let state = state_from_str("runs", run_id, &state)?;
-            let current: i64 = row.try_get("epoch")?;
-            // The skip_fence fault: a stale epoch passes (the run must still
-            // be running); claims are not fenced here and stay CAS-guarded.
-            let stale_ok = $crate::faults::on($crate::faults::Bug::SkipFence);
-            if (current != held && !stale_ok) || state != RunState::Running {
-                metrics.inc_fenced(kind);
-                return Err(StoreError::Fenced {
-                    run_id: run_id.to_owned(),
-                    held,
-                    current,
-                    state,
-                });
-            }
-            Ok(())
+            statements::fence(metrics, run_id, held, current, state, kind)
         }
 
         /// The body of `begin_attempt`, inside a transaction whose fence the
@@ -219,16 +114,14 @@ macro_rules! impl_store {
             pod: &str,
             now: i64,
         ) -> StoreResult<BeginAttempt> {
-            let row = sqlx::query(
+            let row = sqlx::query_as::<_, rows::AttemptsRow>(
                 "SELECT status, attempts FROM steps WHERE run_id = $1 AND node_id = $2",
             )
             .bind(run_id)
             .bind(node_id)
             .fetch_optional(&mut **tx)
             .await?;
-            if let Some(row) = row {
-                let status: String = row.try_get("status")?;
-                let attempts: i64 = row.try_get("attempts")?;
+            if let Some(rows::AttemptsRow { status, attempts }) = row {
                 if status == "succeeded" {
                     return Ok(BeginAttempt::AlreadySucceeded);
                 }
@@ -236,7 +129,7 @@ macro_rules! impl_store {
                     return Ok(BeginAttempt::Exhausted { attempts });
                 }
             }
-            let row = sqlx::query(
+            let attempt: i64 = sqlx::query_scalar(
                 "INSERT INTO steps (run_id, node_id, status, attempts, updated_at) \
                  VALUES ($1, $2, 'running', 1, $3) \
                  ON CONFLICT (run_id, node_id) DO UPDATE \
@@ -248,7 +141,6 @@ macro_rules! impl_store {
             .bind(now)
             .fetch_one(&mut **tx)
             .await?;
-            let attempt: i64 = row.try_get("attempts")?;
             sqlx::query(
                 "INSERT INTO effects (run_id, node_id, attempt, epoch, pod, at) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
@@ -266,45 +158,51 @@ macro_rules! impl_store {
 
         impl $store {
             async fn pods_impl(&self) -> StoreResult<Vec<$crate::engine::liveness::PodRow>> {
-                let rows = sqlx::query(
+                let rows = sqlx::query_as::<_, rows::RegistryRow>(
                     "SELECT pod_id, incarnation, addr, started_at, heartbeat_at, lease_until \
                      FROM pods ORDER BY pod_id",
                 )
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok($crate::engine::liveness::PodRow {
-                            pod_id: r.try_get("pod_id")?,
-                            incarnation: r.try_get("incarnation")?,
-                            addr: r.try_get("addr")?,
-                            started_at_ms: r.try_get("started_at")?,
-                            heartbeat_at_ms: r.try_get("heartbeat_at")?,
-                            lease_until_ms: r.try_get("lease_until")?,
-                        })
-                    })
-                    .collect()
+                Ok(rows.into_iter().map(Into::into).collect())
             }
 
             async fn deaths_impl(&self, limit: i64) -> StoreResult<Vec<$crate::engine::liveness::Death>> {
-                let rows = sqlx::query(
+                let rows = sqlx::query_as::<_, rows::DeathRow>(
                     "SELECT pod_id, incarnation, detected_by, detected_at, last_heartbeat_at \
                      FROM pod_deaths ORDER BY id DESC LIMIT $1",
                 )
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok($crate::engine::liveness::Death {
-                            pod_id: r.try_get("pod_id")?,
-                            incarnation: r.try_get("incarnation")?,
-                            detected_by: r.try_get("detected_by")?,
-                            detected_at_ms: r.try_get("detected_at")?,
-                            last_heartbeat_at_ms: r.try_get("last_heartbeat_at")?,
-                        })
-                    })
-                    .collect()
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            /// A bulk state change of running runs (deadline pass, janitor):
+            /// `sql` moves to `to`, at `$1`, the runs it finds older than `$2`
+            /// (now less `older_than_ms`) and returns their `id, epoch`; each
+            /// gets its transition-log row, in the same transaction.
+            async fn move_running(
+                &self,
+                sql: String,
+                older_than_ms: i64,
+                to: &str,
+                by: &str,
+                reason: &str,
+            ) -> StoreResult<Vec<String>> {
+                let now = self.clock.now_ms();
+                let mut tx = self.begin_write().await?;
+                let rows = sqlx::query_as::<_, rows::MovedRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(now)
+                    .bind(now.saturating_sub(older_than_ms))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let ids = log_bulk(&mut tx, rows, "running", to, by, reason, now).await?;
+                tx.commit().await?;
+                for _ in &ids {
+                    self.metrics.inc_transition("running", to);
+                }
+                Ok(ids)
             }
         }
 
@@ -330,21 +228,8 @@ macro_rules! impl_store {
                 let now = self.clock.now_ms();
                 let id = uuid::Uuid::now_v7().to_string();
                 let input = serde_json::to_string(&run.input).unwrap_or_else(|_| "null".into());
-                // Every run gets a deadline, at most runs.max_deadline_ms
-                // from now (that setting's row, else its default): read in
-                // this statement, so every pod caps alike. (`WHERE true`:
-                // SQLite's INSERT ... SELECT ... ON CONFLICT needs it.)
-                sqlx::query(
-                    "INSERT INTO runs (id, workflow, lane, input, state, epoch, late_completion, \
-                     run_state, idempotency_key, deadline_at, created_at, updated_at, \
-                     heartbeat_timeout_ms, retries_left, family) \
-                     SELECT $1, $2, $3, $4, 'pending', 0, $5, '{}', $6, \
-                     CASE WHEN $7 IS NULL OR $7 > $8 + lim.ms THEN $8 + lim.ms ELSE $7 END, \
-                     $8, $8, $9, $10, $1 \
-                     FROM (SELECT COALESCE((SELECT value FROM settings WHERE name = $11), $12) \
-                     AS ms) lim WHERE true \
-                     ON CONFLICT (idempotency_key) DO NOTHING",
-                )
+                // Capped deadline: see statements::CREATE_RUN.
+                sqlx::query(statements::CREATE_RUN)
                 .bind(&id)
                 .bind(&run.workflow)
                 .bind(&run.lane)
@@ -360,39 +245,29 @@ macro_rules! impl_store {
                 .execute(&self.pool)
                 .await?;
                 // A repeated idempotency key returns the run it created first.
-                let row = match &run.idempotency_key {
-                    Some(key) => {
-                        sqlx::query(concat!(
-                            "SELECT ",
-                            run_cols!(),
-                            " FROM runs WHERE idempotency_key = $1"
-                        ))
-                        .bind(key)
-                        .fetch_one(&self.pool)
-                        .await?
-                    }
-                    None => {
-                        sqlx::query(concat!("SELECT ", run_cols!(), " FROM runs WHERE id = $1"))
-                            .bind(&id)
-                            .fetch_one(&self.pool)
-                            .await?
-                    }
+                let (sql, key) = match &run.idempotency_key {
+                    Some(key) => (rows::RUN_BY_IDEMPOTENCY_KEY, key),
+                    None => (rows::RUN_BY_ID, &id),
                 };
-                let run = decode_run(&row)?;
+                let row = sqlx::query_as::<_, rows::RunRow>(sql)
+                    .bind(key)
+                    .fetch_one(&self.pool)
+                    .await?;
+                let run = RunRecord::try_from(row)?;
                 let created = run.id == id;
                 Ok((run, created))
             }
 
             async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
-                let row = sqlx::query(concat!("SELECT ", run_cols!(), " FROM runs WHERE id = $1"))
+                let row = sqlx::query_as::<_, rows::RunRow>(rows::RUN_BY_ID)
                     .bind(run_id)
                     .fetch_optional(&self.pool)
                     .await?;
-                row.as_ref().map(decode_run).transpose()
+                row.map(RunRecord::try_from).transpose()
             }
 
             async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
-                let rows = sqlx::query(concat!(
+                let rows = sqlx::query_as::<_, rows::RunRow>(concat!(
                     "SELECT ",
                     run_cols!(),
                     " FROM runs WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR lane = $2) \
@@ -404,7 +279,7 @@ macro_rules! impl_store {
                 .bind(filter.limit.unwrap_or(i64::MAX))
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter().map(decode_run).collect()
+                rows.into_iter().map(RunRecord::try_from).collect()
             }
 
             async fn claim_run(
@@ -423,78 +298,34 @@ macro_rules! impl_store {
                 } else {
                     $dialect::CLAIM_SELECT_FOR_UPDATE
                 };
-                let row = sqlx::query(select)
+                let row = sqlx::query_as::<_, rows::LockedRunRow>(select)
                     .bind(run_id)
                     .fetch_optional(&mut *tx)
                     .await?;
                 let Some(row) = row else {
                     return Err(StoreError::RunNotFound { run_id: run_id.to_owned() });
                 };
-                let from: String = row.try_get("state")?;
-                let from = state_from_str("runs", run_id, &from)?;
-                let found: Option<String> = row.try_get("owner_pod")?;
-                // The compare-and-set: only the owner we expect may be replaced,
-                // and only a pending or running run may be claimed.
-                let claim_sql = if $crate::faults::on($crate::faults::Bug::ClaimWithoutCas) {
-                    "UPDATE runs SET owner_pod = $2, epoch = epoch + 1, state = 'running', \
-                     updated_at = $4, heartbeat_at = $4 \
-                     WHERE id = $1 AND ($3 IS NULL OR $3 IS NOT NULL) \
-                     AND state IN ('pending', 'running') RETURNING epoch"
-                } else {
-                    // The CAS on the previous owner, and that owner must not be a
-                    // live pod (the same name can be a new incarnation that
-                    // already took its runs back): only a pod itself, or
-                    // nobody, may take a run from a registered pod.
-                    "UPDATE runs SET owner_pod = $2, epoch = epoch + 1, state = 'running', \
-                     updated_at = $4, heartbeat_at = $4 \
-                     WHERE id = $1 AND owner_pod IS NOT DISTINCT FROM $3 \
-                     AND ($3 IS NULL OR $3 = $2 OR NOT EXISTS (SELECT 1 FROM pods p WHERE p.pod_id = $3)) \
-                     AND state IN ('pending', 'running') RETURNING epoch"
-                };
-                let updated = sqlx::query(claim_sql)
-                .bind(run_id)
-                .bind(pod)
-                .bind(expected_owner)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(updated) = updated else {
+                let from = state_from_str("runs", run_id, &row.state)?;
+                let found = row.owner_pod;
+                let updated: Option<i64> = sqlx::query_scalar(statements::claim_sql())
+                    .bind(run_id)
+                    .bind(pod)
+                    .bind(expected_owner)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(epoch) = updated else {
                     drop(tx);
-                    self.metrics.inc_rejected(from.as_str(), "running");
-                    return Err(if from.is_terminal() {
-                        StoreError::AlreadyTerminal {
-                            run_id: run_id.to_owned(),
-                            state: from,
-                            to: RunState::Running,
-                        }
-                    } else if found.as_deref() == expected_owner {
-                        StoreError::OwnerAlive {
-                            run_id: run_id.to_owned(),
-                            owner: found.unwrap_or_default(),
-                        }
-                    } else {
-                        StoreError::ClaimLost {
-                            run_id: run_id.to_owned(),
-                            expected: expected_owner.map(str::to_owned),
-                            found,
-                        }
-                    });
+                    return Err(statements::claim_rejection(
+                        &self.metrics,
+                        run_id,
+                        from,
+                        expected_owner,
+                        found,
+                    ));
                 };
-                let epoch: i64 = updated.try_get("epoch")?;
-                // The purge: what older epochs' unfinished attempts streamed
-                // goes (it will be streamed again); the chunks of each step's
-                // succeeded attempt stay (that step never runs again). Legacy
-                // rows without an attempt belong to no finished attempt.
-                let purge_sql = if $crate::faults::on($crate::faults::Bug::PurgeFinished) {
-                    "DELETE FROM chunks WHERE run_id = $1 AND epoch < $2"
-                } else {
-                    "DELETE FROM chunks WHERE run_id = $1 AND epoch < $2 \
-                     AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = chunks.run_id \
-                     AND s.node_id = chunks.node_id AND s.attempts = chunks.attempt \
-                     AND s.status = 'succeeded')"
-                };
-                if !$crate::faults::on($crate::faults::Bug::SkipPurge) {
-                    sqlx::query(purge_sql)
+                if let Some(purge) = statements::purge_sql() {
+                    sqlx::query(purge)
                         .bind(run_id)
                         .bind(epoch)
                         .execute(&mut *tx)
@@ -539,33 +370,20 @@ macro_rules! impl_store {
                 ctx: &TransitionCtx,
             ) -> StoreResult<TransitionRecord> {
                 let now = self.clock.now_ms();
-                let mut sources: Vec<&str> = allowed_sources(to).iter().map(|s| s.as_str()).collect();
-                if to == RunState::Succeeded && $crate::faults::on($crate::faults::Bug::AllowLostSuccess) {
-                    sources.push("lost");
-                }
-                // The double_terminal fault opens `succeeded -> failed`, only
-                // for the write that fault makes (see the executor).
-                if to == RunState::Failed
-                    && ctx.reason == $crate::faults::DOUBLE_TERMINAL_REASON
-                    && $crate::faults::on($crate::faults::Bug::DoubleTerminal)
-                {
-                    sources.push("succeeded");
-                }
-                let sources = serde_json::to_string(&sources).unwrap_or_else(|_| "[]".into());
+                let sources = statements::transition_sources(to, ctx);
                 let mut tx = self.begin_write().await?;
                 // Read (and, on PostgreSQL, lock) the row so the log records the
                 // state the guarded UPDATE below actually left.
-                let row = sqlx::query($dialect::STATE_SELECT_FOR_UPDATE)
+                let row = sqlx::query_as::<_, rows::LockedRunRow>($dialect::STATE_SELECT_FOR_UPDATE)
                     .bind(run_id)
                     .fetch_optional(&mut *tx)
                     .await?;
                 let Some(row) = row else {
                     return Err(StoreError::RunNotFound { run_id: run_id.to_owned() });
                 };
-                let from: String = row.try_get("state")?;
-                let from = state_from_str("runs", run_id, &from)?;
-                let current_epoch: i64 = row.try_get("epoch")?;
-                let late_policy: String = row.try_get("late_completion")?;
+                let from = state_from_str("runs", run_id, &row.state)?;
+                let current_epoch = row.epoch;
+                let late_policy = row.late_completion;
                 // The transition table lives in the WHERE clause: a writer that
                 // raced us to a terminal state makes this UPDATE match no row.
                 let done = sqlx::query($dialect::TRANSITION_UPDATE)
@@ -580,22 +398,14 @@ macro_rules! impl_store {
                     .rows_affected();
                 if done == 0 {
                     drop(tx);
-                    self.metrics.inc_rejected(from.as_str(), to.as_str());
-                    let fenced = ctx.expected_epoch.is_some_and(|e| e != current_epoch);
-                    return Err(if fenced {
-                        self.metrics.inc_fenced("transition");
-                        StoreError::Fenced {
-                            run_id: run_id.to_owned(),
-                            held: ctx.expected_epoch.unwrap_or_default(),
-                            current: current_epoch,
-                            state: from,
-                        }
-                    } else if from.is_terminal() {
-                        self.metrics.ghost_rejected.inc();
-                        StoreError::AlreadyTerminal { run_id: run_id.to_owned(), state: from, to }
-                    } else {
-                        StoreError::IllegalTransition { run_id: run_id.to_owned(), from, to }
-                    });
+                    return Err(statements::transition_rejection(
+                        &self.metrics,
+                        run_id,
+                        from,
+                        to,
+                        current_epoch,
+                        ctx,
+                    ));
                 }
                 let late = from == RunState::Lost && to == RunState::Succeeded && late_policy == "accept";
                 let record = TransitionRecord {
@@ -612,10 +422,7 @@ macro_rules! impl_store {
                     late,
                     at_ms: now,
                 };
-                sqlx::query(
-                    "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, \
-                     reason, late, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
+                sqlx::query(statements::LOG_TRANSITION)
                 .bind(run_id)
                 .bind(from.as_str())
                 .bind(to.as_str())
@@ -632,43 +439,25 @@ macro_rules! impl_store {
             }
 
             async fn transitions(&self, run_id: &str) -> StoreResult<Vec<TransitionRecord>> {
-                let rows = sqlx::query(
+                let rows = sqlx::query_as::<_, rows::TransitionRow>(
                     "SELECT run_id, from_state, to_state, epoch, pod, reason, late, at \
                      FROM run_transitions WHERE run_id = $1 ORDER BY id",
                 )
                 .bind(run_id)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter().map(decode_transition).collect()
+                rows.into_iter().map(TransitionRecord::try_from).collect()
             }
 
             async fn steps(&self, run_id: &str) -> StoreResult<Vec<StepRecord>> {
-                let rows = sqlx::query(
+                let rows = sqlx::query_as::<_, rows::StepRow>(
                     "SELECT run_id, node_id, status, attempts, output, error, updated_at \
                      FROM steps WHERE run_id = $1 ORDER BY node_id",
                 )
                 .bind(run_id)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter()
-                    .map(|row| {
-                        let node_id: String = row.try_get("node_id")?;
-                        let key = format!("{run_id}/{node_id}");
-                        let status: String = row.try_get("status")?;
-                        let output: Option<String> = row.try_get("output")?;
-                        Ok(StepRecord {
-                            run_id: row.try_get("run_id")?,
-                            status: status_from_str("steps", &key, &status)?,
-                            attempts: row.try_get("attempts")?,
-                            output: output
-                                .map(|o| json_from_str("steps", &key, "output", &o))
-                                .transpose()?,
-                            error: row.try_get("error")?,
-                            updated_at_ms: row.try_get("updated_at")?,
-                            node_id,
-                        })
-                    })
-                    .collect()
+                rows.into_iter().map(StepRecord::try_from).collect()
             }
 
             async fn begin_attempt(
@@ -834,23 +623,13 @@ macro_rules! impl_store {
                 &self,
                 run_id: &str,
             ) -> StoreResult<Option<(serde_json::Value, serde_json::Value)>> {
-                let row = sqlx::query("SELECT run_state, run_state_raw FROM runs WHERE id = $1")
-                    .bind(run_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                let shown: String = row.try_get("run_state")?;
-                let raw: Option<String> = row.try_get("run_state_raw")?;
-                let shown = json_from_str("runs", run_id, "run_state", &shown)?;
-                // NULL: written before the column existed, when the one copy
-                // was all there was.
-                let raw = match raw {
-                    Some(r) => json_from_str("runs", run_id, "run_state_raw", &r)?,
-                    None => shown.clone(),
-                };
-                Ok(Some((shown, raw)))
+                let row = sqlx::query_as::<_, rows::RunStateRow>(
+                    "SELECT run_state, run_state_raw FROM runs WHERE id = $1",
+                )
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| r.into_copies(run_id)).transpose()
             }
 
             async fn step_outputs_raw(
@@ -866,17 +645,15 @@ macro_rules! impl_store {
                 } else {
                     $dialect::OUTPUTS_RAW_SELECT
                 };
-                let rows = sqlx::query(sql)
+                let rows = sqlx::query_as::<_, rows::OutputRawRow>(sql)
                     .bind(run_id)
                     .bind($dialect::node_list(node_ids))
                     .fetch_all(&self.pool)
                     .await?;
                 let mut out = HashMap::with_capacity(rows.len());
-                for row in rows {
-                    let node_id: String = row.try_get("node_id")?;
-                    let raw: Option<String> = row.try_get("output_raw")?;
+                for rows::OutputRawRow { node_id, output_raw } in rows {
                     // NULL output_raw: written before the column existed. A miss.
-                    if let Some(raw) = raw {
+                    if let Some(raw) = output_raw {
                         let key = format!("{run_id}/{node_id}");
                         out.insert(node_id, json_from_str("steps", &key, "output_raw", &raw)?);
                     }
@@ -913,14 +690,14 @@ macro_rules! impl_store {
             }
 
             async fn chunks(&self, run_id: &str) -> StoreResult<Vec<Chunk>> {
-                let rows = sqlx::query(
+                let rows = sqlx::query_as::<_, rows::ChunkRow>(
                     "SELECT run_id, epoch, seq, node_id, attempt, data, at FROM chunks WHERE run_id = $1 \
                      ORDER BY epoch, seq",
                 )
                 .bind(run_id)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter().map(decode_chunk).collect()
+                Ok(rows.into_iter().map(Chunk::from).collect())
             }
 
             async fn chunks_after(
@@ -930,7 +707,7 @@ macro_rules! impl_store {
                 seq: i64,
                 limit: i64,
             ) -> StoreResult<Vec<Chunk>> {
-                let rows = sqlx::query(
+                let rows = sqlx::query_as::<_, rows::ChunkRow>(
                     "SELECT run_id, epoch, seq, node_id, attempt, data, at FROM chunks WHERE run_id = $1 \
                      AND (epoch > $2 OR (epoch = $2 AND seq > $3)) ORDER BY epoch, seq LIMIT $4",
                 )
@@ -940,7 +717,7 @@ macro_rules! impl_store {
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter().map(decode_chunk).collect()
+                Ok(rows.into_iter().map(Chunk::from).collect())
             }
 
             async fn kept_parts(
@@ -948,7 +725,7 @@ macro_rules! impl_store {
                 run_id: &str,
                 epoch: i64,
             ) -> StoreResult<Vec<$crate::engine::store::StreamPartRow>> {
-                let rows = sqlx::query(
+                let rows = sqlx::query_as::<_, rows::PartRow>(
                     "SELECT epoch, node_id, attempt FROM chunks WHERE run_id = $1 AND epoch < $2 \
                      AND node_id IS NOT NULL AND attempt IS NOT NULL \
                      GROUP BY epoch, node_id, attempt ORDER BY epoch, MIN(seq)",
@@ -957,47 +734,27 @@ macro_rules! impl_store {
                 .bind(epoch)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter()
-                    .map(|row| {
-                        Ok($crate::engine::store::StreamPartRow {
-                            epoch: row.try_get("epoch")?,
-                            node_id: row.try_get("node_id")?,
-                            attempt: row.try_get("attempt")?,
-                        })
-                    })
-                    .collect()
+                Ok(rows.into_iter().map(Into::into).collect())
             }
 
             async fn pending_runs(&self, limit: i64) -> StoreResult<Vec<String>> {
-                let rows = sqlx::query(
+                Ok(sqlx::query_scalar(
                     "SELECT id FROM runs WHERE state = 'pending' ORDER BY created_at, id LIMIT $1",
                 )
                 .bind(limit)
                 .fetch_all(&self.pool)
-                .await?;
-                rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+                .await?)
             }
 
             async fn effects(&self, run_id: &str) -> StoreResult<Vec<EffectRecord>> {
-                let rows = sqlx::query(
+                let rows = sqlx::query_as::<_, rows::EffectRow>(
                     "SELECT run_id, node_id, attempt, epoch, pod, at FROM effects WHERE run_id = $1 \
                      ORDER BY id",
                 )
                 .bind(run_id)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(EffectRecord {
-                            run_id: row.try_get("run_id")?,
-                            node_id: row.try_get("node_id")?,
-                            attempt: row.try_get("attempt")?,
-                            epoch: row.try_get("epoch")?,
-                            pod: row.try_get("pod")?,
-                            at_ms: row.try_get("at")?,
-                        })
-                    })
-                    .collect()
+                Ok(rows.into_iter().map(EffectRecord::from).collect())
             }
 
             fn liveness(&self) -> &dyn $crate::engine::liveness::Liveness {
@@ -1018,17 +775,14 @@ macro_rules! impl_store {
             }
 
             async fn orphaned_runs(&self, limit: i64) -> StoreResult<Vec<(String, Option<String>)>> {
-                let rows = sqlx::query(
+                Ok(sqlx::query_as(
                     "SELECT id, owner_pod FROM runs r WHERE state = 'running' \
                      AND NOT EXISTS (SELECT 1 FROM pods p WHERE p.pod_id = r.owner_pod) \
                      ORDER BY updated_at LIMIT $1",
                 )
                 .bind(limit)
                 .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get("id")?, r.try_get("owner_pod")?)))
-                    .collect()
+                .await?)
             }
 
             async fn reap_stale(&self, by: &str) -> StoreResult<ReapReport> {
@@ -1037,7 +791,7 @@ macro_rules! impl_store {
                     // the process dies in the window before the retry insert.
                     let now = self.clock.now_ms();
                     let mut tx = self.begin_write().await?;
-                    let rows = sqlx::query(
+                    let rows = sqlx::query_as::<_, rows::MovedRow>(
                         "UPDATE runs SET state = 'timed_out', updated_at = $1 \
                          WHERE state = 'running' AND heartbeat_timeout_ms IS NOT NULL \
                          AND heartbeat_at + heartbeat_timeout_ms < $1 RETURNING id, epoch",
@@ -1045,7 +799,7 @@ macro_rules! impl_store {
                     .bind(now)
                     .fetch_all(&mut *tx)
                     .await?;
-                    let ids = log_bulk(&mut tx, &rows, "running", "timed_out", by, "reaper: no heartbeat within its lane's timeout", now).await?;
+                    let ids = log_bulk(&mut tx, rows, "running", "timed_out", by, "reaper: no heartbeat within its lane's timeout", now).await?;
                     tx.commit().await?;
                     if !ids.is_empty() {
                         tracing::error!(runs = ?ids, "fault injection: crashing between the timeout and its retry");
@@ -1065,100 +819,33 @@ macro_rules! impl_store {
             }
 
             async fn time_out_overdue(&self, grace_ms: i64, by: &str) -> StoreResult<Vec<String>> {
-                let now = self.clock.now_ms();
-                let mut tx = self.begin_write().await?;
                 // Rows another session holds are left for the next pass.
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE runs SET state = 'timed_out', updated_at = $1, \
-                     error = COALESCE(error, 'run deadline passed (timed out by the reaper)') \
-                     WHERE state = 'running' AND deadline_at IS NOT NULL AND deadline_at < $2 \
-                     AND id IN (SELECT id FROM runs WHERE state = 'running' \
-                       AND deadline_at IS NOT NULL AND deadline_at < $2{}) \
-                     RETURNING id, epoch",
-                    $dialect::SKIP_LOCKED
-                )))
-                .bind(now)
-                .bind(now.saturating_sub(grace_ms))
-                .fetch_all(&mut *tx)
-                .await?;
-                let ids = log_bulk(&mut tx, &rows, "running", "timed_out", by, "reaper: past its deadline", now).await?;
-                tx.commit().await?;
-                for _ in &ids {
-                    self.metrics.inc_transition("running", "timed_out");
-                }
-                Ok(ids)
+                let sql = statements::overdue_sql($dialect::SKIP_LOCKED);
+                self.move_running(sql, grace_ms, "timed_out", by, "reaper: past its deadline").await
             }
 
             async fn mark_lost(&self, lost_after_ms: i64, by: &str) -> StoreResult<Vec<String>> {
-                // Orphaned since: the owner's latest recorded death, or the
-                // run's last write if that is later (or there is no death
-                // row). Never the last checkpoint alone: a long step's
-                // checkpoint is old when its owner dies, and the run was not
-                // an orphan until then.
-                let now = self.clock.now_ms();
-                let mut tx = self.begin_write().await?;
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE runs SET state = 'lost', updated_at = $1, \
-                     error = COALESCE(error, 'lost: its owner died and nobody resumed it') \
-                     WHERE state = 'running' AND updated_at < $2 \
-                     AND NOT EXISTS (SELECT 1 FROM pods p WHERE p.pod_id = runs.owner_pod) \
-                     AND NOT EXISTS (SELECT 1 FROM pod_deaths d \
-                                     WHERE d.pod_id = runs.owner_pod AND d.detected_at >= $2) \
-                     AND id IN (SELECT id FROM runs WHERE state = 'running' AND updated_at < $2{}) \
-                     RETURNING id, epoch",
-                    $dialect::SKIP_LOCKED
-                )))
-                .bind(now)
-                .bind(now.saturating_sub(lost_after_ms))
-                .fetch_all(&mut *tx)
-                .await?;
-                let ids = log_bulk(&mut tx, &rows, "running", "lost", by, "janitor: owner gone, not resumed", now).await?;
-                tx.commit().await?;
+                // Orphaned since: see statements::lost_sql.
+                let sql = statements::lost_sql($dialect::SKIP_LOCKED);
+                let ids = self.move_running(sql, lost_after_ms, "lost", by, "janitor: owner gone, not resumed").await?;
                 for _ in &ids {
-                    self.metrics.inc_transition("running", "lost");
                     self.metrics.janitor_lost.inc();
                 }
                 Ok(ids)
             }
 
             async fn claims(&self, run_id: &str) -> StoreResult<Vec<ClaimRecord>> {
-                let rows = sqlx::query(
+                let rows = sqlx::query_as::<_, rows::ClaimRow>(
                     "SELECT run_id, from_pod, to_pod, epoch, at FROM run_claims WHERE run_id = $1 ORDER BY id",
                 )
                 .bind(run_id)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(ClaimRecord {
-                            run_id: r.try_get("run_id")?,
-                            from_pod: r.try_get("from_pod")?,
-                            to_pod: r.try_get("to_pod")?,
-                            epoch: r.try_get("epoch")?,
-                            at_ms: r.try_get("at")?,
-                        })
-                    })
-                    .collect()
+                Ok(rows.into_iter().map(ClaimRecord::from).collect())
             }
 
             async fn switches(&self) -> StoreResult<Vec<SwitchRow>> {
-                let rows = sqlx::query(
-                    "SELECT name, enabled, updated_at, updated_by, reason FROM switches \
-                     ORDER BY name",
-                )
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(SwitchRow {
-                            name: row.try_get("name")?,
-                            enabled: row.try_get("enabled")?,
-                            updated_at_ms: row.try_get("updated_at")?,
-                            updated_by: row.try_get("updated_by")?,
-                            reason: row.try_get("reason")?,
-                        })
-                    })
-                    .collect()
+                Ok(self.kv_list::<bool>(SWITCHES).await?.into_iter().map(Into::into).collect())
             }
 
             async fn set_switch(
@@ -1168,89 +855,15 @@ macro_rules! impl_store {
                 who: &str,
                 reason: &str,
             ) -> StoreResult<SwitchAudit> {
-                let now = self.clock.now_ms();
-                let mut tx = self.begin_write().await?;
-                let old: Option<bool> = sqlx::query($dialect::SWITCH_SELECT_FOR_UPDATE)
-                    .bind(name)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|row| row.try_get("enabled"))
-                    .transpose()?;
-                sqlx::query(
-                    "INSERT INTO switches (name, enabled, updated_at, updated_by, reason) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE \
-                     SET enabled = $2, updated_at = $3, updated_by = $4, reason = $5",
-                )
-                .bind(name)
-                .bind(enabled)
-                .bind(now)
-                .bind(who)
-                .bind(reason)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO switch_audit (name, old_value, new_value, who, reason, at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(name)
-                .bind(old)
-                .bind(enabled)
-                .bind(who)
-                .bind(reason)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(SwitchAudit {
-                    name: name.to_owned(),
-                    old,
-                    new: enabled,
-                    who: who.to_owned(),
-                    reason: reason.to_owned(),
-                    at_ms: now,
-                })
+                Ok(self.kv_set(SWITCHES, name, enabled, who, reason).await?.into())
             }
 
             async fn switch_audit(&self, name: &str) -> StoreResult<Vec<SwitchAudit>> {
-                let rows = sqlx::query(
-                    "SELECT name, old_value, new_value, who, reason, at FROM switch_audit \
-                     WHERE name = $1 ORDER BY id",
-                )
-                .bind(name)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(SwitchAudit {
-                            name: row.try_get("name")?,
-                            old: row.try_get("old_value")?,
-                            new: row.try_get("new_value")?,
-                            who: row.try_get("who")?,
-                            reason: row.try_get("reason")?,
-                            at_ms: row.try_get("at")?,
-                        })
-                    })
-                    .collect()
+                Ok(self.kv_audit::<bool>(SWITCHES, name).await?.into_iter().map(Into::into).collect())
             }
 
             async fn settings(&self) -> StoreResult<Vec<SettingRow>> {
-                let rows = sqlx::query(
-                    "SELECT name, value, updated_at, updated_by, reason FROM settings \
-                     ORDER BY name",
-                )
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(SettingRow {
-                            name: row.try_get("name")?,
-                            value: row.try_get("value")?,
-                            updated_at_ms: row.try_get("updated_at")?,
-                            updated_by: row.try_get("updated_by")?,
-                            reason: row.try_get("reason")?,
-                        })
-                    })
-                    .collect()
+                Ok(self.kv_list::<i64>(SETTINGS).await?.into_iter().map(Into::into).collect())
             }
 
             async fn set_setting(
@@ -1260,270 +873,11 @@ macro_rules! impl_store {
                 who: &str,
                 reason: &str,
             ) -> StoreResult<SettingAudit> {
-                let now = self.clock.now_ms();
-                let mut tx = self.begin_write().await?;
-                let old: Option<i64> = sqlx::query($dialect::SETTING_SELECT_FOR_UPDATE)
-                    .bind(name)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|row| row.try_get("value"))
-                    .transpose()?;
-                sqlx::query(
-                    "INSERT INTO settings (name, value, updated_at, updated_by, reason) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE \
-                     SET value = $2, updated_at = $3, updated_by = $4, reason = $5",
-                )
-                .bind(name)
-                .bind(value)
-                .bind(now)
-                .bind(who)
-                .bind(reason)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO setting_audit (name, old_value, new_value, who, reason, at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(name)
-                .bind(old)
-                .bind(value)
-                .bind(who)
-                .bind(reason)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(SettingAudit {
-                    name: name.to_owned(),
-                    old,
-                    new: value,
-                    who: who.to_owned(),
-                    reason: reason.to_owned(),
-                    at_ms: now,
-                })
+                Ok(self.kv_set(SETTINGS, name, value, who, reason).await?.into())
             }
 
             async fn setting_audit(&self, name: &str) -> StoreResult<Vec<SettingAudit>> {
-                let rows = sqlx::query(
-                    "SELECT name, old_value, new_value, who, reason, at FROM setting_audit \
-                     WHERE name = $1 ORDER BY id",
-                )
-                .bind(name)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(SettingAudit {
-                            name: row.try_get("name")?,
-                            old: row.try_get("old_value")?,
-                            new: row.try_get("new_value")?,
-                            who: row.try_get("who")?,
-                            reason: row.try_get("reason")?,
-                            at_ms: row.try_get("at")?,
-                        })
-                    })
-                    .collect()
-            }
-
-            // console queries
-
-            async fn console_runs(
-                &self,
-                limit: i64,
-            ) -> StoreResult<Vec<$crate::engine::store::RunSummary>> {
-                // One statement: the step and event columns are correlated
-                // subqueries on the (run_id, ...) keys and indexes, each
-                // folded into one text value so that each is one lookup.
-                let rows = sqlx::query(
-                    "SELECT r.id, r.workflow, r.lane, r.state, r.owner_pod, r.epoch, \
-                     r.created_at, r.updated_at, r.error, r.retry_of, \
-                     (SELECT s.status || '|' || s.attempts || '|' || s.node_id FROM steps s \
-                      WHERE s.run_id = r.id ORDER BY s.updated_at DESC, s.node_id DESC LIMIT 1) \
-                      AS step, \
-                     (SELECT t.at || '|' || t.from_state || ' -> ' || t.to_state || \
-                      CASE WHEN t.reason = '' THEN '' ELSE ': ' || t.reason END \
-                      FROM run_transitions t WHERE t.run_id = r.id ORDER BY t.id DESC LIMIT 1) \
-                      AS last_transition, \
-                     (SELECT c.at || '|claimed by ' || c.to_pod || ' from ' || \
-                      COALESCE(c.from_pod, '-') || ' (epoch ' || c.epoch || ')' \
-                      FROM run_claims c WHERE c.run_id = r.id ORDER BY c.id DESC LIMIT 1) \
-                      AS last_claim \
-                     FROM runs r ORDER BY r.created_at DESC, r.id DESC LIMIT $1",
-                )
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-                let event = |v: Option<String>| -> Option<(i64, String)> {
-                    let v = v?;
-                    let (at, what) = v.split_once('|')?;
-                    Some((at.parse().ok()?, what.to_owned()))
-                };
-                rows.iter()
-                    .map(|row| {
-                        let id: String = row.try_get("id")?;
-                        let state: String = row.try_get("state")?;
-                        let step: Option<String> = row.try_get("step")?;
-                        let current_step = match step {
-                            None => None,
-                            Some(v) => {
-                                let mut parts = v.splitn(3, '|');
-                                let status = parts.next().unwrap_or_default();
-                                let attempts = parts.next().and_then(|a| a.parse().ok());
-                                match (attempts, parts.next()) {
-                                    (Some(a), Some(node)) => Some((
-                                        node.to_owned(),
-                                        status_from_str("steps", &id, status)?,
-                                        a,
-                                    )),
-                                    _ => {
-                                        return Err(StoreError::Corrupt {
-                                            table: "steps",
-                                            key: id,
-                                            problem: format!("unreadable step summary {v:?}"),
-                                        });
-                                    }
-                                }
-                            }
-                        };
-                        let t = event(row.try_get("last_transition")?);
-                        let c = event(row.try_get("last_claim")?);
-                        let last_event = match (t, c) {
-                            (Some(t), Some(c)) => Some(if c.0 > t.0 { c } else { t }),
-                            (t, c) => t.or(c),
-                        };
-                        Ok($crate::engine::store::RunSummary {
-                            state: state_from_str("runs", &id, &state)?,
-                            workflow: row.try_get("workflow")?,
-                            lane: row.try_get("lane")?,
-                            owner_pod: row.try_get("owner_pod")?,
-                            epoch: row.try_get("epoch")?,
-                            created_at_ms: row.try_get("created_at")?,
-                            updated_at_ms: row.try_get("updated_at")?,
-                            error: row.try_get("error")?,
-                            retry_of: row.try_get("retry_of")?,
-                            current_step,
-                            last_event,
-                            id,
-                        })
-                    })
-                    .collect()
-            }
-
-            async fn console_active_counts(
-                &self,
-            ) -> StoreResult<Vec<$crate::engine::store::ActiveCount>> {
-                let rows = sqlx::query(
-                    "SELECT state, lane, owner_pod, COUNT(*) AS n FROM runs \
-                     WHERE state IN ('pending', 'running') \
-                     GROUP BY state, lane, owner_pod ORDER BY state, lane, owner_pod",
-                )
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|row| {
-                        let state: String = row.try_get("state")?;
-                        let lane: String = row.try_get("lane")?;
-                        Ok($crate::engine::store::ActiveCount {
-                            state: state_from_str("runs", &lane, &state)?,
-                            owner_pod: row.try_get("owner_pod")?,
-                            count: row.try_get("n")?,
-                            lane,
-                        })
-                    })
-                    .collect()
-            }
-
-            async fn console_events(
-                &self,
-                cursor: &$crate::engine::store::EventCursor,
-                limit: i64,
-            ) -> StoreResult<Vec<$crate::engine::store::ConsoleEvent>> {
-                use $crate::engine::store::{ConsoleEvent, EventKind};
-                // Each branch reads only the rows past its cursor, newest
-                // first, through its primary key; the union is one round trip.
-                let rows = sqlx::query(
-                    "SELECT kind, id, at, subject, from_v, to_v, actor, epoch, reason, extra FROM \
-                     (SELECT 'transition' AS kind, id, at, run_id AS subject, \
-                      from_state AS from_v, to_state AS to_v, pod AS actor, epoch, reason, \
-                      CAST(NULL AS BIGINT) AS extra \
-                      FROM run_transitions WHERE id > $1 ORDER BY id DESC LIMIT $5) t1 \
-                     UNION ALL SELECT * FROM \
-                     (SELECT 'claim', id, at, run_id, from_pod, to_pod, to_pod, epoch, '', \
-                      CAST(NULL AS BIGINT) \
-                      FROM run_claims WHERE id > $2 ORDER BY id DESC LIMIT $5) t2 \
-                     UNION ALL SELECT * FROM \
-                     (SELECT 'death', id, detected_at, pod_id, incarnation, CAST(NULL AS TEXT), \
-                      detected_by, CAST(NULL AS BIGINT), '', last_heartbeat_at \
-                      FROM pod_deaths WHERE id > $3 ORDER BY id DESC LIMIT $5) t3 \
-                     UNION ALL SELECT * FROM \
-                     (SELECT 'switch', id, at, name, \
-                      CASE WHEN old_value IS NULL THEN NULL WHEN old_value THEN 'on' ELSE 'off' END, \
-                      CASE WHEN new_value THEN 'on' ELSE 'off' END, who, CAST(NULL AS BIGINT), \
-                      reason, CAST(NULL AS BIGINT) \
-                      FROM switch_audit WHERE id > $4 ORDER BY id DESC LIMIT $5) t4 \
-                     ORDER BY at DESC, id DESC",
-                )
-                .bind(cursor.transitions)
-                .bind(cursor.claims)
-                .bind(cursor.deaths)
-                .bind(cursor.switches)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|row| {
-                        let kind: String = row.try_get("kind")?;
-                        let id: i64 = row.try_get("id")?;
-                        let kind = match kind.as_str() {
-                            "transition" => EventKind::Transition,
-                            "claim" => EventKind::Claim,
-                            "death" => EventKind::Death,
-                            "switch" => EventKind::Switch,
-                            other => {
-                                return Err(StoreError::Corrupt {
-                                    table: "console events",
-                                    key: id.to_string(),
-                                    problem: format!("unknown event kind {other:?}"),
-                                });
-                            }
-                        };
-                        Ok(ConsoleEvent {
-                            kind,
-                            id,
-                            at_ms: row.try_get("at")?,
-                            subject: row.try_get("subject")?,
-                            from: row.try_get("from_v")?,
-                            to: row.try_get("to_v")?,
-                            actor: row.try_get("actor")?,
-                            epoch: row.try_get("epoch")?,
-                            reason: row.try_get("reason")?,
-                            extra_ms: row.try_get("extra")?,
-                        })
-                    })
-                    .collect()
-            }
-
-            async fn console_liveness_locks(&self) -> StoreResult<Option<Vec<i64>>> {
-                if $dialect::NAME != "postgres" {
-                    return Ok(None);
-                }
-                // A bigint advisory key shows as classid (its high half) and
-                // objid (its low half), with objsubid = 1.
-                let rows = sqlx::query(
-                    "SELECT classid::bigint AS hi, objid::bigint AS lo FROM pg_locks \
-                     WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
-                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-                )
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|row| {
-                        let hi: i64 = row.try_get("hi")?;
-                        let lo: i64 = row.try_get("lo")?;
-                        Ok((hi << 32) | (lo & 0xffff_ffff))
-                    })
-                    .collect::<StoreResult<Vec<i64>>>()
-                    .map(Some)
+                Ok(self.kv_audit::<i64>(SETTINGS, name).await?.into_iter().map(Into::into).collect())
             }
         }
     };

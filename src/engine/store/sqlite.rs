@@ -2,7 +2,13 @@
 //! safe for several pods on one machine (writers serialize on SQLite's write
 //! lock; every write transaction is `BEGIN IMMEDIATE`, so a read-then-write
 //! transaction never fails to upgrade its lock).
+//!
+//! Here: [`SqliteStore`] (opening, refusing a file that is not a Vigil
+//! store, migrating under a file lock), its `dialect`, the reaper's one
+//! transaction, and liveness by leases in the `pods` table.
 
+use super::kv::impl_audited_kv;
+use super::ops::impl_ops_store;
 use super::sql::impl_store;
 use crate::engine::clock::{self, Clock};
 use crate::engine::metrics::Metrics;
@@ -32,8 +38,10 @@ mod dialect {
         "SELECT state, epoch, owner_pod, late_completion FROM runs WHERE id = $1";
     pub const CLAIM_SELECT_FOR_UPDATE: &str = STATE_SELECT_FOR_UPDATE;
     pub const SKIP_LOCKED: &str = "";
-    pub const SWITCH_SELECT_FOR_UPDATE: &str = "SELECT enabled FROM switches WHERE name = $1";
-    pub const SETTING_SELECT_FOR_UPDATE: &str = "SELECT value FROM settings WHERE name = $1";
+    /// What a read-then-write of one row appends to lock it (switches, settings).
+    pub const ROW_LOCK: &str = "";
+    /// The statement that lists the advisory locks held, if there are any.
+    pub const LIVENESS_LOCKS: Option<&str> = None;
     pub const TRANSITION_UPDATE: &str = "UPDATE runs SET state = $2, updated_at = $3, \
          error = COALESCE($4, error) WHERE id = $1 \
          AND (state IN (SELECT value FROM json_each($5)) \
@@ -154,6 +162,8 @@ impl SqliteStore {
 }
 
 impl_store!(SqliteStore, Sqlite, dialect);
+impl_ops_store!(SqliteStore, dialect);
+impl_audited_kv!(SqliteStore, Sqlite, dialect);
 
 /// The tables every Vigil store has, whatever its schema version.
 const VIGIL_TABLES: [&str; 2] = ["_sqlx_migrations", "runs"];
@@ -230,15 +240,11 @@ async fn probe_existing(path: &Path) -> super::StoreResult<()> {
     })
 }
 
-/// Columns the reaper reads off a timed-out run to queue its retry.
-const REAPED_COLS: &str = "id, epoch, workflow, lane, input, late_completion, deadline_at, \
-     created_at, heartbeat_timeout_ms, retries_left, family";
-
 impl SqliteStore {
     /// The reaper's one transaction: time out stale heartbeating runs and
     /// queue their retries, or do neither.
     async fn reap_stale_impl(&self, now: i64, by: &str) -> super::StoreResult<super::ReapReport> {
-        use sqlx::Row as _;
+        use super::rows::{REAPED_COLS, ReapedRow};
         let mut tx = self.begin_write().await?;
         let lanes = if crate::faults::on(crate::faults::Bug::ReapAllLanes) {
             // Seed 003: every lane is reaped, heartbeating or not.
@@ -251,15 +257,20 @@ impl SqliteStore {
              error = 'reaped: no heartbeat within its lane''s timeout' \
              WHERE state = 'running' AND {lanes} RETURNING {REAPED_COLS}"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query_as::<_, ReapedRow>(sqlx::AssertSqlSafe(sql))
             .bind(now)
             .fetch_all(&mut *tx)
             .await?;
         let mut report = super::ReapReport::default();
-        for row in &rows {
-            let id: String = row.try_get("id")?;
-            let lane: String = row.try_get("lane")?;
-            let epoch: i64 = row.try_get("epoch")?;
+        for row in rows {
+            let ReapedRow {
+                id,
+                lane,
+                epoch,
+                retries_left,
+                family,
+                ..
+            } = row;
             sqlx::query(
                 "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, reason, \
                  late, at) VALUES ($1, 'running', 'timed_out', $2, $3, \
@@ -272,8 +283,6 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
             report.timed_out.push((id.clone(), lane.clone()));
-            let retries_left: i64 = row.try_get("retries_left")?;
-            let family: Option<String> = row.try_get("family")?;
             if retries_left <= 0 {
                 continue;
             }
@@ -289,8 +298,6 @@ impl SqliteStore {
                 continue;
             }
             let new_id = uuid::Uuid::now_v7().to_string();
-            let deadline: Option<i64> = row.try_get("deadline_at")?;
-            let created: i64 = row.try_get("created_at")?;
             sqlx::query(
                 "INSERT INTO runs (id, workflow, lane, input, state, epoch, late_completion, \
                  run_state, deadline_at, created_at, updated_at, heartbeat_timeout_ms, \
@@ -298,13 +305,13 @@ impl SqliteStore {
                  VALUES ($1, $2, $3, $4, 'pending', 0, $5, '{}', $6, $7, $7, $8, $9, $10, $11)",
             )
             .bind(&new_id)
-            .bind(row.try_get::<String, _>("workflow")?)
+            .bind(row.workflow)
             .bind(&lane)
-            .bind(row.try_get::<String, _>("input")?)
-            .bind(row.try_get::<String, _>("late_completion")?)
-            .bind(deadline.map(|d| now + (d - created)))
+            .bind(row.input)
+            .bind(row.late_completion)
+            .bind(row.deadline_at.map(|d| now + (d - row.created_at)))
             .bind(now)
-            .bind(row.try_get::<Option<i64>, _>("heartbeat_timeout_ms")?)
+            .bind(row.heartbeat_timeout_ms)
             .bind(retries_left - 1)
             .bind(family.unwrap_or_else(|| id.clone()))
             .bind(&id)
@@ -370,28 +377,23 @@ impl crate::engine::liveness::Liveness for SqliteStore {
         wait: Duration,
     ) -> Result<Box<dyn crate::engine::liveness::Membership>, crate::engine::liveness::LivenessError>
     {
-        use sqlx::Row as _;
         let started = std::time::Instant::now();
         loop {
             let now = self.clock.now_ms();
             let mut tx = self.begin_write().await.map_err(super::StoreError::from)?;
-            let held = sqlx::query(
+            let held = sqlx::query_as::<_, super::rows::LeaseRow>(
                 "SELECT incarnation, lease_until, heartbeat_at FROM pods WHERE pod_id = $1",
             )
             .bind(&me.pod_id)
             .fetch_optional(&mut *tx)
             .await
             .map_err(super::StoreError::from)?;
-            if let Some(row) = held {
-                let inc: String = row
-                    .try_get("incarnation")
-                    .map_err(super::StoreError::from)?;
-                let until: i64 = row
-                    .try_get("lease_until")
-                    .map_err(super::StoreError::from)?;
-                let last: i64 = row
-                    .try_get("heartbeat_at")
-                    .map_err(super::StoreError::from)?;
+            if let Some(super::rows::LeaseRow {
+                incarnation: inc,
+                lease_until: until,
+                heartbeat_at: last,
+            }) = held
+            {
                 if until < now && inc != me.incarnation {
                     // Our previous incarnation died and nobody noticed yet:
                     // we are the one who finds it dead.
@@ -447,14 +449,13 @@ impl crate::engine::liveness::Liveness for SqliteStore {
         peer: &crate::engine::liveness::PodRow,
         prober: &str,
     ) -> Result<Option<crate::engine::liveness::Death>, super::StoreError> {
-        use sqlx::Row as _;
         if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
             // The fault: every peer looks alive, so nobody recovers its runs.
             return Ok(None);
         }
         let now = self.clock.now_ms();
         let mut tx = self.begin_write().await?;
-        let gone = sqlx::query(
+        let gone: Option<i64> = sqlx::query_scalar(
             "DELETE FROM pods WHERE pod_id = $1 AND incarnation = $2 AND lease_until < $3 \
              RETURNING heartbeat_at",
         )
@@ -463,8 +464,7 @@ impl crate::engine::liveness::Liveness for SqliteStore {
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(gone) = gone else { return Ok(None) };
-        let last: i64 = gone.try_get("heartbeat_at")?;
+        let Some(last) = gone else { return Ok(None) };
         let death = record_death(&mut tx, peer, prober, now, last).await?;
         tx.commit().await?;
         Ok(Some(death))
