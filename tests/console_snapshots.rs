@@ -12,8 +12,8 @@ use vigil::console::{
     Action, App, ChaosPod, DetailData, Keymap, MetricsUpdate, PodMetrics, PodScrape, StoreData,
     StoreUpdate, Theme, View, draw,
 };
-use vigil::engine::liveness::PodRow;
 use vigil::engine::run::{Chunk, LateCompletion, RunRecord, RunState, StepRecord, StepStatus};
+use vigil::engine::store::liveness::PodRow;
 use vigil::engine::store::{
     ActiveCount, ClaimRecord, ConsoleEvent, EventKind, RunSummary, SwitchAudit, SwitchRow,
 };
@@ -538,7 +538,7 @@ fn pods_views() {
     let mut d = busy_data();
     d.events.clear();
     d.backend = "postgres";
-    d.locks = Some(vec![vigil::engine::liveness::lock_key("pod-2")]);
+    d.locks = Some(vec![vigil::engine::store::liveness::lock_key("pod-2")]);
     let u = store_update(&a, d, 200, NOW - 100);
     a.apply_store(u);
     snap!("pods_postgres_locks_120x30", a);

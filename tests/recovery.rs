@@ -558,7 +558,7 @@ async fn postgres_replacement_pod_is_not_unregistered_by_a_concurrent_probe() {
     // A prober's transaction, paused between its lock probe and its commit.
     let mut tx = pg.pool().begin().await.unwrap();
     let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(vigil::engine::liveness::lock_key("phoenix"))
+        .bind(vigil::engine::store::liveness::lock_key("phoenix"))
         .fetch_one(&mut *tx)
         .await
         .unwrap();

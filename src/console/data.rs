@@ -4,8 +4,8 @@
 
 use super::metrics::PodMetrics;
 use crate::cluster::PodState;
-use crate::engine::liveness::PodRow;
 use crate::engine::run::{Chunk, RunRecord, StepRecord, TransitionRecord};
+use crate::engine::store::liveness::PodRow;
 use crate::engine::store::{
     ActiveCount, ClaimRecord, ConsoleEvent, RunSummary, SwitchAudit, SwitchRow,
 };

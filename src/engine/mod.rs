@@ -6,7 +6,6 @@ pub mod dispatch;
 pub mod executor;
 pub mod janitor;
 pub mod lanes;
-pub mod liveness;
 pub mod metrics;
 pub mod reaper;
 pub mod recovery;

@@ -8,7 +8,7 @@
 //! incarnation and takes back what is still its own; until it has
 //! rejoined it neither judges peers nor takes their runs.
 
-use super::liveness::{Identity, Membership};
+use super::store::liveness::{Identity, Membership};
 use super::switches::RECOVERY_ENABLED;
 use super::worker::Worker;
 use crate::faults::{self, Bug};

@@ -287,7 +287,7 @@ pub async fn serve(args: PodArgs, shutdown: CancellationToken) -> Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local_addr = listener.local_addr()?;
     tracing::info!(pod_id = %pod.pod_id, addr = %local_addr, store = pod.store.backend(), "pod up");
-    let identity = crate::engine::liveness::Identity {
+    let identity = crate::engine::store::liveness::Identity {
         pod_id: pod.pod_id.clone(),
         incarnation: uuid::Uuid::now_v7().to_string(),
         addr: Some(format!("http://{local_addr}")),

@@ -29,8 +29,8 @@ mod streams;
 use super::history::Event;
 use super::scenario::{Action, AttachKind, CheckName};
 use crate::client::StreamEvent;
-use crate::engine::liveness::Death;
 use crate::engine::run::{Chunk, RunRecord, RunState, StepStatus, TransitionRecord};
+use crate::engine::store::liveness::Death;
 use crate::engine::store::{ClaimRecord, EffectRecord};
 use crate::engine::workflow::{
     REDACTED, StepDef, StepKind, WITNESS_URL, Workflow, WorkflowRegistry,

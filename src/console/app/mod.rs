@@ -24,8 +24,8 @@ use super::data::{ChaosPod, View, Watch};
 use super::keys::Keymap;
 use super::metrics::PodMetrics;
 use super::theme::Theme;
-use crate::engine::liveness::PodRow;
 use crate::engine::run::{RunRecord, RunState, StepRecord, TransitionRecord};
+use crate::engine::store::liveness::PodRow;
 use crate::engine::store::{
     ActiveCount, ClaimRecord, ConsoleEvent, RunSummary, SwitchAudit, SwitchRow,
 };

@@ -5,8 +5,8 @@
 use super::{App, Detail, Level, Mode};
 use crate::cluster::PodState;
 use crate::console::data::{ChaosPod, View};
-use crate::engine::liveness::PodRow;
 use crate::engine::run::RunState;
+use crate::engine::store::liveness::PodRow;
 use crate::engine::store::{ConsoleEvent, EventKind, RunSummary, SwitchRow};
 use crate::engine::switches;
 

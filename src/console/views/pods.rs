@@ -6,7 +6,7 @@ use super::{age, block, filter_note, selected_row, short, sort_note, sparkline};
 use crate::console::app::App;
 use crate::console::data::View;
 use crate::console::theme::Role;
-use crate::engine::liveness::lock_key;
+use crate::engine::store::liveness::lock_key;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::Span;
@@ -125,7 +125,7 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     });
 }
 
-fn liveness_of(app: &App, p: &crate::engine::liveness::PodRow) -> (String, Role) {
+fn liveness_of(app: &App, p: &crate::engine::store::liveness::PodRow) -> (String, Role) {
     if let Some(locks) = &app.locks {
         return if locks.contains(&lock_key(&p.pod_id)) {
             ("lock held".into(), Role::Ok)

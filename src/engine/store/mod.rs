@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 mod kv;
+pub mod liveness;
 pub mod ops;
 mod pg_clock;
 pub mod postgres;
@@ -446,7 +447,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn effects(&self, run_id: &str) -> StoreResult<Vec<EffectRecord>>;
 
     /// This store's liveness mechanism (advisory locks or leases).
-    fn liveness(&self) -> &dyn crate::engine::liveness::Liveness;
+    fn liveness(&self) -> &dyn liveness::Liveness;
 
     /// The owner's progress signal for runs on heartbeating lanes (fenced).
     async fn heartbeat_run(&self, run_id: &str, epoch: i64) -> StoreResult<()>;

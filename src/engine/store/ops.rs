@@ -25,7 +25,7 @@ pub trait OpsStore: Store {
         limit: i64,
     ) -> StoreResult<Vec<ConsoleEvent>>;
     /// PostgreSQL: the advisory-lock keys held now (see
-    /// [`crate::engine::liveness::lock_key`]). SQLite has no locks: `None`.
+    /// [`super::liveness::lock_key`]). SQLite has no locks: `None`.
     async fn console_liveness_locks(&self) -> StoreResult<Option<Vec<i64>>>;
 }
 

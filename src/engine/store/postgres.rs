@@ -329,7 +329,7 @@ impl PgStore {
 struct LockMembership {
     conn: sqlx::PgConnection,
     clock: Arc<dyn Clock>,
-    me: crate::engine::liveness::Identity,
+    me: super::liveness::Identity,
 }
 
 impl std::fmt::Debug for LockMembership {
@@ -341,7 +341,7 @@ impl std::fmt::Debug for LockMembership {
 }
 
 #[async_trait::async_trait]
-impl crate::engine::liveness::Membership for LockMembership {
+impl super::liveness::Membership for LockMembership {
     async fn renew(&mut self) -> Result<bool, super::StoreError> {
         let now = self.clock.now_ms();
         // Any failure here means our session (and so our lock) may be gone.
@@ -371,15 +371,14 @@ impl crate::engine::liveness::Membership for LockMembership {
 }
 
 #[async_trait::async_trait]
-impl crate::engine::liveness::Liveness for PgStore {
+impl super::liveness::Liveness for PgStore {
     async fn join(
         &self,
-        me: &crate::engine::liveness::Identity,
+        me: &super::liveness::Identity,
         wait: Duration,
-    ) -> Result<Box<dyn crate::engine::liveness::Membership>, crate::engine::liveness::LivenessError>
-    {
+    ) -> Result<Box<dyn super::liveness::Membership>, super::liveness::LivenessError> {
         use sqlx::Connection as _;
-        let store_err = |e: sqlx::Error| crate::engine::liveness::LivenessError::Store(e.into());
+        let store_err = |e: sqlx::Error| super::liveness::LivenessError::Store(e.into());
         let mut conn = sqlx::PgConnection::connect_with(&self.options)
             .await
             .map_err(store_err)?;
@@ -400,7 +399,7 @@ impl crate::engine::liveness::Liveness for PgStore {
                 .await
                 .map_err(store_err)?;
         }
-        let key = crate::engine::liveness::lock_key(&me.pod_id);
+        let key = super::liveness::lock_key(&me.pod_id);
         let started = std::time::Instant::now();
         // The lock first, then the registry row: a peer can never find our
         // row without our lock held, so it cannot declare a booting pod dead.
@@ -414,7 +413,7 @@ impl crate::engine::liveness::Liveness for PgStore {
                 break;
             }
             if started.elapsed() >= wait {
-                return Err(crate::engine::liveness::LivenessError::LockTimeout {
+                return Err(super::liveness::LivenessError::LockTimeout {
                     pod_id: me.pod_id.clone(),
                     waited: started.elapsed(),
                 });
@@ -456,9 +455,9 @@ impl crate::engine::liveness::Liveness for PgStore {
 
     async fn probe(
         &self,
-        peer: &crate::engine::liveness::PodRow,
+        peer: &super::liveness::PodRow,
         prober: &str,
-    ) -> Result<Option<crate::engine::liveness::Death>, super::StoreError> {
+    ) -> Result<Option<super::liveness::Death>, super::StoreError> {
         if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
             // The fault: every peer looks alive, so nobody recovers its runs.
             return Ok(None);
@@ -467,7 +466,7 @@ impl crate::engine::liveness::Liveness for PgStore {
         // Held until commit: a replacement with the same id blocks on its
         // own lock acquisition until our DELETE is done, then registers.
         let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(crate::engine::liveness::lock_key(&peer.pod_id))
+            .bind(super::liveness::lock_key(&peer.pod_id))
             .fetch_one(&mut *tx)
             .await?;
         if !free {
@@ -487,14 +486,11 @@ impl crate::engine::liveness::Liveness for PgStore {
         Ok(Some(death))
     }
 
-    async fn pods(&self) -> Result<Vec<crate::engine::liveness::PodRow>, super::StoreError> {
+    async fn pods(&self) -> Result<Vec<super::liveness::PodRow>, super::StoreError> {
         self.pods_impl().await
     }
 
-    async fn deaths(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<crate::engine::liveness::Death>, super::StoreError> {
+    async fn deaths(&self, limit: i64) -> Result<Vec<super::liveness::Death>, super::StoreError> {
         self.deaths_impl(limit).await
     }
 }

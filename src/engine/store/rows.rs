@@ -8,8 +8,8 @@
 //! PostgreSQL BIGINT), JSON is text, and booleans are `bool` (SQLite stores
 //! them as INTEGER 0/1, which sqlx decodes as `bool`).
 
+use super::liveness::{Death, PodRow};
 use super::{ClaimRecord, EffectRecord, StoreError, StoreResult, StreamPartRow};
-use crate::engine::liveness::{Death, PodRow};
 use crate::engine::run::{
     Chunk, LateCompletion, RunRecord, RunState, StepRecord, StepStatus, TransitionRecord,
 };

@@ -57,11 +57,11 @@ macro_rules! impl_store {
         /// transaction (the one that removed the peer's registry row).
         async fn record_death(
             tx: &mut sqlx::Transaction<'static, $db>,
-            peer: &$crate::engine::liveness::PodRow,
+            peer: &$crate::engine::store::liveness::PodRow,
             prober: &str,
             now: i64,
             last_heartbeat_ms: i64,
-        ) -> StoreResult<$crate::engine::liveness::Death> {
+        ) -> StoreResult<$crate::engine::store::liveness::Death> {
             sqlx::query(
                 "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, last_heartbeat_at) \
                  VALUES ($1, $2, $3, $4, $5)",
@@ -73,7 +73,7 @@ macro_rules! impl_store {
             .bind(last_heartbeat_ms)
             .execute(&mut **tx)
             .await?;
-            Ok($crate::engine::liveness::Death {
+            Ok($crate::engine::store::liveness::Death {
                 pod_id: peer.pod_id.clone(),
                 incarnation: peer.incarnation.clone(),
                 detected_by: prober.to_owned(),
@@ -157,7 +157,7 @@ macro_rules! impl_store {
         }
 
         impl $store {
-            async fn pods_impl(&self) -> StoreResult<Vec<$crate::engine::liveness::PodRow>> {
+            async fn pods_impl(&self) -> StoreResult<Vec<$crate::engine::store::liveness::PodRow>> {
                 let rows = sqlx::query_as::<_, rows::RegistryRow>(
                     "SELECT pod_id, incarnation, addr, started_at, heartbeat_at, lease_until \
                      FROM pods ORDER BY pod_id",
@@ -167,7 +167,7 @@ macro_rules! impl_store {
                 Ok(rows.into_iter().map(Into::into).collect())
             }
 
-            async fn deaths_impl(&self, limit: i64) -> StoreResult<Vec<$crate::engine::liveness::Death>> {
+            async fn deaths_impl(&self, limit: i64) -> StoreResult<Vec<$crate::engine::store::liveness::Death>> {
                 let rows = sqlx::query_as::<_, rows::DeathRow>(
                     "SELECT pod_id, incarnation, detected_by, detected_at, last_heartbeat_at \
                      FROM pod_deaths ORDER BY id DESC LIMIT $1",
@@ -757,7 +757,7 @@ macro_rules! impl_store {
                 Ok(rows.into_iter().map(EffectRecord::from).collect())
             }
 
-            fn liveness(&self) -> &dyn $crate::engine::liveness::Liveness {
+            fn liveness(&self) -> &dyn $crate::engine::store::liveness::Liveness {
                 self
             }
 

@@ -328,7 +328,7 @@ impl SqliteStore {
 struct LeaseMembership {
     pool: SqlitePool,
     clock: Arc<dyn Clock>,
-    me: crate::engine::liveness::Identity,
+    me: super::liveness::Identity,
 }
 
 fn timeout_ms(d: Duration) -> i64 {
@@ -336,7 +336,7 @@ fn timeout_ms(d: Duration) -> i64 {
 }
 
 #[async_trait::async_trait]
-impl crate::engine::liveness::Membership for LeaseMembership {
+impl super::liveness::Membership for LeaseMembership {
     async fn renew(&mut self) -> Result<bool, super::StoreError> {
         // The write lock first, then the time: a renew that waited for a
         // busy writer (or for a pooled connection) must not write a lease
@@ -370,13 +370,12 @@ impl crate::engine::liveness::Membership for LeaseMembership {
 }
 
 #[async_trait::async_trait]
-impl crate::engine::liveness::Liveness for SqliteStore {
+impl super::liveness::Liveness for SqliteStore {
     async fn join(
         &self,
-        me: &crate::engine::liveness::Identity,
+        me: &super::liveness::Identity,
         wait: Duration,
-    ) -> Result<Box<dyn crate::engine::liveness::Membership>, crate::engine::liveness::LivenessError>
-    {
+    ) -> Result<Box<dyn super::liveness::Membership>, super::liveness::LivenessError> {
         let started = std::time::Instant::now();
         loop {
             let now = self.clock.now_ms();
@@ -412,7 +411,7 @@ impl crate::engine::liveness::Liveness for SqliteStore {
                 if until >= now && inc != me.incarnation {
                     drop(tx);
                     if started.elapsed() >= wait {
-                        return Err(crate::engine::liveness::LivenessError::InUse {
+                        return Err(super::liveness::LivenessError::InUse {
                             pod_id: me.pod_id.clone(),
                             incarnation: inc,
                             until_ms: until,
@@ -446,9 +445,9 @@ impl crate::engine::liveness::Liveness for SqliteStore {
 
     async fn probe(
         &self,
-        peer: &crate::engine::liveness::PodRow,
+        peer: &super::liveness::PodRow,
         prober: &str,
-    ) -> Result<Option<crate::engine::liveness::Death>, super::StoreError> {
+    ) -> Result<Option<super::liveness::Death>, super::StoreError> {
         if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
             // The fault: every peer looks alive, so nobody recovers its runs.
             return Ok(None);
@@ -470,14 +469,11 @@ impl crate::engine::liveness::Liveness for SqliteStore {
         Ok(Some(death))
     }
 
-    async fn pods(&self) -> Result<Vec<crate::engine::liveness::PodRow>, super::StoreError> {
+    async fn pods(&self) -> Result<Vec<super::liveness::PodRow>, super::StoreError> {
         self.pods_impl().await
     }
 
-    async fn deaths(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<crate::engine::liveness::Death>, super::StoreError> {
+    async fn deaths(&self, limit: i64) -> Result<Vec<super::liveness::Death>, super::StoreError> {
         self.deaths_impl(limit).await
     }
 }

@@ -19,7 +19,7 @@
 //! Either way a death is recorded in `pod_deaths`, and the same recovery
 //! code claims the dead pod's runs.
 
-use crate::engine::store::StoreError;
+use super::StoreError;
 use async_trait::async_trait;
 use serde::Serialize;
 use std::time::Duration;
