@@ -1,3 +1,6 @@
+//! Unit tests of workflow parsing: every refusal names its file, line,
+//! step and field; templates and secrecy propagate as documented.
+
 use super::*;
 use serde_json::json;
 
