@@ -220,7 +220,12 @@ async fn recovery_claims_a_dead_peers_run_once_and_only_while_live(db: &TestDb) 
     assert!(a.worker.start_run(&run.id, None).await);
     assert!(a.worker.drives(&run.id));
     let p = recovery::pass(&b.worker).await;
-    assert_eq!(p, recovery::RecoveryPass::default(), "pod-a is alive");
+    assert!(
+        p.deaths.is_empty() && p.won.is_empty(),
+        "pod-a is alive: {p:?}"
+    );
+    let watched: Vec<&str> = p.peers.iter().map(|p| p.pod_id.as_str()).collect();
+    assert_eq!(watched, ["pod-a"], "the peers left to watch");
     die(a, mem_a, &clock).await;
     // A pod that lost its own membership judges nobody and takes nothing.
     b.worker.set_live(false);
@@ -238,6 +243,7 @@ async fn recovery_claims_a_dead_peers_run_once_and_only_while_live(db: &TestDb) 
     let p = pass_until_death(&b).await;
     assert_eq!(p.deaths, vec!["pod-a".to_owned()]);
     assert_eq!(p.won, vec![run.id.clone()], "{p:?}");
+    assert!(p.peers.is_empty(), "{p:?}");
     assert!(b.worker.drives(&run.id));
     assert_eq!(
         b.state(&run.id).await,
@@ -309,7 +315,47 @@ async fn dispatch_claims_pending_runs_up_to_the_pods_room(db: &TestDb) {
     );
 }
 
+async fn a_watch_sees_a_peers_lock_granted_the_moment_its_holder_goes(db: &TestDb) {
+    let clock = ManualClock::new(T0);
+    let a = pod(db, &clock, "pod-a").await;
+    let b = pod(db, &clock, "pod-b").await;
+    let mem_a = a.join().await;
+    let _mem_b = b.join().await;
+    let peer =
+        b.h.store
+            .liveness()
+            .pods()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.pod_id == "pod-a")
+            .unwrap();
+    let mut watch =
+        b.h.store
+            .liveness()
+            .watch(&peer)
+            .await
+            .unwrap()
+            .expect("both stores watch a peer's lock");
+    assert!(!watch.released().await.unwrap(), "pod-a holds its lock");
+    // pod-a's process lets go (here: its membership is dropped); the
+    // clock does not move, so no lease has run out.
+    drop(mem_a);
+    let mut granted = false;
+    for _ in 0..3 {
+        if watch.released().await.unwrap() {
+            granted = true;
+            break;
+        }
+    }
+    assert!(granted, "the lock was granted once its holder let go");
+    let p = recovery::pass(&b.worker).await;
+    assert_eq!(p.deaths, vec!["pod-a".to_owned()], "{p:?}");
+    drop(a);
+}
+
 on_both_stores!(
+    a_watch_sees_a_peers_lock_granted_the_moment_its_holder_goes,
     reaper_judges_staleness_only_after_watching_one_heartbeat_timeout,
     reaper_spares_a_fresh_heartbeat_and_obeys_its_switch,
     reaper_times_out_a_run_past_its_deadline_plus_grace,

@@ -520,7 +520,41 @@ async fn a_blind_zombie_is_stopped_by_the_epoch_fence(db: &TestDb) {
     paused_owner_wakes_up(db, true).await;
 }
 
+/// A SIGKILLed pod is found dead through the lock its process held, not by
+/// waiting out its liveness timeout (a minute here): the survivor recovers
+/// its run long before the lease could have said anything.
+async fn a_killed_pod_is_found_dead_by_its_lock_not_its_lease(db: &TestDb) {
+    let h = db.open().await;
+    let long = ["--liveness-timeout-ms", "60000", "--probe-interval-ms", "100"];
+    let mut a = PodProc::spawn(&db.target(), "locked-a", &long);
+    let ca = PodClient::new(&a.url).unwrap();
+    let id = submit(&ca, "slow_stream").await;
+    eventually(
+        "locked-a to claim the run",
+        Duration::from_secs(10),
+        || async { owner_of(&h, &id).await.1.as_deref() == Some("locked-a") },
+    )
+    .await;
+    let b = PodProc::spawn(&db.target(), "locked-b", &long);
+    a.signal(Signal::SIGKILL);
+    a.wait_exit(Duration::from_secs(5)).unwrap();
+    eventually(
+        "locked-b to take the run (a lease would take 60 s)",
+        Duration::from_secs(20),
+        || async { owner_of(&h, &id).await.1.as_deref() == Some("locked-b") },
+    )
+    .await;
+    let deaths = h.store.liveness().deaths(10).await.unwrap();
+    assert_eq!(
+        deaths.iter().map(|d| d.pod_id.as_str()).collect::<Vec<_>>(),
+        ["locked-a"]
+    );
+    assert_eq!(deaths[0].detected_by, "locked-b");
+    drop(b);
+}
+
 on_both_stores!(
+    a_killed_pod_is_found_dead_by_its_lock_not_its_lease,
     sigkill_mid_stream_is_recovered_by_a_survivor,
     sigterm_mid_stream_is_recovered_by_the_same_path,
     two_survivors_race_and_each_run_is_claimed_once,

@@ -7,18 +7,27 @@
 //! own membership was found gone stops its runs, rejoins as a new
 //! incarnation and takes back what is still its own; until it has
 //! rejoined it neither judges peers nor takes their runs.
+//!
+//! Between probes, a watcher per peer waits on the peer's liveness lock
+//! ([`Liveness::watch`]); the moment the lock is granted (the peer's process
+//! or session is gone) it wakes the loop for a pass, so a killed pod is
+//! found dead in milliseconds, not at the next probe or lease expiry.
 
-use super::store::liveness::{Identity, Membership};
+use super::store::liveness::{Identity, Liveness, Membership, PodRow};
 use super::switches::RECOVERY_ENABLED;
 use super::worker::Worker;
 use crate::faults::{self, Bug};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RecoveryPass {
+    /// The peers registered when the pass began, less those it found dead.
+    pub peers: Vec<PodRow>,
     /// Peers this pass found dead (and recorded).
     pub deaths: Vec<String>,
     /// Orphaned runs this pod claimed.
@@ -44,8 +53,8 @@ pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
             return out;
         }
     };
-    for peer in peers.iter().filter(|p| p.pod_id != worker.pod_id()) {
-        match liveness.probe(peer, worker.pod_id()).await {
+    for peer in peers.into_iter().filter(|p| p.pod_id != worker.pod_id()) {
+        match liveness.probe(&peer, worker.pod_id()).await {
             Ok(Some(death)) => {
                 let latency =
                     (death.detected_at_ms - death.last_heartbeat_at_ms).max(0) as f64 / 1000.0;
@@ -54,8 +63,11 @@ pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
                 tracing::warn!(pod = %death.pod_id, incarnation = %death.incarnation, latency_s = latency, "peer pod is dead");
                 out.deaths.push(death.pod_id);
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(pod = %peer.pod_id, error = %e, "probe failed"),
+            Ok(None) => out.peers.push(peer),
+            Err(e) => {
+                tracing::warn!(pod = %peer.pod_id, error = %e, "probe failed");
+                out.peers.push(peer);
+            }
         }
     }
     let room = worker.room();
@@ -85,8 +97,9 @@ pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
 }
 
 /// Keep our membership alive (on a task of its own), and run a recovery
-/// [`pass`] every `probe_interval` until `stop`. Returns the membership so
-/// the caller can leave after the runs have stopped.
+/// [`pass`] every `probe_interval`, and at once whenever a peer's watcher
+/// sees its lock granted, until `stop`. Returns the membership so the
+/// caller can leave after the runs have stopped.
 pub async fn run(
     worker: Arc<Worker>,
     membership: Box<dyn Membership>,
@@ -100,29 +113,122 @@ pub async fn run(
         identity,
         stop.clone(),
     ));
+    let mut watchers = Watchers::new(worker.clone());
     let mut probe = tokio::time::interval(probe_interval.max(Duration::from_millis(10)));
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = probe.tick() => {
-                // The stalling_claims fault: the renew waits for this pass.
-                let _inline = if faults::on(Bug::StallingClaims) {
-                    Some(worker.renew_gate.lock().await)
-                } else {
-                    None
-                };
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = pass(&worker) => {}
-                }
-                worker.engine.metrics.tick("liveness");
-            }
+            _ = probe.tick() => {}
+            _ = watchers.wake.notified() => {}
         }
+        // The stalling_claims fault: the renew waits for this pass.
+        let _inline = if faults::on(Bug::StallingClaims) {
+            Some(worker.renew_gate.lock().await)
+        } else {
+            None
+        };
+        let done = tokio::select! {
+            _ = stop.cancelled() => break,
+            done = pass(&worker) => done,
+        };
+        watchers.follow(&done.peers);
+        worker.engine.metrics.tick("liveness");
     }
+    watchers.stop();
     match renewer.await {
         Ok(m) => m,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// One watcher task per registered peer incarnation.
+struct Watchers {
+    worker: Arc<Worker>,
+    wake: Arc<Notify>,
+    running: HashMap<(String, String), tokio::task::JoinHandle<()>>,
+    /// Incarnations whose lock was seen granted: the probe, or the lease,
+    /// decides now; no second watcher for them.
+    fired: HashSet<(String, String)>,
+}
+
+impl Watchers {
+    fn new(worker: Arc<Worker>) -> Self {
+        Watchers {
+            worker,
+            wake: Arc::new(Notify::new()),
+            running: HashMap::new(),
+            fired: HashSet::new(),
+        }
+    }
+
+    /// Watch every peer in `peers`; stop watching the ones gone.
+    fn follow(&mut self, peers: &[PodRow]) {
+        let keys: HashSet<(String, String)> = peers
+            .iter()
+            .map(|p| (p.pod_id.clone(), p.incarnation.clone()))
+            .collect();
+        self.running.retain(|k, task| {
+            let keep = keys.contains(k);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        self.fired.retain(|k| keys.contains(k));
+        for peer in peers {
+            let key = (peer.pod_id.clone(), peer.incarnation.clone());
+            if self.fired.contains(&key) || self.running.get(&key).is_some_and(|t| !t.is_finished())
+            {
+                continue;
+            }
+            if let Some(done) = self.running.remove(&key)
+                && done.is_finished()
+            {
+                // It ended granted (or gave up on an error): see `fired`.
+                self.fired.insert(key.clone());
+                continue;
+            }
+            let task = tokio::spawn(watch_peer(
+                self.worker.clone(),
+                peer.clone(),
+                self.wake.clone(),
+            ));
+            self.running.insert(key, task);
+        }
+    }
+
+    fn stop(&mut self) {
+        for (_, task) in self.running.drain() {
+            task.abort();
+        }
+    }
+}
+
+/// Wait on `peer`'s lock until it is granted, then wake the recovery loop.
+async fn watch_peer(worker: Arc<Worker>, peer: PodRow, wake: Arc<Notify>) {
+    let liveness: &dyn Liveness = worker.store().liveness();
+    let mut watch = match liveness.watch(&peer).await {
+        Ok(Some(w)) => w,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(pod = %peer.pod_id, error = %e, "cannot watch the peer; probes alone find its death");
+            return;
+        }
+    };
+    loop {
+        match watch.released().await {
+            Ok(true) => {
+                tracing::debug!(pod = %peer.pod_id, incarnation = %peer.incarnation, "peer's liveness lock granted: probing now");
+                wake.notify_one();
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(pod = %peer.pod_id, error = %e, "watch failed; probes alone find its death");
+                return;
+            }
+        }
     }
 }
 

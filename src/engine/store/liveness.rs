@@ -18,6 +18,14 @@
 //!
 //! Either way a death is recorded in `pod_deaths`, and the same recovery
 //! code claims the dead pod's runs.
+//!
+//! Deaths of processes are also seen the moment they happen, without
+//! waiting for a probe interval or a lease: a survivor [`Liveness::watch`]es
+//! each peer, waiting on the lock the peer's process holds (PostgreSQL: its
+//! session's advisory lock; SQLite: an OS file lock beside the database,
+//! which the kernel drops when the process dies), and runs a probe as soon
+//! as it is granted. Probes and leases stay as the fallback for what no lock
+//! release shows: a frozen pod, a cut network.
 
 use super::StoreError;
 use async_trait::async_trait;
@@ -93,7 +101,25 @@ pub trait Liveness: Send + Sync {
     async fn probe(&self, peer: &PodRow, prober: &str) -> Result<Option<Death>, StoreError>;
     async fn pods(&self) -> Result<Vec<PodRow>, StoreError>;
     async fn deaths(&self, limit: i64) -> Result<Vec<Death>, StoreError>;
+    /// A way to wait for `peer`'s process to be gone, or `None` when this
+    /// store has no event for it (then only probes find the death).
+    async fn watch(&self, _peer: &PodRow) -> Result<Option<Box<dyn Watch>>, StoreError> {
+        Ok(None)
+    }
 }
+
+/// One survivor waiting on one peer's liveness lock.
+#[async_trait]
+pub trait Watch: Send {
+    /// Wait at most about [`WATCH_ROUND`] for the peer's lock. `Ok(true)`:
+    /// it was free, so the process (or session) that held it is gone: probe
+    /// the peer now. `Ok(false)`: still held.
+    async fn released(&mut self) -> Result<bool, StoreError>;
+}
+
+/// How long one [`Watch::released`] waits before answering "still held": a
+/// lock wait holds a snapshot on PostgreSQL, so it is renewed this often.
+pub const WATCH_ROUND: Duration = Duration::from_secs(1);
 
 /// This process's live membership.
 #[async_trait]

@@ -493,4 +493,63 @@ impl super::liveness::Liveness for PgStore {
     async fn deaths(&self, limit: i64) -> Result<Vec<super::liveness::Death>, super::StoreError> {
         self.deaths_impl(limit).await
     }
+
+    /// A session of its own that waits on the peer's advisory lock: the
+    /// server grants it the moment the peer's session ends.
+    async fn watch(
+        &self,
+        peer: &super::liveness::PodRow,
+    ) -> Result<Option<Box<dyn super::liveness::Watch>>, super::StoreError> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect_with(&self.options).await?;
+        let round = format!("{}ms", super::liveness::WATCH_ROUND.as_millis());
+        for (key, value) in [
+            ("application_name", "vigil-watch"),
+            ("lock_timeout", round.as_str()),
+            ("statement_timeout", "10s"),
+            ("idle_in_transaction_session_timeout", "5s"),
+            ("tcp_keepalives_idle", "5"),
+            ("tcp_keepalives_interval", "2"),
+            ("tcp_keepalives_count", "3"),
+        ] {
+            sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(key)
+                .bind(value)
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(Some(Box::new(LockWatch {
+            conn,
+            key: super::liveness::lock_key(&peer.pod_id),
+        })))
+    }
+}
+
+/// Waits on a peer's session advisory lock (see [`PgStore`]'s `watch`).
+struct LockWatch {
+    conn: sqlx::PgConnection,
+    key: i64,
+}
+
+#[async_trait::async_trait]
+impl super::liveness::Watch for LockWatch {
+    /// Ask for the peer's lock in a transaction, for at most one
+    /// `lock_timeout`; granted, it is given back at once (the rollback), so
+    /// a replacement with the same id can take it, and the probe that
+    /// follows finds it free. A lock wait holds a snapshot: the round keeps
+    /// this session's `backend_xmin` at most one round old.
+    async fn released(&mut self) -> Result<bool, super::StoreError> {
+        use sqlx::Connection as _;
+        let mut tx = self.conn.begin().await?;
+        let waited = sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(self.key)
+            .execute(&mut *tx)
+            .await;
+        tx.rollback().await?;
+        match waited.map_err(super::StoreError::from) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_lock_busy() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }

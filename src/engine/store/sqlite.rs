@@ -329,6 +329,137 @@ struct LeaseMembership {
     pool: SqlitePool,
     clock: Arc<dyn Clock>,
     me: super::liveness::Identity,
+    /// The pod's OS lock (see [`SqliteStore::lock_path`]), held for as long
+    /// as the membership; the kernel releases it when the process dies.
+    _lock: Option<std::fs::File>,
+}
+
+impl SqliteStore {
+    /// Where pod `pod_id` holds its OS lock: `<database>.pods/<key>.lock`,
+    /// the key being the pod id's [`lock_key`](super::liveness::lock_key).
+    fn lock_path(&self, pod_id: &str) -> PathBuf {
+        let mut dir = self.path.clone().into_os_string();
+        dir.push(".pods");
+        // The key's bits as a file name: stable, and safe whatever the id.
+        let key = u64::from_ne_bytes(super::liveness::lock_key(pod_id).to_ne_bytes());
+        PathBuf::from(dir).join(format!("{key:016x}.lock"))
+    }
+
+    /// Take pod `me`'s OS lock (waiting up to `wait` for a previous process
+    /// with the same id to exit) and write our incarnation in it. `None`
+    /// when the lock file cannot be made (then leases alone judge).
+    async fn take_pod_lock(
+        &self,
+        me: &super::liveness::Identity,
+        wait: Duration,
+    ) -> Result<Option<std::fs::File>, super::liveness::LivenessError> {
+        use std::io::Write as _;
+        let path = self.lock_path(&me.pod_id);
+        let opened = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                std::fs::File::options()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+            });
+        let mut file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "no OS liveness lock: peers find this pod dead by its lease alone");
+                return Ok(None);
+            }
+        };
+        let started = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if started.elapsed() >= wait {
+                        return Err(super::liveness::LivenessError::LockTimeout {
+                            pod_id: me.pod_id.clone(),
+                            waited: started.elapsed(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot lock; peers find this pod dead by its lease alone");
+                    return Ok(None);
+                }
+            }
+        }
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.write_all(me.incarnation.as_bytes()))
+            .and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the liveness lock");
+            return Ok(None);
+        }
+        Ok(Some(file))
+    }
+
+    /// Whether `peer`'s OS lock is free and names `peer`'s incarnation: the
+    /// process that held it is gone.
+    fn lock_released(&self, peer: &super::liveness::PodRow) -> bool {
+        use std::io::Read as _;
+        let Ok(mut file) = std::fs::File::open(self.lock_path(&peer.pod_id)) else {
+            return false;
+        };
+        if file.try_lock().is_err() {
+            return false;
+        }
+        let mut held_by = String::new();
+        let _ = file.read_to_string(&mut held_by);
+        held_by == peer.incarnation
+    }
+}
+
+/// A survivor waiting on a peer's OS lock (see [`SqliteStore::lock_path`]).
+struct FileWatch {
+    path: PathBuf,
+    /// Fires once a thread blocked on the lock was granted it (true) or
+    /// could not wait on it (false).
+    granted: Option<tokio::sync::oneshot::Receiver<bool>>,
+}
+
+#[async_trait::async_trait]
+impl super::liveness::Watch for FileWatch {
+    async fn released(&mut self) -> Result<bool, super::StoreError> {
+        let granted = match &mut self.granted {
+            Some(rx) => rx,
+            None => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let path = self.path.clone();
+                // A blocking wait the kernel ends when the holder exits; a
+                // thread of its own (a runtime's blocking pool would wait
+                // for it at shutdown).
+                std::thread::Builder::new()
+                    .name("vigil-watch".into())
+                    .spawn(move || {
+                        let got = std::fs::File::open(&path).and_then(|f| f.lock());
+                        let _ = tx.send(got.is_ok());
+                    })
+                    .map_err(|e| super::StoreError::Db(sqlx::Error::Io(e)))?;
+                self.granted.insert(rx)
+            }
+        };
+        let Ok(answer) = tokio::time::timeout(super::liveness::WATCH_ROUND, granted).await else {
+            return Ok(false);
+        };
+        // Answered: the next call waits anew.
+        self.granted = None;
+        match answer {
+            Ok(true) => Ok(true),
+            Ok(false) | Err(_) => Err(super::StoreError::Db(sqlx::Error::Io(
+                std::io::Error::other(format!("cannot wait on {}", self.path.display())),
+            ))),
+        }
+    }
 }
 
 fn timeout_ms(d: Duration) -> i64 {
@@ -377,6 +508,9 @@ impl super::liveness::Liveness for SqliteStore {
         wait: Duration,
     ) -> Result<Box<dyn super::liveness::Membership>, super::liveness::LivenessError> {
         let started = std::time::Instant::now();
+        // The OS lock first, then the registry row, as on PostgreSQL: a peer
+        // can never find our row without our lock held.
+        let lock = self.take_pod_lock(me, wait).await?;
         loop {
             let now = self.clock.now_ms();
             let mut tx = self.begin_write().await.map_err(super::StoreError::from)?;
@@ -393,7 +527,10 @@ impl super::liveness::Liveness for SqliteStore {
                 heartbeat_at: last,
             }) = held
             {
-                if until < now && inc != me.incarnation {
+                // Holding the OS lock, another incarnation's row can only be
+                // a dead predecessor's; without the lock, only an expired one.
+                let predecessor_gone = until < now || lock.is_some();
+                if predecessor_gone && inc != me.incarnation {
                     // Our previous incarnation died and nobody noticed yet:
                     // we are the one who finds it dead.
                     sqlx::query(
@@ -408,7 +545,7 @@ impl super::liveness::Liveness for SqliteStore {
                     .await
                     .map_err(super::StoreError::from)?;
                 }
-                if until >= now && inc != me.incarnation {
+                if !predecessor_gone && inc != me.incarnation {
                     drop(tx);
                     if started.elapsed() >= wait {
                         return Err(super::liveness::LivenessError::InUse {
@@ -439,6 +576,7 @@ impl super::liveness::Liveness for SqliteStore {
                 pool: self.pool.clone(),
                 clock: self.clock.clone(),
                 me: me.clone(),
+                _lock: lock,
             }));
         }
     }
@@ -452,15 +590,19 @@ impl super::liveness::Liveness for SqliteStore {
             // The fault: every peer looks alive, so nobody recovers its runs.
             return Ok(None);
         }
+        // The peer's OS lock free, with its incarnation written in it: the
+        // process is gone, whatever its lease still says.
+        let released = self.lock_released(peer);
         let now = self.clock.now_ms();
         let mut tx = self.begin_write().await?;
         let gone: Option<i64> = sqlx::query_scalar(
-            "DELETE FROM pods WHERE pod_id = $1 AND incarnation = $2 AND lease_until < $3 \
-             RETURNING heartbeat_at",
+            "DELETE FROM pods WHERE pod_id = $1 AND incarnation = $2 \
+             AND (lease_until < $3 OR $4) RETURNING heartbeat_at",
         )
         .bind(&peer.pod_id)
         .bind(&peer.incarnation)
         .bind(now)
+        .bind(released)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(last) = gone else { return Ok(None) };
@@ -471,6 +613,21 @@ impl super::liveness::Liveness for SqliteStore {
 
     async fn pods(&self) -> Result<Vec<super::liveness::PodRow>, super::StoreError> {
         self.pods_impl().await
+    }
+
+    /// A thread blocked on the peer's OS lock: the kernel grants it the
+    /// moment the peer's process exits.
+    async fn watch(
+        &self,
+        peer: &super::liveness::PodRow,
+    ) -> Result<Option<Box<dyn super::liveness::Watch>>, super::StoreError> {
+        let path = self.lock_path(&peer.pod_id);
+        Ok(path.exists().then(|| {
+            Box::new(FileWatch {
+                path,
+                granted: None,
+            }) as Box<dyn super::liveness::Watch>
+        }))
     }
 
     async fn deaths(&self, limit: i64) -> Result<Vec<super::liveness::Death>, super::StoreError> {
