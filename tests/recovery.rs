@@ -525,7 +525,12 @@ async fn a_blind_zombie_is_stopped_by_the_epoch_fence(db: &TestDb) {
 /// its run long before the lease could have said anything.
 async fn a_killed_pod_is_found_dead_by_its_lock_not_its_lease(db: &TestDb) {
     let h = db.open().await;
-    let long = ["--liveness-timeout-ms", "60000", "--probe-interval-ms", "100"];
+    let long = [
+        "--liveness-timeout-ms",
+        "60000",
+        "--probe-interval-ms",
+        "100",
+    ];
     let mut a = PodProc::spawn(&db.target(), "locked-a", &long);
     let ca = PodClient::new(&a.url).unwrap();
     let id = submit(&ca, "slow_stream").await;

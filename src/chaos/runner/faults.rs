@@ -74,8 +74,7 @@ async fn resolve_target(shared: &Shared, target: &Target) -> Option<String> {
 async fn wait_trigger(shared: &Shared, trigger: &Trigger, bound: Instant) -> bool {
     match trigger {
         Trigger::AtMs(ms) => {
-            let due = Duration::from_millis(*ms)
-                .saturating_sub(Duration::from_millis(shared.history.elapsed_ms()));
+            let due = shared.until_workload_ms(*ms);
             tokio::time::sleep(due).await;
             true
         }

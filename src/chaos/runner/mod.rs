@@ -79,6 +79,10 @@ pub struct Outcome {
 
 struct Shared {
     history: Arc<History>,
+    /// History ms when the cluster was up: the workload's zero, from which
+    /// `at_ms` triggers and submission times count (pods start in tens of
+    /// milliseconds as processes, a second each as containers).
+    t0_ms: u64,
     store: Arc<dyn Store>,
     /// The store's URL as the runner reaches it (row_lock's own session).
     store_url: String,
@@ -162,6 +166,12 @@ impl Shared {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// How long until `ms` after the workload's zero.
+    fn until_workload_ms(&self, ms: u64) -> Duration {
+        Duration::from_millis(self.t0_ms.saturating_add(ms))
+            .saturating_sub(Duration::from_millis(self.history.elapsed_ms()))
     }
 
     fn say(&self, msg: &str) {
@@ -375,6 +385,7 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
         cluster.start_pod(&id, &[]).await?;
     }
     let shared = Arc::new(Shared {
+        t0_ms: history.elapsed_ms(),
         history,
         store: store.clone(),
         store_url: target.to_owned(),

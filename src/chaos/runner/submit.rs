@@ -24,8 +24,7 @@ pub(super) async fn workload(
     let mut runs_sorted = plan.runs.clone();
     runs_sorted.sort_by_key(|r| r.submit_at_ms);
     for r in &runs_sorted {
-        let due = Duration::from_millis(r.submit_at_ms)
-            .saturating_sub(Duration::from_millis(shared.history.elapsed_ms()));
+        let due = shared.until_workload_ms(r.submit_at_ms);
         tokio::time::sleep(due).await;
         let req = SubmitRequest {
             workflow: r.workflow.clone(),

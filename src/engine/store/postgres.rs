@@ -507,7 +507,11 @@ impl super::liveness::Liveness for PgStore {
             ("application_name", "vigil-watch"),
             ("lock_timeout", round.as_str()),
             ("statement_timeout", "10s"),
-            ("idle_in_transaction_session_timeout", "5s"),
+            // Granted, the lock is given back within one round trip; a
+            // watcher frozen in between (its pod SIGSTOPped) would keep a
+            // dead peer's lock from every other survivor and from the
+            // peer's replacement: the server ends its session instead.
+            ("idle_in_transaction_session_timeout", "200ms"),
             ("tcp_keepalives_idle", "5"),
             ("tcp_keepalives_interval", "2"),
             ("tcp_keepalives_count", "3"),
@@ -545,10 +549,12 @@ impl super::liveness::Watch for LockWatch {
             .bind(self.key)
             .execute(&mut *tx)
             .await;
-        tx.rollback().await?;
+        let rolled_back = tx.rollback().await;
         match waited.map_err(super::StoreError::from) {
+            // Granted: the holder is gone, whether or not the rollback
+            // still reached a server that had meanwhile ended our session.
             Ok(_) => Ok(true),
-            Err(e) if e.is_lock_busy() => Ok(false),
+            Err(e) if e.is_lock_busy() => rolled_back.map(|()| false).map_err(Into::into),
             Err(e) => Err(e),
         }
     }
