@@ -146,10 +146,11 @@ pub async fn run(
 struct Watchers {
     worker: Arc<Worker>,
     wake: Arc<Notify>,
-    running: HashMap<(String, String), tokio::task::JoinHandle<()>>,
-    /// Incarnations whose lock was seen granted: the probe, or the lease,
-    /// decides now; no second watcher for them.
-    fired: HashSet<(String, String)>,
+    /// One watcher per (pod id, incarnation). A finished one stays until
+    /// its peer leaves the registry: its lock was seen granted (or could
+    /// not be waited on), so the probe, or the lease, decides now; no
+    /// second watcher for that incarnation.
+    watching: HashMap<(String, String), tokio::task::JoinHandle<()>>,
 }
 
 impl Watchers {
@@ -157,8 +158,7 @@ impl Watchers {
         Watchers {
             worker,
             wake: Arc::new(Notify::new()),
-            running: HashMap::new(),
-            fired: HashSet::new(),
+            watching: HashMap::new(),
         }
     }
 
@@ -168,25 +168,16 @@ impl Watchers {
             .iter()
             .map(|p| (p.pod_id.clone(), p.incarnation.clone()))
             .collect();
-        self.running.retain(|k, task| {
+        self.watching.retain(|k, task| {
             let keep = keys.contains(k);
             if !keep {
                 task.abort();
             }
             keep
         });
-        self.fired.retain(|k| keys.contains(k));
         for peer in peers {
             let key = (peer.pod_id.clone(), peer.incarnation.clone());
-            if self.fired.contains(&key) || self.running.get(&key).is_some_and(|t| !t.is_finished())
-            {
-                continue;
-            }
-            if let Some(done) = self.running.remove(&key)
-                && done.is_finished()
-            {
-                // It ended granted (or gave up on an error): see `fired`.
-                self.fired.insert(key.clone());
+            if self.watching.contains_key(&key) {
                 continue;
             }
             let task = tokio::spawn(watch_peer(
@@ -194,12 +185,12 @@ impl Watchers {
                 peer.clone(),
                 self.wake.clone(),
             ));
-            self.running.insert(key, task);
+            self.watching.insert(key, task);
         }
     }
 
     fn stop(&mut self) {
-        for (_, task) in self.running.drain() {
+        for (_, task) in self.watching.drain() {
             task.abort();
         }
     }
