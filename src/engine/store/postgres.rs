@@ -370,6 +370,26 @@ impl super::liveness::Membership for LockMembership {
     }
 }
 
+impl PgStore {
+    /// A connection outside the pool with `settings` of its own (the
+    /// liveness session, a watcher's session).
+    async fn session_of_its_own(
+        &self,
+        settings: &[(&str, &str)],
+    ) -> Result<sqlx::PgConnection, sqlx::Error> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect_with(&self.options).await?;
+        for (key, value) in settings {
+            sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(key)
+                .bind(value)
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(conn)
+    }
+}
+
 #[async_trait::async_trait]
 impl super::liveness::Liveness for PgStore {
     async fn join(
@@ -377,28 +397,20 @@ impl super::liveness::Liveness for PgStore {
         me: &super::liveness::Identity,
         wait: Duration,
     ) -> Result<Box<dyn super::liveness::Membership>, super::liveness::LivenessError> {
-        use sqlx::Connection as _;
         let store_err = |e: sqlx::Error| super::liveness::LivenessError::Store(e.into());
-        let mut conn = sqlx::PgConnection::connect_with(&self.options)
-            .await
-            .map_err(store_err)?;
         let timeout = format!("{}ms", me.timeout.as_millis().max(100));
         // Session settings on the liveness connection only (FIELD-NOTES s.2):
         // the server drops a silent session, and with it our lock.
-        for (key, value) in [
-            ("idle_session_timeout", timeout.as_str()),
-            ("client_connection_check_interval", "1s"),
-            ("tcp_keepalives_idle", "5"),
-            ("tcp_keepalives_interval", "2"),
-            ("tcp_keepalives_count", "3"),
-        ] {
-            sqlx::query("SELECT set_config($1, $2, false)")
-                .bind(key)
-                .bind(value)
-                .execute(&mut conn)
-                .await
-                .map_err(store_err)?;
-        }
+        let mut conn = self
+            .session_of_its_own(&[
+                ("idle_session_timeout", timeout.as_str()),
+                ("client_connection_check_interval", "1s"),
+                ("tcp_keepalives_idle", "5"),
+                ("tcp_keepalives_interval", "2"),
+                ("tcp_keepalives_count", "3"),
+            ])
+            .await
+            .map_err(store_err)?;
         let key = super::liveness::lock_key(&me.pod_id);
         let started = std::time::Instant::now();
         // The lock first, then the registry row: a peer can never find our
@@ -500,28 +512,22 @@ impl super::liveness::Liveness for PgStore {
         &self,
         peer: &super::liveness::PodRow,
     ) -> Result<Option<Box<dyn super::liveness::Watch>>, super::StoreError> {
-        use sqlx::Connection as _;
-        let mut conn = sqlx::PgConnection::connect_with(&self.options).await?;
         let round = format!("{}ms", super::liveness::WATCH_ROUND.as_millis());
-        for (key, value) in [
-            ("application_name", "vigil-watch"),
-            ("lock_timeout", round.as_str()),
-            ("statement_timeout", "10s"),
-            // Granted, the lock is given back within one round trip; a
-            // watcher frozen in between (its pod SIGSTOPped) would keep a
-            // dead peer's lock from every other survivor and from the
-            // peer's replacement: the server ends its session instead.
-            ("idle_in_transaction_session_timeout", "200ms"),
-            ("tcp_keepalives_idle", "5"),
-            ("tcp_keepalives_interval", "2"),
-            ("tcp_keepalives_count", "3"),
-        ] {
-            sqlx::query("SELECT set_config($1, $2, false)")
-                .bind(key)
-                .bind(value)
-                .execute(&mut conn)
-                .await?;
-        }
+        let conn = self
+            .session_of_its_own(&[
+                ("application_name", "vigil-watch"),
+                ("lock_timeout", round.as_str()),
+                ("statement_timeout", "10s"),
+                // Granted, the lock is given back within one round trip; a
+                // watcher frozen in between (its pod SIGSTOPped) would keep a
+                // dead peer's lock from every other survivor and from the
+                // peer's replacement: the server ends its session instead.
+                ("idle_in_transaction_session_timeout", "200ms"),
+                ("tcp_keepalives_idle", "5"),
+                ("tcp_keepalives_interval", "2"),
+                ("tcp_keepalives_count", "3"),
+            ])
+            .await?;
         Ok(Some(Box::new(LockWatch {
             conn,
             key: super::liveness::lock_key(&peer.pod_id),
