@@ -5,7 +5,10 @@
 #
 #   1. throughput: 5 trivial steps, N runs, 1 and 3 pods, concurrency 1 and 16,
 #      SQLite and PostgreSQL; DBOS (anchor `throughput --mode start`) at 1 and
-#      16 on the same PostgreSQL; repetitions interleaved, medians reported.
+#      16 on the same PostgreSQL; the commit limit (`vigil bench commits`:
+#      one-row INSERT + commit per second) of both stores at 1 and 16 clients;
+#      repetitions interleaved, medians reported; statements and commits per
+#      run from pg_stat_statements.
 #   2. recovery: K SIGKILLs and K SIGTERMs of the owner of a streaming run per
 #      store; DBOS anchor `recovery` (kill, restart the same executor) R times.
 #   3. console: criterion render bench (10,000 runs) and store queries/s of the
@@ -33,7 +36,9 @@ if [ "${1:-}" != "--inner" ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null
     }
     # A PostgreSQL with its default durability (fsync on), unlike the tests'.
-    VIGIL_PG_DURABLE=1 exec ./scripts/with-pg.sh "$0" --inner
+    # pg_stat_statements: statements and commits per run (see `vigil bench throughput`).
+    VIGIL_PG_DURABLE=1 VIGIL_PG_EXTRA_OPTS="-c shared_preload_libraries=pg_stat_statements" \
+        exec ./scripts/with-pg.sh "$0" --inner
 fi
 
 : "${VIGIL_TEST_PG_URL:?run through scripts/with-pg.sh}"
@@ -74,6 +79,10 @@ dbos_tp() { # conc rep
         --workflows "$RUNS" --steps 5 --concurrency "$1" --warmup 50) \
         > "$OUT/raw/tp-dbos-postgres-p1-c$1-r$2.json"
 }
+commit_limit() { # store-label store conc rep
+    "$VIGIL" bench commits --store "$2" --concurrency "$3" --seconds 5 \
+        --out "$OUT/raw/commits-$1-c$3-r$4.json"
+}
 vigil_tp() { # store-label store pods conc rep
     "$VIGIL" bench throughput --store "$2" --pods "$3" --concurrency "$4" \
         --runs "$RUNS" --warmup 50 --out "$OUT/raw/tp-vigil-$1-p$3-c$4-r$5.json"
@@ -82,7 +91,9 @@ vigil_tp() { # store-label store pods conc rep
 log "throughput: $REPS repetitions of $RUNS runs per configuration, interleaved"
 for rep in $(seq 1 "$REPS"); do
     for c in 1 16; do
-        log "rep $rep, concurrency $c: DBOS, then Vigil (postgres p1/p3, sqlite p1/p3)"
+        log "rep $rep, concurrency $c: commit limits, DBOS, then Vigil (postgres p1/p3, sqlite p1/p3)"
+        commit_limit postgres "$PG" "$c" "$rep"
+        commit_limit sqlite sqlite "$c" "$rep"
         dbos_tp "$c" "$rep"
         vigil_tp postgres "$PG" 1 "$c" "$rep"
         vigil_tp postgres "$PG" 3 "$c" "$rep"

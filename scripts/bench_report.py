@@ -79,10 +79,50 @@ def throughput(raw):
             "errors": sum(r["errors"] for r in rows),
             "peak_rss_mib": max([r["rss_mib"] for r in rows if r["rss_mib"]], default=None),
         })
+    limit = {(c["store"], c["concurrency"]): c["commits_per_s"] for c in commits(raw)}
+    for r in out:
+        c = limit.get((r["store"], r["concurrency"]))
+        r["commit_limit_per_s"] = c
+        r["pct_of_commit_limit"] = (100.0 * r["steps_per_s"] / c) if c and r["system"] == "vigil" else None
     dbos = {r["concurrency"]: r for r in out if r["system"] == "dbos"}
     for r in out:
         d = dbos.get(r["concurrency"])
         r["ratio_vs_dbos"] = (r["runs_per_s"] / d["runs_per_s"]) if d and r["system"] == "vigil" else None
+    return out
+
+
+def commits(raw):
+    """Median one-row commits/s per (store, concurrency), from `vigil bench commits`."""
+    groups = {}
+    for p in sorted(glob.glob(os.path.join(raw, "commits-*.json"))):
+        d = load(p)
+        groups.setdefault((d["store"], d["concurrency"]), []).append(d["commits_per_s"])
+    return [{"store": k[0], "concurrency": k[1], "reps": len(v), "commits_per_s": med(v),
+             "min": min(v), "max": max(v)} for k, v in sorted(groups.items())]
+
+
+def statements(raw):
+    """Round trips and commits per run as the server counted them (PostgreSQL runs)."""
+    groups = {}
+    for p in sorted(glob.glob(os.path.join(raw, "tp-vigil-postgres-*.json"))):
+        d = load(p)
+        st = d.get("statements") or {}
+        if "round_trips_per_run" not in st:
+            continue
+        groups.setdefault((d["pods"], d["concurrency"]), []).append(st)
+    out = []
+    for (pods, conc), sts in sorted(groups.items()):
+        top = {}
+        for st in sts:
+            for q in st["by_statement"]:
+                top.setdefault(q["query"], []).append(q["per_run"])
+        out.append({
+            "pods": pods, "concurrency": conc, "reps": len(sts),
+            "round_trips_per_run": med([x["round_trips_per_run"] for x in sts]),
+            "commits_per_run": med([x["commits_per_run"] for x in sts]),
+            "by_statement": sorted(({"query": q, "per_run": med(v)} for q, v in top.items()),
+                                   key=lambda x: -x["per_run"])[:12],
+        })
     return out
 
 
@@ -163,6 +203,7 @@ def markdown(res, stamp, keep):
     a("```sh")
     a("just bench                 # = scripts/bench.sh: everything below, then this file")
     a(f"vigil bench throughput --store <sqlite|postgres://...> --pods <1|3> --concurrency <1|16> --runs {res['params']['runs']} --warmup 50")
+    a("vigil bench commits --store <sqlite|postgres://...> --concurrency <1|16> --seconds 5   # the commit limit")
     a(f"python dbos_anchor.py --db-url <same server>/dbos_anchor throughput --workflows {res['params']['runs']} --steps 5 --concurrency <1|16> --warmup 50")
     a(f"vigil bench recovery --store <sqlite|postgres://...> --signal <kill|term> --kills {res['params']['kills']}")
     a("python dbos_anchor.py --db-url <same server>/dbos_anchor recovery   # 20 steps of 100 ms, SIGKILL after step 5")
@@ -179,13 +220,44 @@ def markdown(res, stamp, keep):
       "(attempt and execution row before the body, output after it); after the clock stops every run is checked "
       "`succeeded` with each step executed once.")
     a("")
-    a("| system | store | pods | clients | runs/s (median, min-max) | steps/s | p50 latency ms | p99 latency ms | pod peak RSS MiB | Vigil/DBOS (runs/s) | errors |")
-    a("|---|---|---|---|---|---|---|---|---|---|---|")
+    a("The commit limit is `vigil bench commits`: C clients, each on its own connection, each committing "
+      "one-row `INSERT`s in autocommit through sqlx, on the same server (a scratch database) or a SQLite file "
+      "with the store's settings, in the same invocation. \"% of commit limit\" is Vigil's steps/s over it: "
+      "a step is one durable checkpoint, so 100 % would mean one step per raw one-row commit.")
+    a("")
+    a("| store | clients | one-row commits/s (median, min-max) |")
+    a("|---|---|---|")
+    for c in res["commits"]:
+        a(f"| {c['store']} | {c['concurrency']} | {fmt(c['commits_per_s'], 0)} ({fmt(c['min'], 0)}-{fmt(c['max'], 0)}, n={c['reps']}) |")
+    a("")
+    a("| system | store | pods | clients | runs/s (median, min-max) | steps/s | % of commit limit | p50 latency ms | p99 latency ms | pod peak RSS MiB | Vigil/DBOS (runs/s) | errors |")
+    a("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in res["throughput"]:
         a(f"| {r['system']} | {r['store']} | {r['pods'] if r['system'] == 'vigil' else '1 process'} | {r['concurrency']} | "
           f"{fmt(r['runs_per_s'])} ({fmt(r['runs_per_s_min'])}-{fmt(r['runs_per_s_max'])}, n={r['reps']}) | "
-          f"{fmt(r['steps_per_s'])} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {fmt(r['peak_rss_mib'])} | "
+          f"{fmt(r['steps_per_s'])} | {fmt(r['pct_of_commit_limit'], 0) + ' %' if r['pct_of_commit_limit'] else '-'} | "
+          f"{fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {fmt(r['peak_rss_mib'])} | "
           f"{fmt(r['ratio_vs_dbos'], 2) + 'x' if r['ratio_vs_dbos'] else '-'} | {r['errors']} |")
+    if res["statements"]:
+        a("")
+        a("Round trips and commits per run on PostgreSQL, as the server counted them (`pg_stat_statements`, "
+          "top-level statements, BEGIN and COMMIT included; `pg_stat_database.xact_commit`, read-only "
+          "transactions included; the pods' background loops included):")
+        a("")
+        a("| pods | clients | round trips per run | commits per run |")
+        a("|---|---|---|---|")
+        for st in res["statements"]:
+            a(f"| {st['pods']} | {st['concurrency']} | {fmt(st['round_trips_per_run'])} | {fmt(st['commits_per_run'])} |")
+        one = next((st for st in res["statements"] if st["pods"] == 1 and st["concurrency"] == 1), None)
+        if one:
+            a("")
+            a("The statements of one run (1 pod, 1 client), per run:")
+            a("")
+            a("| per run | statement |")
+            a("|---|---|")
+            for q in one["by_statement"]:
+                text = q["query"] if len(q["query"]) <= 110 else q["query"][:107] + "..."
+                a(f"| {fmt(q['per_run'], 2)} | `{text.replace('|', '/')}` |")
     a("")
     a("## 2. Liveness and recovery")
     a("")
@@ -273,6 +345,20 @@ def targets(res):
                 ratio = r[0]["ratio_vs_dbos"]
                 out.append(f"Throughput at least 2x DBOS, PostgreSQL, {pods} pod(s), {conc} client(s): "
                            f"{ratio:.2f}x ({'met' if ratio >= 2 else 'NOT met'}).")
+    for conc in (1, 16):
+        for store in ("postgres", "sqlite"):
+            r = [x for x in res["throughput"] if x["system"] == "vigil" and x["store"] == store
+                 and x["pods"] == 1 and x["concurrency"] == conc]
+            if r and r[0]["pct_of_commit_limit"]:
+                pct = r[0]["pct_of_commit_limit"]
+                out.append(f"Steps/s at least 50 % of the one-row commit limit, {store}, 1 pod, {conc} client(s): "
+                           f"{pct:.0f} % ({'met' if pct >= 50 else 'NOT met'}).")
+    for store in ("postgres", "sqlite"):
+        r = [x for x in res["recovery"]["vigil"] if x["store"] == store and x["signal"] == "SIGKILL"]
+        if r and r[0]["detection_ms"]["p99"] is not None:
+            det = r[0]["detection_ms"]["p99"]
+            out.append(f"Detection of a SIGKILLed pod on {store}, p99 at most 25 ms: {fmt(det, 0)} ms "
+                       f"({'met' if det <= 25 else 'NOT met'}).")
     dup = sum(r["finished_steps_executed_again"] for r in res["recovery"]["vigil"])
     n = sum(r["n"] for r in res["recovery"]["vigil"])
     out.append(f"Zero duplicate step executions in the recovery runs: {dup} in {n} rounds "
@@ -297,7 +383,9 @@ def main():
         "params": {"runs": max((load(p).get("runs", 0) for p in glob.glob(os.path.join(raw, "tp-vigil-*.json"))), default=0),
                    "kills": kills},
         "dbos_version": dbos_version,
+        "commits": commits(raw),
         "throughput": tp,
+        "statements": statements(raw),
         "recovery": {"vigil": vig, "dbos": dbos},
         "console": console(raw),
     }

@@ -5,7 +5,8 @@
 #   - exports VIGIL_TEST_PG_URL (a superuser URL), VIGIL_PG_BIN and VIGIL_PG_DIR,
 #   - runs "$@", then stops the server and removes its data.
 # Tests run it with fsync=off (speed); VIGIL_PG_DURABLE=1 keeps PostgreSQL's
-# defaults (fsync on), as benchmarks must.
+# defaults (fsync on), as benchmarks must. VIGIL_PG_EXTRA_OPTS adds server
+# options (`just bench` loads pg_stat_statements to count statements per run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,7 +48,7 @@ as_pg "$PGBIN/initdb" -D "$PGDIR/data" -U postgres -A trust --no-sync >/dev/null
 FSYNC="-c fsync=off"
 [ "${VIGIL_PG_DURABLE:-0}" = 1 ] && FSYNC=""
 as_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w -t 60 \
-    -o "-p $PORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=400 $FSYNC" \
+    -o "-p $PORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=400 $FSYNC ${VIGIL_PG_EXTRA_OPTS:-}" \
     start >/dev/null
 log "throwaway PostgreSQL on 127.0.0.1:$PORT (data in $PGDIR)"
 

@@ -1416,6 +1416,7 @@ async fn stream_two_steps_then_die(h: &Handle, e: &Engine) -> String {
             run_state: &json!({}),
             run_state_raw: &json!({}),
             then_begin: None,
+            then_succeed: None,
         })
         .await
         .unwrap();
@@ -1493,6 +1494,7 @@ async fn a_claim_keeps_succeeded_attempts_chunks_and_purges_the_rest(db: &TestDb
             run_state: &json!({}),
             run_state_raw: &json!({}),
             then_begin: None,
+            then_succeed: None,
         })
         .await
         .unwrap();

@@ -7,6 +7,7 @@
 //! number is slow. A subcommand fails only when the system under test does
 //! something wrong (a run that does not succeed, a step executed twice).
 
+mod commits;
 mod recovery;
 mod seed;
 mod throughput;
@@ -16,6 +17,7 @@ use clap::Subcommand;
 use std::path::Path;
 use std::process::ExitCode;
 
+pub use commits::CommitsArgs;
 pub use recovery::RecoveryArgs;
 pub use seed::SeedArgs;
 pub use throughput::ThroughputArgs;
@@ -24,6 +26,8 @@ pub use throughput::ThroughputArgs;
 pub enum BenchCmd {
     /// Runs/s, steps/s and run latency: N runs of a 5-step workflow through P pods, C clients.
     Throughput(ThroughputArgs),
+    /// The commit limit: one-row INSERT + commit per second through sqlx, C clients.
+    Commits(CommitsArgs),
     /// Detection and recovery latency: SIGKILL (or SIGTERM) the owner of a streaming run K times.
     Recovery(RecoveryArgs),
     /// Fill a store with N runs (to measure the console against).
@@ -35,6 +39,10 @@ pub async fn main(cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Throughput(a) => {
             let out = a.out.clone();
             (throughput::run(a).await?, out)
+        }
+        BenchCmd::Commits(a) => {
+            let out = a.out.clone();
+            (commits::run(a).await?, out)
         }
         BenchCmd::Recovery(a) => {
             let out = a.out.clone();

@@ -80,6 +80,11 @@ async fn measure(
         one_run(&clients[i % clients.len()], &req).await?;
     }
 
+    // From here the server counts the measured runs' statements.
+    let counter = match scratch.kind {
+        "postgres" => Some(StatementCounter::start(&scratch.target).await),
+        _ => None,
+    };
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -105,6 +110,12 @@ async fn measure(
     let wall = started.elapsed().as_secs_f64();
     let rss: Vec<Option<u64>> = pids.iter().map(|p| p.and_then(peak_rss_kib)).collect();
 
+    cluster.shutdown(Duration::from_secs(5)).await;
+    // The pods' sessions are closed (their counters flushed): read them.
+    let statements = match counter {
+        Some(c) => c.finish(a.runs).await,
+        None => serde_json::json!({"not_applicable": "SQLite: statements are in-process calls"}),
+    };
     // After the clock: every run must have succeeded and run each step once.
     let store = crate::engine::store::open(&scratch.target).await?;
     let mut not_succeeded = 0usize;
@@ -117,7 +128,6 @@ async fn measure(
             extra_executions += (s.attempts - 1).max(0);
         }
     }
-    cluster.shutdown(Duration::from_secs(5)).await;
 
     let lat: Vec<f64> = done.iter().map(|d| d.1).collect();
     let runs_per_s = a.runs as f64 / wall;
@@ -146,6 +156,7 @@ async fn measure(
         "latency_ms": summary(&lat),
         "latency_note": "POST /v1/runs -> `end` event on the run's SSE stream",
         "pod_peak_rss_kib": rss,
+        "statements": statements,
         "runs_not_succeeded": not_succeeded,
         "extra_step_executions": extra_executions,
         "failures": not_succeeded as i64 + extra_executions,
@@ -160,4 +171,89 @@ async fn one_run(
     let id = client.submit(req).await?.run.id;
     let end = client.attach(&id, |_| {}).await?;
     Ok((id, end.state))
+}
+
+/// Statements and commits per run, as the PostgreSQL server counted them
+/// (`pg_stat_statements`, top-level statements only, so one entry is one
+/// round trip; `pg_stat_database.xact_commit` for commits, read-only
+/// transactions included), both reset when the measured runs start. Needs
+/// `shared_preload_libraries=pg_stat_statements` (`just bench` sets it);
+/// without it the report says why instead of a number.
+enum StatementCounter {
+    Ready(sqlx::PgPool),
+    Unavailable(String),
+}
+
+impl StatementCounter {
+    async fn start(url: &str) -> StatementCounter {
+        let ready = async {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(url)
+                .await?;
+            sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                .execute(&pool)
+                .await?;
+            sqlx::query("SELECT pg_stat_statements_reset()")
+                .execute(&pool)
+                .await?;
+            sqlx::query("SELECT pg_stat_reset()").execute(&pool).await?;
+            Ok::<_, sqlx::Error>(pool)
+        };
+        match ready.await {
+            Ok(pool) => StatementCounter::Ready(pool),
+            Err(e) => StatementCounter::Unavailable(format!(
+                "pg_stat_statements unavailable ({e}); start the server with \
+                 shared_preload_libraries=pg_stat_statements"
+            )),
+        }
+    }
+
+    async fn finish(self, runs: usize) -> serde_json::Value {
+        let pool = match self {
+            StatementCounter::Ready(pool) => pool,
+            StatementCounter::Unavailable(why) => return serde_json::json!({"unavailable": why}),
+        };
+        let read = async {
+            // Our own session's counters are not the pods'.
+            let db = "(SELECT oid FROM pg_database WHERE datname = current_database())";
+            let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT query, calls FROM pg_stat_statements WHERE dbid = {db} \
+                 AND query NOT LIKE '%pg_stat%' ORDER BY calls DESC"
+            )))
+            .fetch_all(&pool)
+            .await?;
+            let commits: i64 = sqlx::query_scalar(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            )
+            .fetch_one(&pool)
+            .await?;
+            Ok::<_, sqlx::Error>((rows, commits))
+        };
+        let per_run = |n: i64| (n as f64 / runs as f64 * 100.0).round() / 100.0;
+        match read.await {
+            Ok((rows, commits)) => {
+                let total: i64 = rows.iter().map(|r| r.1).sum();
+                let top: Vec<_> = rows
+                    .iter()
+                    .take(25)
+                    .map(|(q, calls)| {
+                        let q: String = q.split_whitespace().collect::<Vec<_>>().join(" ");
+                        serde_json::json!({"per_run": per_run(*calls), "query": q})
+                    })
+                    .collect();
+                serde_json::json!({
+                    "round_trips_per_run": per_run(total),
+                    // Minus the counter's own one transaction.
+                    "commits_per_run": per_run((commits - 1).max(0)),
+                    "by_statement": top,
+                    "note": "counted by the server over the measured runs (the pods' \
+                             background loops, heartbeats and probes included)",
+                })
+            }
+            Err(e) => {
+                serde_json::json!({"unavailable": format!("reading pg_stat_statements: {e}")})
+            }
+        }
+    }
 }

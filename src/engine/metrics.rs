@@ -102,6 +102,10 @@ pub struct Metrics {
     pub reaper_retries: Family<Lane, Counter>,
     pub janitor_lost: Counter,
     pub ghost_rejected: Counter,
+    /// Transactions that committed checkpoints (group commit) ...
+    pub group_commits: Counter,
+    /// ... and the checkpoints they carried.
+    pub group_commit_checkpoints: Counter,
     pub loop_last_tick: Family<Loop, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
@@ -181,8 +185,9 @@ impl Metrics {
         let dispatch_claims = Family::<Outcome, Counter>::default();
         registry.register(
             "vigil_dispatch_claims",
-            "Claims this pod attempted, by outcome: pending, resumed, lost_race, row_busy (another \
-             session held the run's row; tried again later), error",
+            "Claims this pod attempted, by outcome: submitted (a run submitted here, created \
+             already claimed), pending, resumed, lost_race, row_busy (another session held the \
+             run's row; tried again later), error",
             dispatch_claims.clone(),
         );
         let runs_active = Gauge::default();
@@ -239,6 +244,18 @@ impl Metrics {
             "Transitions out of a terminal state rejected (lost -> succeeded and the like)",
             ghost_rejected.clone(),
         );
+        let group_commits = Counter::default();
+        registry.register(
+            "vigil_group_commits",
+            "Transactions that committed step checkpoints (several runs' checkpoints share one)",
+            group_commits.clone(),
+        );
+        let group_commit_checkpoints = Counter::default();
+        registry.register(
+            "vigil_group_commit_checkpoints",
+            "Step checkpoints committed by those transactions",
+            group_commit_checkpoints.clone(),
+        );
         let loop_last_tick = Family::<Loop, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "vigil_loop_last_tick_seconds",
@@ -254,6 +271,8 @@ impl Metrics {
             reaper_retries,
             janitor_lost,
             ghost_rejected,
+            group_commits,
+            group_commit_checkpoints,
             loop_last_tick,
             too_late_events,
             dispatch_claims,
@@ -346,6 +365,13 @@ impl Metrics {
                 to: to.into(),
             })
             .get()
+    }
+
+    /// One transaction committed `checkpoints` step checkpoints.
+    pub fn group_commit(&self, checkpoints: usize) {
+        self.group_commits.inc();
+        self.group_commit_checkpoints
+            .inc_by(u64::try_from(checkpoints).unwrap_or(u64::MAX));
     }
 
     pub fn inc_transition(&self, from: &str, to: &str) {

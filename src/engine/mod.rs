@@ -16,4 +16,4 @@ pub mod switches;
 pub mod worker;
 pub mod workflow;
 
-pub use executor::{Engine, EngineConfig, EngineError, RunOutcome, StepHook};
+pub use executor::{Engine, EngineConfig, EngineError, Fresh, RunOutcome, StepHook};

@@ -10,9 +10,9 @@
 
 use crate::engine::run::RunState;
 use crate::engine::store::{RunFilter, Store, StoreError};
-use crate::engine::{Engine, EngineError, RunOutcome};
+use crate::engine::{Engine, EngineError, Fresh, RunOutcome};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -36,6 +36,16 @@ impl Default for WorkerConfig {
             max_runs: 64,
             keep_zombie_runs: false,
         }
+    }
+}
+
+/// Room kept for one run until it is adopted (or the submission fails).
+#[derive(Debug)]
+pub struct Reservation(Arc<Worker>);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.0.reserved.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -64,6 +74,8 @@ pub struct Worker {
     /// peer that has not rejoined yet, burning their attempts).
     live: AtomicBool,
     stopping: AtomicBool,
+    /// Room promised to submissions being created already claimed.
+    reserved: AtomicUsize,
     /// Wakes the dispatcher (a run was just submitted here).
     pub(crate) wake: Notify,
     /// Fires when the pod stops: no new work, runs abandoned in place.
@@ -87,6 +99,7 @@ impl Worker {
             stalled: Mutex::default(),
             live: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
+            reserved: AtomicUsize::new(0),
             wake: Notify::new(),
             shutdown,
             tasks: TaskTracker::new(),
@@ -108,7 +121,30 @@ impl Worker {
 
     /// How many more runs this worker may take now.
     pub fn room(&self) -> usize {
-        self.config.max_runs.saturating_sub(self.runs_active())
+        self.config
+            .max_runs
+            .saturating_sub(self.runs_active() + self.reserved.load(Ordering::SeqCst))
+    }
+
+    /// Room for one run submitted here, to be created already claimed by
+    /// this pod ([`Worker::adopt`]); None when the pod is full, stopping or
+    /// not live (the run is then created pending, for the dispatchers).
+    pub fn reserve(self: &Arc<Self>) -> Option<Reservation> {
+        if self.is_stopping() || !self.is_live() {
+            return None;
+        }
+        let taken = self.reserved.fetch_add(1, Ordering::SeqCst) + 1;
+        let r = Reservation(self.clone());
+        (self.runs_active() + taken <= self.config.max_runs).then_some(r)
+    }
+
+    /// Drive a run this pod created already claimed (see
+    /// [`Engine::submit_claimed`]), in the room `slot` kept for it.
+    pub fn adopt(self: &Arc<Self>, fresh: Fresh, slot: Reservation) {
+        self.engine.metrics.inc_dispatch("submitted");
+        let (id, epoch) = (fresh.run.id.clone(), fresh.epoch);
+        self.spawn_driver(&id, epoch, Some(fresh));
+        drop(slot);
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -189,21 +225,27 @@ impl Worker {
         } else {
             "resumed"
         });
+        self.spawn_driver(run_id, claim.epoch, None);
+        true
+    }
+
+    /// Drive `run_id`, claimed by this pod at `epoch`, in the background.
+    fn spawn_driver(self: &Arc<Self>, run_id: &str, epoch: i64, fresh: Option<Fresh>) {
         let cancel = self.shutdown.child_token();
         lock(&self.local).insert(
             run_id.to_owned(),
             LocalRun {
-                epoch: claim.epoch,
+                epoch,
                 cancel: cancel.clone(),
                 claimed_at: Instant::now(),
                 reclaiming: false,
             },
         );
-        metrics.runs_active.inc();
+        self.engine.metrics.runs_active.inc();
         let me = self.clone();
         let id = run_id.to_owned();
         self.tasks.spawn(async move {
-            let epoch = me.drive(&id, claim.epoch, cancel).await;
+            let epoch = me.drive(&id, epoch, cancel, fresh).await;
             let mut local = lock(&me.local);
             if local.get(&id).is_some_and(|l| l.epoch == epoch) {
                 local.remove(&id);
@@ -211,7 +253,6 @@ impl Worker {
             drop(local);
             me.engine.metrics.runs_active.dec();
         });
-        true
     }
 
     /// Drive a claimed run until it ends or is no longer ours; returns the
@@ -224,7 +265,13 @@ impl Worker {
     /// as owner), so the epoch bumps and the claim purges the unfinished
     /// attempt's chunks exactly as a takeover would; attached clients get a
     /// reset.
-    async fn drive(&self, id: &str, mut epoch: i64, cancel: CancellationToken) -> i64 {
+    async fn drive(
+        &self,
+        id: &str,
+        mut epoch: i64,
+        cancel: CancellationToken,
+        mut fresh: Option<Fresh>,
+    ) -> i64 {
         let mut backoff = Duration::from_millis(250);
         let mut reclaim = false;
         loop {
@@ -245,7 +292,10 @@ impl Worker {
                     }
                 }
             }
-            let out = self.engine.drive(id, epoch, cancel.clone()).await;
+            let out = self
+                .engine
+                .drive_from(id, epoch, cancel.clone(), fresh.take())
+                .await;
             match &out {
                 Ok(RunOutcome::Abandoned) => {
                     tracing::info!(run_id = %id, "run left in place (pod stopping or ownership moved)")

@@ -268,11 +268,31 @@ async fn submit_run(
             "idempotency_key must be 1-200 characters",
         ));
     }
-    let (run, created) = pod
-        .engine
-        .submit_keyed(&req.workflow, req.input, req.idempotency_key)
-        .await?;
-    pod.nudge();
+    // With room here, the run is created already ours (one commit, no
+    // dispatcher pass); otherwise pending, for whichever pod has room.
+    let (run, created) = match pod.worker.reserve() {
+        Some(slot) => {
+            let (run, fresh) = pod
+                .engine
+                .submit_claimed(&req.workflow, req.input, req.idempotency_key)
+                .await?;
+            match fresh {
+                Some(fresh) => {
+                    pod.worker.adopt(fresh, slot);
+                    (run, true)
+                }
+                None => (run, false),
+            }
+        }
+        None => {
+            let created = pod
+                .engine
+                .submit_keyed(&req.workflow, req.input, req.idempotency_key)
+                .await?;
+            pod.nudge();
+            created
+        }
+    };
     let status = if created {
         StatusCode::CREATED
     } else {

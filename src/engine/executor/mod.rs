@@ -11,7 +11,7 @@ use crate::engine::clock::Clock;
 use crate::engine::metrics::{FallbackSource, Metrics};
 use crate::engine::run::{RunRecord, RunState, StepStatus};
 use crate::engine::store::{
-    BeginAttempt, NewRun, NextAttempt, StepSuccess, Store, StoreError, TransitionCtx,
+    Adopted, BeginAttempt, NewRun, NextAttempt, StepSuccess, Store, StoreError, TransitionCtx,
 };
 use crate::engine::switches::{AUTHORITY_DB_FALLBACK, Switches};
 use crate::engine::workflow::{
@@ -119,15 +119,51 @@ pub struct Engine {
     attempts_in_memory: std::sync::Mutex<HashMap<(String, String), i64>>,
 }
 
+/// A run just created already claimed by this pod (see
+/// [`Engine::submit_claimed`]): what its first drive needs, known without
+/// reading the store (no steps, no chunks, the initial actor state).
+#[derive(Debug, Clone)]
+pub struct Fresh {
+    pub run: RunRecord,
+    /// The epoch of the claim made with the run.
+    pub epoch: i64,
+    /// The first step's attempt, started in the creating transaction.
+    pub first: Option<(String, BeginAttempt)>,
+}
+
+/// Say so when the store capped the workflow's deadline.
+fn warn_if_capped(wf: &Workflow, run: &RunRecord) {
+    if let (Some(asked), Some(at)) = (wf.deadline_ms, run.deadline_at_ms) {
+        let given = at.saturating_sub(run.created_at_ms);
+        if i64::try_from(asked).unwrap_or(i64::MAX) > given {
+            tracing::warn!(
+                run_id = %run.id,
+                workflow = %wf.name,
+                deadline_ms = asked,
+                capped_to_ms = given,
+                "the workflow's deadline_ms exceeds {}: capped",
+                crate::engine::settings::RUNS_MAX_DEADLINE_MS
+            );
+        }
+    }
+}
+
 enum StepEnd {
     Succeeded,
+    /// The run's last step, whose checkpoint also made the run succeed.
+    RunSucceeded,
     Failed(String),
     Cancelled,
 }
 
 enum LoopEnd {
     Done,
-    Failed { step: String, error: String },
+    /// The last checkpoint committed the run's success.
+    Succeeded,
+    Failed {
+        step: String,
+        error: String,
+    },
     Cancelled,
 }
 
@@ -257,6 +293,68 @@ impl Engine {
         input: Value,
         idempotency_key: Option<String>,
     ) -> Result<(RunRecord, bool), EngineError> {
+        let (wf, new) = self.new_run(workflow, input, idempotency_key)?;
+        let (run, created) = self.store.create_run(new).await?;
+        if created {
+            warn_if_capped(&wf, &run);
+        }
+        Ok((run, created))
+    }
+
+    /// [`Engine::submit_keyed`] for a pod with room: the run is created
+    /// already claimed by this pod, with its first step's attempt started,
+    /// in one commit (see [`Store::create_claimed_run`]). With
+    /// [`Adopted`], the caller drives the run ([`Engine::drive_from`] with
+    /// the returned first attempt); without, the idempotency key had
+    /// already created it.
+    ///
+    /// [`Store::create_claimed_run`]: crate::engine::store::Store::create_claimed_run
+    pub async fn submit_claimed(
+        &self,
+        workflow: &str,
+        input: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<(RunRecord, Option<Fresh>), EngineError> {
+        let (wf, new) = self.new_run(workflow, input, idempotency_key)?;
+        // The first step, when nothing can stop it before its body: it
+        // waits for no step, and the seed-004 fault keeps budgets in memory.
+        let first = wf
+            .steps
+            .first()
+            .filter(|s| s.after.is_empty())
+            .filter(|_| !crate::faults::on(crate::faults::Bug::AttemptsInMemory));
+        let (run, adopted) = self
+            .store
+            .create_claimed_run(
+                new,
+                &self.config.pod_id,
+                first.map(|s| NextAttempt {
+                    node_id: &s.id,
+                    max_attempts: s.max_attempts(),
+                    pod: &self.config.pod_id,
+                }),
+            )
+            .await?;
+        let Some(adopted) = adopted else {
+            return Ok((run, None));
+        };
+        warn_if_capped(&wf, &run);
+        tracing::info!(run_id = %run.id, epoch = adopted.epoch, pod = %self.config.pod_id, "claimed run at submission");
+        let Adopted {
+            epoch,
+            first: began,
+        } = adopted;
+        let first = first.zip(began).map(|(s, began)| (s.id.clone(), began));
+        Ok((run.clone(), Some(Fresh { run, epoch, first })))
+    }
+
+    /// The run `workflow` asks for, and the workflow.
+    fn new_run(
+        &self,
+        workflow: &str,
+        input: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<(Workflow, NewRun), EngineError> {
         let wf = self.workflows.get(workflow)?;
         let (heartbeat_timeout_ms, retries_left) = self.lanes.run_policy(&wf.lane);
         // The store gives every run a deadline: this one, capped at
@@ -267,33 +365,17 @@ impl Engine {
                 .now_ms()
                 .saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
         });
-        let (run, created) = self
-            .store
-            .create_run(NewRun {
-                workflow: wf.name.clone(),
-                lane: wf.lane.clone(),
-                input,
-                late_completion: wf.late_completion,
-                idempotency_key,
-                deadline_at_ms,
-                heartbeat_timeout_ms,
-                retries_left,
-            })
-            .await?;
-        if let (true, Some(asked), Some(at)) = (created, wf.deadline_ms, run.deadline_at_ms) {
-            let given = at.saturating_sub(run.created_at_ms);
-            if i64::try_from(asked).unwrap_or(i64::MAX) > given {
-                tracing::warn!(
-                    run_id = %run.id,
-                    workflow = %wf.name,
-                    deadline_ms = asked,
-                    capped_to_ms = given,
-                    "the workflow's deadline_ms exceeds {}: capped",
-                    crate::engine::settings::RUNS_MAX_DEADLINE_MS
-                );
-            }
-        }
-        Ok((run, created))
+        let new = NewRun {
+            workflow: wf.name.clone(),
+            lane: wf.lane.clone(),
+            input,
+            late_completion: wf.late_completion,
+            idempotency_key,
+            deadline_at_ms,
+            heartbeat_timeout_ms,
+            retries_left,
+        };
+        Ok((wf.clone(), new))
     }
 
     /// Claim the run (compare-and-set on `expected_owner`) and drive it.
@@ -312,14 +394,27 @@ impl Engine {
     }
 
     /// Drive a run this process holds at `epoch` to its end, or until
-    /// `cancel` fires, or until another owner fences us out.
+    /// `cancel` fires, or until another owner fences us out. Called right
+    /// after the claim that gave `epoch` (which set the run's heartbeat).
     pub async fn drive(
         &self,
         run_id: &str,
         epoch: i64,
         cancel: CancellationToken,
     ) -> Result<RunOutcome, EngineError> {
-        let outcome = self.drive_inner(run_id, epoch, cancel).await;
+        self.drive_from(run_id, epoch, cancel, None).await
+    }
+
+    /// [`Engine::drive`], of a run just created already claimed when
+    /// `fresh` says so.
+    pub async fn drive_from(
+        &self,
+        run_id: &str,
+        epoch: i64,
+        cancel: CancellationToken,
+        fresh: Option<Fresh>,
+    ) -> Result<RunOutcome, EngineError> {
+        let outcome = self.drive_inner(run_id, epoch, cancel, fresh).await;
         if !matches!(outcome, Ok(RunOutcome::Abandoned)) {
             self.authority.forget_run(run_id);
         }
@@ -344,14 +439,18 @@ impl Engine {
         run_id: &str,
         epoch: i64,
         cancel: CancellationToken,
+        mut fresh: Option<Fresh>,
     ) -> Result<RunOutcome, EngineError> {
-        let run = self
-            .store
-            .get_run(run_id)
-            .await?
-            .ok_or_else(|| StoreError::RunNotFound {
-                run_id: run_id.to_owned(),
-            })?;
+        let run = match &fresh {
+            Some(f) => f.run.clone(),
+            None => self
+                .store
+                .get_run(run_id)
+                .await?
+                .ok_or_else(|| StoreError::RunNotFound {
+                    run_id: run_id.to_owned(),
+                })?,
+        };
         let wf = match self.workflows.get(&run.workflow) {
             Ok(wf) => wf.clone(),
             Err(e) => {
@@ -387,7 +486,7 @@ impl Engine {
         };
         loop {
             progress.mark();
-            let work = self.steps_loop(&run, &wf, epoch, &run_cancel, &progress);
+            let work = self.steps_loop(&run, &wf, epoch, &run_cancel, &progress, fresh.take());
             tokio::pin!(work);
             let deadline = async {
                 match until_deadline {
@@ -404,14 +503,13 @@ impl Engine {
                 };
                 let every = Duration::from_millis(u64::try_from(t / 4).unwrap_or(250).max(10));
                 let stall_after = stall_after(Duration::from_millis(u64::try_from(t).unwrap_or(0)));
-                let mut first = true;
                 let mut stalled = false;
                 loop {
-                    // The first beat at once: a run driven again after a
-                    // store outage must say so before anyone judges it.
-                    if !std::mem::take(&mut first) {
-                        tokio::time::sleep(every).await;
-                    }
+                    // No beat at once: every drive follows the claim that
+                    // gave this epoch (a run driven again after a store
+                    // outage is claimed back first), and a claim sets the
+                    // heartbeat in its own commit.
+                    tokio::time::sleep(every).await;
                     let idle = progress.idle();
                     if idle > stall_after {
                         // Stuck somewhere no step timeout reaches: stop
@@ -447,6 +545,7 @@ impl Engine {
                 }
             };
             return match end {
+                LoopEnd::Succeeded => Ok(self.finished(run_id, RunState::Succeeded)),
                 LoopEnd::Done => {
                     self.finish(
                         run_id,
@@ -509,12 +608,18 @@ impl Engine {
             error,
         };
         self.store.transition(run_id, to, &ctx).await?;
+        Ok(self.finished(run_id, to))
+    }
+
+    /// After the run's terminal transition committed (by [`Engine::finish`]
+    /// or with the last step's checkpoint).
+    fn finished(&self, run_id: &str, to: RunState) -> RunOutcome {
         self.touched(run_id);
         if to == RunState::Succeeded && crate::faults::on(crate::faults::Bug::DoubleTerminal) {
             self.double_terminal(run_id);
         }
         tracing::info!(run_id, state = %to, "run finished");
-        Ok(RunOutcome::Finished(to))
+        RunOutcome::Finished(to)
     }
 
     /// The double_terminal fault: ~500 ms after the success, this pod writes
@@ -553,36 +658,46 @@ impl Engine {
         epoch: i64,
         cancel: &CancellationToken,
         progress: &Progress,
+        fresh: Option<Fresh>,
     ) -> Result<LoopEnd, EngineError> {
-        let done: HashMap<String, StepStatus> = self
-            .store
-            .steps(&run.id)
-            .await?
-            .into_iter()
-            .map(|s| (s.node_id, s.status))
-            .collect();
-        let emitted = self
-            .store
-            .chunks(&run.id)
-            .await?
-            .iter()
-            .filter(|c| c.epoch == epoch)
-            .count();
+        // A fresh run has no step done, no chunk and its initial state.
+        let (done, emitted, copies, prestarted) = match fresh {
+            Some(f) => (
+                HashMap::new(),
+                0,
+                Some((run.run_state.clone(), run.run_state.clone())),
+                f.first,
+            ),
+            None => {
+                let done: HashMap<String, StepStatus> = self
+                    .store
+                    .steps(&run.id)
+                    .await?
+                    .into_iter()
+                    .map(|s| (s.node_id, s.status))
+                    .collect();
+                let emitted = self
+                    .store
+                    .chunks(&run.id)
+                    .await?
+                    .iter()
+                    .filter(|c| c.epoch == epoch)
+                    .count();
+                // Both copies fresh from the store: the raw one (what a
+                // mutate builds on) never leaves the engine.
+                let copies = self.store.run_state_copies(&run.id).await?;
+                (done, emitted, copies, None)
+            }
+        };
         let ctx = RunCtx {
             run_id: &run.id,
             epoch,
             cancel,
             progress,
             next_seq: std::sync::atomic::AtomicI64::new(i64::try_from(emitted).unwrap_or(0)),
-            prestarted: std::sync::Mutex::new(None),
+            prestarted: std::sync::Mutex::new(prestarted),
         };
-        // Both copies fresh from the store: the raw one (what a mutate
-        // builds on) never leaves the engine.
-        let (shown, raw) = self
-            .store
-            .run_state_copies(&run.id)
-            .await?
-            .unwrap_or_else(|| (run.run_state.clone(), run.run_state.clone()));
+        let (shown, raw) = copies.unwrap_or_else(|| (run.run_state.clone(), run.run_state.clone()));
         let mut run_state = StateCopies { raw, shown };
         let todo: Vec<&StepDef> = wf
             .steps
@@ -606,6 +721,7 @@ impl Engine {
             let next = todo.get(i + 1).copied();
             match self.run_step(&ctx, step, next, &mut run_state).await? {
                 StepEnd::Succeeded => {}
+                StepEnd::RunSucceeded => return Ok(LoopEnd::Succeeded),
                 StepEnd::Cancelled => return Ok(LoopEnd::Cancelled),
                 StepEnd::Failed(error) => {
                     return Ok(LoopEnd::Failed {

@@ -96,6 +96,8 @@ impl Engine {
                             run_state: &new_state.shown,
                             run_state_raw: &new_state.raw,
                             then_begin,
+                            // The last step: the run succeeds in this commit.
+                            then_succeed: next.is_none().then_some(self.config.pod_id.as_str()),
                         })
                         .await?;
                     if let (Some(n), Some(began)) = (next, began_next) {
@@ -108,7 +110,11 @@ impl Engine {
                     self.authority.record(ctx.run_id, &step.id, ok.output);
                     *run_state = new_state;
                     self.metrics.inc_attempt("succeeded");
-                    return Ok(StepEnd::Succeeded);
+                    return Ok(if next.is_none() {
+                        StepEnd::RunSucceeded
+                    } else {
+                        StepEnd::Succeeded
+                    });
                 }
                 Err(BodyErr::Cancelled) => return Ok(StepEnd::Cancelled),
                 Err(BodyErr::Store(e)) => return Err(e.into()),

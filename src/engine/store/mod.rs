@@ -23,6 +23,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod group;
 mod kv;
 pub mod liveness;
 pub mod ops;
@@ -30,7 +31,7 @@ mod pg_clock;
 pub mod postgres;
 mod rows;
 mod sql;
-mod sqlite;
+pub mod sqlite;
 mod statements;
 
 pub use ops::{ActiveCount, ConsoleEvent, EventCursor, EventKind, OpsStore, RunSummary};
@@ -198,6 +199,56 @@ pub struct StepSuccess<'a> {
     /// Start the next step's attempt in the same transaction (one commit
     /// instead of two between sequential steps).
     pub then_begin: Option<NextAttempt<'a>>,
+    /// The run's last step: the run succeeds in the same transaction
+    /// (`running -> succeeded`, logged as by this pod), so a run of N steps
+    /// ends at its Nth commit.
+    pub then_succeed: Option<&'a str>,
+}
+
+/// A run its submitting pod claimed in the transaction that created it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    /// The epoch of that claim.
+    pub epoch: i64,
+    /// What starting the first step's attempt gave, when asked to.
+    pub first: Option<BeginAttempt>,
+}
+
+/// A [`StepSuccess`] owned (serialized), as the group commit queues it.
+#[derive(Debug)]
+pub(crate) struct Checkpoint {
+    pub run_id: String,
+    pub node_id: String,
+    pub epoch: i64,
+    pub output: String,
+    pub output_raw: String,
+    pub run_state: String,
+    pub run_state_raw: String,
+    /// `(node_id, max_attempts, pod)` of the next step's attempt.
+    pub then_begin: Option<(String, i64, String)>,
+    /// The pod the run succeeds as.
+    pub then_succeed: Option<String>,
+}
+
+impl From<StepSuccess<'_>> for Checkpoint {
+    fn from(s: StepSuccess<'_>) -> Self {
+        let json = |v: &serde_json::Value, empty: &str| {
+            serde_json::to_string(v).unwrap_or_else(|_| empty.into())
+        };
+        Checkpoint {
+            run_id: s.run_id.to_owned(),
+            node_id: s.node_id.to_owned(),
+            epoch: s.epoch,
+            output: json(s.output, "null"),
+            output_raw: json(s.output_raw, "null"),
+            run_state: json(s.run_state, "{}"),
+            run_state_raw: json(s.run_state_raw, "{}"),
+            then_begin: s
+                .then_begin
+                .map(|n| (n.node_id.to_owned(), n.max_attempts, n.pod.to_owned())),
+            then_succeed: s.then_succeed.map(str::to_owned),
+        }
+    }
 }
 
 /// The attempt a checkpoint starts for the step after it.
@@ -322,6 +373,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Create a run; with an idempotency key already used, return the run it
     /// created first. The flag says whether this call created the run.
     async fn create_run(&self, run: NewRun) -> StoreResult<(RunRecord, bool)>;
+    /// [`Store::create_run`], and in the same transaction the claim by
+    /// `pod` (logged as any claim: a `run_claims` row and `pending ->
+    /// running`) and, with `first`, that step's first attempt: a run
+    /// submitted to a pod with room costs one commit before its first
+    /// step's body. None in place of [`Adopted`]: the idempotency key had
+    /// already created the run (returned as it is; nothing claimed).
+    async fn create_claimed_run(
+        &self,
+        run: NewRun,
+        pod: &str,
+        first: Option<NextAttempt<'_>>,
+    ) -> StoreResult<(RunRecord, Option<Adopted>)>;
     async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>>;
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>>;
 
@@ -375,7 +438,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<BeginAttempt>;
 
     /// Commit output (both copies), status and run state in one transaction.
-    /// With `then_begin`, also what starting the next step's attempt gave.
+    /// With `then_begin`, also what starting the next step's attempt gave;
+    /// with `then_succeed`, the run's success too. Concurrent checkpoints
+    /// share transactions (group commit): each returns once its own commit
+    /// is durable.
     async fn commit_step_success(&self, s: StepSuccess<'_>) -> StoreResult<Option<BeginAttempt>>;
 
     /// Give back attempt `attempt` of a step whose body never began (the

@@ -19,6 +19,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Most checkpoints one transaction carries.
+const CHECKPOINT_BATCH: usize = 64;
+/// Checkpoint transactions in flight at once: while one waits for its
+/// commit, the next gathers and runs (PostgreSQL flushes their commit
+/// records together when they meet).
+const CHECKPOINT_WORKERS: usize = 2;
+
 #[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
@@ -28,10 +35,13 @@ pub struct PgStore {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     stats: super::StoreStats,
+    /// Group commit of step checkpoints (see `store::group`).
+    checkpoints: super::group::Batcher<super::Checkpoint, Option<super::BeginAttempt>>,
 }
 
 mod dialect {
     pub const NAME: &str = "postgres";
+    pub const BEGIN_WRITE: &str = "BEGIN";
     pub const FENCE_SELECT: &str = "SELECT state, epoch FROM runs WHERE id = $1 FOR UPDATE";
     pub const STATE_SELECT_FOR_UPDATE: &str =
         "SELECT state, epoch, owner_pod, late_completion FROM runs WHERE id = $1 FOR UPDATE";
@@ -60,6 +70,39 @@ mod dialect {
     /// The batched node list, as one `text[]` parameter.
     pub fn node_list(nodes: &[String]) -> Vec<String> {
         nodes.to_vec()
+    }
+
+    /// A group of checkpoints in one statement (`vigil_checkpoints`, see
+    /// migration 0007): one round trip, one commit. Under the `skip_fence`
+    /// fault the fence lives in Rust, so the statement-by-statement form
+    /// runs instead.
+    pub async fn checkpoint_group(
+        pool: sqlx::PgPool,
+        metrics: std::sync::Arc<crate::engine::metrics::Metrics>,
+        clock: std::sync::Arc<dyn crate::engine::clock::Clock>,
+        jobs: Vec<crate::engine::store::Checkpoint>,
+    ) -> Vec<crate::engine::store::StoreResult<Option<crate::engine::store::BeginAttempt>>> {
+        if crate::faults::on(crate::faults::Bug::SkipFence) {
+            return super::checkpoint_batch(pool, metrics, clock, jobs).await;
+        }
+        match super::checkpoints_in_one_statement(&pool, &metrics, clock.now_ms(), &jobs).await {
+            Ok(out) => out,
+            Err(e) if jobs.len() == 1 => vec![Err(e.into())],
+            Err(e) => {
+                // One job's failure must not be its neighbours': each alone.
+                tracing::debug!(jobs = jobs.len(), error = %e, "checkpoint group failed: each checkpoint again alone");
+                let mut out = Vec::with_capacity(jobs.len());
+                for c in jobs.chunks(1) {
+                    match super::checkpoints_in_one_statement(&pool, &metrics, clock.now_ms(), c)
+                        .await
+                    {
+                        Ok(mut r) => out.push(r.remove(0)),
+                        Err(e) => out.push(Err(e.into())),
+                    }
+                }
+                out
+            }
+        }
     }
 }
 
@@ -238,6 +281,7 @@ impl PgStore {
             clock,
             metrics,
             stats: Default::default(),
+            checkpoints: super::group::Batcher::new(CHECKPOINT_BATCH, CHECKPOINT_WORKERS),
         })
     }
 
@@ -564,4 +608,123 @@ impl super::liveness::Watch for LockWatch {
             Err(e) => Err(e),
         }
     }
+}
+
+/// One job's row from `vigil_checkpoints`.
+#[derive(sqlx::FromRow)]
+struct CheckpointRow {
+    o_outcome: String,
+    o_state: Option<String>,
+    o_epoch: Option<i64>,
+    o_next: Option<String>,
+    o_attempts: Option<i64>,
+}
+
+/// `jobs` through `vigil_checkpoints`, answered job by job as the
+/// statement-by-statement form answers them (the same errors, the same
+/// metrics).
+async fn checkpoints_in_one_statement(
+    pool: &PgPool,
+    metrics: &Metrics,
+    now: i64,
+    jobs: &[super::Checkpoint],
+) -> Result<Vec<super::StoreResult<Option<super::BeginAttempt>>>, sqlx::Error> {
+    use super::{BeginAttempt, StoreError};
+    let col = |f: fn(&super::Checkpoint) -> Option<String>| jobs.iter().map(f).collect::<Vec<_>>();
+    let rows: Vec<CheckpointRow> = sqlx::query_as(
+        "SELECT o_outcome, o_state, o_epoch, o_next, o_attempts FROM \
+         vigil_checkpoints($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(col(|c| Some(c.run_id.clone())))
+    .bind(col(|c| Some(c.node_id.clone())))
+    .bind(jobs.iter().map(|c| c.epoch).collect::<Vec<_>>())
+    .bind(col(|c| Some(c.output.clone())))
+    .bind(col(|c| Some(c.output_raw.clone())))
+    .bind(col(|c| Some(c.run_state.clone())))
+    .bind(col(|c| Some(c.run_state_raw.clone())))
+    .bind(col(|c| c.then_begin.as_ref().map(|n| n.0.clone())))
+    .bind(
+        jobs.iter()
+            .map(|c| c.then_begin.as_ref().map(|n| n.1))
+            .collect::<Vec<_>>(),
+    )
+    .bind(col(|c| c.then_begin.as_ref().map(|n| n.2.clone())))
+    .bind(col(|c| c.then_succeed.clone()))
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    if rows.len() != jobs.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "vigil_checkpoints answered {} rows for {} checkpoints",
+            rows.len(),
+            jobs.len()
+        )));
+    }
+    let committed = rows.iter().filter(|r| r.o_outcome == "ok").count();
+    if committed > 0 {
+        metrics.group_commit(committed);
+    }
+    Ok(jobs
+        .iter()
+        .zip(rows)
+        .map(|(c, r)| {
+            let corrupt = |problem: String| StoreError::Corrupt {
+                table: "steps",
+                key: format!("{}/{}", c.run_id, c.node_id),
+                problem,
+            };
+            match r.o_outcome.as_str() {
+                "ok" => {
+                    if c.then_succeed.is_some() {
+                        metrics.inc_transition("running", "succeeded");
+                    }
+                    Ok(match (r.o_next.as_deref(), r.o_attempts) {
+                        (None, _) => None,
+                        (Some("started"), Some(attempt)) => Some(BeginAttempt::Started { attempt }),
+                        (Some("already_succeeded"), _) => Some(BeginAttempt::AlreadySucceeded),
+                        (Some("exhausted"), Some(attempts)) => {
+                            Some(BeginAttempt::Exhausted { attempts })
+                        }
+                        (other, n) => {
+                            return Err(corrupt(format!(
+                                "vigil_checkpoints: unknown next-attempt answer {other:?} ({n:?})"
+                            )));
+                        }
+                    })
+                }
+                "not_found" => Err(StoreError::RunNotFound {
+                    run_id: c.run_id.clone(),
+                }),
+                "fenced" => {
+                    let state = super::rows::state_from_str(
+                        "runs",
+                        &c.run_id,
+                        r.o_state.as_deref().unwrap_or_default(),
+                    )?;
+                    let current = r.o_epoch.unwrap_or_default();
+                    Err(super::statements::fence(
+                        metrics,
+                        &c.run_id,
+                        c.epoch,
+                        current,
+                        state,
+                        "checkpoint",
+                    )
+                    .err()
+                    .unwrap_or(StoreError::Fenced {
+                        run_id: c.run_id.clone(),
+                        held: c.epoch,
+                        current,
+                        state,
+                    }))
+                }
+                "no_running_attempt" => Err(corrupt(
+                    "checkpoint of a step that has no running attempt".into(),
+                )),
+                other => Err(corrupt(format!(
+                    "vigil_checkpoints: unknown outcome {other:?}"
+                ))),
+            }
+        })
+        .collect())
 }

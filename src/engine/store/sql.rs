@@ -13,7 +13,7 @@ macro_rules! impl_store {
         use $crate::engine::store::rows::{self, json_from_str, late_str, run_cols, state_from_str};
         use $crate::engine::store::statements;
         use $crate::engine::store::{
-            BeginAttempt, Claim, ClaimRecord, ReapReport, EffectRecord, NewRun, RunFilter, StepSuccess, StoreError,
+            Adopted, BeginAttempt, Checkpoint, Claim, NextAttempt, ClaimRecord, ReapReport, EffectRecord, NewRun, RunFilter, StepSuccess, StoreError,
             StoreResult, StoreStats, SwitchAudit, SwitchRow, SettingAudit, SettingRow, TransitionCtx,
         };
         use $crate::engine::run::{
@@ -156,6 +156,237 @@ macro_rules! impl_store {
             Ok(BeginAttempt::Started { attempt })
         }
 
+
+        /// The body of `transition`, in the caller's transaction (which
+        /// commits it, then counts it).
+        async fn transition_in(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            metrics: &$crate::engine::metrics::Metrics,
+            run_id: &str,
+            to: RunState,
+            ctx: &TransitionCtx,
+            now: i64,
+        ) -> StoreResult<TransitionRecord> {
+            let sources = statements::transition_sources(to, ctx);
+            // Read (and, on PostgreSQL, lock) the row so the log records the
+            // state the guarded UPDATE below actually left.
+            let row = sqlx::query_as::<_, rows::LockedRunRow>($dialect::STATE_SELECT_FOR_UPDATE)
+                .bind(run_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+            let Some(row) = row else {
+                return Err(StoreError::RunNotFound { run_id: run_id.to_owned() });
+            };
+            let from = state_from_str("runs", run_id, &row.state)?;
+            let current_epoch = row.epoch;
+            let late_policy = row.late_completion;
+            // The transition table lives in the WHERE clause: a writer that
+            // raced us to a terminal state makes this UPDATE match no row.
+            let done = sqlx::query($dialect::TRANSITION_UPDATE)
+                .bind(run_id)
+                .bind(to.as_str())
+                .bind(now)
+                .bind(&ctx.error)
+                .bind(sources)
+                .bind(ctx.expected_epoch)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            if done == 0 {
+                return Err(statements::transition_rejection(
+                    metrics,
+                    run_id,
+                    from,
+                    to,
+                    current_epoch,
+                    ctx,
+                ));
+            }
+            let late = from == RunState::Lost && to == RunState::Succeeded && late_policy == "accept";
+            let record = TransitionRecord {
+                run_id: run_id.to_owned(),
+                from,
+                to,
+                epoch: current_epoch,
+                pod: ctx.pod.clone(),
+                reason: if late {
+                    format!("late completion accepted by policy: {}", ctx.reason)
+                } else {
+                    ctx.reason.clone()
+                },
+                late,
+                at_ms: now,
+            };
+            sqlx::query(statements::LOG_TRANSITION)
+                .bind(run_id)
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(record.epoch)
+                .bind(&record.pod)
+                .bind(&record.reason)
+                .bind(record.late)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            Ok(record)
+        }
+
+        /// Why one job of a group commit did not commit: `Refused` wrote
+        /// nothing, so the batch goes on without it; `Abort` (anything
+        /// else) rolls the batch back.
+        enum JobFail {
+            Refused(StoreError),
+            Abort(StoreError),
+        }
+
+        impl From<sqlx::Error> for JobFail {
+            fn from(e: sqlx::Error) -> Self {
+                JobFail::Abort(e.into())
+            }
+        }
+
+        /// One checkpoint, in a transaction it may share with others. Every
+        /// refusal comes before its first write.
+        async fn checkpoint_in(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            metrics: &$crate::engine::metrics::Metrics,
+            c: &Checkpoint,
+            now: i64,
+        ) -> Result<Option<BeginAttempt>, JobFail> {
+            check_fence(tx, metrics, &c.run_id, c.epoch, "checkpoint")
+                .await
+                .map_err(|e| match e {
+                    StoreError::Db(_) => JobFail::Abort(e),
+                    e => JobFail::Refused(e),
+                })?;
+            let done = sqlx::query(
+                "UPDATE steps SET status = 'succeeded', output = $3, output_raw = $4, \
+                 error = NULL, updated_at = $5 \
+                 WHERE run_id = $1 AND node_id = $2 AND status = 'running'",
+            )
+            .bind(&c.run_id)
+            .bind(&c.node_id)
+            .bind(&c.output)
+            .bind(&c.output_raw)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if done != 1 {
+                return Err(JobFail::Refused(StoreError::Corrupt {
+                    table: "steps",
+                    key: format!("{}/{}", c.run_id, c.node_id),
+                    problem: "checkpoint of a step that has no running attempt".into(),
+                }));
+            }
+            sqlx::query(
+                "UPDATE runs SET run_state = $2, run_state_raw = $3, updated_at = $4 \
+                 WHERE id = $1",
+            )
+            .bind(&c.run_id)
+            .bind(&c.run_state)
+            .bind(&c.run_state_raw)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            // The next step's attempt rides on this commit (the fence
+            // above holds for both).
+            let next = match &c.then_begin {
+                Some((node, max, pod)) => Some(
+                    next_attempt(tx, &c.run_id, node, c.epoch, *max, pod, now)
+                        .await
+                        .map_err(JobFail::Abort)?,
+                ),
+                None => None,
+            };
+            if let Some(pod) = &c.then_succeed {
+                let ctx = TransitionCtx {
+                    expected_epoch: Some(c.epoch),
+                    pod: Some(pod.clone()),
+                    reason: "all steps succeeded".into(),
+                    error: None,
+                };
+                transition_in(tx, metrics, &c.run_id, RunState::Succeeded, &ctx, now)
+                    .await
+                    .map_err(JobFail::Abort)?;
+            }
+            Ok(next)
+        }
+
+        /// How a checkpoint transaction failed: before its commit (nothing
+        /// written), or at it (nothing known).
+        enum BatchFailed {
+            Before(StoreError),
+            Commit(StoreError),
+        }
+
+        /// `jobs` in one transaction.
+        async fn checkpoints_together(
+            pool: &sqlx::Pool<$db>,
+            metrics: &$crate::engine::metrics::Metrics,
+            now: i64,
+            jobs: &[Checkpoint],
+        ) -> Result<Vec<StoreResult<Option<BeginAttempt>>>, BatchFailed> {
+            let mut tx = pool
+                .begin_with($dialect::BEGIN_WRITE)
+                .await
+                .map_err(|e| BatchFailed::Before(e.into()))?;
+            let mut out = Vec::with_capacity(jobs.len());
+            for c in jobs {
+                match checkpoint_in(&mut tx, metrics, c, now).await {
+                    Ok(r) => out.push(Ok(r)),
+                    Err(JobFail::Refused(e)) => out.push(Err(e)),
+                    Err(JobFail::Abort(e)) => return Err(BatchFailed::Before(e)),
+                }
+            }
+            tx.commit().await.map_err(|e| BatchFailed::Commit(e.into()))?;
+            metrics.group_commit(jobs.len());
+            for (c, r) in jobs.iter().zip(&out) {
+                if c.then_succeed.is_some() && r.is_ok() {
+                    metrics.inc_transition("running", "succeeded");
+                }
+            }
+            Ok(out)
+        }
+
+        /// Checkpoints of several runs in one transaction (see
+        /// `store::group`). A refused job is answered alone; a failure of
+        /// the batch before its commit runs every job again in a
+        /// transaction of its own; a failed commit fails them all (none is
+        /// known to be durable).
+        async fn checkpoint_batch(
+            pool: sqlx::Pool<$db>,
+            metrics: std::sync::Arc<$crate::engine::metrics::Metrics>,
+            clock: std::sync::Arc<dyn $crate::engine::clock::Clock>,
+            jobs: Vec<Checkpoint>,
+        ) -> Vec<StoreResult<Option<BeginAttempt>>> {
+            match checkpoints_together(&pool, &metrics, clock.now_ms(), &jobs).await {
+                Ok(out) => out,
+                Err(BatchFailed::Commit(e)) => {
+                    let text = e.to_string();
+                    std::iter::once(Err(e))
+                        .chain((1..jobs.len()).map(|_| {
+                            Err(StoreError::Db(sqlx::Error::Protocol(format!(
+                                "the group commit carrying this checkpoint failed: {text}"
+                            ))))
+                        }))
+                        .collect()
+                }
+                Err(BatchFailed::Before(e)) if jobs.len() == 1 => vec![Err(e)],
+                Err(BatchFailed::Before(e)) => {
+                    tracing::debug!(jobs = jobs.len(), error = %e, "group commit rolled back: each checkpoint again alone");
+                    let mut out = Vec::with_capacity(jobs.len());
+                    for c in jobs.chunks(1) {
+                        match checkpoints_together(&pool, &metrics, clock.now_ms(), c).await {
+                            Ok(mut r) => out.push(r.remove(0)),
+                            Err(BatchFailed::Before(e) | BatchFailed::Commit(e)) => out.push(Err(e)),
+                        }
+                    }
+                    out
+                }
+            }
+        }
+
         impl $store {
             async fn pods_impl(&self) -> StoreResult<Vec<$crate::engine::store::liveness::PodRow>> {
                 let rows = sqlx::query_as::<_, rows::RegistryRow>(
@@ -256,6 +487,91 @@ macro_rules! impl_store {
                 let run = RunRecord::try_from(row)?;
                 let created = run.id == id;
                 Ok((run, created))
+            }
+
+            async fn create_claimed_run(
+                &self,
+                run: NewRun,
+                pod: &str,
+                first: Option<NextAttempt<'_>>,
+            ) -> StoreResult<(RunRecord, Option<Adopted>)> {
+                let now = self.clock.now_ms();
+                let id = uuid::Uuid::now_v7().to_string();
+                let input = serde_json::to_string(&run.input).unwrap_or_else(|_| "null".into());
+                let mut tx = self.begin_write().await?;
+                let created = sqlx::query(statements::CREATE_RUN)
+                    .bind(&id)
+                    .bind(&run.workflow)
+                    .bind(&run.lane)
+                    .bind(input)
+                    .bind(late_str(run.late_completion))
+                    .bind(&run.idempotency_key)
+                    .bind(run.deadline_at_ms)
+                    .bind(now)
+                    .bind(run.heartbeat_timeout_ms)
+                    .bind(run.retries_left)
+                    .bind($crate::engine::settings::RUNS_MAX_DEADLINE_MS)
+                    .bind($crate::engine::settings::DEFAULT_MAX_DEADLINE_MS)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                if !created {
+                    // A repeated idempotency key: the run it created first.
+                    drop(tx);
+                    let key = run.idempotency_key.as_deref().unwrap_or_default();
+                    let row = sqlx::query_as::<_, rows::RunRow>(rows::RUN_BY_IDEMPOTENCY_KEY)
+                        .bind(key)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    return Ok((RunRecord::try_from(row)?, None));
+                }
+                // The claim's compare-and-set, from nobody (the run is ours
+                // alone until this commits).
+                let epoch: i64 = sqlx::query_scalar(statements::claim_sql())
+                    .bind(&id)
+                    .bind(pod)
+                    .bind(None::<&str>)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO run_claims (run_id, from_pod, to_pod, epoch, at) \
+                     VALUES ($1, NULL, $2, $3, $4)",
+                )
+                .bind(&id)
+                .bind(pod)
+                .bind(epoch)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, \
+                     reason, late, at) VALUES ($1, 'pending', 'running', $2, $3, 'claimed', \
+                     $4, $5)",
+                )
+                .bind(&id)
+                .bind(epoch)
+                .bind(pod)
+                .bind(false)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let first = match first {
+                    Some(n) => Some(
+                        next_attempt(&mut tx, &id, n.node_id, epoch, n.max_attempts, n.pod, now)
+                            .await?,
+                    ),
+                    None => None,
+                };
+                let row = sqlx::query_as::<_, rows::RunRow>(rows::RUN_BY_ID)
+                    .bind(&id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let record = RunRecord::try_from(row)?;
+                tx.commit().await?;
+                self.metrics.inc_transition("pending", "running");
+                Ok((record, Some(Adopted { epoch, first })))
             }
 
             async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {
@@ -370,71 +686,10 @@ macro_rules! impl_store {
                 ctx: &TransitionCtx,
             ) -> StoreResult<TransitionRecord> {
                 let now = self.clock.now_ms();
-                let sources = statements::transition_sources(to, ctx);
                 let mut tx = self.begin_write().await?;
-                // Read (and, on PostgreSQL, lock) the row so the log records the
-                // state the guarded UPDATE below actually left.
-                let row = sqlx::query_as::<_, rows::LockedRunRow>($dialect::STATE_SELECT_FOR_UPDATE)
-                    .bind(run_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(row) = row else {
-                    return Err(StoreError::RunNotFound { run_id: run_id.to_owned() });
-                };
-                let from = state_from_str("runs", run_id, &row.state)?;
-                let current_epoch = row.epoch;
-                let late_policy = row.late_completion;
-                // The transition table lives in the WHERE clause: a writer that
-                // raced us to a terminal state makes this UPDATE match no row.
-                let done = sqlx::query($dialect::TRANSITION_UPDATE)
-                    .bind(run_id)
-                    .bind(to.as_str())
-                    .bind(now)
-                    .bind(&ctx.error)
-                    .bind(sources)
-                    .bind(ctx.expected_epoch)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if done == 0 {
-                    drop(tx);
-                    return Err(statements::transition_rejection(
-                        &self.metrics,
-                        run_id,
-                        from,
-                        to,
-                        current_epoch,
-                        ctx,
-                    ));
-                }
-                let late = from == RunState::Lost && to == RunState::Succeeded && late_policy == "accept";
-                let record = TransitionRecord {
-                    run_id: run_id.to_owned(),
-                    from,
-                    to,
-                    epoch: current_epoch,
-                    pod: ctx.pod.clone(),
-                    reason: if late {
-                        format!("late completion accepted by policy: {}", ctx.reason)
-                    } else {
-                        ctx.reason.clone()
-                    },
-                    late,
-                    at_ms: now,
-                };
-                sqlx::query(statements::LOG_TRANSITION)
-                .bind(run_id)
-                .bind(from.as_str())
-                .bind(to.as_str())
-                .bind(record.epoch)
-                .bind(&record.pod)
-                .bind(&record.reason)
-                .bind(record.late)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                let record = transition_in(&mut tx, &self.metrics, run_id, to, ctx, now).await?;
                 tx.commit().await?;
-                self.metrics.inc_transition(from.as_str(), to.as_str());
+                self.metrics.inc_transition(record.from.as_str(), record.to.as_str());
                 Ok(record)
             }
 
@@ -483,55 +738,13 @@ macro_rules! impl_store {
                 &self,
                 s: StepSuccess<'_>,
             ) -> StoreResult<Option<BeginAttempt>> {
-                let now = self.clock.now_ms();
-                let output = serde_json::to_string(s.output).unwrap_or_else(|_| "null".into());
-                let raw = serde_json::to_string(s.output_raw).unwrap_or_else(|_| "null".into());
-                let state = serde_json::to_string(s.run_state).unwrap_or_else(|_| "{}".into());
-                let state_raw =
-                    serde_json::to_string(s.run_state_raw).unwrap_or_else(|_| "{}".into());
-                let mut tx = self.begin_write().await?;
-                check_fence(&mut tx, &self.metrics, s.run_id, s.epoch, "checkpoint").await?;
-                let done = sqlx::query(
-                    "UPDATE steps SET status = 'succeeded', output = $3, output_raw = $4, \
-                     error = NULL, updated_at = $5 \
-                     WHERE run_id = $1 AND node_id = $2 AND status = 'running'",
-                )
-                .bind(s.run_id)
-                .bind(s.node_id)
-                .bind(output)
-                .bind(raw)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if done != 1 {
-                    return Err(StoreError::Corrupt {
-                        table: "steps",
-                        key: format!("{}/{}", s.run_id, s.node_id),
-                        problem: "checkpoint of a step that has no running attempt".into(),
-                    });
-                }
-                sqlx::query(
-                    "UPDATE runs SET run_state = $2, run_state_raw = $3, updated_at = $4 \
-                     WHERE id = $1",
-                )
-                    .bind(s.run_id)
-                    .bind(state)
-                    .bind(state_raw)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                // The next step's attempt rides on this commit (the fence
-                // above holds for both).
-                let next = match s.then_begin {
-                    Some(n) => Some(
-                        next_attempt(&mut tx, s.run_id, n.node_id, s.epoch, n.max_attempts, n.pod, now)
-                            .await?,
-                    ),
-                    None => None,
-                };
-                tx.commit().await?;
-                Ok(next)
+                let (pool, metrics, clock) =
+                    (self.pool.clone(), self.metrics.clone(), self.clock.clone());
+                self.checkpoints
+                    .submit(Checkpoint::from(s), move |jobs| {
+                        $dialect::checkpoint_group(pool.clone(), metrics.clone(), clock.clone(), jobs)
+                    })
+                    .await
             }
 
             async fn return_attempt(
