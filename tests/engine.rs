@@ -1018,6 +1018,96 @@ async fn idempotency_key_returns_the_same_run(db: &TestDb) {
     );
 }
 
+async fn a_run_submitted_claimed_is_created_running_with_its_first_attempt(db: &TestDb) {
+    use vigil::engine::settings::{self, RUNS_MAX_DEADLINE_MS};
+    let reg = registry(&[ONE, HANG_LONG_DEADLINE]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    settings::set(h.store.as_ref(), RUNS_MAX_DEADLINE_MS, 5000, "ops", "test")
+        .await
+        .unwrap();
+    // Created, claimed and the first attempt started, all in one commit.
+    let (run, fresh) = e
+        .submit_claimed("hang-long", json!({"n": 1}), Some("key-c".into()))
+        .await
+        .unwrap();
+    let fresh = fresh.expect("created here, so claimed here");
+    assert_eq!(
+        (run.state, run.owner_pod.as_deref(), run.epoch),
+        (RunState::Running, Some("pod-a"), 1)
+    );
+    assert_eq!(fresh.epoch, 1);
+    assert_eq!(
+        fresh.first,
+        Some(("wait".to_owned(), BeginAttempt::Started { attempt: 1 }))
+    );
+    assert_eq!(run.input, json!({"n": 1}));
+    assert_eq!(
+        run.deadline_at_ms.map(|d| d - run.created_at_ms),
+        Some(5000),
+        "the store caps the deadline as for any run"
+    );
+    assert_eq!(run, h.store.get_run(&run.id).await.unwrap().unwrap());
+    let log: Vec<_> = h
+        .store
+        .transitions(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.from, t.to, t.epoch, t.pod, t.reason))
+        .collect();
+    assert_eq!(
+        log,
+        vec![(
+            RunState::Pending,
+            RunState::Running,
+            1,
+            Some("pod-a".to_owned()),
+            "claimed".to_owned()
+        )]
+    );
+    let claims = h.store.claims(&run.id).await.unwrap();
+    assert_eq!(
+        claims
+            .iter()
+            .map(|c| (c.from_pod.clone(), c.to_pod.as_str(), c.epoch))
+            .collect::<Vec<_>>(),
+        vec![(None, "pod-a", 1)]
+    );
+    assert_eq!(
+        step_status(&h, &run.id, "wait").await,
+        Some((StepStatus::Running, 1))
+    );
+    let effects = h.store.effects(&run.id).await.unwrap();
+    assert_eq!(
+        effects
+            .iter()
+            .map(|x| (x.node_id.as_str(), x.attempt, x.epoch, x.pod.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("wait", 1, 1, "pod-a")]
+    );
+    // The same key again: the first run, as it is, and nothing claimed.
+    let (again, fresh) = e
+        .submit_claimed("hang-long", json!({"n": 2}), Some("key-c".into()))
+        .await
+        .unwrap();
+    assert!(fresh.is_none());
+    assert_eq!(again, h.store.get_run(&run.id).await.unwrap().unwrap());
+    // A workflow nobody knows: refused, nothing written.
+    let unknown = e.submit_claimed("nope", json!({}), None).await.unwrap_err();
+    assert!(
+        unknown.to_string().contains("unknown workflow"),
+        "{unknown}"
+    );
+    // Without a key, a new run each time; ONE's first step is started too.
+    let (one, fresh) = e.submit_claimed("one", json!({}), None).await.unwrap();
+    assert_ne!(one.id, run.id);
+    assert_eq!(
+        fresh.unwrap().first,
+        Some(("s".to_owned(), BeginAttempt::Started { attempt: 1 }))
+    );
+}
+
 async fn claims_are_compare_and_set_and_stale_epochs_are_fenced(db: &TestDb) {
     let reg = registry(&[ONE]);
     let h = db.open().await;
@@ -2294,6 +2384,7 @@ on_both_stores!(
     concurrent_writers_racing_on_one_transition_exactly_one_wins,
     run_past_its_deadline_ends_timed_out_and_nothing_is_written_after,
     idempotency_key_returns_the_same_run,
+    a_run_submitted_claimed_is_created_running_with_its_first_attempt,
     claims_are_compare_and_set_and_stale_epochs_are_fenced,
     corrupt_rows_are_named_not_swallowed,
     concurrent_lookups_of_the_same_key_share_one_query,

@@ -72,6 +72,20 @@ mod dialect {
         nodes.to_vec()
     }
 
+    /// A run created already claimed, in one statement
+    /// (`vigil_create_claimed_run`, see migration 0008).
+    pub async fn create_claimed(
+        store: &super::PgStore,
+        run: crate::engine::store::NewRun,
+        pod: &str,
+        first: Option<crate::engine::store::NextAttempt<'_>>,
+    ) -> crate::engine::store::StoreResult<(
+        crate::engine::run::RunRecord,
+        Option<crate::engine::store::Adopted>,
+    )> {
+        super::create_claimed_in_one_statement(store, run, pod, first).await
+    }
+
     /// A group of checkpoints in one statement (`vigil_checkpoints`, see
     /// migration 0007): one round trip, one commit. Under the `skip_fence`
     /// fault the fence lives in Rust, so the statement-by-statement form
@@ -727,4 +741,72 @@ async fn checkpoints_in_one_statement(
             }
         })
         .collect())
+}
+
+/// `vigil_create_claimed_run`'s answer: the outcome, then the run's columns.
+#[derive(sqlx::FromRow)]
+struct CreatedRow {
+    o_created: bool,
+    o_epoch: Option<i64>,
+    o_next: Option<String>,
+    o_attempts: Option<i64>,
+    #[sqlx(flatten)]
+    run: super::rows::RunRow,
+}
+
+async fn create_claimed_in_one_statement(
+    store: &PgStore,
+    run: super::NewRun,
+    pod: &str,
+    first: Option<super::NextAttempt<'_>>,
+) -> super::StoreResult<(crate::engine::run::RunRecord, Option<super::Adopted>)> {
+    use super::{Adopted, BeginAttempt, StoreError};
+    let now = store.clock.now_ms();
+    let id = uuid::Uuid::now_v7().to_string();
+    let input = serde_json::to_string(&run.input).unwrap_or_else(|_| "null".into());
+    let row: CreatedRow = sqlx::query_as(concat!(
+        "SELECT o_created, o_epoch, o_next, o_attempts, (o_run).* FROM ",
+        "vigil_create_claimed_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    ))
+    .bind(&id)
+    .bind(&run.workflow)
+    .bind(&run.lane)
+    .bind(input)
+    .bind(super::rows::late_str(run.late_completion))
+    .bind(&run.idempotency_key)
+    .bind(run.deadline_at_ms)
+    .bind(now)
+    .bind(run.heartbeat_timeout_ms)
+    .bind(run.retries_left)
+    .bind(crate::engine::settings::RUNS_MAX_DEADLINE_MS)
+    .bind(crate::engine::settings::DEFAULT_MAX_DEADLINE_MS)
+    .bind(pod)
+    .bind(first.map(|n| n.node_id))
+    .bind(first.map(|n| n.max_attempts))
+    .fetch_one(&store.pool)
+    .await?;
+    let record = crate::engine::run::RunRecord::try_from(row.run)?;
+    if !row.o_created {
+        return Ok((record, None));
+    }
+    let corrupt = |problem: String| StoreError::Corrupt {
+        table: "runs",
+        key: record.id.clone(),
+        problem,
+    };
+    let epoch = row
+        .o_epoch
+        .ok_or_else(|| corrupt("vigil_create_claimed_run: created but not claimed".into()))?;
+    let first = match (row.o_next.as_deref(), row.o_attempts) {
+        (None, _) => None,
+        (Some("started"), Some(attempt)) => Some(BeginAttempt::Started { attempt }),
+        (Some("already_succeeded"), _) => Some(BeginAttempt::AlreadySucceeded),
+        (Some("exhausted"), Some(attempts)) => Some(BeginAttempt::Exhausted { attempts }),
+        (other, n) => {
+            return Err(corrupt(format!(
+                "vigil_create_claimed_run: unknown first-attempt answer {other:?} ({n:?})"
+            )));
+        }
+    };
+    Ok((record, Some(Adopted { epoch, first })))
 }

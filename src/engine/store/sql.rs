@@ -388,6 +388,93 @@ macro_rules! impl_store {
         }
 
         impl $store {
+            /// `create_claimed_run` statement by statement, in one transaction
+            /// (SQLite's form; PostgreSQL's is one statement, migration 0008).
+            #[allow(dead_code)]
+            async fn create_claimed_statements(
+                &self,
+                run: NewRun,
+                pod: &str,
+                first: Option<NextAttempt<'_>>,
+            ) -> StoreResult<(RunRecord, Option<Adopted>)> {
+                let now = self.clock.now_ms();
+                let id = uuid::Uuid::now_v7().to_string();
+                let input = serde_json::to_string(&run.input).unwrap_or_else(|_| "null".into());
+                let mut tx = self.begin_write().await?;
+                let created = sqlx::query(statements::CREATE_RUN)
+                    .bind(&id)
+                    .bind(&run.workflow)
+                    .bind(&run.lane)
+                    .bind(input)
+                    .bind(late_str(run.late_completion))
+                    .bind(&run.idempotency_key)
+                    .bind(run.deadline_at_ms)
+                    .bind(now)
+                    .bind(run.heartbeat_timeout_ms)
+                    .bind(run.retries_left)
+                    .bind($crate::engine::settings::RUNS_MAX_DEADLINE_MS)
+                    .bind($crate::engine::settings::DEFAULT_MAX_DEADLINE_MS)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                if !created {
+                    // A repeated idempotency key: the run it created first.
+                    drop(tx);
+                    let key = run.idempotency_key.as_deref().unwrap_or_default();
+                    let row = sqlx::query_as::<_, rows::RunRow>(rows::RUN_BY_IDEMPOTENCY_KEY)
+                        .bind(key)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    return Ok((RunRecord::try_from(row)?, None));
+                }
+                // The claim's compare-and-set, from nobody (the run is ours
+                // alone until this commits).
+                let epoch: i64 = sqlx::query_scalar(statements::claim_sql())
+                    .bind(&id)
+                    .bind(pod)
+                    .bind(None::<&str>)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO run_claims (run_id, from_pod, to_pod, epoch, at) \
+                     VALUES ($1, NULL, $2, $3, $4)",
+                )
+                .bind(&id)
+                .bind(pod)
+                .bind(epoch)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, \
+                     reason, late, at) VALUES ($1, 'pending', 'running', $2, $3, 'claimed', \
+                     $4, $5)",
+                )
+                .bind(&id)
+                .bind(epoch)
+                .bind(pod)
+                .bind(false)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let first = match first {
+                    Some(n) => Some(
+                        next_attempt(&mut tx, &id, n.node_id, epoch, n.max_attempts, n.pod, now)
+                            .await?,
+                    ),
+                    None => None,
+                };
+                let row = sqlx::query_as::<_, rows::RunRow>(rows::RUN_BY_ID)
+                    .bind(&id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let record = RunRecord::try_from(row)?;
+                tx.commit().await?;
+                Ok((record, Some(Adopted { epoch, first })))
+            }
+
             async fn pods_impl(&self) -> StoreResult<Vec<$crate::engine::store::liveness::PodRow>> {
                 let rows = sqlx::query_as::<_, rows::RegistryRow>(
                     "SELECT pod_id, incarnation, addr, started_at, heartbeat_at, lease_until \
@@ -495,83 +582,11 @@ macro_rules! impl_store {
                 pod: &str,
                 first: Option<NextAttempt<'_>>,
             ) -> StoreResult<(RunRecord, Option<Adopted>)> {
-                let now = self.clock.now_ms();
-                let id = uuid::Uuid::now_v7().to_string();
-                let input = serde_json::to_string(&run.input).unwrap_or_else(|_| "null".into());
-                let mut tx = self.begin_write().await?;
-                let created = sqlx::query(statements::CREATE_RUN)
-                    .bind(&id)
-                    .bind(&run.workflow)
-                    .bind(&run.lane)
-                    .bind(input)
-                    .bind(late_str(run.late_completion))
-                    .bind(&run.idempotency_key)
-                    .bind(run.deadline_at_ms)
-                    .bind(now)
-                    .bind(run.heartbeat_timeout_ms)
-                    .bind(run.retries_left)
-                    .bind($crate::engine::settings::RUNS_MAX_DEADLINE_MS)
-                    .bind($crate::engine::settings::DEFAULT_MAX_DEADLINE_MS)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    == 1;
-                if !created {
-                    // A repeated idempotency key: the run it created first.
-                    drop(tx);
-                    let key = run.idempotency_key.as_deref().unwrap_or_default();
-                    let row = sqlx::query_as::<_, rows::RunRow>(rows::RUN_BY_IDEMPOTENCY_KEY)
-                        .bind(key)
-                        .fetch_one(&self.pool)
-                        .await?;
-                    return Ok((RunRecord::try_from(row)?, None));
+                let (record, adopted) = $dialect::create_claimed(self, run, pod, first).await?;
+                if adopted.is_some() {
+                    self.metrics.inc_transition("pending", "running");
                 }
-                // The claim's compare-and-set, from nobody (the run is ours
-                // alone until this commits).
-                let epoch: i64 = sqlx::query_scalar(statements::claim_sql())
-                    .bind(&id)
-                    .bind(pod)
-                    .bind(None::<&str>)
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO run_claims (run_id, from_pod, to_pod, epoch, at) \
-                     VALUES ($1, NULL, $2, $3, $4)",
-                )
-                .bind(&id)
-                .bind(pod)
-                .bind(epoch)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, \
-                     reason, late, at) VALUES ($1, 'pending', 'running', $2, $3, 'claimed', \
-                     $4, $5)",
-                )
-                .bind(&id)
-                .bind(epoch)
-                .bind(pod)
-                .bind(false)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                let first = match first {
-                    Some(n) => Some(
-                        next_attempt(&mut tx, &id, n.node_id, epoch, n.max_attempts, n.pod, now)
-                            .await?,
-                    ),
-                    None => None,
-                };
-                let row = sqlx::query_as::<_, rows::RunRow>(rows::RUN_BY_ID)
-                    .bind(&id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let record = RunRecord::try_from(row)?;
-                tx.commit().await?;
-                self.metrics.inc_transition("pending", "running");
-                Ok((record, Some(Adopted { epoch, first })))
+                Ok((record, adopted))
             }
 
             async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>> {

@@ -75,6 +75,19 @@ mod dialect {
         super::checkpoint_batch(pool, metrics, clock, jobs).await
     }
 
+    /// A run created already claimed: statement by statement.
+    pub async fn create_claimed(
+        store: &super::SqliteStore,
+        run: crate::engine::store::NewRun,
+        pod: &str,
+        first: Option<crate::engine::store::NextAttempt<'_>>,
+    ) -> crate::engine::store::StoreResult<(
+        crate::engine::run::RunRecord,
+        Option<crate::engine::store::Adopted>,
+    )> {
+        store.create_claimed_statements(run, pod, first).await
+    }
+
     /// The batched node list, as one JSON array parameter.
     pub fn node_list(nodes: &[String]) -> String {
         serde_json::to_string(nodes).unwrap_or_else(|_| "[]".into())
