@@ -217,8 +217,8 @@ impl StatementCounter {
         let read = async {
             // Our own session's counters are not the pods'.
             let db = "(SELECT oid FROM pg_database WHERE datname = current_database())";
-            let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT query, calls FROM pg_stat_statements WHERE dbid = {db} \
+            let rows: Vec<(String, i64, f64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT query, calls, mean_exec_time FROM pg_stat_statements WHERE dbid = {db} \
                  AND query NOT LIKE '%pg_stat%' ORDER BY calls DESC"
             )))
             .fetch_all(&pool)
@@ -237,9 +237,14 @@ impl StatementCounter {
                 let top: Vec<_> = rows
                     .iter()
                     .take(25)
-                    .map(|(q, calls)| {
+                    .map(|(q, calls, mean_ms)| {
                         let q: String = q.split_whitespace().collect::<Vec<_>>().join(" ");
-                        serde_json::json!({"per_run": per_run(*calls), "query": q})
+                        serde_json::json!({
+                            "per_run": per_run(*calls),
+                            // Execution in the server, not the round trip or the commit.
+                            "mean_exec_ms": (mean_ms * 1000.0).round() / 1000.0,
+                            "query": q,
+                        })
                     })
                     .collect();
                 serde_json::json!({

@@ -382,7 +382,9 @@ async fn attach(
     q: Result<Query<AttachQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q?;
-    run_or_404(&pod, &id).await?;
+    // Subscribed before the read, so no change after it is missed.
+    let changes = pod.engine.changes();
+    let run = run_or_404(&pod, &id).await?;
     let from = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -399,7 +401,13 @@ async fn attach(
         })?,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(256);
-    tokio::spawn(stream::tail(pod.clone(), id, cursor, tx));
+    tokio::spawn(stream::tail(
+        pod.clone(),
+        id,
+        cursor,
+        tx,
+        Some((run, changes)),
+    ));
     let sse =
         Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx)).keep_alive(KeepAlive::default());
     Ok(sse.into_response())

@@ -111,12 +111,21 @@ pub async fn tail(
     run_id: String,
     mut cursor: Cursor,
     tx: mpsc::Sender<Result<Event, Infallible>>,
+    // The run as the caller read it, and the wake-ups it subscribed to
+    // before that read (one store read less per attach).
+    read: Option<(
+        crate::engine::run::RunRecord,
+        tokio::sync::broadcast::Receiver<Arc<str>>,
+    )>,
 ) {
     pod.engine.metrics.attachers_active.inc();
     // Subscribed before the first read, so no change made in this process
     // after that read can be missed; changes made by other pods are seen at
     // the next poll.
-    let mut changes = pod.engine.changes();
+    let (mut first_read, mut changes) = match read {
+        Some((run, changes)) => (Some(run), changes),
+        None => (None, pod.engine.changes()),
+    };
     // The epoch up to whose claim what this client holds is known to be
     // current (None: it holds nothing). A resuming client holds chunks up to
     // its cursor, current as of at least its cursor's epoch.
@@ -146,7 +155,11 @@ pub async fn tail(
     'outer: loop {
         // Read the run first: if it is terminal now, every chunk it will
         // ever have is already committed (the fence rejects later writes).
-        let run = match pod.store.get_run(&run_id).await {
+        let read = match first_read.take() {
+            Some(r) => Ok(Some(r)),
+            None => pod.store.get_run(&run_id).await,
+        };
+        let run = match read {
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(e) => {
