@@ -112,15 +112,17 @@ def statements(raw):
         groups.setdefault((d["pods"], d["concurrency"]), []).append(st)
     out = []
     for (pods, conc), sts in sorted(groups.items()):
-        top = {}
+        top, exec_ms = {}, {}
         for st in sts:
             for q in st["by_statement"]:
                 top.setdefault(q["query"], []).append(q["per_run"])
+                exec_ms.setdefault(q["query"], []).append(q.get("mean_exec_ms"))
         out.append({
             "pods": pods, "concurrency": conc, "reps": len(sts),
             "round_trips_per_run": med([x["round_trips_per_run"] for x in sts]),
             "commits_per_run": med([x["commits_per_run"] for x in sts]),
-            "by_statement": sorted(({"query": q, "per_run": med(v)} for q, v in top.items()),
+            "by_statement": sorted(({"query": q, "per_run": med(v), "mean_exec_ms": med(exec_ms[q])}
+                                    for q, v in top.items()),
                                    key=lambda x: -x["per_run"])[:12],
         })
     return out
@@ -251,13 +253,14 @@ def markdown(res, stamp, keep):
         one = next((st for st in res["statements"] if st["pods"] == 1 and st["concurrency"] == 1), None)
         if one:
             a("")
-            a("The statements of one run (1 pod, 1 client), per run:")
+            a("The statements of one run (1 pod, 1 client), per run, with the server's mean execution time "
+              "(`mean_exec_time`: in the executor, not the round trip nor the commit's flush):")
             a("")
-            a("| per run | statement |")
-            a("|---|---|")
+            a("| per run | server execution ms (mean) | statement |")
+            a("|---|---|---|")
             for q in one["by_statement"]:
                 text = q["query"] if len(q["query"]) <= 110 else q["query"][:107] + "..."
-                a(f"| {fmt(q['per_run'], 2)} | `{text.replace('|', '/')}` |")
+                a(f"| {fmt(q['per_run'], 2)} | {fmt(q.get('mean_exec_ms'), 3)} | `{text.replace('|', '/')}` |")
     a("")
     a("## 2. Liveness and recovery")
     a("")
