@@ -23,7 +23,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-mod group;
+pub(crate) mod group;
 mod kv;
 pub mod liveness;
 pub mod ops;

@@ -37,6 +37,8 @@ pub struct PgStore {
     stats: super::StoreStats,
     /// Group commit of step checkpoints (see `store::group`).
     checkpoints: super::group::Batcher<super::Checkpoint, Option<super::BeginAttempt>>,
+    /// See [`super::group::WriteGate`].
+    gate: super::group::WriteGate,
 }
 
 mod dialect {
@@ -94,6 +96,7 @@ mod dialect {
         pool: sqlx::PgPool,
         metrics: std::sync::Arc<crate::engine::metrics::Metrics>,
         clock: std::sync::Arc<dyn crate::engine::clock::Clock>,
+        _gate: crate::engine::store::group::WriteGate,
         jobs: Vec<crate::engine::store::Checkpoint>,
     ) -> Vec<crate::engine::store::StoreResult<Option<crate::engine::store::BeginAttempt>>> {
         if crate::faults::on(crate::faults::Bug::SkipFence) {
@@ -296,6 +299,7 @@ impl PgStore {
             metrics,
             stats: Default::default(),
             checkpoints: super::group::Batcher::new(CHECKPOINT_BATCH, CHECKPOINT_WORKERS),
+            gate: None,
         })
     }
 

@@ -753,11 +753,21 @@ macro_rules! impl_store {
                 &self,
                 s: StepSuccess<'_>,
             ) -> StoreResult<Option<BeginAttempt>> {
-                let (pool, metrics, clock) =
-                    (self.pool.clone(), self.metrics.clone(), self.clock.clone());
+                let (pool, metrics, clock, gate) = (
+                    self.pool.clone(),
+                    self.metrics.clone(),
+                    self.clock.clone(),
+                    self.gate.clone(),
+                );
                 self.checkpoints
                     .submit(Checkpoint::from(s), move |jobs| {
-                        $dialect::checkpoint_group(pool.clone(), metrics.clone(), clock.clone(), jobs)
+                        $dialect::checkpoint_group(
+                            pool.clone(),
+                            metrics.clone(),
+                            clock.clone(),
+                            gate.clone(),
+                            jobs,
+                        )
                     })
                     .await
             }

@@ -35,6 +35,8 @@ pub struct SqliteStore {
     stats: super::StoreStats,
     /// Group commit of step checkpoints (see `store::group`).
     checkpoints: super::group::Batcher<super::Checkpoint, Option<super::BeginAttempt>>,
+    /// See [`super::group::WriteGate`].
+    gate: super::group::WriteGate,
 }
 
 mod dialect {
@@ -70,8 +72,10 @@ mod dialect {
         pool: sqlx::SqlitePool,
         metrics: std::sync::Arc<crate::engine::metrics::Metrics>,
         clock: std::sync::Arc<dyn crate::engine::clock::Clock>,
+        gate: crate::engine::store::group::WriteGate,
         jobs: Vec<crate::engine::store::Checkpoint>,
     ) -> Vec<crate::engine::store::StoreResult<Option<crate::engine::store::BeginAttempt>>> {
+        let _turn = crate::engine::store::group::turn(&gate).await;
         super::checkpoint_batch(pool, metrics, clock, jobs).await
     }
 
@@ -85,6 +89,7 @@ mod dialect {
         crate::engine::run::RunRecord,
         Option<crate::engine::store::Adopted>,
     )> {
+        let _turn = crate::engine::store::group::turn(&store.gate).await;
         store.create_claimed_statements(run, pod, first).await
     }
 
@@ -185,6 +190,7 @@ impl SqliteStore {
             metrics,
             stats: Default::default(),
             checkpoints: super::group::Batcher::new(CHECKPOINT_BATCH, CHECKPOINT_WORKERS),
+            gate: Some(Arc::new(tokio::sync::Mutex::new(()))),
         })
     }
 
