@@ -154,18 +154,11 @@ impl SqliteStore {
         } else {
             probe_existing(path).await?;
         }
-        let options = connect_options(path, create);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
-            .await
-            .map_err(|source| super::StoreError::Unreachable {
-                target: path.display().to_string(),
-                source,
-            })?;
-        // Several pods may start at once on one file: serialize migrations
-        // with an OS file lock beside the database.
+        // Several pods (or CLI verbs) may open one file at once: the first
+        // connection switches a new file to WAL, which takes SQLite's
+        // exclusive lock without waiting in the busy handler ("database is
+        // locked" for a concurrent opener), and migrations must not run
+        // twice. Both happen under an OS file lock beside the database.
         let lock_path = path.with_extension("migrate.lock");
         let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
             let f = std::fs::OpenOptions::new()
@@ -179,6 +172,16 @@ impl SqliteStore {
         .await
         .map_err(|e| bad(format!("migration lock task failed: {e}")))?
         .map_err(|e| bad(format!("cannot lock {}: {e}", path.display())))?;
+        let options = connect_options(path, create);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .map_err(|source| super::StoreError::Unreachable {
+                target: path.display().to_string(),
+                source,
+            })?;
         let migrator = sqlx::migrate!("./migrations/sqlite");
         let migrated = migrator.run(&pool).await;
         drop(lock);
