@@ -354,7 +354,116 @@ async fn a_watch_sees_a_peers_lock_granted_the_moment_its_holder_goes(db: &TestD
     drop(a);
 }
 
+/// Hold the write lock on `runs` from a session of its own, as a frozen
+/// store holds every writer: the reaper's statement waits, and errs not.
+async fn hold_runs_locked(db: &TestDb) -> (Handle, Locked) {
+    let h = db.open().await;
+    let locked = match &h.raw {
+        common::Raw::Sqlite(s) => {
+            let mut conn = s.pool().acquire().await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            Locked::Sqlite(conn)
+        }
+        common::Raw::Postgres(s) => {
+            let mut conn = s.pool().acquire().await.unwrap();
+            sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+            sqlx::query("LOCK TABLE runs IN EXCLUSIVE MODE")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            Locked::Postgres(conn)
+        }
+    };
+    (h, locked)
+}
+
+enum Locked {
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+impl Locked {
+    /// Until some statement of another session waits on this lock.
+    async fn until_waited_on(&mut self) {
+        match self {
+            // SQLite does not say who waits in its busy handler.
+            Locked::Sqlite(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Locked::Postgres(conn) => {
+                for _ in 0..100 {
+                    let waiting: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM pg_locks WHERE NOT granted AND database = \
+                         (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    )
+                    .fetch_one(&mut **conn)
+                    .await
+                    .unwrap();
+                    if waiting > 0 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("nothing waited on the lock within 1 s");
+            }
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            Locked::Sqlite(mut conn) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+            }
+            Locked::Postgres(mut conn) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+            }
+        }
+    }
+}
+
+async fn reaper_starts_watching_again_after_the_store_hung(db: &TestDb) {
+    let clock = ManualClock::new(T0);
+    let a = pod(db, &clock, "pod-a").await;
+    let run = a.engine.submit("long_sync", json!({}), None).await.unwrap();
+    let claim = a.h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
+    let mut reaper = Reaper::new(a.engine.clone(), Duration::from_secs(2));
+    clock.advance_ms(HEARTBEAT_TIMEOUT_MS);
+    a.h.store.heartbeat_run(&run.id, claim.epoch).await.unwrap();
+    // The store hangs (a frozen server): the reaper's pass waits on it,
+    // and so do the owner's heartbeats, for longer than a heartbeat
+    // timeout of the store's clock.
+    let (_other, mut locked) = hold_runs_locked(db).await;
+    let pass = tokio::spawn(async move {
+        let p = reaper.pass().await;
+        (reaper, p)
+    });
+    locked.until_waited_on().await;
+    clock.advance_ms(HEARTBEAT_TIMEOUT_MS + 1_000);
+    locked.release().await;
+    let (mut reaper, p) = pass.await.unwrap();
+    assert!(
+        p.stale.timed_out.is_empty(),
+        "the hung pass judged heartbeats due before it began: {p:?}"
+    );
+    // The owner's last heartbeat is now older than its lane's timeout, only
+    // because the store hung; the reaper must not call it stale before the
+    // owner had a full timeout to say otherwise.
+    let p = reaper.pass().await;
+    assert!(!p.judged, "judged right after a hang: {p:?}");
+    assert_eq!(a.state(&run.id).await.0, RunState::Running);
+    a.h.store.heartbeat_run(&run.id, claim.epoch).await.unwrap();
+    clock.advance_ms(HEARTBEAT_TIMEOUT_MS);
+    let p = reaper.pass().await;
+    assert!(p.judged && p.stale.timed_out.is_empty(), "{p:?}");
+    assert_eq!(a.state(&run.id).await.0, RunState::Running);
+    // Silent past its timeout after the hang: stale, as ever.
+    clock.advance_ms(1);
+    assert_eq!(reaper.pass().await.stale.timed_out.len(), 1);
+}
+
 on_both_stores!(
+    reaper_starts_watching_again_after_the_store_hung,
     a_watch_sees_a_peers_lock_granted_the_moment_its_holder_goes,
     reaper_judges_staleness_only_after_watching_one_heartbeat_timeout,
     reaper_spares_a_fresh_heartbeat_and_obeys_its_switch,

@@ -6,6 +6,10 @@
 //! heartbeat: after the store was unreachable from here, the reaper first
 //! watches for one full heartbeat timeout of the longest heartbeating lane,
 //! so owners driving their runs again after the same outage get to say so.
+//! A store that hangs instead of failing (a frozen server, a stuck disk:
+//! every statement waits, none errors) is an outage too: a call that took
+//! longer than a quarter of that timeout starts the watch again, because
+//! the owners' heartbeats were waiting behind the same hang.
 
 use super::Engine;
 use super::switches::REAPER_ENABLED;
@@ -35,6 +39,8 @@ pub struct Reaper {
     watch_for_ms: i64,
     /// Store-clock ms since which this reaper has seen the store answer.
     watching_since_ms: i64,
+    /// A store call slower than this (ms) was a hang, not an answer.
+    hang_ms: i64,
 }
 
 impl Reaper {
@@ -47,12 +53,32 @@ impl Reaper {
             .max()
             .unwrap_or_default();
         let now = engine.clock.now_ms();
+        let watch_for_ms = i64::try_from(watch_for).unwrap_or(i64::MAX);
         Reaper {
             engine,
             grace_ms: i64::try_from(grace.as_millis()).unwrap_or(i64::MAX),
-            watch_for_ms: i64::try_from(watch_for).unwrap_or(i64::MAX),
+            watch_for_ms,
             watching_since_ms: now,
+            hang_ms: watch_for_ms / 4,
         }
+    }
+
+    /// After a store call begun at `began`: whether it failed or hung. Either
+    /// way the watch starts again from now.
+    fn blinded<T, E>(&mut self, began: i64, outcome: &Result<T, E>) -> bool {
+        let now = self.engine.clock.now_ms();
+        let hung = self.watch_for_ms > 0 && now.saturating_sub(began) > self.hang_ms;
+        if outcome.is_err() || hung {
+            if hung {
+                tracing::warn!(
+                    waited_ms = now.saturating_sub(began),
+                    "the store hung; the reaper watches a full heartbeat timeout before judging again"
+                );
+            }
+            self.watching_since_ms = now;
+            return true;
+        }
+        false
     }
 
     /// One pass: stale heartbeats, then deadlines.
@@ -61,18 +87,21 @@ impl Reaper {
         if !self.engine.switches.enabled(REAPER_ENABLED) {
             return out;
         }
-        let store = &self.engine.store;
-        let pod_id = &self.engine.config.pod_id;
-        let now = self.engine.clock.now_ms();
+        let engine = self.engine.clone();
+        let (store, pod_id) = (&engine.store, &engine.config.pod_id);
+        let now = engine.clock.now_ms();
         if now.saturating_sub(self.watching_since_ms) < self.watch_for_ms {
             // Still earning the right to call a heartbeat missing; a cheap
             // read tells whether the store is there at all.
-            if store.switches().await.is_err() {
-                self.watching_since_ms = self.engine.clock.now_ms();
-            }
+            let seen = store.switches().await;
+            self.blinded(now, &seen);
             return out;
         }
-        match store.reap_stale(pod_id).await {
+        // The statement judges as of `now`: a verdict reached after a hang
+        // is still one about heartbeats due before it began.
+        let reaped = store.reap_stale(pod_id).await;
+        self.blinded(now, &reaped);
+        match reaped {
             Ok(r) => {
                 out.judged = true;
                 if !r.timed_out.is_empty() {
@@ -82,12 +111,12 @@ impl Reaper {
                 }
                 out.stale = r;
             }
-            Err(e) => {
-                self.watching_since_ms = self.engine.clock.now_ms();
-                tracing::warn!(error = %e, "reaper pass failed");
-            }
+            Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
         }
-        match store.time_out_overdue(self.grace_ms, pod_id).await {
+        let began = self.engine.clock.now_ms();
+        let overdue = store.time_out_overdue(self.grace_ms, pod_id).await;
+        self.blinded(began, &overdue);
+        match overdue {
             Ok(ids) => {
                 if !ids.is_empty() {
                     tracing::warn!(runs = ?ids, "reaper timed out runs past their deadline");
