@@ -1378,6 +1378,7 @@ async fn reaper_retries_atomically_and_never_beside_an_active_sibling(db: &TestD
     let reg = registry(&[SYNC_RUN]);
     let h = db.open().await;
     let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let _live = common::register_pod(&h, "pod-a").await;
     let stale = e.submit("sync-run", json!({"n": 1}), None).await.unwrap();
     let lonely = e.submit("sync-run", json!({"n": 2}), None).await.unwrap();
     let healthy = e.submit("sync-run", json!({"n": 3}), None).await.unwrap();
@@ -2316,6 +2317,7 @@ async fn a_run_stuck_outside_its_steps_stops_heartbeating_and_is_reaped(db: &Tes
         }
     })));
     let b = Arc::new(engine_with(&hb, &reg, config).await.with_lanes(lanes()));
+    let _live = common::register_pod(&hb, "pod-b").await;
     let cancel = CancellationToken::new();
     let task = {
         let (b, id, c) = (b.clone(), run.id.clone(), cancel.clone());

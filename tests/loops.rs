@@ -138,8 +138,16 @@ async fn pass_until_death(pod: &TestPod) -> recovery::RecoveryPass {
 async fn reaper_judges_staleness_only_after_watching_one_heartbeat_timeout(db: &TestDb) {
     let clock = ManualClock::new(T0);
     let a = pod(db, &clock, "pod-a").await;
+    let _member = a.join().await;
     let run = a.engine.submit("long_sync", json!({}), None).await.unwrap();
     a.h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
+    // A run whose owner is not a registered pod (dead and unregistered) is
+    // an orphan: recovery's to resume, never the reaper's to time out.
+    let orphan = a.engine.submit("long_sync", json!({}), None).await.unwrap();
+    a.h.store
+        .claim_run(&orphan.id, "pod-gone", None)
+        .await
+        .unwrap();
     // The owner went silent long ago (it never heartbeat after its claim)...
     clock.advance_ms(3 * HEARTBEAT_TIMEOUT_MS);
     // ...but a reaper that has only just started watching cannot know that
@@ -164,11 +172,13 @@ async fn reaper_judges_staleness_only_after_watching_one_heartbeat_timeout(db: &
     );
     assert_eq!(p.stale.retried.len(), 1, "sync has one retry: {p:?}");
     assert_eq!(a.state(&run.id).await.0, RunState::TimedOut);
+    assert_eq!(a.state(&orphan.id).await.0, RunState::Running);
 }
 
 async fn reaper_spares_a_fresh_heartbeat_and_obeys_its_switch(db: &TestDb) {
     let clock = ManualClock::new(T0);
     let a = pod(db, &clock, "pod-a").await;
+    let _member = a.join().await;
     let run = a.engine.submit("long_sync", json!({}), None).await.unwrap();
     let claim = a.h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
     let mut reaper = Reaper::new(a.engine.clone(), Duration::from_secs(2));
@@ -425,6 +435,7 @@ impl Locked {
 async fn reaper_starts_watching_again_after_the_store_hung(db: &TestDb) {
     let clock = ManualClock::new(T0);
     let a = pod(db, &clock, "pod-a").await;
+    let _member = a.join().await;
     let run = a.engine.submit("long_sync", json!({}), None).await.unwrap();
     let claim = a.h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
     let mut reaper = Reaper::new(a.engine.clone(), Duration::from_secs(2));

@@ -19,6 +19,26 @@ use vigil::engine::store::{PgStore, SqliteStore, Store};
 pub const PG_ENV: &str = "VIGIL_TEST_PG_URL";
 
 /// A registry of inline workflow definitions (`inline-N.toml`).
+/// Register `pod_id` as a live pod in `h`'s store (the reaper judges only
+/// runs of registered owners); live while the returned membership is.
+#[allow(dead_code)]
+pub async fn register_pod(
+    h: &Handle,
+    pod_id: &str,
+) -> Box<dyn vigil::engine::store::liveness::Membership> {
+    let me = vigil::engine::store::liveness::Identity {
+        pod_id: pod_id.to_owned(),
+        incarnation: uuid::Uuid::now_v7().to_string(),
+        addr: None,
+        timeout: std::time::Duration::from_secs(60),
+    };
+    h.store
+        .liveness()
+        .join(&me, me.timeout)
+        .await
+        .expect("register the pod")
+}
+
 pub fn registry(tomls: &[&str]) -> Arc<vigil::engine::workflow::WorkflowRegistry> {
     use vigil::engine::workflow::{Workflow, WorkflowRegistry};
     let mut reg = WorkflowRegistry::default();

@@ -521,8 +521,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Running runs whose owner is not in the pod registry: `(run_id, owner)`.
     async fn orphaned_runs(&self, limit: i64) -> StoreResult<Vec<(String, Option<String>)>>;
 
-    /// Time out every running run whose lane heartbeats and whose heartbeat
-    /// is older than its lane's timeout, and queue a retry for those with
+    /// Time out every running run whose lane heartbeats, whose heartbeat
+    /// is older than its lane's timeout and whose owner is a registered pod
+    /// (a dead owner's runs are recovery's to resume and the janitor's to
+    /// mark lost, not the reaper's to race them for), and queue a retry for those with
     /// retries left and no active sibling: atomically, in one statement on
     /// PostgreSQL (a CTE) and one transaction on SQLite.
     async fn reap_stale(&self, by: &str) -> StoreResult<ReapReport>;

@@ -344,8 +344,10 @@ const REAP_SQL: &str = "WITH reaped AS ( \
                UPDATE runs SET state = 'timed_out', updated_at = $1, \
                  error = 'reaped: no heartbeat within its lane''s timeout' \
                WHERE state = 'running' AND heartbeat_timeout_ms IS NOT NULL AND heartbeat_at + heartbeat_timeout_ms < $1 \
+                 AND EXISTS (SELECT 1 FROM pods p WHERE p.pod_id = runs.owner_pod) \
                  AND id IN (SELECT id FROM runs WHERE state = 'running' \
                    AND heartbeat_timeout_ms IS NOT NULL AND heartbeat_at + heartbeat_timeout_ms < $1 \
+                   AND EXISTS (SELECT 1 FROM pods p WHERE p.pod_id = runs.owner_pod) \
                    FOR UPDATE SKIP LOCKED) \
                RETURNING id, epoch, workflow, lane, input, late_completion, deadline_at, \
                  created_at, heartbeat_timeout_ms, retries_left, family \

@@ -1032,7 +1032,9 @@ macro_rules! impl_store {
                     let rows = sqlx::query_as::<_, rows::MovedRow>(
                         "UPDATE runs SET state = 'timed_out', updated_at = $1 \
                          WHERE state = 'running' AND heartbeat_timeout_ms IS NOT NULL \
-                         AND heartbeat_at + heartbeat_timeout_ms < $1 RETURNING id, epoch",
+                         AND heartbeat_at + heartbeat_timeout_ms < $1 \
+                         AND EXISTS (SELECT 1 FROM pods p WHERE p.pod_id = runs.owner_pod) \
+                         RETURNING id, epoch",
                     )
                     .bind(now)
                     .fetch_all(&mut *tx)

@@ -304,7 +304,9 @@ impl SqliteStore {
         let sql = format!(
             "UPDATE runs SET state = 'timed_out', updated_at = $1, \
              error = 'reaped: no heartbeat within its lane''s timeout' \
-             WHERE state = 'running' AND {lanes} RETURNING {REAPED_COLS}"
+             WHERE state = 'running' AND {lanes} \
+             AND EXISTS (SELECT 1 FROM pods p WHERE p.pod_id = runs.owner_pod) \
+             RETURNING {REAPED_COLS}"
         );
         let rows = sqlx::query_as::<_, ReapedRow>(sqlx::AssertSqlSafe(sql))
             .bind(now)
