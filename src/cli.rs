@@ -17,12 +17,39 @@ use std::process::ExitCode;
     about = "Know, and prove, that nothing is lost when pods die",
     long_about = "Vigil is a durable-run engine, an ops console and a chaos harness in one binary.\n\
                   Runs of steps are checkpointed in SQL (SQLite embedded by default, PostgreSQL in \
-                  production); kill switches and every state change are audited in the store."
+                  production); kill switches and every state change are audited in the store.",
+    after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// Exit codes of every command but `vigil chaos`, which keeps Jepsen's
+/// (see [`crate::chaos`]). None overlaps another's meaning: 2 is only ever
+/// a usage error.
+pub mod exit {
+    /// An error: a store or pod unreachable, bad input, a corrupt row.
+    pub const ERROR: u8 = 1;
+    /// Bad arguments or flags (clap's code).
+    pub const USAGE: u8 = 2;
+    /// `cancel`: the run had already ended; nothing was cancelled.
+    pub const ALREADY_TERMINAL: u8 = 3;
+    /// `attach`, `submit --attach`: the run ended other than succeeded.
+    pub const RUN_NOT_SUCCEEDED: u8 = 4;
+}
+
+/// The table `vigil --help` ends with (and the README repeats).
+const EXIT_CODES_HELP: &str = "\
+Exit codes (every command but `vigil chaos`):
+  0  done
+  1  an error: a store or pod unreachable, bad input, a corrupt row (the message names it)
+  2  usage: bad arguments or flags
+  3  cancel: the run had already ended; nothing was cancelled
+  4  attach, submit --attach: the run ended other than succeeded (failed, cancelled,
+     timed_out or lost)
+`vigil chaos` keeps Jepsen's codes: 0 pass, 1 fail, 2 unknown, 254 bad input,
+255 internal error (see `vigil chaos --help`).";
 
 #[derive(Debug, Args, Clone)]
 pub struct StoreArg {
@@ -116,15 +143,33 @@ pub enum Command {
     Runs(RunsArgs),
     /// Show one run: its state, steps (redacted outputs), transitions and stream.
     Run(RunArgs),
+    /// Print a shell completion script: vigil completions bash > /etc/bash_completion.d/vigil
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (vigil.1), or write one page per command into --out-dir.
+    Man {
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  # submit, print the run id
+  vigil submit --pod http://127.0.0.1:7700 chat_reply --input '{\"prompt\": \"hi\"}'
+  # submit and follow the stream; exit 4 unless the run succeeds
+  vigil submit chat_reply --input '{\"prompt\": \"hi\"}' --attach
+  # at most one run per key, however often this is retried
+  vigil submit embed_backfill --idempotency-key backfill-2026-12-04")]
 pub struct SubmitArgs {
     #[command(flatten)]
     pub pod: PodArg,
     /// Workflow name.
     pub workflow: String,
-    /// The run's input, as JSON.
+    /// The run's input: a JSON object.
     #[arg(long, default_value = "{}")]
     pub input: String,
     /// A repeated key returns the same run, never a second one.
@@ -162,6 +207,9 @@ pub enum WorkflowsCmd {
     List {
         #[arg(long, env = "VIGIL_WORKFLOWS", default_value = "fixtures/workflows")]
         dir: PathBuf,
+        /// One JSON document (name, lane, steps, description of each).
+        #[arg(long)]
+        json: bool,
     },
     /// Validate workflow files (or every *.toml of a directory); errors name file, step and field.
     Check {
@@ -171,10 +219,36 @@ pub enum WorkflowsCmd {
     },
 }
 
+/// A listing verb's arguments: where to read, and whether as JSON.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// One JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--who` of an audited change.
+#[derive(Debug, Args, Clone)]
+pub struct WhoArg {
+    /// Who: recorded in the audit row. Default: git's user.name, else USER@HOST.
+    #[arg(long, env = "VIGIL_WHO")]
+    pub who: Option<String>,
+}
+
+impl WhoArg {
+    fn resolve(self) -> String {
+        self.who
+            .filter(|w| !w.trim().is_empty())
+            .unwrap_or_else(crate::human::default_who)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SwitchCmd {
     /// Every known switch: current value in the store, default, what turning it off disables.
-    List(StoreArg),
+    List(ListArgs),
     /// Set a switch on or off, with a reason for the audit trail.
     Set {
         #[command(flatten)]
@@ -186,22 +260,24 @@ pub enum SwitchCmd {
         /// Why: recorded in the audit row.
         #[arg(long)]
         reason: String,
-        /// Who: recorded in the audit row.
-        #[arg(long, env = "USER", default_value = "unknown")]
-        who: String,
+        #[command(flatten)]
+        who: WhoArg,
     },
-    /// The audit trail of one switch.
+    /// The audit trail of one switch, oldest first.
     Audit {
         #[command(flatten)]
         store: StoreArg,
         name: String,
+        /// One JSON document instead of text (times as Unix ms).
+        #[arg(long)]
+        json: bool,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SettingCmd {
     /// Every known setting: its value in the store (or default), bounds, what it governs.
-    List(StoreArg),
+    List(ListArgs),
     /// Set a setting, with a reason for the audit trail; every pod sharing the store uses it.
     Set {
         #[command(flatten)]
@@ -213,15 +289,17 @@ pub enum SettingCmd {
         /// Why: recorded in the audit row.
         #[arg(long)]
         reason: String,
-        /// Who: recorded in the audit row.
-        #[arg(long, env = "USER", default_value = "unknown")]
-        who: String,
+        #[command(flatten)]
+        who: WhoArg,
     },
-    /// The audit trail of one setting.
+    /// The audit trail of one setting, oldest first.
     Audit {
         #[command(flatten)]
         store: StoreArg,
         name: String,
+        /// One JSON document instead of text (times as Unix ms).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -274,7 +352,7 @@ pub fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 _ if chaos => ExitCode::from(crate::chaos::EXIT_BAD_INPUT),
-                _ => ExitCode::from(2),
+                _ => ExitCode::from(exit::USAGE),
             };
         }
     };
@@ -295,7 +373,7 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::errors::report(&e));
             ExitCode::FAILURE
         }
     }
@@ -328,7 +406,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 Err(e) => match e.already_terminal() {
                     Some(state) => {
                         eprintln!("run {} is already {state}: nothing to cancel", args.id);
-                        Ok(ExitCode::from(3))
+                        Ok(ExitCode::from(exit::ALREADY_TERMINAL))
                     }
                     None => Err(e.into()),
                 },
@@ -339,13 +417,52 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Setting(cmd) => setting(cmd).await,
         Command::Runs(args) => runs(args).await,
         Command::Run(args) => show_run(args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out_dir } => {
+            use clap::CommandFactory as _;
+            let cmd = Cli::command();
+            match out_dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    clap_mangen::generate_to(cmd, &dir)
+                        .with_context(|| format!("writing man pages into {}", dir.display()))?;
+                    println!("{}", dir.display());
+                }
+                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 fn workflows(cmd: WorkflowsCmd) -> Result<ExitCode> {
     match cmd {
-        WorkflowsCmd::List { dir } => {
+        WorkflowsCmd::List { dir, json } => {
             let reg = WorkflowRegistry::load_dir(&dir)?;
+            if json {
+                let list: Vec<serde_json::Value> = reg
+                    .names()
+                    .filter_map(|name| reg.get(name).ok())
+                    .map(|wf| {
+                        serde_json::json!({
+                            "name": wf.name,
+                            "lane": wf.lane,
+                            "steps": wf.steps.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+                            "description": wf.description,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "workflows": list }))?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             for name in reg.names() {
                 let wf = reg.get(name)?;
                 println!(
@@ -399,38 +516,39 @@ fn workflows(cmd: WorkflowsCmd) -> Result<ExitCode> {
 
 async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
     match cmd {
-        SwitchCmd::List(s) => {
-            if let Some(client) = s.client()? {
-                for v in client.switches().await?.switches {
-                    println!(
-                        "{:<24} {:<3}  {}\n    off disables: {}\n    metric: {}",
-                        v.name,
-                        if v.enabled { "on" } else { "off" },
-                        match (&v.updated_by, &v.reason) {
-                            (Some(by), Some(why)) => format!("set by {by} ({why})"),
-                            _ => "default".to_string(),
-                        },
-                        v.disables,
-                        v.metric
-                    );
+        SwitchCmd::List(ListArgs { store: s, json }) => {
+            let views = match s.client()? {
+                Some(client) => client.switches().await?.switches,
+                None => {
+                    let rows = s.open().await?.switches().await?;
+                    switches::KNOWN
+                        .iter()
+                        .map(|spec| {
+                            let row = rows.iter().find(|r| r.name == spec.name);
+                            crate::pod::wire::SwitchView::of(spec, row, spec.default)
+                        })
+                        .collect()
                 }
+            };
+            if json {
+                let list = crate::pod::wire::SwitchList { switches: views };
+                println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            let store = s.open().await?;
-            let rows = store.switches().await?;
-            for spec in switches::KNOWN {
-                let row = rows.iter().find(|r| r.name == spec.name);
-                let (value, source) = match row {
-                    Some(r) => (r.enabled, format!("set by {} ({})", r.updated_by, r.reason)),
-                    None => (spec.default, "default".to_string()),
+            let now = crate::human::now_ms();
+            for v in views {
+                let source = match (&v.updated_by, &v.reason, v.updated_at_ms) {
+                    (Some(by), Some(why), Some(at)) => {
+                        format!("set by {by} {} ({why})", crate::human::age(now, at))
+                    }
+                    _ => "default".to_owned(),
                 };
                 println!(
-                    "{:<24} {:<3}  {}\n    off disables: {}\n    metric: {}",
-                    spec.name,
-                    if value { "on" } else { "off" },
-                    source,
-                    spec.disables,
-                    spec.metric
+                    "{:<24} {:<3}  {source}\n    off disables: {}\n    metric: {}",
+                    v.name,
+                    if v.enabled { "on" } else { "off" },
+                    v.disables,
+                    v.metric
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -442,6 +560,7 @@ async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
             reason,
             who,
         } => {
+            let who = who.resolve();
             let Some(enabled) = switches::parse_bool(&value) else {
                 bail!("switch value {value:?}: expected on or off");
             };
@@ -474,16 +593,36 @@ async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        SwitchCmd::Audit { store: s, name } => {
+        SwitchCmd::Audit {
+            store: s,
+            name,
+            json,
+        } => {
             switches::spec(&name)?;
             if s.pod.is_some() {
                 bail!("the audit trail is read from the store: pass --store, not --pod");
             }
             let store = s.open().await?;
-            for a in store.switch_audit(&name).await? {
+            let audit = store.switch_audit(&name).await?;
+            if json {
+                let doc = serde_json::json!({ "name": name, "audit": audit });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let now = crate::human::now_ms();
+            let show = |v: Option<bool>| match v {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "default",
+            };
+            for a in audit {
                 println!(
-                    "{}  {:?} -> {}  by {}: {}",
-                    a.at_ms, a.old, a.new, a.who, a.reason
+                    "{}  {} -> {}  by {}: {}",
+                    crate::human::when(now, a.at_ms),
+                    show(a.old),
+                    show(Some(a.new)),
+                    a.who,
+                    a.reason
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -493,7 +632,7 @@ async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
 
 async fn setting(cmd: SettingCmd) -> Result<ExitCode> {
     use crate::engine::settings;
-    let (SettingCmd::List(s)
+    let (SettingCmd::List(ListArgs { store: s, .. })
     | SettingCmd::Set { store: s, .. }
     | SettingCmd::Audit { store: s, .. }) = &cmd;
     if s.pod.is_some() {
@@ -501,17 +640,47 @@ async fn setting(cmd: SettingCmd) -> Result<ExitCode> {
     }
     let store = s.open().await?;
     match cmd {
-        SettingCmd::List(_) => {
+        SettingCmd::List(ListArgs { json, .. }) => {
             let rows = store.settings().await?;
+            let now = crate::human::now_ms();
+            let mut list = Vec::new();
             for spec in settings::KNOWN {
-                let (value, source) = match rows.iter().find(|r| r.name == spec.name) {
-                    Some(r) => (r.value, format!("set by {} ({})", r.updated_by, r.reason)),
+                let row = rows.iter().find(|r| r.name == spec.name);
+                if json {
+                    list.push(serde_json::json!({
+                        "name": spec.name,
+                        "value": row.map_or(spec.default, |r| r.value),
+                        "default": spec.default,
+                        "min": spec.min,
+                        "max": spec.max,
+                        "source": if row.is_some() { "store" } else { "default" },
+                        "governs": spec.governs,
+                        "updated_by": row.map(|r| &r.updated_by),
+                        "reason": row.map(|r| &r.reason),
+                        "updated_at_ms": row.map(|r| r.updated_at_ms),
+                    }));
+                    continue;
+                }
+                let (value, source) = match row {
+                    Some(r) => (
+                        r.value,
+                        format!(
+                            "set by {} {} ({})",
+                            r.updated_by,
+                            crate::human::age(now, r.updated_at_ms),
+                            r.reason
+                        ),
+                    ),
                     None => (spec.default, "default".to_string()),
                 };
                 println!(
                     "{:<24} {value}  {source}\n    {}\n    default {}, from {} to {}",
                     spec.name, spec.governs, spec.default, spec.min, spec.max
                 );
+            }
+            if json {
+                let doc = serde_json::json!({ "settings": list });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             }
         }
         SettingCmd::Set {
@@ -521,6 +690,7 @@ async fn setting(cmd: SettingCmd) -> Result<ExitCode> {
             who,
             ..
         } => {
+            let who = who.resolve();
             if reason.trim().is_empty() {
                 bail!("--reason must say why (it goes into the audit trail)");
             }
@@ -530,12 +700,24 @@ async fn setting(cmd: SettingCmd) -> Result<ExitCode> {
                 .map_or_else(|| "default".to_string(), |v| v.to_string());
             println!("{name}: {old} -> {} (by {who}: {reason})", audit.new);
         }
-        SettingCmd::Audit { name, .. } => {
+        SettingCmd::Audit { name, json, .. } => {
             settings::spec(&name)?;
-            for a in store.setting_audit(&name).await? {
+            let audit = store.setting_audit(&name).await?;
+            if json {
+                let doc = serde_json::json!({ "name": name, "audit": audit });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let now = crate::human::now_ms();
+            for a in audit {
                 println!(
-                    "{}  {:?} -> {}  by {}: {}",
-                    a.at_ms, a.old, a.new, a.who, a.reason
+                    "{}  {} -> {}  by {}: {}",
+                    crate::human::when(now, a.at_ms),
+                    a.old
+                        .map_or_else(|| "default".to_owned(), |v| v.to_string()),
+                    a.new,
+                    a.who,
+                    a.reason
                 );
             }
         }
@@ -652,6 +834,12 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let client = args.pod.client()?;
     let input: serde_json::Value = serde_json::from_str(&args.input)
         .with_context(|| format!("--input is not JSON: {:?}", args.input))?;
+    if !input.is_object() {
+        bail!(
+            "--input must be a JSON object of the run's inputs, like '{{\"n\": 1}}'; got {}",
+            args.input
+        );
+    }
     let req = crate::pod::wire::SubmitRequest {
         workflow: args.workflow,
         input,
@@ -719,6 +907,6 @@ async fn attach(client: &PodClient, id: &str, json: bool) -> Result<ExitCode> {
     Ok(if end.state == RunState::Succeeded {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(2)
+        ExitCode::from(exit::RUN_NOT_SUCCEEDED)
     })
 }

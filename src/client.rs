@@ -181,9 +181,18 @@ impl PodClient {
             url: url.to_owned(),
             problem: problem.into(),
         };
-        let base = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        // "127.0.0.1:7700" fails to parse and "localhost:7700" parses with
+        // the scheme "localhost": both meant http://.
+        let hint = || {
+            if url.contains("://") {
+                "expected a URL like http://127.0.0.1:7700".to_owned()
+            } else {
+                format!("expected a URL like http://{url}")
+            }
+        };
+        let base = url::Url::parse(url).map_err(|e| bad(&format!("{e}; {}", hint())))?;
         if !matches!(base.scheme(), "http" | "https") {
-            return Err(bad("use http://HOST:PORT"));
+            return Err(bad(&hint()));
         }
         if base.host().is_none() {
             return Err(bad("no host"));
@@ -362,14 +371,21 @@ impl PodClient {
             .1)
     }
 
-    /// The pod's `/metrics` text; an answer other than 2xx is an error.
+    /// The pod's `/metrics` in the Prometheus text format 0.0.4 (what the
+    /// console's parser reads); an answer other than 2xx is an error.
     pub async fn metrics_text(&self) -> Result<String, ClientError> {
         let url = self.endpoint("metrics")?;
         let transport = |source| ClientError::Transport {
             url: url.to_string(),
             source,
         };
-        let resp = self.http.get(url.clone()).send().await.map_err(transport)?;
+        let resp = self
+            .http
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "text/plain; version=0.0.4")
+            .send()
+            .await
+            .map_err(transport)?;
         let status = resp.status();
         let text = resp.text().await.map_err(transport)?;
         if !status.is_success() {

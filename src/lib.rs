@@ -10,6 +10,8 @@ pub mod cluster;
 pub mod console;
 pub mod demo;
 pub mod engine;
+pub mod errors;
 pub mod faults;
+pub mod human;
 pub mod logging;
 pub mod pod;

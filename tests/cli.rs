@@ -4,6 +4,7 @@
 
 mod common;
 
+use regex::Regex;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -173,7 +174,11 @@ fn settings_change_with_an_audit_trail_within_their_bounds() {
     let audit = text(&o);
     assert_eq!(audit.lines().count(), 1, "{audit}");
     assert!(
-        audit.contains("None -> 7200000  by ops: backfills"),
+        Regex::new(
+            r"^\d{4}-\d\d-\d\dT[0-9:.]{12}Z \(\d+s ago\)  default -> 7200000  by ops: backfills$"
+        )
+        .unwrap()
+        .is_match(audit.trim_end()),
         "{audit}"
     );
 }
@@ -208,8 +213,18 @@ fn switches_flip_with_an_audit_trail_and_reject_unknown_names() {
         text(&o)
     );
     let o = vigil(&["switch", "audit", "--store", db, "authority.db_fallback"]);
+    // A time as RFC 3339 with its age; values as an operator types them.
+    let line = regex::Regex::new(
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \(\d+s ago\)  default -> off  by ops: incident 42$",
+    )
+    .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.lines().any(|l| line.is_match(l)), "{out}");
+    let o = vigil(&["switch", "list", "--store", db]);
     assert!(
-        text(&o).contains("None -> false  by ops: incident 42"),
+        Regex::new(r"authority.db_fallback +off  set by ops \d+s ago \(incident 42\)")
+            .unwrap()
+            .is_match(&text(&o)),
         "{}",
         text(&o)
     );
@@ -512,7 +527,9 @@ fn create_flag_creates_the_store_then_verbs_use_it() {
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        text(&o).contains("recovery.enabled         off  set by ops (drill)"),
+        Regex::new(r"recovery.enabled         off  set by ops \d+s ago \(drill\)")
+            .unwrap()
+            .is_match(&text(&o)),
         "{}",
         text(&o)
     );
@@ -735,4 +752,171 @@ async fn the_console_shows_a_missing_store_and_creates_nothing() {
     .unwrap();
     assert_eq!(n, 0, "the console created tables");
     pool.close().await;
+}
+
+/// Errors are one line that says each cause once, with a hint where the
+/// mistake is a common one.
+#[test]
+fn errors_say_each_cause_once_and_hint_at_the_fix() {
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).trim_end().to_owned();
+    // A pod address without its scheme.
+    let o = vigil(&["runs", "--pod", "127.0.0.1:7700"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("expected a URL like http://127.0.0.1:7700"),
+        "{e}"
+    );
+    let o = vigil(&["runs", "--pod", "localhost:7700"]);
+    assert!(
+        stderr(&o).contains("expected a URL like http://localhost:7700"),
+        "{}",
+        stderr(&o)
+    );
+    // Nothing listening there: one line, each cause once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = vigil(&["runs", "--pod", &format!("http://127.0.0.1:{port}")]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert_eq!(e.matches("error sending request").count(), 1, "{e}");
+    // An unreachable PostgreSQL: the same.
+    let o = vigil(&[
+        "runs",
+        "--store",
+        &format!("postgres://nobody@127.0.0.1:{port}/x"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    let causes: Vec<&str> = e.split(": ").collect();
+    for c in &causes {
+        assert_eq!(
+            causes.iter().filter(|d| *d == c).count(),
+            1,
+            "{c:?} twice in {e}"
+        );
+    }
+    // --listen: host names resolve; a URL or a bare port gets a hint.
+    for (bad, says) in [
+        ("http://127.0.0.1:7700", "not a URL"),
+        ("7700", "try 127.0.0.1:7700"),
+    ] {
+        let o = vigil(&["pod", "--listen", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(stderr(&o).contains(says), "{bad}: {}", stderr(&o));
+    }
+}
+
+/// Every listing verb speaks JSON; audited changes name a real author
+/// without --who; shells get completions and a man page; --input is an
+/// object.
+#[test]
+fn listings_speak_json_and_changes_name_a_real_author() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("v.db");
+    let db = db.to_str().unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = vigil(args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&o)))
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "switch",
+            "set",
+            "--create",
+            "--store",
+            db,
+            "reaper.enabled",
+            "off",
+        ])
+        .args(["--reason", "drill"])
+        .env_remove("VIGIL_WHO")
+        .current_dir(dir.path())
+        .env("HOME", dir.path()) // no git user.name here
+        .env("USER", "carol")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("(by carol@"), "USER@HOST: {}", text(&o));
+    let list = json(&["switch", "list", "--store", db, "--json"]);
+    let reaper = list["switches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "reaper.enabled")
+        .unwrap();
+    assert_eq!(reaper["enabled"], false);
+    assert_eq!(reaper["source"], "store");
+    assert!(reaper["updated_by"].as_str().unwrap().starts_with("carol@"));
+    let audit = json(&["switch", "audit", "--store", db, "reaper.enabled", "--json"]);
+    assert_eq!(audit["audit"][0]["old"], serde_json::Value::Null);
+    assert_eq!(audit["audit"][0]["new"], false);
+    assert!(audit["audit"][0]["at_ms"].as_i64().unwrap() > 1_700_000_000_000);
+    let settings = json(&["setting", "list", "--store", db, "--json"]);
+    assert_eq!(settings["settings"][0]["name"], "runs.max_deadline_ms");
+    assert!(
+        json(&[
+            "setting",
+            "audit",
+            "--store",
+            db,
+            "runs.max_deadline_ms",
+            "--json"
+        ])["audit"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let wfs = json(&["workflows", "list", "--json"]);
+    let flaky = wfs["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "flaky_sync")
+        .unwrap();
+    assert_eq!(flaky["lane"], "sync");
+    assert!(!flaky["steps"].as_array().unwrap().is_empty());
+
+    let o = vigil(&["completions", "bash"]);
+    assert!(
+        o.status.success() && text(&o).contains("_vigil()"),
+        "{}",
+        text(&o)
+    );
+    let o = vigil(&["man"]);
+    assert!(
+        o.status.success() && text(&o).contains(".TH vigil"),
+        "{}",
+        text(&o)
+    );
+    let pages = dir.path().join("man");
+    let o = vigil(&["man", "--out-dir", pages.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        pages.join("vigil-chaos-run.1").exists(),
+        "{:?}",
+        tree(&pages)
+    );
+
+    let o = vigil(&["submit", "flaky_sync", "--input", "[1,2]"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("--input must be a JSON object"),
+        "{}",
+        text(&o)
+    );
+    for verb in [
+        &["pod", "--help"][..],
+        &["submit", "--help"],
+        &["chaos", "run", "--help"],
+        &["console", "--help"],
+    ] {
+        assert!(text(&vigil(verb)).contains("Examples:"), "{verb:?}");
+    }
 }

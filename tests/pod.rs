@@ -104,6 +104,14 @@ async fn bad_requests_are_json_errors_naming_the_problem_and_write_nothing(db: &
         "{e}"
     );
     assert!(e["message"].as_str().unwrap().contains("chat_reply"));
+    for input in [json!([1, 2]), json!("x"), json!(3)] {
+        let (s, e) = post(
+            &format!("{u}v1/runs"),
+            &json!({"workflow": "flaky_sync", "input": input}),
+        )
+        .await;
+        assert_eq!((s, e["error"].as_str()), (422, Some("bad_input")), "{e}");
+    }
     let r = reqwest::Client::new()
         .post(format!("{u}v1/runs"))
         .header("content-type", "application/json")
@@ -282,7 +290,81 @@ async fn a_second_cancel_and_late_events_are_answered_409_and_counted(db: &TestD
         "{e}"
     );
 
-    // Metrics, parsed by a real Prometheus text parser.
+    // Metrics: OpenMetrics to Prometheus's own Accept header (and to none),
+    // parsed by a strict OpenMetrics parser...
+    for accept in [
+        Some(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+             version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        ),
+        None,
+    ] {
+        let (content_type, body) = scrape(u, accept).await;
+        assert_eq!(
+            content_type, "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "{accept:?}"
+        );
+        let om = openmetrics_parser::openmetrics::parse_openmetrics(&body)
+            .unwrap_or_else(|e| panic!("invalid OpenMetrics ({e:?}):\n{body}"));
+        let family = |name: &str| {
+            om.families
+                .get(name)
+                .unwrap_or_else(|| panic!("no family {name}:\n{body}"))
+        };
+        let counter = |name: &str, label: &str| {
+            let f = family(name);
+            assert_eq!(f.family_type, openmetrics_parser::OpenMetricsType::Counter);
+            match f
+                .get_sample_by_label_values(&[label.to_owned()])
+                .map(|s| &s.value)
+            {
+                Some(openmetrics_parser::OpenMetricsValue::Counter(c)) => Some(c.value.as_f64()),
+                _ => None,
+            }
+        };
+        assert_eq!(counter("vigil_too_late_events", "complete"), Some(1.0));
+        // Series operators alert on exist before their first event.
+        for outcome in ["won", "lost"] {
+            assert_eq!(
+                counter("vigil_recovery_claims", outcome),
+                Some(0.0),
+                "{outcome}"
+            );
+        }
+        for lane in ["sync", "action"] {
+            assert_eq!(counter("vigil_reaper_timeouts", lane), Some(0.0), "{lane}");
+            assert_eq!(counter("vigil_reaper_retries", lane), Some(0.0), "{lane}");
+        }
+        assert_eq!(
+            family("vigil_build").family_type,
+            openmetrics_parser::OpenMetricsType::Info
+        );
+        assert!(
+            body.contains(&format!(
+                "vigil_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{body}"
+        );
+        assert!(
+            family("vigil_loop_last_tick_timestamp_seconds").family_type
+                == openmetrics_parser::OpenMetricsType::Gauge
+        );
+    }
+    // ...and the Prometheus text format 0.0.4 to a scraper that asks only
+    // for it, with counters typed as counters under their `_total` name.
+    let (content_type, body) = scrape(u, Some("text/plain")).await;
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let prom = openmetrics_parser::prometheus::parse_prometheus(&body)
+        .unwrap_or_else(|e| panic!("invalid Prometheus text ({e:?}):\n{body}"));
+    assert_eq!(
+        prom.families["vigil_too_late_events_total"].family_type,
+        openmetrics_parser::PrometheusType::Counter
+    );
+    assert!(!body.contains("# EOF"), "{body}");
+
+    // The client (the console's scraper) asks for that format; parsed by
+    // the parser the console uses.
     let text = c.metrics_text().await.unwrap();
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
@@ -310,6 +392,21 @@ async fn a_second_cancel_and_late_events_are_answered_409_and_counted(db: &TestD
     assert!(
         value("vigil_step_attempts_total", ("outcome", "failed_transient")).unwrap_or(0.0) >= 2.0
     );
+}
+
+/// `GET /metrics` with `accept`: the content type and the body.
+async fn scrape(base: &str, accept: Option<&str>) -> (String, String) {
+    let mut req = reqwest::Client::new().get(format!("{base}metrics"));
+    if let Some(a) = accept {
+        req = req.header(reqwest::header::ACCEPT, a);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (content_type, resp.text().await.unwrap())
 }
 
 async fn switches_are_set_through_the_api_and_audited(db: &TestDb) {
@@ -655,6 +752,57 @@ on_both_stores!(
     a_takeover_in_the_second_step_keeps_the_first_steps_chunks,
     sigterm_keeps_ownership_and_exits_within_its_bound,
 );
+
+/// The exit codes `vigil --help` promises, from the real binary against a
+/// real pod: a run that fails is not a usage error (2), a second cancel is
+/// not an error (1), and `vigil chaos` keeps Jepsen's table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_are_the_ones_help_lists() {
+    let db = TestDb::sqlite().await;
+    let pod = PodProc::spawn(&db.target(), "exits", &[]);
+    let u = pod.url.as_str();
+    let vigil = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(args)
+            .env_remove("VIGIL_TOKEN_FILE")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let help = vigil(&["--help"]).1;
+    for line in [
+        "  2  usage: bad arguments or flags",
+        "  3  cancel: the run had already ended",
+        "  4  attach, submit --attach: the run ended other than succeeded",
+        "`vigil chaos` keeps Jepsen's codes",
+    ] {
+        assert!(help.contains(line), "{line:?} not in --help:\n{help}");
+    }
+    let chaos_help = vigil(&["chaos", "--help"]).1;
+    assert!(chaos_help.contains("254  bad arguments"), "{chaos_help}");
+
+    let (code, out) = vigil(&["submit", "--pod", u, "validation_failure", "--attach"]);
+    assert_eq!(code, Some(4), "a failed run: {out}");
+    let (code, out) = vigil(&["submit", "--pod", u, "final_success", "--attach"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = vigil(&["submit", "--pod", u, "slow_stream"]);
+    assert_eq!(code, Some(0), "{out}");
+    let id = out.lines().next().unwrap().trim().to_owned();
+    let (code, out) = vigil(&["cancel", "--pod", u, &id]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = vigil(&["cancel", "--pod", u, &id]);
+    assert_eq!(code, Some(3), "a second cancel: {out}");
+    let (code, out) = vigil(&["attach", "--pod", u, &id]);
+    assert_eq!(code, Some(4), "attach to a cancelled run: {out}");
+    assert_eq!(vigil(&["submit", "--pod", u]).0, Some(2), "no workflow");
+    let (code, out) = vigil(&["submit", "--pod", u, "no_such_workflow"]);
+    assert_eq!(code, Some(1), "{out}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_guards_every_change_and_reads_stay_open() {

@@ -28,6 +28,13 @@ pub const EXIT_BAD_INPUT: u8 = 254;
 pub const EXIT_INTERNAL: u8 = 255;
 
 #[derive(Debug, clap::Subcommand)]
+#[command(after_help = "\
+Exit codes, as Jepsen's (not those of the other vigil commands):
+  0    every check passed
+  1    a check failed
+  2    unknown: a fault never fired, so the scenario tested less than it says
+  254  bad arguments or a bad scenario
+  255  internal error")]
 pub enum ChaosCmd {
     /// Run a scenario file, or every *.toml of a directory.
     Run(RunArgs),
@@ -92,6 +99,14 @@ pub struct CleanArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  # every shipped scenario on SQLite, JUnit for CI
+  vigil chaos run scenarios/ --store sqlite --junit results/junit.xml
+  # replay one scenario's exact fault schedule on PostgreSQL
+  vigil chaos run scenarios/pod-death-mid-stream.toml --store postgres --seed 20261123
+  # print the schedule a seed gives, start nothing
+  vigil chaos run scenarios/ --seed 7 --dry-run")]
 pub struct RunArgs {
     /// A scenario file or a directory of them.
     pub path: PathBuf,
@@ -169,7 +184,7 @@ pub async fn main(cmd: ChaosCmd) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::errors::report(&e));
             ExitCode::from(EXIT_INTERNAL)
         }
     }

@@ -57,7 +57,7 @@ fn target_text(t: &super::scenario::Target) -> String {
     }
 }
 
-fn verdict_text(v: Verdict) -> &'static str {
+pub(crate) fn verdict_text(v: Verdict) -> &'static str {
     match v {
         Verdict::Pass => "pass",
         Verdict::Fail => "FAIL",

@@ -138,8 +138,8 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
         runs += n_runs;
         faults += fired;
         println!(
-            "  round {rounds}: {fired}/{planned_faults} faults, {n_runs} runs, {:?} ({})",
-            outcome.verdict,
+            "  round {rounds}: {fired}/{planned_faults} faults, {n_runs} runs, {} ({})",
+            super::report::verdict_text(outcome.verdict),
             outcome.dir.display()
         );
         if outcome.verdict == Verdict::Fail {
@@ -155,7 +155,14 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
         if failed.is_empty() {
             String::new()
         } else {
-            format!(" ({failed:?})")
+            format!(
+                " (round {})",
+                failed
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         }
     );
     Ok(if failed.is_empty() {

@@ -167,9 +167,9 @@ impl Config {
         let who = file
             .who
             .clone()
-            .or_else(|| std::env::var("USER").ok())
+            .or_else(|| std::env::var("VIGIL_WHO").ok())
             .filter(|w| !w.trim().is_empty())
-            .unwrap_or_else(|| "console".to_owned());
+            .unwrap_or_else(crate::human::default_who);
         Ok(Config {
             refresh: Duration::from_millis(file.refresh_ms),
             metrics: Duration::from_millis(file.metrics_ms),

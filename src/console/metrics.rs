@@ -94,7 +94,7 @@ pub fn parse(text: &str) -> Result<PodMetrics, ParseError> {
             | prometheus_parse::Value::Untyped(v) => v,
             _ => continue,
         };
-        if s.metric == "vigil_loop_last_tick_seconds" {
+        if s.metric == "vigil_loop_last_tick_timestamp_seconds" {
             if let Some(l) = s.labels.get("loop") {
                 out.loop_ticks.insert(l.to_owned(), v);
             }

@@ -44,6 +44,13 @@ use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "\
+Examples:
+  # watch the embedded store; scrape the pods its registry lists
+  vigil console --store data/vigil.db
+  # look, touch nothing: a production cluster, two pods' metrics
+  vigil console --read-only --store postgres://ops@db:5432/vigil \\
+      --pods http://10.0.0.7:7700,http://10.0.0.8:7700")]
 pub struct ConsoleArgs {
     /// Store: a SQLite file path, sqlite://PATH, or postgres://USER@HOST:PORT/DB.
     #[arg(long, env = "VIGIL_STORE", default_value = "data/vigil.db")]
@@ -384,7 +391,7 @@ fn spawn_executor(
             } else {
                 match execute(&eff, &slot, cluster.as_ref(), &who).await {
                     Ok(m) => (true, m),
-                    Err(e) => (false, format!("{e:#}")),
+                    Err(e) => (false, crate::errors::report(&e)),
                 }
             };
             tracing::info!(?eff, ok, %message, "effect");

@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -258,11 +259,16 @@ impl Metrics {
         );
         let loop_last_tick = Family::<Loop, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
-            "vigil_loop_last_tick_seconds",
+            "vigil_loop_last_tick_timestamp_seconds",
             "Unix time of each background loop's last completed tick",
             loop_last_tick.clone(),
         );
-        Metrics {
+        registry.register(
+            "vigil_build",
+            "The version of vigil this process runs",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let metrics = Metrics {
             registry,
             pod_deaths,
             detection_latency,
@@ -286,10 +292,40 @@ impl Metrics {
             step_attempts,
             fenced_writes,
             switch_flips,
+        };
+        // Series whose labels are known in advance start at 0, so that a
+        // rate() or an alert on them works before their first event.
+        for outcome in ["won", "lost"] {
+            let _ = metrics.recovery_claims.get_or_create(&Outcome {
+                outcome: outcome.into(),
+            });
+        }
+        for outcome in [
+            "submitted",
+            "pending",
+            "resumed",
+            "lost_race",
+            "row_busy",
+            "error",
+        ] {
+            let _ = metrics.dispatch_claims.get_or_create(&Outcome {
+                outcome: outcome.into(),
+            });
+        }
+        metrics
+    }
+
+    /// Start the per-lane series at 0 for every lane this process knows.
+    pub fn start_lanes<'a>(&self, lanes: impl IntoIterator<Item = &'a str>) {
+        for lane in lanes {
+            for family in [&self.reaper_timeouts, &self.reaper_retries] {
+                let _ = family.get_or_create(&Lane { lane: lane.into() });
+            }
         }
     }
 
-    /// The registry in Prometheus text exposition format.
+    /// The registry in the OpenMetrics 1.0 text format (what `/metrics`
+    /// serves as `application/openmetrics-text`).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -297,6 +333,58 @@ impl Metrics {
         out
     }
 
+    /// The registry in the Prometheus text format 0.0.4, for scrapers that
+    /// ask only for `text/plain` (see [`to_prometheus_text`]).
+    pub fn encode_prometheus_text(&self) -> String {
+        to_prometheus_text(&self.encode())
+    }
+}
+
+/// OpenMetrics text rewritten in the Prometheus text format 0.0.4: the
+/// samples are the same; what differs is the metadata. A counter family is
+/// named by its `_total` sample and an info family by its `_info` sample
+/// (typed `gauge`), `unknown` is `untyped`, and there is no `# UNIT` and no
+/// `# EOF`.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut types = std::collections::HashMap::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((family, kind)) = rest.split_once(' ')
+        {
+            types.insert(family.to_owned(), kind.to_owned());
+        }
+    }
+    let renamed = |family: &str| match types.get(family).map(String::as_str) {
+        Some("counter") => format!("{family}_total"),
+        Some("info") => format!("{family}_info"),
+        _ => family.to_owned(),
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (family, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {help}\n", renamed(family)));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let kind = match kind {
+                "info" | "stateset" => "gauge",
+                "gaugehistogram" => "histogram",
+                "unknown" => "untyped",
+                k => k,
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", renamed(family)));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+impl Metrics {
     pub fn fallback(&self, source: FallbackSource, outcome: FallbackOutcome) -> u64 {
         self.tracker_db_fallback
             .get_or_create(&SourceOutcome {
@@ -429,7 +517,7 @@ impl Metrics {
     }
 
     pub fn inc_lane(&self, family: &Family<Lane, Counter>, lane: &str) {
-        family.get_or_create(&Lane { lane: lane.into() }).inc();
+        let _ = family.get_or_create(&Lane { lane: lane.into() }).inc();
     }
 
     pub fn lane_count(&self, family: &Family<Lane, Counter>, lane: &str) -> u64 {
@@ -491,5 +579,36 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn prometheus_text_names_families_by_their_samples_and_drops_openmetrics_only_lines() {
+        let m = Metrics::new();
+        m.inc_attempt("succeeded");
+        m.start_lanes(["sync"]);
+        let om = m.encode();
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        let text = to_prometheus_text(&om);
+        for needle in [
+            "# TYPE vigil_step_attempts_total counter\n",
+            "# HELP vigil_step_attempts_total ",
+            "vigil_step_attempts_total{outcome=\"succeeded\"} 1\n",
+            "# TYPE vigil_build_info gauge\n",
+            "vigil_reaper_timeouts_total{lane=\"sync\"} 0\n",
+            "vigil_recovery_claims_total{outcome=\"lost\"} 0\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        for gone in ["# EOF", "# UNIT ", " unknown\n", " info\n"] {
+            assert!(!text.contains(gone), "{gone:?} left in\n{text}");
+        }
+        // Every sample line of the OpenMetrics body is there, unchanged.
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(samples(&om), samples(&text));
     }
 }

@@ -268,6 +268,13 @@ async fn submit_run(
             "idempotency_key must be 1-200 characters",
         ));
     }
+    if !(req.input.is_object() || req.input.is_null()) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_input",
+            "input must be a JSON object of the run's inputs",
+        ));
+    }
     // With room here, the run is created already ours (one commit, no
     // dispatcher pass); otherwise pending, for whichever pod has room.
     let (run, created) = match pod.worker.reserve() {
@@ -577,17 +584,7 @@ async fn switch_views(pod: &Pod) -> ApiResult<Vec<SwitchView>> {
         .iter()
         .map(|spec| {
             let row = rows.iter().find(|r| r.name == spec.name);
-            SwitchView {
-                name: spec.name.into(),
-                enabled: row.map_or(pod.engine.switches.enabled(spec.name), |r| r.enabled),
-                default: spec.default,
-                source: if row.is_some() { "store" } else { "default" }.into(),
-                disables: spec.disables.into(),
-                metric: spec.metric.into(),
-                updated_by: row.map(|r| r.updated_by.clone()),
-                reason: row.map(|r| r.reason.clone()),
-                updated_at_ms: row.map(|r| r.updated_at_ms),
-            }
+            SwitchView::of(spec, row, pod.engine.switches.enabled(spec.name))
         })
         .collect())
 }
@@ -665,18 +662,56 @@ async fn list_workflows(State(pod): State<Arc<Pod>>) -> Json<WorkflowList> {
     Json(WorkflowList { workflows })
 }
 
-/// Prometheus metrics (text exposition format).
+/// Metrics: OpenMetrics 1.0 text, or the Prometheus text format 0.0.4 to
+/// a scraper whose `Accept` prefers `text/plain`.
 #[utoipa::path(get, path = "/metrics",
-    responses((status = 200, content_type = "text/plain", body = String)))]
-async fn metrics(State(pod): State<Arc<Pod>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        pod.engine.metrics.encode(),
-    )
-        .into_response()
+    responses((status = 200,
+        description = "The pod's metrics (OpenMetrics 1.0 text; Prometheus text 0.0.4 when asked)",
+        content(
+            (String = "application/openmetrics-text"),
+            (String = "text/plain"),
+        ))))]
+async fn metrics(State(pod): State<Arc<Pod>>, headers: header::HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (content_type, body) = if wants_openmetrics(accept) {
+        (OPENMETRICS, pod.engine.metrics.encode())
+    } else {
+        (PROMETHEUS_TEXT, pod.engine.metrics.encode_prometheus_text())
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether to answer `accept` with OpenMetrics: yes unless `text/plain`
+/// has a higher weight than every OpenMetrics (or wildcard) entry. No
+/// header, `*/*` and Prometheus's own header (OpenMetrics first) all get
+/// OpenMetrics.
+fn wants_openmetrics(accept: &str) -> bool {
+    let (mut om, mut text) = (None::<f32>, None::<f32>);
+    for part in accept.split(',') {
+        let mut fields = part.split(';').map(str::trim);
+        let media = fields.next().unwrap_or("").to_ascii_lowercase();
+        let q = fields
+            .filter_map(|f| f.strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let slot = match media.as_str() {
+            "application/openmetrics-text" | "*/*" | "application/*" => &mut om,
+            "text/plain" | "text/*" => &mut text,
+            _ => continue,
+        };
+        *slot = Some(slot.map_or(q, |old| old.max(q)));
+    }
+    match (om, text) {
+        (_, None) => true,
+        (None, Some(t)) => t <= 0.0,
+        (Some(o), Some(t)) => o >= t,
+    }
 }
 
 /// Liveness of the process.
@@ -713,14 +748,130 @@ async fn readyz(State(pod): State<Arc<Pod>>) -> ApiResult<Json<Health>> {
 /// The document generated from the code, with this pod's workflow names
 /// and the known switch names filled in as enums (they are data, not types).
 async fn openapi(State(pod): State<Arc<Pod>>) -> Json<serde_json::Value> {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     let names: Vec<&str> = pod.engine.workflows.names().collect();
+    Json(document(&names))
+}
+
+/// `/openapi.json` for a pod that runs `workflows`: the generated
+/// document, with the data that is not a type filled in (workflow and
+/// switch names as enums), the bearer scheme, and a description on every
+/// response (OpenAPI requires one).
+pub fn document(workflows: &[&str]) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     if let Some(w) = doc.pointer_mut("/components/schemas/SubmitRequest/properties/workflow") {
-        w["enum"] = serde_json::json!(names);
+        w["enum"] = json!(workflows);
     }
     let switch_names: Vec<&str> = switches::KNOWN.iter().map(|s| s.name).collect();
     if let Some(p) = doc.pointer_mut("/paths/~1v1~1switches~1{name}/put/parameters/0/schema") {
-        p["enum"] = serde_json::json!(switch_names);
+        p["enum"] = json!(switch_names);
     }
-    Json(doc)
+    doc["components"]["securitySchemes"] = json!({
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The token of the pod's `--token-file`, required for changes (submit, cancel, events, switches) when the pod has one.",
+        }
+    });
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return doc;
+    };
+    for operation in paths.values_mut().filter_map(Value::as_object_mut) {
+        for op in operation.values_mut().filter_map(Value::as_object_mut) {
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let guarded = responses.contains_key("401");
+            for (status, response) in responses.iter_mut() {
+                if response.get("description").is_none_or(|d| d == "") {
+                    response["description"] = json!(status_description(status));
+                }
+            }
+            if guarded {
+                // Either the token, or nothing (a pod without --token-file).
+                op.insert("security".into(), json!([{"bearer": []}, {}]));
+            }
+        }
+    }
+    doc
+}
+
+/// What a status means across this API, for responses whose handler says
+/// no more.
+fn status_description(status: &str) -> &'static str {
+    match status {
+        "200" => "OK",
+        "201" => "Created",
+        "400" => "A malformed path, query or body; `message` names what",
+        "401" => "Missing or wrong bearer token",
+        "404" => "No such run",
+        "409" => "Conflicts with the run's state",
+        "415" => "The body is not `application/json`",
+        "422" => "Well-formed JSON the API cannot accept; `message` names the field",
+        "500" => "An internal error (a corrupt row, named)",
+        "503" => "The store is unavailable or the pod is stopping; try again",
+        _ => "See `error` and `message`",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{document, wants_openmetrics};
+
+    #[test]
+    fn every_response_is_described_and_changes_name_the_bearer_scheme() {
+        let doc = document(&["flaky_sync"]);
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        let mut guarded = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    let d = response["description"].as_str().unwrap_or("");
+                    assert!(!d.is_empty(), "{method} {path} {status} has no description");
+                }
+                if op.get("security").is_some() {
+                    guarded.push(format!("{method} {path}"));
+                }
+            }
+        }
+        guarded.sort();
+        assert_eq!(
+            guarded,
+            [
+                "post /v1/runs",
+                "post /v1/runs/{id}/cancel",
+                "post /v1/runs/{id}/events",
+                "put /v1/switches/{name}"
+            ]
+        );
+    }
+
+    #[test]
+    fn metrics_negotiation_prefers_openmetrics_unless_text_weighs_more() {
+        // Prometheus 2.x/3.x scrape header, no header, wildcards.
+        for accept in [
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+            "",
+            "*/*",
+            "application/openmetrics-text",
+            "text/plain;q=0.5, application/openmetrics-text",
+            "text/plain, */*",
+            "text/plain;q=0",
+        ] {
+            assert!(wants_openmetrics(accept), "{accept:?}");
+        }
+        for accept in [
+            "text/plain",
+            "text/plain; version=0.0.4",
+            "TEXT/PLAIN",
+            "text/*",
+            "application/openmetrics-text;q=0.2, text/plain;q=0.9",
+            "application/json, text/plain",
+        ] {
+            assert!(!wants_openmetrics(accept), "{accept:?}");
+        }
+    }
 }

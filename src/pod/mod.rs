@@ -32,13 +32,21 @@ use tokio_util::task::TaskTracker;
 const OWNERSHIP_WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "\
+Examples:
+  # one pod on the embedded store, on the default address
+  vigil pod --store data/vigil.db --pod-id pod-1
+  # a production pod on PostgreSQL, changes guarded by a token
+  vigil pod --production --store postgres://vigil@db:5432/vigil --pod-id pod-a \\
+      --listen 0.0.0.0:7700 --token-file /run/secrets/vigil-token")]
 pub struct PodArgs {
     /// Store: a SQLite file path, sqlite://PATH, or postgres://USER@HOST:PORT/DB; created
     /// (file, directory, Vigil's tables) if missing, and migrated.
     #[arg(long, env = "VIGIL_STORE", default_value = "data/vigil.db")]
     pub store: String,
-    /// Address of the HTTP API.
-    #[arg(long, env = "VIGIL_LISTEN", default_value = "127.0.0.1:7700")]
+    /// Address of the HTTP API: IP:PORT, or HOST:PORT resolved once at
+    /// start (localhost:7700).
+    #[arg(long, env = "VIGIL_LISTEN", default_value = "127.0.0.1:7700", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Stable identity of this pod. Required in production: a random id per
     /// restart would strand this pod's runs.
@@ -413,5 +421,47 @@ mod tests {
         assert_eq!(resolve_pod_id(Some("web-0"), true).unwrap(), "web-0");
         assert!(resolve_pod_id(None, false).unwrap().starts_with("pod-"));
         assert!(resolve_pod_id(Some("a b"), false).is_err());
+    }
+}
+
+/// `--listen`: an IP and port, or a host name and port resolved now (the
+/// first address it has); a URL or a bare port gets a hint.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let hint = "expected HOST:PORT, like 127.0.0.1:7700, 0.0.0.0:7700 or localhost:7700";
+    if s.contains("://") {
+        return Err(format!("{hint} (an address to listen on, not a URL)"));
+    }
+    if s.parse::<u16>().is_ok() {
+        return Err(format!("{hint} (a port alone: try 127.0.0.1:{s})"));
+    }
+    use std::net::ToSocketAddrs as _;
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{s} resolves to no address; {hint}")),
+        Err(e) => Err(format!("{e}; {hint}")),
+    }
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::parse_listen;
+
+    #[test]
+    fn listen_takes_addresses_and_host_names_and_hints_at_the_rest() {
+        assert_eq!(parse_listen("127.0.0.1:7700").unwrap().port(), 7700);
+        let local = parse_listen("localhost:7701").unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 7701, "{local}");
+        for (bad, says) in [
+            ("http://127.0.0.1:7700", "not a URL"),
+            ("7700", "try 127.0.0.1:7700"),
+            ("localhost", "expected HOST:PORT"),
+        ] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

@@ -24,8 +24,9 @@ pub struct ApiErrorBody {
 pub struct SubmitRequest {
     /// Name of a workflow this pod knows (GET /v1/workflows).
     pub workflow: String,
-    /// The run's input; any JSON value.
+    /// The run's input: a JSON object (absent or null: no inputs).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub input: serde_json::Value,
     /// A repeated key returns the run it created first, never a second run.
     #[serde(default)]
@@ -110,6 +111,28 @@ pub struct SwitchView {
     pub updated_by: Option<String>,
     pub reason: Option<String>,
     pub updated_at_ms: Option<i64>,
+}
+
+impl SwitchView {
+    /// A known switch as its store row sets it, or at `unset` (the value
+    /// it has where no row sets it) without one.
+    pub fn of(
+        spec: &crate::engine::switches::SwitchSpec,
+        row: Option<&crate::engine::store::SwitchRow>,
+        unset: bool,
+    ) -> Self {
+        SwitchView {
+            name: spec.name.into(),
+            enabled: row.map_or(unset, |r| r.enabled),
+            default: spec.default,
+            source: if row.is_some() { "store" } else { "default" }.into(),
+            disables: spec.disables.into(),
+            metric: spec.metric.into(),
+            updated_by: row.map(|r| r.updated_by.clone()),
+            reason: row.map(|r| r.reason.clone()),
+            updated_at_ms: row.map(|r| r.updated_at_ms),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

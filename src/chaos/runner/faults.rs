@@ -36,9 +36,10 @@ pub(super) fn spawn(
             }
             if let Err(e) = fire(&shared, &scn, &f).await {
                 shared.note(format!(
-                    "fault {} ({}) failed: {e:#}",
+                    "fault {} ({}) failed: {}",
                     f.index,
-                    f.action.as_str()
+                    f.action.as_str(),
+                    crate::errors::report(&e)
                 ));
             }
         }));

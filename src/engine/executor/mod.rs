@@ -271,6 +271,8 @@ impl Engine {
     ///
     /// [`Lanes::builtin`]: crate::engine::lanes::Lanes::builtin
     pub fn with_lanes(mut self, lanes: crate::engine::lanes::Lanes) -> Self {
+        self.metrics
+            .start_lanes(lanes.names().map(|(name, _)| name));
         self.lanes = lanes;
         self
     }
