@@ -1,5 +1,7 @@
 //! Logging set-up for every face of the binary: `tracing` to stderr,
-//! filtered by `VIGIL_LOG` (default `warn`).
+//! filtered by `VIGIL_LOG` (default `warn`). Colour only when stderr is a
+//! terminal and `NO_COLOR` is unset or empty: pod logs redirected to a file
+//! (the chaos runner's, the demo's, a service manager's) stay plain text.
 
 /// Install the stderr subscriber once; a second call is a no-op.
 pub fn init() {
@@ -8,5 +10,29 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .try_init();
+}
+
+/// Whether to colour: a terminal, and no non-empty `NO_COLOR`
+/// (https://no-color.org).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+    }
 }

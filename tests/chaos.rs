@@ -52,6 +52,15 @@ fn chaos(file: &Path, seed: u64, store: &str, faults: Option<&str>) -> ChaosRun 
     let report = walk(results.path(), "report.json")
         .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
         .unwrap_or(Value::Null);
+    // Logs written to files are plain text: colour is for terminals.
+    for log in logs(results.path()) {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            !text.contains('\u{1b}'),
+            "{} holds terminal escape codes",
+            log.display()
+        );
+    }
     let normalized = report.get("normalized").cloned().unwrap_or(Value::Null);
     ChaosRun {
         code: out.status.code().unwrap_or(-1),
@@ -59,6 +68,20 @@ fn chaos(file: &Path, seed: u64, store: &str, faults: Option<&str>) -> ChaosRun 
         normalized,
         report,
     }
+}
+
+/// Every `*.log` under `dir`.
+fn logs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(logs(&p));
+        } else if p.extension().is_some_and(|x| x == "log") {
+            out.push(p);
+        }
+    }
+    out
 }
 
 fn walk(dir: &Path, name: &str) -> Option<PathBuf> {
