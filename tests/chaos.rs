@@ -223,6 +223,37 @@ fn malformed_scenarios_fail_before_anything_starts() {
     );
     let r = chaos(&scenario("pod-death-mid-stream"), 1, "mongodb", None);
     assert_eq!(r.code, 254, "{}", r.output);
+    // A directory with two bad files: both named, and JUnit written with an
+    // errored case for each, control characters and all.
+    std::fs::write(
+        dir.path().join("worse.toml"),
+        "name = \"b\\u0001ad\"\n[cluster]\npods = 2\n",
+    )
+    .unwrap();
+    let junit = dir.path().join("junit.xml");
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["chaos", "run", "--store", "sqlite", "--workflows"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/workflows"))
+        .arg("--junit")
+        .arg(&junit)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(254));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("worse.toml:1: name"),
+        "{err}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(!xml.contains('\u{1}'), "{xml}");
+    let report = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    assert_eq!(report.test_suites.len(), 2, "{xml}");
+    for suite in &report.test_suites {
+        assert_eq!(suite.errors, 1, "{xml}");
+        assert!(suite.name.ends_with(".toml"), "{xml}");
+    }
+    assert!(xml.contains("worse.toml:1: name"), "{xml}");
 }
 
 /// Secrets planted in step outputs reach the store's raw copy (so this test
@@ -284,9 +315,10 @@ fn chaos_check_reproduces_a_verdict_and_catches_an_edited_history() {
         .arg(scenario("pod-death-mid-stream"))
         .args(["--seed", "11", "--store", "sqlite", "--quiet", "--results"])
         .arg(results.path())
-        .arg("--workflows")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/workflows"))
+        .arg("--junit")
+        .arg(results.path().join("junit.xml"))
         .env_remove("VIGIL_FAULTS")
+        .env_remove("VIGIL_WORKFLOWS")
         .output()
         .unwrap();
     assert!(
@@ -296,6 +328,24 @@ fn chaos_check_reproduces_a_verdict_and_catches_an_edited_history() {
     );
     let history = walk(results.path(), "history.jsonl").unwrap();
     let dir = history.parent().unwrap().to_owned();
+    // Jepsen's links to the newest run: per scenario and overall.
+    for link in ["pod-death-mid-stream/latest", "latest"] {
+        let to = std::fs::canonicalize(results.path().join(link)).unwrap();
+        assert_eq!(to, std::fs::canonicalize(&dir).unwrap(), "{link}");
+    }
+    // JUnit as CI reads it: one suite, its start and duration, a case per
+    // checker, all passing.
+    let xml = std::fs::read_to_string(results.path().join("junit.xml")).unwrap();
+    let junit = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    let suite = &junit.test_suites[0];
+    assert_eq!(
+        suite.name.as_str(),
+        "pod-death-mid-stream [sqlite]",
+        "{xml}"
+    );
+    assert!(suite.timestamp.is_some() && suite.time.is_some(), "{xml}");
+    assert!(suite.test_cases.len() >= 8, "{xml}");
+    assert_eq!((suite.failures, suite.errors), (0, 0), "{xml}");
     // Every line holds each key once (a duplicate key is ambiguous JSON).
     for line in std::fs::read_to_string(&history).unwrap().lines() {
         let keys: Vec<String> = line_keys(line);
@@ -607,4 +657,61 @@ fn teeth_tests_need_the_fault_injection_feature() {
         "CI must run `cargo test --features fault-injection` (scripts/test-all.sh does)"
     );
     eprintln!("NOTE: chaos teeth tests NOT run: build with --features fault-injection");
+}
+
+/// A scenario runs from any working directory: its workflows are found
+/// relative to its file (its `workflows` key, or a `workflows/` beside
+/// it), and a wrong key is named before anything starts.
+#[test]
+fn scenarios_find_their_workflows_from_anywhere() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let dry = |file: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["chaos", "run", "--dry-run", "--seed", "1"])
+            .arg(file)
+            .current_dir(elsewhere.path())
+            .env_remove("VIGIL_WORKFLOWS")
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    // The shipped scenarios, by their key.
+    let o = dry(&root.join("scenarios/pod-death-mid-stream.toml"));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = dry(&root.join("scenarios/docker"));
+    assert!(o.status.success(), "{}", text(&o));
+    // A self-contained directory: workflows/ beside the scenario, no key.
+    let own = elsewhere.path().join("mine");
+    std::fs::create_dir_all(own.join("workflows")).unwrap();
+    std::fs::copy(
+        root.join("fixtures/workflows/slow_stream.toml"),
+        own.join("workflows/slow_stream.toml"),
+    )
+    .unwrap();
+    let scenario = std::fs::read_to_string(root.join("scenarios/pod-death-mid-stream.toml"))
+        .unwrap()
+        .replace("workflows = \"../fixtures/workflows\"\n", "");
+    std::fs::write(own.join("s.toml"), &scenario).unwrap();
+    let o = dry(&own.join("s.toml"));
+    assert!(o.status.success(), "{}", text(&o));
+    // A key naming no directory: exit 254, the file and the key named.
+    std::fs::write(
+        own.join("s.toml"),
+        format!("workflows = \"nowhere\"\n{scenario}"),
+    )
+    .unwrap();
+    let o = dry(&own.join("s.toml"));
+    assert_eq!(o.status.code(), Some(254), "{}", text(&o));
+    assert!(
+        text(&o).contains("s.toml: workflows = \"nowhere\""),
+        "{}",
+        text(&o)
+    );
 }

@@ -127,8 +127,10 @@ pub struct RunArgs {
     /// Print the fault schedule the seed gives, and exit.
     #[arg(long)]
     pub dry_run: bool,
-    #[arg(long, env = "VIGIL_WORKFLOWS", default_value = "fixtures/workflows")]
-    pub workflows: PathBuf,
+    /// Workflows for every scenario. Default: each scenario's own (its
+    /// `workflows` key, relative to the file, else a workflows/ beside it).
+    #[arg(long, env = "VIGIL_WORKFLOWS")]
+    pub workflows: Option<PathBuf>,
     /// Less progress output.
     #[arg(long, short)]
     pub quiet: bool,
@@ -356,6 +358,30 @@ async fn clean(args: CleanArgs) -> Result<()> {
     Ok(())
 }
 
+/// Read and validate one scenario file against its workflows (loaded once
+/// per directory); the message names the file and, where it can, the line.
+fn load_scenario(
+    file: &std::path::Path,
+    flag: Option<&std::path::Path>,
+    registries: &mut std::collections::HashMap<PathBuf, WorkflowRegistry>,
+) -> Result<(Scenario, PathBuf), String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+    let wdir = scenario::workflows_dir(file, &text, flag)?;
+    if !registries.contains_key(&wdir) {
+        let w = WorkflowRegistry::load_dir(&wdir).map_err(|e| {
+            format!(
+                "{}: loading workflows ({}): {e}",
+                file.display(),
+                wdir.display()
+            )
+        })?;
+        registries.insert(wdir.clone(), w);
+    }
+    let s = Scenario::parse(file, &text, &registries[&wdir]).map_err(|e| e.to_string())?;
+    Ok((s, wdir))
+}
+
 async fn run(args: RunArgs) -> Result<ExitCode> {
     let bad = |msg: String| {
         eprintln!("error: {msg}");
@@ -364,10 +390,6 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let store = match store_choice(args.store.as_deref()) {
         Ok(s) => s,
         Err(e) => return bad(e),
-    };
-    let workflows = match WorkflowRegistry::load_dir(&args.workflows) {
-        Ok(w) => w,
-        Err(e) => return bad(format!("loading workflows: {e}")),
     };
     let files = match scenario_files(&args.path) {
         Ok(f) if !f.is_empty() => f,
@@ -379,17 +401,39 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         }
         Err(e) => return bad(format!("{}: {e}", args.path.display())),
     };
-    // Every scenario parses before anything starts.
+    // Every scenario parses before anything starts, against its own
+    // workflows.
     let mut scenarios = Vec::new();
+    let mut invalid = Vec::new();
+    let mut registries: std::collections::HashMap<PathBuf, WorkflowRegistry> =
+        std::collections::HashMap::new();
     for f in &files {
-        match Scenario::load(f, &workflows) {
+        match load_scenario(f, args.workflows.as_deref(), &mut registries) {
             Ok(s) => scenarios.push(s),
-            Err(e) => return bad(e.to_string()),
+            Err(message) => invalid.push((f.display().to_string(), message)),
         }
+    }
+    if !invalid.is_empty() {
+        // Every file's problem, and JUnit that shows them as errors.
+        if let Some(j) = &args.junit {
+            let entries: Vec<_> = invalid
+                .iter()
+                .map(|(file, message)| report::JunitEntry::Invalid {
+                    file: file.clone(),
+                    message: message.clone(),
+                })
+                .collect();
+            std::fs::write(j, report::junit(&entries))
+                .with_context(|| format!("writing {}", j.display()))?;
+        }
+        for (_, message) in &invalid {
+            eprintln!("error: {message}");
+        }
+        return Ok(ExitCode::from(EXIT_BAD_INPUT));
     }
     // The driver each scenario will run on, checked before anything starts.
     let driver_flag = args.driver.map(DriverKind::from);
-    for s in &scenarios {
+    for (s, _) in &scenarios {
         let driver = driver_flag.unwrap_or(s.driver);
         let kind = match &store {
             StoreChoice::Scenario => s.store,
@@ -419,7 +463,7 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let seed = args.seed.unwrap_or_else(rand::random);
     println!("seed {seed} (replay with --seed {seed})");
     if args.dry_run {
-        for s in &scenarios {
+        for (s, _) in &scenarios {
             let plan = s.plan(seed);
             println!("{}:\n{}", s.name, serde_json::to_string_pretty(&plan)?);
         }
@@ -429,20 +473,26 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         seed,
         store,
         results_dir: args.results.clone(),
-        workflows: args.workflows.clone(),
+        workflows: PathBuf::new(),
         binary: None,
         verbose: !args.quiet,
         driver: driver_flag,
         image: args.image.clone(),
     };
     let mut outcomes = Vec::new();
-    for s in scenarios {
+    let mut timings = Vec::new();
+    for (s, wdir) in scenarios {
         let name = s.name.clone();
+        let opts = RunnerOpts {
+            workflows: wdir,
+            ..opts.clone()
+        };
         if !args.quiet {
             eprintln!("== {name}");
         }
         // Ctrl-C or SIGTERM: drop the run (its pods are killed on drop, a
         // throwaway database server stopped) and leave nothing behind.
+        let (started_ms, began) = (crate::engine::clock::wall_ms(), std::time::Instant::now());
         let outcome = tokio::select! {
             o = runner::run(s, &opts) => o.with_context(|| format!("scenario {name}"))?,
             _ = interrupted() => {
@@ -452,10 +502,20 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         };
         println!("{}", outcome.summary);
         println!("  results: {}", outcome.dir.display());
+        timings.push((started_ms, began.elapsed()));
         outcomes.push(outcome);
     }
     if let Some(j) = &args.junit {
-        std::fs::write(j, report::junit(&outcomes))
+        let entries: Vec<_> = outcomes
+            .iter()
+            .zip(&timings)
+            .map(|(outcome, &(started_ms, took))| report::JunitEntry::Ran {
+                outcome,
+                started_ms,
+                took,
+            })
+            .collect();
+        std::fs::write(j, report::junit(&entries))
             .with_context(|| format!("writing {}", j.display()))?;
     }
     let worst = outcomes.iter().map(|o| o.verdict).fold(0u8, |acc, v| {

@@ -484,7 +484,7 @@ impl Report<'_> {
                 "<text x=\"10\" y=\"{}\">fault {} {}</text>",
                 y + 14.0,
                 l.fault,
-                l.pod
+                xml_escape(&l.pod)
             );
             for (k, (v, colour)) in [
                 (l.detection_ms, "#3b6fb6"),
@@ -548,75 +548,111 @@ impl Report<'_> {
     }
 }
 
+/// Text for XML (the SVG): markup escaped, control characters XML 1.0
+/// forbids dropped.
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
+    s.chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t' | '\r'))
+        .collect::<String>()
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
 
-/// JUnit XML: one test suite per scenario, one test case per check.
-pub fn junit(outcomes: &[Outcome]) -> String {
-    let mut s = String::from(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"vigil chaos\">\n",
-    );
-    for o in outcomes {
-        let failures = o.checks.iter().filter(|c| c.status == Status::Fail).count();
-        let skipped = o
-            .checks
-            .iter()
-            .filter(|c| matches!(c.status, Status::Skip | Status::NotApplicable))
-            .count();
-        let _ = writeln!(
-            s,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">",
-            xml_escape(&format!("{} [{}]", o.scenario, o.store)),
-            o.checks.len().max(1)
-        );
-        let _ = writeln!(
-            s,
-            "    <properties><property name=\"seed\" value=\"{}\"/><property name=\"results\" value=\"{}\"/></properties>",
-            o.seed,
-            xml_escape(&o.dir.display().to_string())
-        );
-        if o.checks.is_empty() {
-            let _ = writeln!(
-                s,
-                "    <testcase name=\"scenario\" classname=\"{}\"><skipped message=\"{}\"/></testcase>",
-                xml_escape(&o.scenario),
-                xml_escape(o.summary.trim())
-            );
-        }
-        for c in &o.checks {
-            let _ = write!(
-                s,
-                "    <testcase name=\"{}\" classname=\"{}\">",
-                c.name.as_str(),
-                xml_escape(&o.scenario)
-            );
-            match c.status {
-                Status::Pass => {}
-                Status::Skip => s.push_str("<skipped/>"),
-                Status::NotApplicable => {
-                    let _ = write!(
-                        s,
-                        "<skipped message=\"{}\"/>",
-                        xml_escape(&c.evidence.join("; "))
-                    );
-                }
-                Status::Fail => {
-                    let _ = write!(
-                        s,
-                        "<failure message=\"{}\">{}</failure>",
-                        xml_escape(c.name.invariant()),
-                        xml_escape(&c.evidence.join("\n"))
-                    );
-                }
+/// One line of the JUnit report: a scenario that ran, or one that could
+/// not (a file that does not parse: CI shows it as an error naming the
+/// file and line, not as nothing).
+pub enum JunitEntry<'a> {
+    Ran {
+        outcome: &'a Outcome,
+        /// Wall clock when it started (Unix ms).
+        started_ms: i64,
+        took: std::time::Duration,
+    },
+    Invalid {
+        file: String,
+        message: String,
+    },
+}
+
+/// The JUnit XML of a `vigil chaos run` (quick-junit: times, timestamps,
+/// escaping and control characters are its business): one suite per
+/// scenario and store, one case per checker.
+pub fn junit(entries: &[JunitEntry<'_>]) -> String {
+    use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
+    let stamp = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|d| d.fixed_offset());
+    let mut report = Report::new("vigil chaos");
+    let mut total = std::time::Duration::ZERO;
+    for entry in entries {
+        match entry {
+            JunitEntry::Invalid { file, message } => {
+                let mut suite = TestSuite::new(file.as_str());
+                let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+                status
+                    .set_type("invalid scenario")
+                    .set_message(message.lines().next().unwrap_or_default())
+                    .set_description(message.as_str());
+                let mut case = TestCase::new("scenario", status);
+                case.set_classname(file.as_str());
+                suite.add_test_case(case);
+                report.add_test_suite(suite);
             }
-            s.push_str("</testcase>\n");
+            JunitEntry::Ran {
+                outcome: o,
+                started_ms,
+                took,
+            } => {
+                total += *took;
+                let mut suite = TestSuite::new(format!("{} [{}]", o.scenario, o.store));
+                suite.set_time(*took);
+                if let Some(t) = stamp(*started_ms) {
+                    suite.set_timestamp(t);
+                }
+                suite.add_property(Property::new("seed", o.seed.to_string()));
+                suite.add_property(Property::new("results", o.dir.display().to_string()));
+                suite.add_property(Property::new("verdict", verdict_text(o.verdict)));
+                if o.checks.is_empty() {
+                    let mut status = TestCaseStatus::skipped();
+                    status.set_message(o.summary.trim());
+                    let mut case = TestCase::new("scenario", status);
+                    case.set_classname(o.scenario.as_str());
+                    suite.add_test_case(case);
+                }
+                for c in &o.checks {
+                    let status = match c.status {
+                        Status::Pass => TestCaseStatus::success(),
+                        Status::Skip => TestCaseStatus::skipped(),
+                        Status::NotApplicable => {
+                            let mut s = TestCaseStatus::skipped();
+                            let why = c.evidence.join("; ");
+                            s.set_message(if why.starts_with("not applicable") {
+                                why
+                            } else {
+                                format!("not applicable: {why}")
+                            });
+                            s
+                        }
+                        Status::Fail => {
+                            let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                            s.set_message(c.name.invariant())
+                                .set_description(c.evidence.join("\n"));
+                            s
+                        }
+                    };
+                    let mut case = TestCase::new(c.name.as_str(), status);
+                    case.set_classname(o.scenario.as_str());
+                    suite.add_test_case(case);
+                }
+                report.add_test_suite(suite);
+            }
         }
-        s.push_str("  </testsuite>\n");
     }
-    s.push_str("</testsuites>\n");
-    s
+    report.set_time(total);
+    report.to_string().unwrap_or_else(|e| {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- cannot write the report: {} -->\n<testsuites/>\n",
+            xml_escape(&e.to_string()).replace("--", "- -")
+        )
+    })
 }

@@ -22,7 +22,7 @@ use crate::engine::workflow::WorkflowRegistry;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -191,8 +191,17 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
         .with_context(|| format!("loading workflows from {}", opts.workflows.display()))?;
     let plan: Plan = scn.plan(opts.seed);
     let stamp = format!("{}-{}", crate::engine::clock::wall_ms(), opts.seed);
-    let dir = opts.results_dir.join(&scn.name).join(stamp);
+    let dir = opts.results_dir.join(&scn.name).join(&stamp);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // As Jepsen's store: results/<scenario>/latest and results/latest.
+    for (parent, target) in [
+        (opts.results_dir.join(&scn.name), PathBuf::from(&stamp)),
+        (opts.results_dir.clone(), Path::new(&scn.name).join(&stamp)),
+    ] {
+        if let Err(e) = link_latest(&parent, &target) {
+            tracing::warn!(dir = %parent.display(), error = %e, "cannot update the latest link");
+        }
+    }
 
     let kind = provision::store_kind(&opts.store, &scn);
     let driver = opts.driver.unwrap_or(scn.driver);
@@ -557,4 +566,13 @@ async fn drive(shared: Arc<Shared>, scn: Arc<Scenario>, plan: &Plan) -> Result<(
     attach::join_early(&shared, early).await;
     wait::final_reads(&shared).await;
     Ok(())
+}
+
+/// Point `parent/latest` at `target` (relative to `parent`), replacing any
+/// earlier link in one rename so a reader never finds it missing.
+fn link_latest(parent: &Path, target: &Path) -> std::io::Result<()> {
+    let tmp = parent.join(format!(".latest.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    std::fs::rename(&tmp, parent.join("latest"))
 }

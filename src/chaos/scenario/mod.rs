@@ -309,6 +309,11 @@ struct RawScenario {
     name: String,
     #[serde(default)]
     description: String,
+    /// The workflows directory, relative to this file (see
+    /// [`workflows_dir`]); read before the rest, validated there.
+    #[serde(default)]
+    #[allow(dead_code)]
+    workflows: Option<String>,
     cluster: ClusterCfg,
     #[serde(default, rename = "workload")]
     workloads: Vec<Workload>,
@@ -342,6 +347,51 @@ pub fn pod_ids(n: u32) -> Vec<String> {
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset.min(text.len()))
         .map_or(1, |t| t.matches('\n').count() + 1)
+}
+
+/// Where the workflows of the scenario in `file` (whose text is `text`)
+/// are: `flag` (`--workflows`) if given; else its `workflows` key, relative
+/// to the file; else a `workflows/` directory beside it. So a scenario
+/// directory is self-contained and runs from any working directory.
+pub fn workflows_dir(file: &Path, text: &str, flag: Option<&Path>) -> Result<PathBuf, String> {
+    // Absolute: pods and containers resolve it from elsewhere.
+    resolve_workflows(file, text, flag).map(|d| std::path::absolute(&d).unwrap_or(d))
+}
+
+fn resolve_workflows(file: &Path, text: &str, flag: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(f) = flag {
+        return Ok(f.to_owned());
+    }
+    let here = file.parent().unwrap_or(Path::new("."));
+    let key = toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|t| t.get("workflows").cloned());
+    match key {
+        Some(toml::Value::String(rel)) => {
+            let dir = here.join(&rel);
+            if dir.is_dir() {
+                Ok(dir)
+            } else {
+                Err(format!(
+                    "{}: workflows = {rel:?}: no directory {} (relative to the scenario file)",
+                    file.display(),
+                    dir.display()
+                ))
+            }
+        }
+        Some(other) => Err(format!(
+            "{}: workflows: expected a directory path as a string, got {}",
+            file.display(),
+            other.type_str()
+        )),
+        None if here.join("workflows").is_dir() => Ok(here.join("workflows")),
+        None => Err(format!(
+            "{}: no workflows: add workflows = \"DIR\" (relative to the file), put them in {}, \
+             or pass --workflows",
+            file.display(),
+            here.join("workflows").display()
+        )),
+    }
 }
 
 impl Scenario {
