@@ -186,6 +186,7 @@ pub struct SubmitArgs {
 pub struct AttachArgs {
     #[command(flatten)]
     pub pod: PodArg,
+    /// Run id, or a unique prefix of one (as git and docker take).
     pub id: String,
     /// One JSON object per event instead of raw chunk text.
     #[arg(long)]
@@ -196,6 +197,7 @@ pub struct AttachArgs {
 pub struct CancelArgs {
     #[command(flatten)]
     pub pod: PodArg,
+    /// Run id, or a unique prefix of one (as git and docker take).
     pub id: String,
     #[arg(long)]
     pub reason: Option<String>,
@@ -326,6 +328,7 @@ pub struct RunsArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub store: StoreArg,
+    /// Run id, or a unique prefix of one (as git and docker take).
     pub id: String,
     #[arg(long)]
     pub json: bool,
@@ -400,7 +403,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let client = args.pod.client()?;
             match client.cancel(&args.id, args.reason).await {
                 Ok(t) => {
-                    println!("run {} {} -> {}", args.id, t.from, t.to);
+                    println!("run {} {} -> {}", t.run_id, t.from, t.to);
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => match e.already_terminal() {
@@ -777,8 +780,18 @@ async fn show_run(args: RunArgs) -> Result<ExitCode> {
     let detail = match args.store.client()? {
         Some(client) => client.run(&args.id).await?,
         None => {
+            use crate::engine::store::IdMatch;
             let store = args.store.open().await?;
-            let Some(run) = store.get_run(&args.id).await? else {
+            let full = match store::resolve_run_id(store.as_ref(), &args.id).await? {
+                IdMatch::One(full) => full,
+                IdMatch::None => bail!("run {} not found in {}", args.id, args.store.store),
+                IdMatch::Many { candidates, more } => bail!(
+                    "run id {:?} is a prefix of several runs: {}; give more of it",
+                    args.id,
+                    IdMatch::candidates_text(&candidates, more)
+                ),
+            };
+            let Some(run) = store.get_run(&full).await? else {
                 bail!("run {} not found in {}", args.id, args.store.store);
             };
             crate::pod::wire::RunDetail::of(store.as_ref(), run).await?

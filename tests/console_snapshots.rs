@@ -22,8 +22,11 @@ const NOW: i64 = 1_760_000_000_000;
 const W: u16 = 120;
 const H: u16 = 30;
 
+/// UUIDv7s as runs get them: the first 48 bits are the creation time (ms),
+/// here 273 ms apart, so a short form of 13 characters tells them apart.
 fn id(n: u32) -> String {
-    format!("0199a1b2-c3d4-7e5f-8a9b-{n:012x}")
+    let t = 0x0199_a1b2_c300_u64 + u64::from(n) * 0x111;
+    format!("{:08x}-{:04x}-7e5f-8a9b-{n:012x}", t >> 16, t & 0xffff)
 }
 
 fn render(app: &App) -> String {
@@ -757,6 +760,25 @@ fn help_and_command_line() {
     typed(&mut a, ":frobnicate");
     key(&mut a, KeyCode::Enter);
     snap!("command_unknown_120x30", a);
+    // :run takes the short form the views show (a prefix); an ambiguous
+    // one lists the candidates.
+    let mut a = busy();
+    typed(&mut a, &format!(":run {}", &id(3)[..11]));
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.detail.as_ref().map(|d| d.run_id.clone()), Some(id(3)));
+    let mut a = busy();
+    typed(&mut a, ":run 0199a1b2-c");
+    key(&mut a, KeyCode::Enter);
+    assert!(a.detail.is_none());
+    let status = a
+        .status
+        .as_ref()
+        .map(|s| s.text.clone())
+        .unwrap_or_default();
+    assert!(
+        status.contains("5 runs start so: 0199a1b2-c4") && status.contains("give more"),
+        "{status}"
+    );
     // gg and G.
     let mut a = busy();
     typed(&mut a, "G");

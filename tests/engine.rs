@@ -2348,6 +2348,47 @@ async fn a_run_stuck_outside_its_steps_stops_heartbeating_and_is_reaped(db: &Tes
         .await;
 }
 
+/// A run id's short form is any unique prefix of it: exact ids resolve by
+/// one read, prefixes by a scan; an ambiguous prefix names its candidates;
+/// text that cannot be part of a UUID resolves to nothing (and never
+/// reaches a LIKE pattern).
+async fn a_run_id_resolves_from_a_unique_prefix(db: &TestDb) {
+    use vigil::engine::store::{IdMatch, resolve_run_id};
+    let reg = registry(&[SYNC_RUN]);
+    let h = db.open().await;
+    let e = engine_with(&h, &reg, fast("pod-a")).await;
+    let a = e.submit("sync-run", json!({}), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let b = e.submit("sync-run", json!({}), None).await.unwrap();
+    let store = h.store.as_ref();
+    assert_eq!(
+        resolve_run_id(store, &a.id).await.unwrap(),
+        IdMatch::One(a.id.clone())
+    );
+    assert_eq!(
+        resolve_run_id(store, &b.id[..13].to_uppercase())
+            .await
+            .unwrap(),
+        IdMatch::One(b.id.clone())
+    );
+    let mut both = vec![a.id.clone(), b.id.clone()];
+    both.sort();
+    assert_eq!(
+        resolve_run_id(store, "0").await.unwrap(),
+        IdMatch::Many {
+            candidates: both,
+            more: false
+        }
+    );
+    for nothing in ["", "f", "%", "0_", "zz", "0%"] {
+        assert_eq!(
+            resolve_run_id(store, nothing).await.unwrap(),
+            IdMatch::None,
+            "{nothing:?}"
+        );
+    }
+}
+
 #[cfg(feature = "fault-injection")]
 mod faults {
     use super::*;
@@ -2360,6 +2401,7 @@ mod faults {
 }
 
 on_both_stores!(
+    a_run_id_resolves_from_a_unique_prefix,
     an_http_step_that_never_answers_times_out_per_attempt_within_its_budget,
     a_step_timeout_is_a_no_progress_timeout_and_a_silent_step_fails_transiently,
     a_run_without_deadline_ms_gets_the_store_wide_maximum,

@@ -799,6 +799,24 @@ async fn exit_codes_are_the_ones_help_lists() {
     assert_eq!(code, Some(3), "a second cancel: {out}");
     let (code, out) = vigil(&["attach", "--pod", u, &id]);
     assert_eq!(code, Some(4), "attach to a cancelled run: {out}");
+    // The short form is a prefix: runs submitted apart in time differ in
+    // their first 12 characters (UUIDv7: the creation ms).
+    let short = &id[..13];
+    let (code, out) = vigil(&["attach", "--pod", u, short]);
+    assert_eq!(code, Some(4), "attach by prefix: {out}");
+    let (code, out) = vigil(&["cancel", "--pod", u, short]);
+    assert_eq!(code, Some(3), "cancel by prefix: {out}");
+    for via in [["--pod", u], ["--store", &db.target()]] {
+        let (code, out) = vigil(&["run", via[0], via[1], short, "--json"]);
+        assert_eq!(code, Some(0), "{via:?}: {out}");
+        assert!(out.contains(&format!("\"id\": \"{id}\"")), "{via:?}: {out}");
+        let (code, out) = vigil(&["run", via[0], via[1], "0"]);
+        assert_eq!(code, Some(1), "{via:?}: {out}");
+        assert!(
+            out.contains("is a prefix of several runs: 0"),
+            "{via:?}: {out}"
+        );
+    }
     assert_eq!(vigil(&["submit", "--pod", u]).0, Some(2), "no workflow");
     let (code, out) = vigil(&["submit", "--pod", u, "no_such_workflow"]);
     assert_eq!(code, Some(1), "{out}");

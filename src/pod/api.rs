@@ -340,8 +340,31 @@ async fn list_runs(
     Ok(Json(RunList { runs }))
 }
 
+/// The full id of the run `id` names: the id itself or a unique prefix
+/// of one; 404 for none, 409 `ambiguous_id` naming the candidates.
+async fn resolve_id(pod: &Pod, id: &str) -> ApiResult<String> {
+    use crate::engine::store::IdMatch;
+    match crate::engine::store::resolve_run_id(pod.store.as_ref(), id).await? {
+        IdMatch::One(full) => Ok(full),
+        IdMatch::None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "run_not_found",
+            format!("run {id} not found"),
+        )),
+        IdMatch::Many { candidates, more } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ambiguous_id",
+            format!(
+                "run id {id:?} is a prefix of several runs: {}; give more of it",
+                IdMatch::candidates_text(&candidates, more)
+            ),
+        )),
+    }
+}
+
 async fn run_or_404(pod: &Pod, id: &str) -> ApiResult<RunRecord> {
-    pod.store.get_run(id).await?.ok_or_else(|| {
+    let full = resolve_id(pod, id).await?;
+    pod.store.get_run(&full).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "run_not_found",
@@ -351,10 +374,11 @@ async fn run_or_404(pod: &Pod, id: &str) -> ApiResult<RunRecord> {
 }
 
 /// One run with its steps (redacted outputs only) and transitions.
-#[utoipa::path(get, path = "/v1/runs/{id}", params(("id" = String, Path, description = "Run id")),
+#[utoipa::path(get, path = "/v1/runs/{id}", params(("id" = String, Path, description = "Run id, or a unique prefix of one")),
     responses(
         (status = 200, body = RunDetail),
         (status = 404, body = ApiErrorBody),
+        (status = 409, description = "The id is a prefix of several runs (ambiguous_id)", body = ApiErrorBody),
         (status = 500, description = "A corrupt row, named", body = ApiErrorBody),
         (status = 503, body = ApiErrorBody),
     ))]
@@ -374,12 +398,13 @@ async fn get_run(
 /// `(epoch, step, attempt)` is in `keep`), `end` (data EndEvent: the run's
 /// final state; the stream closes). See docs/api.md, "Stream model".
 #[utoipa::path(get, path = "/v1/runs/{id}/stream",
-    params(("id" = String, Path, description = "Run id"), AttachQuery,
+    params(("id" = String, Path, description = "Run id, or a unique prefix of one"), AttachQuery,
            ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = SseEvent),
         (status = 400, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody),
+        (status = 409, description = "The id is a prefix of several runs (ambiguous_id)", body = ApiErrorBody),
         (status = 503, body = ApiErrorBody),
     ))]
 async fn attach(
@@ -392,6 +417,7 @@ async fn attach(
     // Subscribed before the read, so no change after it is missed.
     let changes = pod.engine.changes();
     let run = run_or_404(&pod, &id).await?;
+    let id = run.id.clone();
     let from = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -421,13 +447,13 @@ async fn attach(
 }
 
 /// Cancel a run. A run already terminal answers 409 `already_terminal`.
-#[utoipa::path(post, path = "/v1/runs/{id}/cancel", params(("id" = String, Path, description = "Run id")),
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", params(("id" = String, Path, description = "Run id, or a unique prefix of one")),
     request_body(content = Option<CancelRequest>),
     responses(
         (status = 200, body = TransitionRecord),
         (status = 400, body = ApiErrorBody),
         (status = 404, body = ApiErrorBody),
-        (status = 409, description = "Already terminal", body = ApiErrorBody),
+        (status = 409, description = "Already terminal, or the id is a prefix of several runs (ambiguous_id)", body = ApiErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ApiErrorBody),
         (status = 415, body = ApiErrorBody),
         (status = 422, body = ApiErrorBody),
@@ -463,6 +489,7 @@ async fn cancel_run(
             )
         })?
     };
+    let id = resolve_id(&pod, &id).await?;
     let ctx = TransitionCtx {
         expected_epoch: None,
         pod: Some(pod.pod_id.clone()),
@@ -489,7 +516,7 @@ async fn cancel_run(
 /// An event for a run already terminal gets 409 `already_terminal` with the
 /// run's state: it is counted and must not be retried. An event carrying a
 /// stale epoch gets 409 `fenced`.
-#[utoipa::path(post, path = "/v1/runs/{id}/events", params(("id" = String, Path, description = "Run id")),
+#[utoipa::path(post, path = "/v1/runs/{id}/events", params(("id" = String, Path, description = "Run id, in full (a worker reports for the run it holds)")),
     request_body = RunEvent,
     responses(
         (status = 200, body = EventAccepted),

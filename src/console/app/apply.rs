@@ -138,6 +138,7 @@ impl App {
         self.pods = pods;
         self.counts = counts;
         if let Some(r) = runs {
+            self.id_len = crate::console::views::id_abbrev(r.iter().map(|r| r.id.as_str()));
             self.runs = r;
         }
         if let Some(s) = switches {

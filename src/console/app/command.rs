@@ -25,20 +25,35 @@ impl App {
             "help" | "h" => self.mode = Mode::Help,
             "freeze" => self.update(Action::Freeze),
             "run" => {
-                let want = arg.unwrap_or_default();
-                let found: Vec<String> = self
-                    .runs
-                    .iter()
-                    .filter(|r| r.id == want || r.id.ends_with(want) || r.id.starts_with(want))
-                    .map(|r| r.id.clone())
-                    .collect();
+                // A full id, or a prefix of one (the short form the views
+                // show), as every CLI verb takes.
+                let want = arg.unwrap_or_default().to_ascii_lowercase();
+                let found: Vec<String> = if self.runs.iter().any(|r| r.id == want) {
+                    vec![want.clone()]
+                } else {
+                    self.runs
+                        .iter()
+                        .filter(|r| r.id.starts_with(&want))
+                        .map(|r| r.id.clone())
+                        .collect()
+                };
                 match found.as_slice() {
                     [one] => self.open_run(&one.clone()),
-                    [] => self.open_run(want),
-                    many => self.error(format!(
-                        ":run {want}: {} runs match; give more of the id",
-                        many.len()
-                    )),
+                    [] => self.open_run(&want),
+                    many => {
+                        let len = crate::console::views::id_abbrev(many.iter().map(String::as_str));
+                        let shown: Vec<&str> = many
+                            .iter()
+                            .take(5)
+                            .map(|id| crate::console::views::short(id, len))
+                            .collect();
+                        self.error(format!(
+                            ":run {want}: {} runs start so: {}{}; give more of the id",
+                            many.len(),
+                            shown.join(", "),
+                            if many.len() > 5 { ", …" } else { "" }
+                        ));
+                    }
                 }
             }
             "state" => match arg.map(str::parse::<RunState>) {

@@ -280,6 +280,8 @@ pub struct App {
     pub generation: u64,
     pub health: StoreHealth,
     pub runs: Vec<RunSummary>,
+    /// Characters of a run id shown: enough to tell the listed runs apart.
+    pub id_len: usize,
     pub counts: Vec<ActiveCount>,
     pub pods: Vec<PodRow>,
     pub locks: Option<Vec<i64>>,
@@ -323,6 +325,7 @@ impl App {
             generation: 0,
             health: StoreHealth::default(),
             runs: Vec::new(),
+            id_len: 8,
             counts: Vec::new(),
             pods: Vec::new(),
             locks: None,

@@ -78,7 +78,9 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
                 },
             };
             let subject = match e.kind {
-                EventKind::Transition | EventKind::Claim => short(&e.subject).to_owned(),
+                EventKind::Transition | EventKind::Claim => {
+                    short(&e.subject, app.id_len).to_owned()
+                }
                 _ => e.subject.clone(),
             };
             Row::new(vec![

@@ -90,9 +90,30 @@ pub fn utc_time(ms: i64) -> String {
     )
 }
 
-/// The last 8 characters of an id: UUIDv7s share their leading time bits.
-pub fn short(id: &str) -> &str {
-    id.get(id.len().saturating_sub(8)..).unwrap_or(id)
+/// The short form of an id: its first `len` characters, a prefix every
+/// verb of the CLI and the console's `:run` accept.
+pub fn short(id: &str, len: usize) -> &str {
+    id.get(..len).unwrap_or(id)
+}
+
+/// How many leading characters tell `ids` apart, as git abbreviates: one
+/// more than the longest prefix two of them share, at least 8. UUIDv7s
+/// share their leading time bits, so runs of the same second need more.
+pub fn id_abbrev<'a>(ids: impl IntoIterator<Item = &'a str>) -> usize {
+    let mut ids: Vec<&str> = ids.into_iter().collect();
+    ids.sort_unstable();
+    let longest = ids.iter().map(|i| i.len()).max().unwrap_or(8);
+    ids.windows(2)
+        .map(|w| {
+            w[0].bytes()
+                .zip(w[1].bytes())
+                .take_while(|(a, b)| a == b)
+                .count()
+                + 1
+        })
+        .max()
+        .unwrap_or(0)
+        .clamp(8, longest.max(8))
 }
 
 fn trunc(s: &str, width: usize) -> String {

@@ -111,7 +111,13 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
             claims
                 .iter()
                 .rev()
-                .map(|c| format!("{} → {}", short(&c.subject), c.to.as_deref().unwrap_or("-")))
+                .map(|c| {
+                    format!(
+                        "{} → {}",
+                        short(&c.subject, app.id_len),
+                        c.to.as_deref().unwrap_or("-")
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };

@@ -60,7 +60,16 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
             "AGE",
             "LAST EVENT",
         ],
-        &[8, 14, 8, 9, 8, 12, 3, 6],
+        &[
+            u16::try_from(app.id_len).unwrap_or(36),
+            14,
+            8,
+            9,
+            8,
+            12,
+            3,
+            6,
+        ],
     )
     .block(block(app, title))
     .empty(empty)
@@ -86,7 +95,7 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
             None => "-".into(),
         };
         Row::new(vec![
-            Cell::from(short(&r.id).to_owned()),
+            Cell::from(short(&r.id, app.id_len).to_owned()),
             Cell::from(r.workflow.clone()),
             Cell::from(r.lane.clone()),
             Cell::from(Span::styled(r.state.as_str(), t.style(state_role(r.state)))),

@@ -386,6 +386,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         first: Option<NextAttempt<'_>>,
     ) -> StoreResult<(RunRecord, Option<Adopted>)>;
     async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>>;
+    /// The ids of runs whose id starts with `prefix`, in id order, at most
+    /// `limit` (a scan: for operators' short ids, not for hot paths).
+    async fn run_ids_with_prefix(&self, prefix: &str, limit: i64) -> StoreResult<Vec<String>>;
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>>;
 
     /// Take ownership of a run with a compare-and-set on the previous owner
@@ -582,6 +585,58 @@ pub enum OpenMode {
 /// What a refusal of [`OpenMode::Existing`] tells the operator to do (the
 /// console, which has no --create, says its own).
 pub(crate) const CREATE_HINT: &str = "vigil pod creates one, or pass --create";
+
+/// What a run id an operator typed names: the short form of a run id is
+/// any prefix of it, as git's and docker's are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdMatch {
+    /// Exactly one run: its full id.
+    One(String),
+    /// No run.
+    None,
+    /// Several runs (the first few, in id order; `more` if there are more).
+    Many { candidates: Vec<String>, more: bool },
+}
+
+impl IdMatch {
+    /// The candidates as a message: `01a2…-aaaa, 01a2…-bbbb (and more)`.
+    pub fn candidates_text(candidates: &[String], more: bool) -> String {
+        format!(
+            "{}{}",
+            candidates.join(", "),
+            if more { " (and more)" } else { "" }
+        )
+    }
+}
+
+/// Resolve `given` (a full run id or a prefix of one) in `store`: an exact
+/// id is one indexed read; only a miss is looked up as a prefix.
+pub async fn resolve_run_id(store: &dyn Store, given: &str) -> StoreResult<IdMatch> {
+    const SHOWN: usize = 10;
+    if store.get_run(given).await?.is_some() {
+        return Ok(IdMatch::One(given.to_owned()));
+    }
+    let prefix = given.to_ascii_lowercase();
+    // Run ids are UUIDs: anything else is no prefix of one (and no LIKE
+    // pattern reaches the store).
+    if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Ok(IdMatch::None);
+    }
+    let mut ids = store
+        .run_ids_with_prefix(&prefix, i64::try_from(SHOWN).unwrap_or(10) + 1)
+        .await?;
+    Ok(match ids.len() {
+        0 => IdMatch::None,
+        1 => IdMatch::One(ids.remove(0)),
+        n => {
+            ids.truncate(SHOWN);
+            IdMatch::Many {
+                candidates: ids,
+                more: n > SHOWN,
+            }
+        }
+    })
+}
 
 /// Open a store from a URL or path: `postgres://...` / `postgresql://...`,
 /// `sqlite://path`, or a plain path to a SQLite file: created if missing

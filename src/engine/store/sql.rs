@@ -597,6 +597,16 @@ macro_rules! impl_store {
                 row.map(RunRecord::try_from).transpose()
             }
 
+            async fn run_ids_with_prefix(&self, prefix: &str, limit: i64) -> StoreResult<Vec<String>> {
+                // The caller passes hex digits and dashes only: no LIKE
+                // metacharacter reaches the pattern.
+                Ok(sqlx::query_scalar("SELECT id FROM runs WHERE id LIKE $1 ORDER BY id LIMIT $2")
+                    .bind(format!("{prefix}%"))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
             async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
                 let rows = sqlx::query_as::<_, rows::RunRow>(concat!(
                     "SELECT ",
