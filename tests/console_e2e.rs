@@ -105,8 +105,16 @@ fn demo_in_a_terminal_shows_recovery_and_audits_a_switch_flip() {
     let data = dir.path().join("data");
     let config_home = dir.path().join("config");
     std::fs::create_dir_all(&config_home).unwrap();
+    // A run long enough to cancel by hand, beside the demo's workflows
+    // (the demo writes its own into the same directory and loads all).
+    std::fs::create_dir_all(data.join("workflows")).unwrap();
+    std::fs::write(
+        data.join("workflows/e2e_long.toml"),
+        "name = \"e2e_long\"\nlane = \"action\"\n[[steps]]\nid = \"wait\"\nkind = \"sleep\"\nms = 600000\n",
+    )
+    .unwrap();
     let command = format!(
-        "cd {dir} && env XDG_CONFIG_HOME={cfg} USER=e2e-operator NO_COLOR=1 {exe} demo \
+        "cd {dir} && env XDG_CONFIG_HOME={cfg} VIGIL_WHO=e2e-operator NO_COLOR=1 {exe} demo \
          --data-dir {data} --kill-after-ms 1500; echo DEMO_EXIT=$?; sleep 300",
         dir = dir.path().display(),
         cfg = config_home.display(),
@@ -170,6 +178,76 @@ fn demo_in_a_terminal_shows_recovery_and_audits_a_switch_flip() {
         .unwrap_or_else(|| panic!("no audit row for the flip: {audit:?}"));
     assert!(!row.new, "{row:?}");
     assert_eq!(row.who, "e2e-operator");
+
+    // Runs: y copies the selected run's id to the terminal's clipboard
+    // (OSC 52; tmux, with set-clipboard on, keeps it as a paste buffer).
+    let st = Command::new("tmux")
+        .args(["set", "-s", "set-clipboard", "on"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    t.keys(&["1"]);
+    t.wait_for("the runs view", Duration::from_secs(10), |p| {
+        p.contains("Runs (")
+    });
+    t.keys(&["y"]);
+    let pane = t.wait_for("the copy", Duration::from_secs(10), |p| {
+        p.contains("copied ")
+    });
+    let out = Command::new("tmux").args(["show-buffer"]).output().unwrap();
+    let copied = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(copied.len(), 36, "a run id in the clipboard: {copied:?}");
+    assert!(
+        pane.contains(&copied[..8]),
+        "its short form is on screen:\n{pane}"
+    );
+
+    // A long run, submitted to a demo pod, cancelled from the console: :run
+    // with its short form, ctrl-k, y.
+    let (store, id) = rt.block_on(async {
+        let store = vigil::engine::store::open(&db.display().to_string())
+            .await
+            .unwrap();
+        let pods = store.liveness().pods().await.unwrap();
+        let addr = pods
+            .iter()
+            .find_map(|p| p.addr.clone())
+            .expect("a demo pod with an address");
+        let client = vigil::client::PodClient::new(&addr).unwrap();
+        let sub = client
+            .submit(&serde_json::from_value(serde_json::json!({"workflow": "e2e_long"})).unwrap())
+            .await
+            .unwrap();
+        (store, sub.run.id)
+    });
+    t.keys(&[":"]);
+    t.type_text(&format!("run {}", &id[..13]));
+    t.keys(&["Enter"]);
+    t.wait_for("the run's detail", Duration::from_secs(10), |p| {
+        p.contains("e2e_long")
+    });
+    t.keys(&["C-k"]);
+    t.wait_for("the cancel dialog", Duration::from_secs(10), |p| {
+        p.contains("Cancel run")
+    });
+    t.keys(&["y"]);
+    t.wait_for("the cancel to land", Duration::from_secs(20), |p| {
+        p.contains(&format!("run {id} cancelled"))
+    });
+    let (run, transitions) = rt.block_on(async {
+        (
+            store.get_run(&id).await.unwrap().unwrap(),
+            store.transitions(&id).await.unwrap(),
+        )
+    });
+    assert_eq!(run.state, vigil::engine::run::RunState::Cancelled);
+    assert!(
+        transitions
+            .iter()
+            .any(|t| t.reason == "cancelled from the console by e2e-operator"),
+        "{transitions:?}"
+    );
+    t.keys(&["Escape"]);
 
     // Quit: the demo stops its cluster and exits 0.
     t.keys(&["q"]);

@@ -878,3 +878,85 @@ fn resizes_cleanly() {
         }
     }
 }
+
+/// Runs view actions: ctrl-k cancels the selected run after a y (refused
+/// in read-only and for a run that ended), y copies its id; Tab completes
+/// on the command line; a later command clears an earlier error; a run
+/// that ended mid-step does not show that step running.
+#[test]
+fn run_actions_completion_and_the_status_line() {
+    use vigil::console::{Effect, Mode};
+    let ctrl_k = |a: &mut App| a.on_key(KeyEvent::new(KeyCode::Char('k'), KeyModifiers::CONTROL));
+    // Cancel: the selected row is id(4), pending.
+    let mut a = busy();
+    assert_eq!(a.selected_key(View::Runs), Some(id(4)));
+    ctrl_k(&mut a);
+    snap!("runs_cancel_dialog_120x30", a);
+    key(&mut a, KeyCode::Char('n'));
+    assert_eq!(a.mode, Mode::Normal);
+    assert!(
+        a.drain_effects().iter().all(|e| !e.is_mutation()),
+        "n backs out"
+    );
+    ctrl_k(&mut a);
+    key(&mut a, KeyCode::Char('y'));
+    let effects = a.drain_effects();
+    assert!(
+        effects.contains(&Effect::CancelRun { run_id: id(4) }),
+        "{effects:?}"
+    );
+    // A run that already ended: refused before any dialog.
+    let mut a = busy();
+    typed(&mut a, "G");
+    let last = a.selected_key(View::Runs).unwrap();
+    ctrl_k(&mut a);
+    assert_eq!(a.mode, Mode::Normal);
+    let st = a.status.clone().unwrap().text;
+    assert!(
+        st.contains(&last) && st.contains("nothing to cancel"),
+        "{st}"
+    );
+    // Read-only: refused.
+    let mut a = busy();
+    a.read_only = true;
+    ctrl_k(&mut a);
+    assert_eq!(a.mode, Mode::Normal);
+    assert!(a.status.clone().unwrap().text.starts_with("read-only"));
+    // Copy: the id, to the clipboard, in read-only too.
+    key(&mut a, KeyCode::Char('y'));
+    assert_eq!(a.drain_effects(), vec![Effect::Copy { text: id(4) }]);
+
+    // Tab completes commands and their arguments.
+    let mut a = busy();
+    typed(&mut a, ":sw");
+    key(&mut a, KeyCode::Tab);
+    assert_eq!(a.mode, Mode::Command("switches ".into()));
+    key(&mut a, KeyCode::Esc);
+    typed(&mut a, ":set rec");
+    key(&mut a, KeyCode::Tab);
+    assert_eq!(a.mode, Mode::Command("set recovery.enabled ".into()));
+    typed(&mut a, "o");
+    key(&mut a, KeyCode::Tab);
+    assert_eq!(a.mode, Mode::Command("set recovery.enabled o".into()));
+    assert!(a.status.clone().unwrap().text.contains("on  off"));
+    key(&mut a, KeyCode::Esc);
+    typed(&mut a, ":state ti");
+    key(&mut a, KeyCode::Tab);
+    assert_eq!(a.mode, Mode::Command("state timed_out ".into()));
+    key(&mut a, KeyCode::Esc);
+
+    // An error from one command is gone once a later one succeeds.
+    typed(&mut a, ":frobnicate");
+    key(&mut a, KeyCode::Enter);
+    assert!(a.status.is_some());
+    typed(&mut a, ":pods");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.status, None);
+
+    // A cancelled run's running step is not shown running.
+    let mut a = busy();
+    let r = a.runs.iter_mut().find(|r| r.id == id(2)).unwrap();
+    r.state = RunState::Cancelled;
+    let text = render(&a);
+    assert!(text.contains("reply ⊘ canc"), "{text}");
+}

@@ -389,6 +389,22 @@ async fn a_second_cancel_and_late_events_are_answered_409_and_counted(db: &TestD
         Some(1.0)
     );
     assert!(value("vigil_run_transitions_total", ("to", "succeeded")).unwrap_or(0.0) >= 2.0);
+    // The late completion is a ghost; the second cancel is not (an
+    // operator repeating themselves).
+    let ghosts = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "vigil_ghost_transitions_rejected_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        });
+    assert_eq!(ghosts, Some(1.0));
+    assert_eq!(
+        value("vigil_transition_rejected_total", ("from", "cancelled")),
+        None,
+        "a repeated cancel is no rejected transition"
+    );
     assert!(
         value("vigil_step_attempts_total", ("outcome", "failed_transient")).unwrap_or(0.0) >= 2.0
     );

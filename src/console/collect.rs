@@ -124,11 +124,18 @@ pub async fn round(
     }
     d.events = events;
     match &w.run {
-        Some((run_id, session)) => {
-            let restart =
-                !matches!(&st.detail, Some((id, s, _, _)) if id == run_id && s == session);
+        Some((asked, session)) => {
+            // `:run` takes a prefix; a run not loaded in the list is
+            // resolved here (the detail stays keyed by what was asked).
+            let resolved = match crate::engine::store::resolve_run_id(store, asked).await? {
+                crate::engine::store::IdMatch::One(full) => full,
+                _ => asked.clone(),
+            };
+            queries.add(1);
+            let run_id = &resolved;
+            let restart = !matches!(&st.detail, Some((id, s, _, _)) if id == asked && s == session);
             if restart {
-                st.detail = Some((run_id.clone(), *session, -1, -1));
+                st.detail = Some((asked.clone(), *session, -1, -1));
                 st.synced = None;
             }
             let (epoch, seq) = match &st.detail {
@@ -157,7 +164,7 @@ pub async fn round(
                 det.3 = last.seq;
             }
             d.detail = Some(DetailData {
-                run_id: run_id.clone(),
+                run_id: asked.clone(),
                 session: *session,
                 run,
                 steps,

@@ -38,10 +38,16 @@ pub enum Action {
     ChaosPause,
     ChaosResume,
     ChaosStart,
+    /// Cancel the selected run (Runs view; asks first).
+    CancelRun,
+    /// Copy the selected run's id to the terminal's clipboard (OSC 52).
+    CopyId,
     /// Sort the current table by the column with this key (again: reverse).
     Sort(char),
     /// Text typed into the filter, command line or a dialog.
     Input(char),
+    /// Tab on the command line: complete the word being typed.
+    Complete,
     Backspace,
     Submit,
     Cancel,
@@ -79,6 +85,8 @@ const NAMED: &[(&str, Action)] = &[
     ("chaos_pause", Action::ChaosPause),
     ("chaos_resume", Action::ChaosResume),
     ("chaos_start", Action::ChaosStart),
+    ("cancel_run", Action::CancelRun),
+    ("copy_id", Action::CopyId),
 ];
 
 impl Action {
@@ -101,6 +109,7 @@ impl Action {
                 | Action::ChaosPause
                 | Action::ChaosResume
                 | Action::ChaosStart
+                | Action::CancelRun
         )
     }
 
@@ -271,6 +280,8 @@ impl Default for Keymap {
             ("p", Action::ChaosPause),
             ("c", Action::ChaosResume),
             ("r", Action::ChaosStart),
+            ("ctrl-k", Action::CancelRun),
+            ("y", Action::CopyId),
         ];
         Keymap {
             bindings: defaults

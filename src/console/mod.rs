@@ -289,6 +289,16 @@ pub async fn run_session(s: Session, cancel: CancellationToken) -> Result<()> {
                         let _ = watch_tx.send(w);
                     }
                     Effect::RefreshNow => poke.notify_one(),
+                    Effect::Copy { text } => {
+                        // OSC 52: the terminal (or tmux, with set-clipboard)
+                        // puts it on the clipboard, also over ssh.
+                        use base64::Engine as _;
+                        use std::io::Write as _;
+                        let b64 = base64::engine::general_purpose::STANDARD.encode(text);
+                        let mut out = std::io::stdout();
+                        let _ = write!(out, "\x1b]52;c;{b64}\x07");
+                        let _ = out.flush();
+                    }
                     other => {
                         if effect_tx.send(other).await.is_err() {
                             tracing::error!("effect executor is gone");
@@ -454,6 +464,26 @@ async fn execute(
                     .map(|p| format!("{pod} started again at {}", p.url)),
             }
         }
-        Effect::Watch(_) | Effect::RefreshNow => Ok(String::new()),
+        Effect::CancelRun { run_id } => {
+            let store = slot.get().await.map_err(anyhow::Error::msg)?;
+            let ctx = crate::engine::store::TransitionCtx {
+                expected_epoch: None,
+                pod: None,
+                reason: format!("cancelled from the console by {who}"),
+                error: Some("cancelled".into()),
+            };
+            let t = tokio::time::timeout(
+                Duration::from_secs(10),
+                store.transition(run_id, crate::engine::run::RunState::Cancelled, &ctx),
+            )
+            .await
+            .with_context(|| format!("cancelling {run_id}: the store did not answer in 10 s"))?
+            .with_context(|| format!("cancelling {run_id}"))?;
+            Ok(format!(
+                "run {run_id} cancelled (was {}); its owner stops it within a second",
+                t.from
+            ))
+        }
+        Effect::Watch(_) | Effect::RefreshNow | Effect::Copy { .. } => Ok(String::new()),
     }
 }

@@ -115,4 +115,76 @@ impl App {
             )),
         }
     }
+
+    /// Tab on the command line: complete the word under the cursor (the
+    /// last) from the commands, or from what the command takes (switch
+    /// names, states, sort columns, lanes, pods, run ids). One candidate:
+    /// it and a space; several: their common prefix, and the candidates in
+    /// the status line.
+    pub(super) fn complete(&mut self) {
+        let Mode::Command(line) = &self.mode else {
+            return;
+        };
+        let line = line.clone();
+        let (done, word) = match line.rfind(' ') {
+            Some(i) => (&line[..=i], &line[i + 1..]),
+            None => ("", line.as_str()),
+        };
+        let head = done.split_whitespace().next();
+        let options: Vec<String> = match (head, done.split_whitespace().count()) {
+            (None, _) => COMMANDS.iter().map(|c| (*c).to_owned()).collect(),
+            (Some("set"), 1) => switches::KNOWN.iter().map(|s| s.name.to_owned()).collect(),
+            (Some("set"), 2) => vec!["on".into(), "off".into()],
+            (Some("state"), 1) => RunState::ALL
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect(),
+            (Some("sort"), 1) => sort_columns(self.view)
+                .iter()
+                .map(|(_, n)| (*n).to_owned())
+                .collect(),
+            (Some("lane"), 1) => {
+                let mut l: Vec<String> = self.runs.iter().map(|r| r.lane.clone()).collect();
+                l.sort();
+                l.dedup();
+                l
+            }
+            (Some("pod" | "owner"), 1) => self.pods.iter().map(|p| p.pod_id.clone()).collect(),
+            (Some("kill" | "term" | "terminate" | "pause" | "resume" | "start"), 1) => {
+                self.chaos.iter().map(|p| p.id.clone()).collect()
+            }
+            (Some("run"), 1) => self.runs.iter().map(|r| r.id.clone()).collect(),
+            _ => Vec::new(),
+        };
+        let found: Vec<&String> = options.iter().filter(|o| o.starts_with(word)).collect();
+        match found.as_slice() {
+            [] => self.error(format!("nothing to complete for {word:?}")),
+            [one] => self.mode = Mode::Command(format!("{done}{one} ")),
+            many => {
+                let common = many.iter().skip(1).fold(many[0].as_str(), |acc, o| {
+                    let n = acc
+                        .char_indices()
+                        .zip(o.chars())
+                        .take_while(|((_, a), b)| a == b)
+                        .count();
+                    &acc[..acc.char_indices().nth(n).map_or(acc.len(), |(i, _)| i)]
+                });
+                let common = common.to_owned();
+                self.mode = Mode::Command(format!("{done}{common}"));
+                let shown: Vec<&str> = many.iter().take(8).map(|s| s.as_str()).collect();
+                self.info(format!(
+                    "{}{}",
+                    shown.join("  "),
+                    if many.len() > 8 { "  …" } else { "" }
+                ));
+            }
+        }
+    }
 }
+
+/// The `:` commands Tab completes (aliases left out).
+const COMMANDS: &[&str] = &[
+    "runs", "run", "pods", "activity", "switches", "events", "chaos", "state", "lane", "pod",
+    "owner", "clear", "sort", "set", "kill", "term", "pause", "resume", "start", "freeze", "help",
+    "quit",
+];

@@ -28,12 +28,13 @@ impl App {
             return match key.code {
                 KeyCode::Esc => Some(Action::Cancel),
                 KeyCode::Enter => Some(Action::Submit),
+                KeyCode::Tab if matches!(self.mode, Mode::Command(_)) => Some(Action::Complete),
                 KeyCode::Backspace => Some(Action::Backspace),
                 KeyCode::Char(c) if !key.ctrl && !key.alt => Some(Action::Input(c)),
                 _ => None,
             };
         }
-        if let Mode::Dialog(Dialog::Chaos { .. }) = self.mode {
+        if let Mode::Dialog(Dialog::Chaos { .. } | Dialog::CancelRun { .. }) = self.mode {
             // Only an explicit y confirms; everything else backs out.
             return Some(match key.code {
                 KeyCode::Char('y') | KeyCode::Char('Y') if !key.ctrl => Action::Confirm,
@@ -101,6 +102,7 @@ impl App {
             }
             Action::Command => self.mode = Mode::Command(String::new()),
             Action::Input(c) => self.input(c),
+            Action::Complete => self.complete(),
             Action::Backspace => self.backspace(),
             Action::Submit => self.submit(),
             Action::Confirm => self.confirm(),
@@ -133,6 +135,8 @@ impl App {
             Action::ChaosPause => self.chaos_selected(ChaosOp::Pause),
             Action::ChaosResume => self.chaos_selected(ChaosOp::Resume),
             Action::ChaosStart => self.chaos_selected(ChaosOp::Start),
+            Action::CancelRun => self.cancel_selected_run(),
+            Action::CopyId => self.copy_selected_id(),
         }
     }
 
@@ -224,7 +228,12 @@ impl App {
                     self.error(format!("filter: {e}"));
                 }
             }
-            Mode::Command(cmd) => self.command(&cmd),
+            Mode::Command(cmd) => {
+                // A message from an earlier command does not outlive the
+                // next one: this command sets its own, or none.
+                self.status = None;
+                self.command(&cmd);
+            }
             Mode::Dialog(Dialog::Switch {
                 name,
                 enabled,
@@ -258,16 +267,85 @@ impl App {
     }
 
     fn confirm(&mut self) {
-        if let Mode::Dialog(Dialog::Chaos { op, pod }) =
-            std::mem::replace(&mut self.mode, Mode::Normal)
-        {
-            if !self.allow_mutation("chaos actions") {
-                return;
+        match std::mem::replace(&mut self.mode, Mode::Normal) {
+            Mode::Dialog(Dialog::Chaos { op, pod }) => {
+                if !self.allow_mutation("chaos actions") {
+                    return;
+                }
+                self.bump_gen();
+                self.info(format!("{} {pod} ...", op.verb()));
+                self.effects.push(Effect::Chaos { op, pod });
             }
-            self.bump_gen();
-            self.info(format!("{} {pod} ...", op.verb()));
-            self.effects.push(Effect::Chaos { op, pod });
+            Mode::Dialog(Dialog::CancelRun { run_id }) => {
+                if !self.allow_mutation("cancelling runs") {
+                    return;
+                }
+                self.bump_gen();
+                self.info(format!("cancelling run {run_id} ..."));
+                self.effects.push(Effect::CancelRun { run_id });
+            }
+            other => self.mode = other,
         }
+    }
+
+    /// The run the keys act on: the open detail's, else the Runs view's
+    /// selected row.
+    fn target_run(&mut self, what: &str) -> Option<String> {
+        if let Some(d) = &self.detail {
+            // The full id once the store named it (`:run` takes a prefix).
+            return Some(
+                d.run
+                    .as_ref()
+                    .map_or_else(|| d.run_id.clone(), |r| r.id.clone()),
+            );
+        }
+        if self.view != View::Runs {
+            self.error(format!(
+                "{what} acts on a run: select one in the Runs view (1)"
+            ));
+            return None;
+        }
+        let id = self.selected_key(View::Runs);
+        if id.is_none() {
+            self.error(format!("{what}: no run selected"));
+        }
+        id
+    }
+
+    /// First step of a cancel: refused in read-only and for a run that
+    /// already ended; otherwise a dialog asks.
+    fn cancel_selected_run(&mut self) {
+        if !self.allow_mutation("cancelling runs") {
+            return;
+        }
+        let Some(run_id) = self.target_run("cancel") else {
+            return;
+        };
+        let state = self
+            .runs
+            .iter()
+            .find(|r| r.id == run_id)
+            .map(|r| r.state)
+            .or_else(|| {
+                self.detail
+                    .as_ref()
+                    .and_then(|d| d.run.as_ref().map(|r| r.state))
+            });
+        if let Some(s) = state.filter(|s| s.is_terminal()) {
+            self.error(format!("run {run_id} is already {s}: nothing to cancel"));
+            return;
+        }
+        self.mode = Mode::Dialog(Dialog::CancelRun { run_id });
+    }
+
+    fn copy_selected_id(&mut self) {
+        let Some(run_id) = self.target_run("copy") else {
+            return;
+        };
+        self.info(format!(
+            "copied {run_id} (OSC 52: the terminal's clipboard, where it allows)"
+        ));
+        self.effects.push(Effect::Copy { text: run_id });
     }
 
     /// Read-only is enforced here, for every path to a mutation: keys,

@@ -46,12 +46,19 @@ pub enum Effect {
     },
     /// Signal a pod of the cluster the console runs.
     Chaos { op: ChaosOp, pod: String },
+    /// Cancel a run in the store (its owner stops it within a second).
+    CancelRun { run_id: String },
+    /// Put text on the terminal's clipboard (OSC 52).
+    Copy { text: String },
 }
 
 impl Effect {
     /// Changes something outside the console (refused in read-only mode).
     pub fn is_mutation(&self) -> bool {
-        matches!(self, Effect::SetSwitch { .. } | Effect::Chaos { .. })
+        matches!(
+            self,
+            Effect::SetSwitch { .. } | Effect::Chaos { .. } | Effect::CancelRun { .. }
+        )
     }
 }
 
@@ -92,6 +99,10 @@ pub enum Dialog {
     Chaos {
         op: ChaosOp,
         pod: String,
+    },
+    /// Cancel a run: asks before it writes.
+    CancelRun {
+        run_id: String,
     },
 }
 

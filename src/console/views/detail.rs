@@ -73,14 +73,22 @@ pub(super) fn draw(frame: &mut Frame, app: &App, d: &Detail, area: Rect) {
     )
     .block(block(app, "Steps".into()))
     .render(frame, steps_area, &d.steps, |s| {
-        let role = match s.status {
-            StepStatus::Running => Role::Accent,
-            StepStatus::Succeeded => Role::Ok,
-            StepStatus::Failed => Role::Bad,
+        // A step "running" in a run that ended (cancelled, timed out, lost)
+        // runs no more: it shows how the run ended.
+        let ended = d
+            .run
+            .as_ref()
+            .map(|r| r.state)
+            .filter(|st| st.is_terminal() && s.status == StepStatus::Running);
+        let (text, role) = match (ended, s.status) {
+            (Some(st), _) => (st.as_str(), Role::Muted),
+            (None, StepStatus::Running) => (s.status.as_str(), Role::Accent),
+            (None, StepStatus::Succeeded) => (s.status.as_str(), Role::Ok),
+            (None, StepStatus::Failed) => (s.status.as_str(), Role::Bad),
         };
         Row::new(vec![
             Cell::from(s.node_id.clone()),
-            Cell::from(Span::styled(s.status.as_str(), t.style(role))),
+            Cell::from(Span::styled(text, t.style(role))),
             Cell::from(s.attempts.to_string()),
             Cell::from(match (&s.output, &s.error) {
                 (Some(o), _) => o.to_string(),

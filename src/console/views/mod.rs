@@ -250,13 +250,19 @@ fn header_line(app: &App) -> Line<'static> {
     Line::from(spans)
 }
 
+/// The views this console has, in tab order: the tab bar and the help
+/// list exactly these (Chaos only when the console runs the cluster).
+pub fn shown_views(app: &App) -> Vec<View> {
+    View::ALL
+        .into_iter()
+        .filter(|v| *v != View::Chaos || app.has_chaos)
+        .collect()
+}
+
 fn tabs_line(app: &App) -> Line<'static> {
     let t = &app.theme;
     let mut spans = vec![Span::raw(" ")];
-    for v in View::ALL {
-        if v == View::Chaos && !app.has_chaos {
-            continue;
-        }
+    for v in shown_views(app) {
         let label = format!(" {} {} ", v.index() + 1, v.title());
         spans.push(if v == app.view {
             Span::styled(label, t.style(Role::Selected))
@@ -326,7 +332,7 @@ fn hints_line(app: &App) -> Line<'static> {
             pairs.push(("enter".into(), "confirm".into()));
             pairs.push(("esc".into(), "cancel".into()));
         }
-        (Mode::Dialog(Dialog::Chaos { .. }), _, _) => {
+        (Mode::Dialog(Dialog::Chaos { .. } | Dialog::CancelRun { .. }), _, _) => {
             pairs.push(("y".into(), "confirm".into()));
             pairs.push(("any other key".into(), "cancel".into()));
         }

@@ -64,6 +64,26 @@ pub(super) fn dialog(frame: &mut Frame, app: &App, d: &Dialog, area: Rect) {
             )));
             ("Flip a kill switch".into(), lines)
         }
+        Dialog::CancelRun { run_id } => (
+            "Cancel a run".into(),
+            vec![
+                Line::from(vec![
+                    Span::raw("Cancel run "),
+                    Span::styled(run_id.clone(), t.style(Role::Header)),
+                    Span::raw("?"),
+                ]),
+                Line::from(""),
+                Line::from(
+                    "Written to the store with its transition row; its owner stops it within a \
+                     second. A cancelled run is not resumed.",
+                ),
+                Line::from(""),
+                Line::from(Span::styled(
+                    "y: confirm · any other key: cancel",
+                    t.style(Role::Muted),
+                )),
+            ],
+        ),
         Dialog::Chaos { op, pod } => (
             "Confirm a chaos action".into(),
             vec![
@@ -119,22 +139,51 @@ pub(super) fn help(frame: &mut Frame, app: &App, area: Rect) {
             format!("{} / {}", k(Action::HalfPageDown), k(Action::HalfPageUp)),
             "half a page down / up".into(),
         ),
-        (
-            "1-6".into(),
-            "views: runs pods activity switches events chaos".into(),
-        ),
+        {
+            let views = super::shown_views(app);
+            (
+                format!("1-{}", views.len()),
+                format!(
+                    "views: {}",
+                    views
+                        .iter()
+                        .map(|v| v.title().to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            )
+        },
         (k(Action::Filter), "filter (regex; ! inverts)".into()),
         (
             k(Action::Command),
-            "runs pods activity switches events chaos · run ID · state/lane/pod X · clear".into(),
+            format!(
+                "{} · run ID · state/lane/pod X · clear",
+                super::shown_views(app)
+                    .iter()
+                    .map(|v| v.title().to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
         ),
         (
             String::new(),
             "sort COL · set NAME on|off · kill/term/pause/resume/start POD · freeze · quit".into(),
         ),
+        (
+            "tab".into(),
+            "on the command line: complete the command or its argument".into(),
+        ),
         (k(Action::Back), "back: close, clear the filter".into()),
         (k(Action::Freeze), "freeze / unfreeze updates".into()),
         (k(Action::Refresh), "read the store now".into()),
+        (
+            k(Action::CancelRun),
+            "cancel the selected run (asks first; not in read-only)".into(),
+        ),
+        (
+            k(Action::CopyId),
+            "copy the selected run's id (OSC 52 clipboard)".into(),
+        ),
         (k(Action::Quit), "quit".into()),
     ];
     let sorts = sort_columns(app.view);

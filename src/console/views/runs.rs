@@ -76,6 +76,11 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     .cursor(selected_row(app, View::Runs, rows.len()))
     .render(frame, area, &rows, |r| {
         let step = match &r.current_step {
+            // A run that ended mid-step (cancelled, timed out, lost): the
+            // step runs no more.
+            Some((node, StepStatus::Running, _)) if r.state.is_terminal() => {
+                format!("{node} ⊘ {}", r.state.as_str())
+            }
             Some((node, status, _)) => format!(
                 "{node}{}",
                 match status {

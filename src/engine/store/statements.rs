@@ -149,7 +149,9 @@ pub(crate) fn claim_rejection(
 }
 
 /// Why a guarded transition from `from` (at epoch `current`) to `to`
-/// matched no row: fenced, already terminal, or not allowed. Counted.
+/// matched no row: fenced, already terminal, or not allowed. Counted,
+/// except a cancel of a run already cancelled: an operator repeating
+/// themselves, not a ghost.
 pub(crate) fn transition_rejection(
     metrics: &Metrics,
     run_id: &str,
@@ -158,8 +160,11 @@ pub(crate) fn transition_rejection(
     current: i64,
     ctx: &TransitionCtx,
 ) -> StoreError {
-    metrics.inc_rejected(from.as_str(), to.as_str());
     let fenced = ctx.expected_epoch.is_some_and(|e| e != current);
+    let repeated_cancel = from == RunState::Cancelled && to == RunState::Cancelled && !fenced;
+    if !repeated_cancel {
+        metrics.inc_rejected(from.as_str(), to.as_str());
+    }
     if fenced {
         metrics.inc_fenced("transition");
         StoreError::Fenced {
@@ -169,7 +174,9 @@ pub(crate) fn transition_rejection(
             state: from,
         }
     } else if from.is_terminal() {
-        metrics.ghost_rejected.inc();
+        if !repeated_cancel {
+            metrics.ghost_rejected.inc();
+        }
         StoreError::AlreadyTerminal {
             run_id: run_id.to_owned(),
             state: from,
