@@ -52,6 +52,24 @@ pub fn age(now_ms: i64, ms: i64) -> String {
     }
 }
 
+/// A duration for a human: `30s`, `1.5s`, `250ms`, `2m 5s`.
+pub fn duration(d: std::time::Duration) -> String {
+    match jiff::SignedDuration::try_from(d) {
+        Ok(_) if d.as_millis() < 60_000 => {
+            let ms = d.as_millis();
+            if ms < 1000 {
+                format!("{ms}ms")
+            } else if ms.is_multiple_of(1000) {
+                format!("{}s", ms / 1000)
+            } else {
+                format!("{:.1}s", d.as_secs_f64())
+            }
+        }
+        Ok(sd) => format!("{sd:#}"),
+        Err(_) => format!("{}s", d.as_secs()),
+    }
+}
+
 /// A time for a human: `2026-12-04T14:56:08.123Z (3m 20s ago)`.
 pub fn when(now_ms: i64, ms: i64) -> String {
     format!("{} ({})", timestamp(ms), age(now_ms, ms))
@@ -112,6 +130,11 @@ mod tests {
             "12d 3h ago"
         );
         assert_eq!(age(now, now + 3_000), "in 3s");
+        use std::time::Duration;
+        assert_eq!(duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(duration(Duration::from_secs(30)), "30s");
+        assert_eq!(duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(duration(Duration::from_secs(125)), "2m 5s");
         assert_eq!(
             when(now, now - 200_000),
             "2026-12-02T18:38:27.288Z (3m 20s ago)"

@@ -46,7 +46,10 @@ async fn follow(
     let mut turn = 0usize;
     loop {
         if Instant::now() > deadline {
-            fail(&mut log, format!("no end event within {bound:?}"));
+            fail(
+                &mut log,
+                format!("no end event within {}", crate::human::duration(bound)),
+            );
             return log;
         }
         let live = shared.live();
@@ -82,7 +85,10 @@ async fn follow(
                 Ok(Some(Ok(ev))) => ev,
                 Ok(Some(Err(_)) | None) => break,
                 Err(_) => {
-                    fail(&mut log, format!("no end event within {bound:?}"));
+                    fail(
+                        &mut log,
+                        format!("no end event within {}", crate::human::duration(bound)),
+                    );
                     return log;
                 }
             };

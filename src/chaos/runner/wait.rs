@@ -44,7 +44,8 @@ pub(super) async fn for_quiet(shared: &Shared, quiet: Duration) {
         }
         if Instant::now() > quiet_until {
             shared.note(format!(
-                "{in_flight} runs still in flight after the {quiet:?} quiet bound"
+                "{in_flight} runs still in flight after the {} quiet bound",
+                crate::human::duration(quiet)
             ));
             break;
         }

@@ -80,7 +80,10 @@ pub enum LivenessError {
         incarnation: String,
         until_ms: i64,
     },
-    #[error("pod id {pod_id:?}: still locked by a previous incarnation after {waited:?}")]
+    #[error(
+        "pod id {pod_id:?}: still locked by a previous incarnation after {}",
+        crate::human::duration(*waited)
+    )]
     LockTimeout { pod_id: String, waited: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -66,7 +66,11 @@ pub enum StoreError {
         current: i64,
         state: RunState,
     },
-    #[error("run {run_id}: claim lost, expected owner {expected:?} but found {found:?}")]
+    #[error(
+        "run {run_id}: claim lost, expected owner {} but found {}",
+        expected.as_deref().unwrap_or("none"),
+        found.as_deref().unwrap_or("none")
+    )]
     ClaimLost {
         run_id: String,
         expected: Option<String>,
