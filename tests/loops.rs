@@ -175,15 +175,26 @@ async fn reaper_judges_staleness_only_after_watching_one_heartbeat_timeout(db: &
     assert_eq!(a.state(&orphan.id).await.0, RunState::Running);
 }
 
+/// A registered pod-a owning a long sync run, a reaper that has watched
+/// one full heartbeat timeout, and a heartbeat at its end: (the pod's
+/// membership, the run id, the claim's epoch, the reaper).
+async fn a_watched_heartbeating_run(
+    a: &TestPod,
+    clock: &ManualClock,
+) -> (Box<dyn Membership>, String, i64, Reaper) {
+    let member = a.join().await;
+    let run = a.engine.submit("long_sync", json!({}), None).await.unwrap();
+    let claim = a.h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
+    let reaper = Reaper::new(a.engine.clone(), Duration::from_secs(2));
+    clock.advance_ms(HEARTBEAT_TIMEOUT_MS);
+    a.h.store.heartbeat_run(&run.id, claim.epoch).await.unwrap();
+    (member, run.id, claim.epoch, reaper)
+}
+
 async fn reaper_spares_a_fresh_heartbeat_and_obeys_its_switch(db: &TestDb) {
     let clock = ManualClock::new(T0);
     let a = pod(db, &clock, "pod-a").await;
-    let _member = a.join().await;
-    let run = a.engine.submit("long_sync", json!({}), None).await.unwrap();
-    let claim = a.h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
-    let mut reaper = Reaper::new(a.engine.clone(), Duration::from_secs(2));
-    clock.advance_ms(HEARTBEAT_TIMEOUT_MS);
-    a.h.store.heartbeat_run(&run.id, claim.epoch).await.unwrap();
+    let (_member, run_id, _, mut reaper) = a_watched_heartbeating_run(&a, &clock).await;
     clock.advance_ms(HEARTBEAT_TIMEOUT_MS);
     let p = reaper.pass().await;
     assert!(p.judged && p.stale.timed_out.is_empty(), "{p:?}");
@@ -192,7 +203,7 @@ async fn reaper_spares_a_fresh_heartbeat_and_obeys_its_switch(db: &TestDb) {
     a.switch(REAPER_ENABLED, false).await;
     let p = reaper.pass().await;
     assert!(!p.judged, "{p:?}");
-    assert_eq!(a.state(&run.id).await.0, RunState::Running);
+    assert_eq!(a.state(&run_id).await.0, RunState::Running);
     a.switch(REAPER_ENABLED, true).await;
     assert_eq!(reaper.pass().await.stale.timed_out.len(), 1);
 }
@@ -435,12 +446,7 @@ impl Locked {
 async fn reaper_starts_watching_again_after_the_store_hung(db: &TestDb) {
     let clock = ManualClock::new(T0);
     let a = pod(db, &clock, "pod-a").await;
-    let _member = a.join().await;
-    let run = a.engine.submit("long_sync", json!({}), None).await.unwrap();
-    let claim = a.h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
-    let mut reaper = Reaper::new(a.engine.clone(), Duration::from_secs(2));
-    clock.advance_ms(HEARTBEAT_TIMEOUT_MS);
-    a.h.store.heartbeat_run(&run.id, claim.epoch).await.unwrap();
+    let (_member, run_id, epoch, mut reaper) = a_watched_heartbeating_run(&a, &clock).await;
     // The store hangs (a frozen server): the reaper's pass waits on it,
     // and so do the owner's heartbeats, for longer than a heartbeat
     // timeout of the store's clock.
@@ -462,12 +468,12 @@ async fn reaper_starts_watching_again_after_the_store_hung(db: &TestDb) {
     // owner had a full timeout to say otherwise.
     let p = reaper.pass().await;
     assert!(!p.judged, "judged right after a hang: {p:?}");
-    assert_eq!(a.state(&run.id).await.0, RunState::Running);
-    a.h.store.heartbeat_run(&run.id, claim.epoch).await.unwrap();
+    assert_eq!(a.state(&run_id).await.0, RunState::Running);
+    a.h.store.heartbeat_run(&run_id, epoch).await.unwrap();
     clock.advance_ms(HEARTBEAT_TIMEOUT_MS);
     let p = reaper.pass().await;
     assert!(p.judged && p.stale.timed_out.is_empty(), "{p:?}");
-    assert_eq!(a.state(&run.id).await.0, RunState::Running);
+    assert_eq!(a.state(&run_id).await.0, RunState::Running);
     // Silent past its timeout after the hang: stale, as ever.
     clock.advance_ms(1);
     assert_eq!(reaper.pass().await.stale.timed_out.len(), 1);
