@@ -422,8 +422,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => show_run(args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
-            clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut script);
+            write_stdout(&script)
         }
         Command::Man { out_dir } => {
             use clap::CommandFactory as _;
@@ -436,10 +437,26 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                         .with_context(|| format!("writing man pages into {}", dir.display()))?;
                     println!("{}", dir.display());
                 }
-                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+                None => {
+                    let mut page = Vec::new();
+                    clap_mangen::Man::new(cmd).render(&mut page)?;
+                    return write_stdout(&page);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Write `bytes` to stdout; a reader that stopped early (`| head`) is not
+/// an error.
+fn write_stdout(bytes: &[u8]) -> Result<ExitCode> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -895,6 +895,27 @@ fn listings_speak_json_and_changes_name_a_real_author() {
         "{}",
         text(&o)
     );
+    // A reader that is gone (`| head -1` exited) is no error: stdout is a
+    // pipe whose read end is already closed, so every write fails EPIPE.
+    for verb in ["completions zsh", "man"] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(verb.split(' '))
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let pages = dir.path().join("man");
     let o = vigil(&["man", "--out-dir", pages.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
