@@ -833,9 +833,13 @@ async fn every_illegal_transition_is_rejected_typed_and_counted(db: &TestDb) {
                 }
                 _ => panic!("{from} -> {to}: wrong error {err:?}"),
             }
+            // Every rejection is counted, but a cancel of a run already
+            // cancelled: an operator repeating themselves, not a ghost.
+            let repeated_cancel = from == RunState::Cancelled && to == RunState::Cancelled;
             assert_eq!(
                 h.store.metrics().rejected(from.as_str(), to.as_str()),
-                before + 1
+                before + u64::from(!repeated_cancel),
+                "{from} -> {to}"
             );
             let now = h.store.get_run(&run.id).await.unwrap().unwrap();
             assert_eq!(now.state, from, "a rejected change changes nothing");
