@@ -259,6 +259,7 @@ fn check(dir: &std::path::Path, workflows: Option<&std::path::Path>) -> Result<E
         store: &store,
         verdict,
         checks: &results,
+        unforced: &scn.checks.unforced,
         evidence: &evidence,
         unfired: &unfired,
         history: &events,

@@ -20,6 +20,8 @@ pub struct Report<'a> {
     pub store: &'a str,
     pub verdict: Verdict,
     pub checks: &'a [CheckResult],
+    /// Checks whose applicability no fault forces (see `ChecksCfg::unforced`).
+    pub unforced: &'a [super::scenario::CheckName],
     pub evidence: &'a Evidence,
     pub unfired: &'a [usize],
     pub history: &'a [Event],
@@ -402,10 +404,19 @@ impl Report<'_> {
                 json!({ "run": a.run_name, "kind": a.attacher, "ended": ended })
             })
             .collect();
-        let checks: BTreeMap<&str, Status> = self
+        let checks: BTreeMap<&str, serde_json::Value> = self
             .checks
             .iter()
-            .map(|c| (c.name.as_str(), c.status))
+            .map(|c| {
+                let forced = !self.unforced.contains(&c.name);
+                let status = match c.status {
+                    Status::Pass | Status::NotApplicable if !forced => {
+                        json!("pass_or_not_applicable")
+                    }
+                    s => json!(s),
+                };
+                (c.name.as_str(), status)
+            })
             .collect();
         // Which steps' side effects the witness saw (how often is timing:
         // an owner killed inside a step's body runs it again).

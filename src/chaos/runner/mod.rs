@@ -458,6 +458,7 @@ fn judge(
         store: store_label,
         verdict,
         checks: &checks,
+        unforced: &scn.checks.unforced,
         evidence: &evidence,
         unfired: &unfired,
         history: &history,

@@ -283,6 +283,12 @@ pub struct ChecksCfg {
     /// Checks not to run (with a reason in a comment, please).
     #[serde(default)]
     pub skip: Vec<CheckName>,
+    /// Checks whose applicability the faults do not force (whether a pod
+    /// re-claims a run during a freeze is timing): a pass and a "not
+    /// applicable" read alike in the normalized report; a failure still
+    /// fails, and report.json keeps the exact status.
+    #[serde(default)]
+    pub unforced: Vec<CheckName>,
 }
 
 fn default_quiet() -> u64 {
@@ -299,6 +305,7 @@ impl Default for ChecksCfg {
             quiet_timeout_ms: default_quiet(),
             detection_bound_ms: default_detection(),
             skip: Vec::new(),
+            unforced: Vec::new(),
         }
     }
 }
