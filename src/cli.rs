@@ -799,17 +799,12 @@ async fn show_run(args: RunArgs) -> Result<ExitCode> {
         None => {
             use crate::engine::store::IdMatch;
             let store = args.store.open().await?;
-            let full = match store::resolve_run_id(store.as_ref(), &args.id).await? {
-                IdMatch::One(full) => full,
+            let run = match store::resolve_run_id(store.as_ref(), &args.id).await? {
+                IdMatch::One(run) => *run,
                 IdMatch::None => bail!("run {} not found in {}", args.id, args.store.store),
-                IdMatch::Many { candidates, more } => bail!(
-                    "run id {:?} is a prefix of several runs: {}; give more of it",
-                    args.id,
-                    IdMatch::candidates_text(&candidates, more)
-                ),
-            };
-            let Some(run) = store.get_run(&full).await? else {
-                bail!("run {} not found in {}", args.id, args.store.store);
+                IdMatch::Many { candidates, more } => {
+                    bail!("{}", IdMatch::ambiguous(&args.id, &candidates, more))
+                }
             };
             crate::pod::wire::RunDetail::of(store.as_ref(), run).await?
         }

@@ -2365,15 +2365,19 @@ async fn a_run_id_resolves_from_a_unique_prefix(db: &TestDb) {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let b = e.submit("sync-run", json!({}), None).await.unwrap();
     let store = h.store.as_ref();
+    // The match carries the run as stored: callers do not read it again.
+    let stored = |id: String| async move {
+        IdMatch::One(Box::new(store.get_run(&id).await.unwrap().unwrap()))
+    };
     assert_eq!(
         resolve_run_id(store, &a.id).await.unwrap(),
-        IdMatch::One(a.id.clone())
+        stored(a.id.clone()).await
     );
     assert_eq!(
         resolve_run_id(store, &b.id[..13].to_uppercase())
             .await
             .unwrap(),
-        IdMatch::One(b.id.clone())
+        stored(b.id.clone()).await
     );
     let mut both = vec![a.id.clone(), b.id.clone()];
     both.sort();

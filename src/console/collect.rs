@@ -127,11 +127,11 @@ pub async fn round(
         Some((asked, session)) => {
             // `:run` takes a prefix; a run not loaded in the list is
             // resolved here (the detail stays keyed by what was asked).
-            let resolved = match crate::engine::store::resolve_run_id(store, asked).await? {
-                crate::engine::store::IdMatch::One(full) => full,
-                _ => asked.clone(),
+            let run = match crate::engine::store::resolve_run_id(store, asked).await? {
+                crate::engine::store::IdMatch::One(run) => Some(*run),
+                _ => None,
             };
-            queries.add(1);
+            let resolved = run.as_ref().map_or_else(|| asked.clone(), |r| r.id.clone());
             let run_id = &resolved;
             let restart = !matches!(&st.detail, Some((id, s, _, _)) if id == asked && s == session);
             if restart {
@@ -142,7 +142,6 @@ pub async fn round(
                 Some((_, _, e, s)) => (*e, *s),
                 None => (-1, -1),
             };
-            let run = store.get_run(run_id).await?;
             let steps = store.steps(run_id).await?;
             let transitions = store.transitions(run_id).await?;
             let claims = store.claims(run_id).await?;

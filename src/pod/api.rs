@@ -340,12 +340,12 @@ async fn list_runs(
     Ok(Json(RunList { runs }))
 }
 
-/// The full id of the run `id` names: the id itself or a unique prefix
-/// of one; 404 for none, 409 `ambiguous_id` naming the candidates.
-async fn resolve_id(pod: &Pod, id: &str) -> ApiResult<String> {
+/// The run `id` names: the id itself or a unique prefix of one; 404 for
+/// none, 409 `ambiguous_id` naming the candidates.
+async fn run_or_404(pod: &Pod, id: &str) -> ApiResult<RunRecord> {
     use crate::engine::store::IdMatch;
     match crate::engine::store::resolve_run_id(pod.store.as_ref(), id).await? {
-        IdMatch::One(full) => Ok(full),
+        IdMatch::One(run) => Ok(*run),
         IdMatch::None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "run_not_found",
@@ -354,23 +354,9 @@ async fn resolve_id(pod: &Pod, id: &str) -> ApiResult<String> {
         IdMatch::Many { candidates, more } => Err(ApiError::new(
             StatusCode::CONFLICT,
             "ambiguous_id",
-            format!(
-                "run id {id:?} is a prefix of several runs: {}; give more of it",
-                IdMatch::candidates_text(&candidates, more)
-            ),
+            IdMatch::ambiguous(id, &candidates, more),
         )),
     }
-}
-
-async fn run_or_404(pod: &Pod, id: &str) -> ApiResult<RunRecord> {
-    let full = resolve_id(pod, id).await?;
-    pod.store.get_run(&full).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "run_not_found",
-            format!("run {id} not found"),
-        )
-    })
 }
 
 /// One run with its steps (redacted outputs only) and transitions.
@@ -489,7 +475,7 @@ async fn cancel_run(
             )
         })?
     };
-    let id = resolve_id(&pod, &id).await?;
+    let id = run_or_404(&pod, &id).await?.id;
     let ctx = TransitionCtx {
         expected_epoch: None,
         pod: Some(pod.pod_id.clone()),

@@ -592,10 +592,10 @@ pub(crate) const CREATE_HINT: &str = "vigil pod creates one, or pass --create";
 
 /// What a run id an operator typed names: the short form of a run id is
 /// any prefix of it, as git's and docker's are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum IdMatch {
-    /// Exactly one run: its full id.
-    One(String),
+    /// Exactly one run, as read (callers need not read it again).
+    One(Box<RunRecord>),
     /// No run.
     None,
     /// Several runs (the first few, in id order; `more` if there are more).
@@ -603,10 +603,12 @@ pub enum IdMatch {
 }
 
 impl IdMatch {
-    /// The candidates as a message: `01a2…-aaaa, 01a2…-bbbb (and more)`.
-    pub fn candidates_text(candidates: &[String], more: bool) -> String {
+    /// Why `given` names no one run, for an operator: `run id "01a" is a
+    /// prefix of several runs: 01a2…-aaaa, 01a2…-bbbb (and more); give
+    /// more of it`.
+    pub fn ambiguous(given: &str, candidates: &[String], more: bool) -> String {
         format!(
-            "{}{}",
+            "run id {given:?} is a prefix of several runs: {}{}; give more of it",
             candidates.join(", "),
             if more { " (and more)" } else { "" }
         )
@@ -614,11 +616,12 @@ impl IdMatch {
 }
 
 /// Resolve `given` (a full run id or a prefix of one) in `store`: an exact
-/// id is one indexed read; only a miss is looked up as a prefix.
+/// id is one indexed read; only a miss is looked up as a prefix (a scan,
+/// then the read of the one run it found).
 pub async fn resolve_run_id(store: &dyn Store, given: &str) -> StoreResult<IdMatch> {
     const SHOWN: usize = 10;
-    if store.get_run(given).await?.is_some() {
-        return Ok(IdMatch::One(given.to_owned()));
+    if let Some(run) = store.get_run(given).await? {
+        return Ok(IdMatch::One(Box::new(run)));
     }
     let prefix = given.to_ascii_lowercase();
     // Run ids are UUIDs: anything else is no prefix of one (and no LIKE
@@ -631,7 +634,10 @@ pub async fn resolve_run_id(store: &dyn Store, given: &str) -> StoreResult<IdMat
         .await?;
     Ok(match ids.len() {
         0 => IdMatch::None,
-        1 => IdMatch::One(ids.remove(0)),
+        1 => match store.get_run(&ids.remove(0)).await? {
+            Some(run) => IdMatch::One(Box::new(run)),
+            None => IdMatch::None,
+        },
         n => {
             ids.truncate(SHOWN);
             IdMatch::Many {
