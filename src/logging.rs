@@ -17,10 +17,19 @@ pub fn init() {
         .try_init();
 }
 
-/// Whether to colour: a terminal, and no non-empty `NO_COLOR`
-/// (https://no-color.org).
+/// `NO_COLOR` is set and not empty (https://no-color.org): no colour in
+/// logs, nor in the console's theme.
+pub fn no_color() -> bool {
+    no_color_set(std::env::var_os("NO_COLOR").as_deref())
+}
+
+fn no_color_set(no_color: Option<&std::ffi::OsStr>) -> bool {
+    no_color.is_some_and(|v| !v.is_empty())
+}
+
+/// Whether to colour: a terminal, and no non-empty `NO_COLOR`.
 fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    terminal && no_color.is_none_or(|v| v.is_empty())
+    terminal && !no_color_set(no_color)
 }
 
 #[cfg(test)]

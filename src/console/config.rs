@@ -162,7 +162,7 @@ impl Config {
         }
         keys.validate()
             .map_err(|e| invalid(format!("[keys]: {e}")))?;
-        let theme = Theme::from_config(&file.theme, no_color_env())
+        let theme = Theme::from_config(&file.theme, crate::logging::no_color())
             .map_err(|e| invalid(format!("[theme] {e}")))?;
         let who = file
             .who
@@ -182,11 +182,6 @@ impl Config {
             source: path,
         })
     }
-}
-
-/// <https://no-color.org>: set and not empty.
-pub fn no_color_env() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }
 
 fn shown(p: Option<&Path>) -> String {
