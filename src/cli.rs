@@ -377,7 +377,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", crate::errors::report(&e));
-            ExitCode::FAILURE
+            ExitCode::from(exit::ERROR)
         }
     }
 }
@@ -601,15 +601,10 @@ async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
                     switches::set(store.as_ref(), &name, enabled, &who, &reason).await?
                 }
             };
-            let show = |v: Option<bool>| match v {
-                Some(true) => "on",
-                Some(false) => "off",
-                None => "default",
-            };
             println!(
                 "{name}: {} -> {} (by {who}: {reason})",
-                show(audit.old),
-                show(Some(audit.new))
+                switch_word(audit.old),
+                switch_word(Some(audit.new))
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -630,23 +625,27 @@ async fn switch(cmd: SwitchCmd) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let now = crate::human::now_ms();
-            let show = |v: Option<bool>| match v {
-                Some(true) => "on",
-                Some(false) => "off",
-                None => "default",
-            };
             for a in audit {
                 println!(
                     "{}  {} -> {}  by {}: {}",
                     crate::human::when(now, a.at_ms),
-                    show(a.old),
-                    show(Some(a.new)),
+                    switch_word(a.old),
+                    switch_word(Some(a.new)),
                     a.who,
                     a.reason
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A switch's value as operators type it; `None`: no row, the default.
+fn switch_word(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "default",
     }
 }
 

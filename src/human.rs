@@ -54,19 +54,15 @@ pub fn age(now_ms: i64, ms: i64) -> String {
 
 /// A duration for a human: `30s`, `1.5s`, `250ms`, `2m 5s`.
 pub fn duration(d: std::time::Duration) -> String {
-    match jiff::SignedDuration::try_from(d) {
-        Ok(_) if d.as_millis() < 60_000 => {
-            let ms = d.as_millis();
-            if ms < 1000 {
-                format!("{ms}ms")
-            } else if ms.is_multiple_of(1000) {
-                format!("{}s", ms / 1000)
-            } else {
-                format!("{:.1}s", d.as_secs_f64())
-            }
-        }
-        Ok(sd) => format!("{sd:#}"),
-        Err(_) => format!("{}s", d.as_secs()),
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 && !ms.is_multiple_of(1000) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        // Whole seconds and up: jiff's friendly form (`30s`, `2m 5s`).
+        jiff::SignedDuration::try_from(d)
+            .map_or_else(|_| format!("{}s", d.as_secs()), |sd| format!("{sd:#}"))
     }
 }
 
