@@ -3,7 +3,8 @@
 # under scripts/with-pg.sh (which installs PostgreSQL from Debian's packages
 # if absent and starts a throwaway server on 127.0.0.1), runs fmt, clippy,
 # every test with INSTA_UPDATE=no and CI=true (so a missing service, PostgreSQL
-# or the Docker engine, is a failure, never a skip), then schemathesis against
+# or the Docker engine, is a failure, never a skip; DBOS Transact for the
+# target scenarios is installed first by scripts/install-dbos.sh), then schemathesis against
 # live pods, a one-minute soak and a bounded run of every cargo-fuzz target.
 # Extra arguments go to `cargo test` (e.g. a test-name filter).
 set -euo pipefail
@@ -16,6 +17,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 export INSTA_UPDATE=no
 export CI="${CI:-true}"
 
+log "DBOS Transact for the target scenarios (scripts/install-dbos.sh: target/dbos-venv, pinned)"
+./scripts/install-dbos.sh
 log "cargo fmt --check"
 cargo fmt --check
 log "cargo clippy --all-targets (default features and fault-injection) -- -D warnings"

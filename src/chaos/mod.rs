@@ -13,6 +13,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod soak;
+pub mod target;
 pub mod witness;
 
 use crate::engine::workflow::WorkflowRegistry;
@@ -223,9 +224,21 @@ fn check(dir: &std::path::Path, workflows: Option<&std::path::Path>) -> Result<E
         Ok(w) => w,
         Err(e) => return bad(format!("loading the workflows ({}): {e}", wdir.display())),
     };
-    let scn = match Scenario::load(&dir.join("scenario.toml"), &workflows) {
+    let scn_file = dir.join("scenario.toml");
+    let saved_target = dir.join("target.toml");
+    let scn = match std::fs::read_to_string(&scn_file)
+        .map_err(|e| format!("{}: cannot read: {e}", scn_file.display()))
+        .and_then(|text| {
+            Scenario::parse_with_target(
+                &scn_file,
+                &text,
+                &workflows,
+                saved_target.exists().then_some(saved_target.as_path()),
+            )
+            .map_err(|e| e.to_string())
+        }) {
         Ok(s) => s,
-        Err(e) => return bad(e.to_string()),
+        Err(e) => return bad(e),
     };
     let report_path = dir.join("report.json");
     let saved: serde_json::Value = match std::fs::read_to_string(&report_path)

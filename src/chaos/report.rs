@@ -38,6 +38,10 @@ pub struct Latency {
     /// From what clients saw: the first chunk of a newer epoch of a run the
     /// pod owned, after the fault.
     pub first_resumed_chunk_ms: Option<i64>,
+    /// From the witness: the first execution of a step of a run the pod
+    /// owned after the fault (at a newer epoch, where the system has
+    /// epochs); for a store fault, of any run.
+    pub first_resumed_step_ms: Option<i64>,
 }
 
 fn trigger_text(t: &Trigger) -> String {
@@ -45,6 +49,7 @@ fn trigger_text(t: &Trigger) -> String {
         Trigger::AtMs(ms) => format!("at +{ms} ms"),
         Trigger::AfterChunk { run, chunks } => format!("after chunk {chunks} of {run}"),
         Trigger::AfterEnd { run } => format!("after {run} ends"),
+        Trigger::AfterStep { run, step } => format!("after the witness saw {run}'s step {step}"),
     }
 }
 
@@ -76,11 +81,40 @@ impl Report<'_> {
             .filter(|f| {
                 matches!(
                     f.action,
-                    Action::Kill | Action::Term | Action::Pause | Action::Partition
+                    Action::Kill
+                        | Action::Term
+                        | Action::Pause
+                        | Action::Partition
+                        | Action::StoreOutage
+                        | Action::StoreFreeze
                 )
             })
             .filter_map(|f| {
-                let pod = f.pod.clone()?;
+                let store_fault = matches!(f.action, Action::StoreOutage | Action::StoreFreeze);
+                let pod = if store_fault {
+                    "the store".to_owned()
+                } else {
+                    f.pod.clone()?
+                };
+                let epochless = ev.target.as_ref().is_some_and(|t| !t.epochs);
+                let step = ev
+                    .witness
+                    .iter()
+                    .filter(|c| c.t_ms > f.t_ms)
+                    .filter(|c| store_fault || f.owned.contains(&c.run_id))
+                    .filter(|c| {
+                        epochless
+                            || store_fault
+                            || c.epoch
+                                > ev.witness
+                                    .iter()
+                                    .filter(|b| b.run_id == c.run_id && b.t_ms <= f.t_ms)
+                                    .map(|b| b.epoch)
+                                    .max()
+                                    .unwrap_or(0)
+                    })
+                    .map(|c| i64::try_from(c.t_ms - f.t_ms).unwrap_or(i64::MAX))
+                    .min();
                 let detection = ev
                     .deaths
                     .iter()
@@ -120,6 +154,7 @@ impl Report<'_> {
                     pod,
                     detection_ms: detection,
                     first_resumed_chunk_ms: resumed,
+                    first_resumed_step_ms: step,
                 })
             })
             .collect()
@@ -192,15 +227,27 @@ impl Report<'_> {
                 }
             }
         }
+        let ms = |v: Option<i64>| v.map_or("-".into(), |v| format!("{v} ms"));
         for l in self.latencies() {
+            if self.evidence.target.is_some() {
+                // A target: no death record of ours, no stream; the witness.
+                let _ = writeln!(
+                    s,
+                    "  latency: {} down (fault {}): first step executed after the fault {}",
+                    l.pod,
+                    l.fault,
+                    ms(l.first_resumed_step_ms)
+                );
+                continue;
+            }
             let _ = writeln!(
                 s,
-                "  latency: {} down (fault {}): recorded dead after {}, first resumed chunk seen after {}",
+                "  latency: {} down (fault {}): recorded dead after {}, first resumed chunk seen after {}, first resumed step after {}",
                 l.pod,
                 l.fault,
-                l.detection_ms.map_or("-".into(), |v| format!("{v} ms")),
-                l.first_resumed_chunk_ms
-                    .map_or("-".into(), |v| format!("{v} ms"))
+                ms(l.detection_ms),
+                ms(l.first_resumed_chunk_ms),
+                ms(l.first_resumed_step_ms)
             );
         }
         for b in &self.evidence.blind {
@@ -341,9 +388,12 @@ impl Report<'_> {
             .iter()
             .filter_map(|f| match (&f.target, &f.trigger) {
                 (super::scenario::Target::OwnerOf(r), _) => Some(r.clone()),
-                (_, Trigger::AfterChunk { run, .. } | Trigger::AfterEnd { run }) => {
-                    Some(run.clone())
-                }
+                (
+                    _,
+                    Trigger::AfterChunk { run, .. }
+                    | Trigger::AfterEnd { run }
+                    | Trigger::AfterStep { run, .. },
+                ) => Some(run.clone()),
                 _ => None,
             })
             .collect();

@@ -22,7 +22,9 @@ struct Call {
     run: String,
     step: String,
     attempt: i64,
-    epoch: i64,
+    /// Absent for a target with no ownership epochs (recorded as 0).
+    #[serde(default)]
+    epoch: Option<i64>,
     pod: String,
     /// Hold the answer this long (a step that takes time, as real ones do).
     #[serde(default)]
@@ -76,12 +78,14 @@ async fn effect(
         history.record("witness_bad_call", json!({}));
         return (
             axum::http::StatusCode::BAD_REQUEST,
-            Json(json!({ "error": "expected {run, step, attempt, epoch, pod}" })),
+            Json(
+                json!({ "error": "expected {run, step, attempt, pod, epoch (optional), delay_ms (optional)}" }),
+            ),
         );
     };
     history.record(
         "witness",
-        json!({ "run_id": c.run, "step": c.step, "attempt": c.attempt, "epoch": c.epoch, "pod": c.pod }),
+        json!({ "run_id": c.run, "step": c.step, "attempt": c.attempt, "epoch": c.epoch.unwrap_or(0), "pod": c.pod }),
     );
     if c.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(c.delay_ms.min(60_000))).await;

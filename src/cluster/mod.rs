@@ -33,6 +33,9 @@ pub struct ClusterSpec {
     /// Extra environment for every pod.
     pub env: Vec<(String, String)>,
     pub log_dir: PathBuf,
+    /// A foreign worker instead of `vigil pod` (a chaos target; process
+    /// driver only): its command, and how it says it is ready.
+    pub command: Option<process::CommandPod>,
 }
 
 impl ClusterSpec {
@@ -49,6 +52,7 @@ impl ClusterSpec {
             pod_args: Vec::new(),
             env: Vec::new(),
             log_dir: log_dir.into(),
+            command: None,
         })
     }
 

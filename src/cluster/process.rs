@@ -5,6 +5,12 @@
 //! gone, even after a SIGKILL of the runner) and `kill_on_drop` (it dies
 //! with the driver on a panic or an early return). Its stderr goes to the
 //! pod's log file; its first stdout line says where it listens.
+//!
+//! A chaos target's worker ([`CommandPod`]) is started from its command
+//! template instead, on a port chosen here, with the parent-death signal
+//! set to SIGKILL through setpriv (it knows no `--parent-pid`); its stdout
+//! and stderr go to
+//! the log, and it is ready when its readiness path answers 2xx.
 
 use super::{ClusterSpec, Driver, PodState, Started};
 use anyhow::{Context, Result, bail};
@@ -19,6 +25,40 @@ use tokio::process::{Child, Command};
 
 /// How long a pod may take to say where it listens.
 const START_BOUND: Duration = Duration::from_secs(30);
+
+/// A foreign worker: argv with `{pod_id}` and `{port}` still to fill, its
+/// environment, its working directory, and its readiness path.
+#[derive(Debug, Clone)]
+pub struct CommandPod {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: std::path::PathBuf,
+    pub ready: String,
+    pub ready_timeout: Duration,
+    /// Said when the program cannot be started (how to install it).
+    pub install_hint: Option<String>,
+}
+
+impl CommandPod {
+    fn fill(&self, s: &str, id: &str, port: u16) -> String {
+        s.replace("{pod_id}", id)
+            .replace("{port}", &port.to_string())
+    }
+}
+
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// A free port on 127.0.0.1 (bound, then let go for the worker to take).
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
 
 /// Child pods by id.
 #[derive(Debug, Default)]
@@ -73,6 +113,96 @@ impl ProcessPods {
     }
 }
 
+impl ProcessPods {
+    /// Start a foreign worker and wait until its readiness path answers.
+    async fn start_command(
+        &mut self,
+        c: &CommandPod,
+        id: &str,
+        out: std::fs::File,
+        log: &Path,
+    ) -> Result<Started> {
+        let port = free_port()?;
+        let mut argv: Vec<String> = c.argv.iter().map(|a| c.fill(a, id, port)).collect();
+        let program = c.cwd.join(&argv[0]);
+        if argv[0].contains('/') {
+            // A relative program is the target directory's, not ours.
+            argv[0] = program.display().to_string();
+        }
+        if argv[0].contains('/') && !program.exists() {
+            bail!(
+                "worker {id}: {} does not exist{}",
+                program.display(),
+                c.install_hint
+                    .as_ref()
+                    .map(|h| format!("; {h}"))
+                    .unwrap_or_default()
+            );
+        }
+        // The worker dies with this process even after a SIGKILL of it:
+        // util-linux's setpriv sets the parent-death signal, then execs the
+        // worker (same pid, so signals reach the worker itself).
+        let mut cmd = if Path::new(SETPRIV).exists() {
+            let mut c = Command::new(SETPRIV);
+            c.args(["--pdeathsig", "KILL", "--"]).args(&argv);
+            c
+        } else {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        };
+        cmd.current_dir(&c.cwd)
+            .envs(c.env.iter().map(|(k, v)| (k, c.fill(v, id, port))))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| {
+            format!(
+                "starting worker {id}: {}{}",
+                argv[0],
+                c.install_hint
+                    .as_ref()
+                    .map(|h| format!(" ({h})"))
+                    .unwrap_or_default()
+            )
+        })?;
+        let url = format!("http://127.0.0.1:{port}/");
+        let probe = format!("http://127.0.0.1:{port}{}", c.ready);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let until = Instant::now() + c.ready_timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "worker {id} exited ({status}) before it was ready (log {}):\n{}",
+                    log.display(),
+                    log_tail(log)
+                );
+            }
+            if let Ok(r) = http.get(&probe).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if Instant::now() > until {
+                let _ = child.kill().await;
+                bail!(
+                    "worker {id} did not answer GET {probe} with 2xx within {} ms (log {}):\n{}",
+                    c.ready_timeout.as_millis(),
+                    log.display(),
+                    log_tail(log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let pid = child.id();
+        self.children.insert(id.to_owned(), child);
+        Ok(Started { url, pid })
+    }
+}
+
 #[async_trait::async_trait]
 impl Driver for ProcessPods {
     fn name(&self) -> &'static str {
@@ -98,6 +228,9 @@ impl Driver for ProcessPods {
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
+        if let Some(c) = &spec.command {
+            return self.start_command(c, id, out, log).await;
+        }
         let mut child = Self::command(spec, id, extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -118,7 +118,9 @@ fn check_plan(s: &Scenario) {
                 Target::Random(_) | Target::LastKilled | Target::None => {}
             }
             match &f.trigger {
-                Trigger::AfterChunk { run, .. } | Trigger::AfterEnd { run } => {
+                Trigger::AfterChunk { run, .. }
+                | Trigger::AfterEnd { run }
+                | Trigger::AfterStep { run, .. } => {
                     assert!(runs.contains(&run.as_str()), "trigger on {run}");
                 }
                 Trigger::AtMs(_) => {}

@@ -22,7 +22,9 @@ fn must_die(ev: &Evidence, f: &FiredFault) -> bool {
 /// A dead pod is found dead within the bound and its runs are taken over.
 /// From clients and the witness: every run the pod owned either ended, or
 /// was seen resumed at a newer epoch (a chunk, a witness call). The time
-/// bound is judged on the store's death record (cross-check).
+/// bound is judged on the store's death record (cross-check). On a target
+/// without epochs, any witnessed execution after the fault is the run
+/// resumed, and there is no death record to read.
 pub(super) fn death_detected(ev: &Evidence) -> Outcome {
     let faults: Vec<&FiredFault> = ev
         .faults
@@ -75,10 +77,15 @@ pub(super) fn death_detected(ev: &Evidence) -> Outcome {
                     }
                     _ => None,
                 });
+            // A target without epochs: any execution after the fault is
+            // the run going on (its own restarted worker may resume it).
+            let epochless = ev.target.as_ref().is_some_and(|t| !t.epochs);
             let from_witness = ev
                 .witness
                 .iter()
-                .filter(|c| &c.run_id == id && c.t_ms > f.t_ms && c.epoch > before_epoch)
+                .filter(|c| {
+                    &c.run_id == id && c.t_ms > f.t_ms && (epochless || c.epoch > before_epoch)
+                })
                 .map(|c| c.t_ms);
             let ended_early = ev
                 .seen_states(id)
@@ -90,14 +97,19 @@ pub(super) fn death_detected(ev: &Evidence) -> Outcome {
             let resumed = from_clients.chain(from_witness).min().is_some();
             let stuck = ev.final_state(id).is_none_or(|s| !s.is_terminal());
             if !resumed && !ended_early && stuck {
+                let by = if epochless { "" } else { " by a new owner" };
                 out.push(format!(
-                    "{pod} was {} at +{} ms; no client or witness ever saw {} resumed by a new \
-                     owner, and it never ended",
+                    "{pod} was {} at +{} ms; no client or witness ever saw {} resumed{by}, and it \
+                     never ended",
                     action_verb(f.action),
                     f.t_ms,
                     ev.label(id)
                 ));
             }
+        }
+        if ev.target.is_some() {
+            // A target's death records, if it keeps any, are in its store.
+            continue;
         }
         // Cross-check: the store's death records.
         let found = ev

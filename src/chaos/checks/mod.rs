@@ -197,6 +197,9 @@ pub struct Evidence {
     /// Why the runner could not see everything it needed (then the verdict
     /// is unknown, not pass).
     pub blind: Vec<String>,
+    /// The system under test when it is not Vigil's own pods: its store is
+    /// not read, and it may report no ownership epochs.
+    pub target: Option<crate::chaos::target::Capabilities>,
 }
 
 fn field<T: for<'de> Deserialize<'de>>(e: &Event, key: &str) -> Result<T, String> {
@@ -217,6 +220,7 @@ impl Evidence {
                     ev.detection_bound_ms = field(e, "detection_bound_ms")?;
                     ev.liveness_timeout_ms = field(e, "liveness_timeout_ms")?;
                     ev.wall0 = e.wall_ms - i64::try_from(e.t_ms).unwrap_or(0);
+                    ev.target = field(e, "target")?;
                 }
                 "submit" => ev.submitted.push(Submitted {
                     name: field(e, "run")?,
@@ -402,6 +406,30 @@ fn pass_or_fail(problems: Vec<String>) -> Outcome {
     }
 }
 
+/// Why a check cannot apply to the target under test: one that judges
+/// only Vigil's store records, or one that needs ownership epochs the
+/// target does not report. None for Vigil's own pods.
+fn not_for_target(ev: &Evidence, name: CheckName) -> Option<Outcome> {
+    let t = ev.target.as_ref()?;
+    match name {
+        CheckName::RawOutputsDownstream | CheckName::RetriesAgree | CheckName::NoHealthyReaped => {
+            Some(not_applicable(&format!(
+                "it judges the engine's own store records (step outputs, reaper transitions), and \
+                 target {:?}'s store is not read",
+                t.name
+            )))
+        }
+        CheckName::ClaimedOnce | CheckName::Fencing | CheckName::NoFalseDeaths if !t.epochs => {
+            Some(not_applicable(&format!(
+                "it tells owners apart by ownership epoch, and target {:?} reports none \
+                 (epochs = false)",
+                t.name
+            )))
+        }
+        _ => None,
+    }
+}
+
 fn not_applicable(why: &str) -> Outcome {
     Outcome {
         status: Status::NotApplicable,
@@ -424,7 +452,7 @@ pub fn run_all(
                     evidence: vec!["skipped by the scenario".into()],
                 };
             }
-            let o = match name {
+            let o = not_for_target(ev, name).unwrap_or_else(|| match name {
                 CheckName::TerminalOnce => outcomes::terminal_once(ev, workflows),
                 CheckName::NoGhosts => outcomes::no_ghosts(ev, workflows),
                 CheckName::StreamExactlyOnce => streams::stream_exactly_once(ev, workflows),
@@ -438,7 +466,7 @@ pub fn run_all(
                 CheckName::ClaimedOnce => ownership::claimed_once(ev),
                 CheckName::Fencing => ownership::fencing(ev),
                 CheckName::NoFalseDeaths => deaths::no_false_deaths(ev),
-            };
+            });
             CheckResult {
                 name,
                 status: o.status,

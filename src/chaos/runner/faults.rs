@@ -52,10 +52,13 @@ async fn resolve_target(shared: &Shared, target: &Target) -> Option<String> {
         Target::Pod(p) => Some(p.clone()),
         Target::OwnerOf(run) => {
             let id = shared.run_id(run)?;
+            let Some(store) = &shared.store else {
+                return super::target::owner(shared, &id);
+            };
             let until = Instant::now() + Duration::from_secs(10);
             shared
                 .observe("reading a fault target's owner", until, || {
-                    shared.store.get_run(&id)
+                    store.get_run(&id)
                 })
                 .await
                 .flatten()
@@ -83,13 +86,31 @@ async fn wait_trigger(shared: &Shared, trigger: &Trigger, bound: Instant) -> boo
             if Instant::now() > bound {
                 return false;
             }
+            // Parsing refuses chunk triggers on a target (no stream).
+            let Some(store) = &shared.store else {
+                return false;
+            };
             if let Some(id) = shared.run_id(run) {
-                let n = tokio::time::timeout(Duration::from_secs(2), shared.store.chunks(&id))
+                let n = tokio::time::timeout(Duration::from_secs(2), store.chunks(&id))
                     .await
                     .ok()
                     .and_then(Result::ok)
                     .map_or(0, |c| c.len());
                 if n >= usize::try_from(*chunks).unwrap_or(usize::MAX) {
+                    return true;
+                }
+                if ended(shared, &id).await {
+                    return false;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        },
+        Trigger::AfterStep { run, step } => loop {
+            if Instant::now() > bound {
+                return false;
+            }
+            if let Some(id) = shared.run_id(run) {
+                if super::target::witnessed(shared, &id, step) {
                     return true;
                 }
                 if ended(shared, &id).await {
@@ -112,10 +133,15 @@ async fn wait_trigger(shared: &Shared, trigger: &Trigger, bound: Instant) -> boo
     }
 }
 
-/// Whether the store says run `id` is terminal (false when it does not
-/// answer within 2 s).
+/// Whether the store (a target: its status API) says run `id` is terminal
+/// (false when it does not answer within 2 s).
 async fn ended(shared: &Shared, id: &str) -> bool {
-    tokio::time::timeout(Duration::from_secs(2), shared.store.get_run(id))
+    let Some(store) = &shared.store else {
+        return super::target::state(shared, id)
+            .await
+            .is_ok_and(crate::engine::run::RunState::is_terminal);
+    };
+    tokio::time::timeout(Duration::from_secs(2), store.get_run(id))
         .await
         .ok()
         .and_then(Result::ok)
@@ -172,6 +198,9 @@ async fn owned_runs(shared: &Shared, pod: Option<&str>) -> Vec<String> {
     let Some(p) = pod else {
         return Vec::new();
     };
+    let Some(store) = &shared.store else {
+        return super::target::owned(shared, p).await;
+    };
     let filter = RunFilter {
         state: Some(crate::engine::run::RunState::Running),
         owner_pod: Some(p.to_owned()),
@@ -180,7 +209,7 @@ async fn owned_runs(shared: &Shared, pod: Option<&str>) -> Vec<String> {
     let until = Instant::now() + Duration::from_secs(5);
     shared
         .observe("listing the target's runs", until, || {
-            shared.store.list_runs(&filter)
+            store.list_runs(&filter)
         })
         .await
         .map(|rs| rs.into_iter().map(|r| r.id).collect())
@@ -259,8 +288,12 @@ async fn restart(shared: &Shared, p: &str) -> Result<()> {
 /// Set a cluster switch in the store.
 async fn switch(shared: &Shared, f: &PlannedFault) -> Result<()> {
     if let Some((name, value)) = &f.switch {
+        let store = shared
+            .store
+            .as_ref()
+            .context("a switch is a Vigil setting: no target has one")?;
         crate::engine::switches::set(
-            shared.store.as_ref(),
+            store.as_ref(),
             name,
             *value,
             "chaos",

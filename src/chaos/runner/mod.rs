@@ -10,6 +10,7 @@ mod attach;
 mod faults;
 mod provision;
 mod submit;
+mod target;
 mod wait;
 
 use super::checks::{self, CheckResult, Evidence, Status};
@@ -83,7 +84,13 @@ struct Shared {
     /// `at_ms` triggers and submission times count (pods start in tens of
     /// milliseconds as processes, a second each as containers).
     t0_ms: u64,
-    store: Arc<dyn Store>,
+    /// Vigil's own store (None for a foreign target: never read).
+    store: Option<Arc<dyn Store>>,
+    /// The system under test when it is not Vigil's own pods.
+    target: Option<Arc<crate::chaos::target::TargetDef>>,
+    api: crate::chaos::target::TargetApi,
+    /// Every pod id of the scenario.
+    pod_ids: Vec<String>,
     /// The store's URL as the runner reaches it (row_lock's own session).
     store_url: String,
     cluster: tokio::sync::Mutex<Cluster>,
@@ -205,6 +212,22 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
 
     let kind = provision::store_kind(&opts.store, &scn);
     let driver = opts.driver.unwrap_or(scn.driver);
+    if let Some(t) = &scn.target {
+        if driver != DriverKind::Process {
+            bail!(
+                "{}: target {:?} runs on the process driver (drop --driver docker)",
+                scn.name,
+                t.name
+            );
+        }
+        if kind != StoreKind::Postgres {
+            bail!(
+                "{}: target {:?} needs PostgreSQL (drop --store sqlite)",
+                scn.name,
+                t.name
+            );
+        }
+    }
     if driver == DriverKind::Process && plan.faults.iter().any(|f| f.action == Action::Partition) {
         bail!(
             "{}: a partition needs the docker driver (--driver docker)",
@@ -348,18 +371,26 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
         workflows,
         docker,
     } = setup;
-    let store = store::open(target)
-        .await
-        .context("opening the scenario's store")?;
-    for (name, value) in &scn.switches {
-        crate::engine::switches::set(
-            store.as_ref(),
-            name,
-            *value,
-            "chaos",
-            "scenario cluster setting",
-        )
-        .await?;
+    // A foreign target's store is its own: never opened, never read.
+    let store = match &scn.target {
+        Some(_) => None,
+        None => Some(
+            store::open(target)
+                .await
+                .context("opening the scenario's store")?,
+        ),
+    };
+    if let Some(store) = &store {
+        for (name, value) in &scn.switches {
+            crate::engine::switches::set(
+                store.as_ref(),
+                name,
+                *value,
+                "chaos",
+                "scenario cluster setting",
+            )
+            .await?;
+        }
     }
     let history = Arc::new(History::new());
     let witness = super::witness::Witness::start((witness_bind, 0).into(), history.clone())
@@ -367,12 +398,17 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
         .context("starting the witness")?;
     let witness_url = witness.url_for(&witness_bind.to_string());
     let mut cluster = build_cluster(&scn, opts, dir, target, witness_url, docker)?;
-    let liveness_timeout_ms = scn
-        .pod_args
-        .windows(2)
-        .find(|w| w[0] == "--liveness-timeout-ms")
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(2000);
+    // A target has no liveness timeout of ours: any pause may cost it its
+    // runs, so death_detected judges every one.
+    let liveness_timeout_ms = if scn.target.is_some() {
+        0
+    } else {
+        scn.pod_args
+            .windows(2)
+            .find(|w| w[0] == "--liveness-timeout-ms")
+            .and_then(|w| w[1].parse().ok())
+            .unwrap_or(2000)
+    };
     let driver = cluster.driver();
     history.record(
         "start",
@@ -386,6 +422,7 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
             "detection_bound_ms": scn.checks.detection_bound_ms,
             "quiet_timeout_ms": scn.checks.quiet_timeout_ms,
             "witness": witness.addr.to_string(),
+            "target": scn.target.as_ref().map(|t| &t.caps),
             "workflows": std::path::absolute(&opts.workflows)
                 .unwrap_or_else(|_| opts.workflows.clone()),
         }),
@@ -396,7 +433,10 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
     let shared = Arc::new(Shared {
         t0_ms: history.elapsed_ms(),
         history,
-        store: store.clone(),
+        store,
+        target: scn.target.clone(),
+        api: crate::chaos::target::TargetApi::new(),
+        pod_ids: pod_ids(scn.pods),
         store_url: target.to_owned(),
         cluster: tokio::sync::Mutex::new(cluster),
         live: Mutex::default(),
@@ -503,6 +543,10 @@ fn build_cluster(
         spec.binary = b.clone();
     }
     spec.lanes = scn.lanes.clone();
+    if let Some(t) = &scn.target {
+        spec.command = Some(t.command_pod(target, &witness_url, &opts.workflows));
+        return Cluster::new(spec);
+    }
     spec.pod_args = ["--chaos-hooks".to_owned(), "--witness-url".to_owned()]
         .into_iter()
         .chain(std::iter::once(witness_url))
@@ -532,12 +576,17 @@ pub fn verdict_of(checks: &[CheckResult], unfired: &[usize], blind: &[String]) -
     }
 }
 
-/// What `vigil chaos check` needs besides the history: the scenario file.
+/// What `vigil chaos check` needs besides the history: the scenario file
+/// (and a target's file).
 /// (The workflow definitions are not copied: they may hold secrets; the
 /// history's `start` line names where they were read.)
 fn save_inputs(dir: &std::path::Path, scn: &Scenario) -> Result<()> {
     std::fs::copy(&scn.file, dir.join("scenario.toml"))
         .with_context(|| format!("copying {} into the results", scn.file.display()))?;
+    if let Some(t) = &scn.target {
+        std::fs::copy(&t.file, dir.join("target.toml"))
+            .with_context(|| format!("copying {} into the results", t.file.display()))?;
+    }
     Ok(())
 }
 

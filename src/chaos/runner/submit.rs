@@ -26,6 +26,21 @@ pub(super) async fn workload(
     for r in &runs_sorted {
         let due = shared.until_workload_ms(r.submit_at_ms);
         tokio::time::sleep(due).await;
+        if shared.target.is_some() {
+            // The runner chooses the id (docs/targets.md).
+            let id = uuid::Uuid::now_v7().to_string();
+            match super::target::submit(shared, r, &id, quiet).await {
+                Ok(pod) => {
+                    lock(&shared.names).insert(r.name.clone(), id.clone());
+                    shared.history.record(
+                        "submit",
+                        json!({ "run": r.name, "run_id": id, "workflow": r.workflow, "pod": pod }),
+                    );
+                }
+                Err(e) => shared.blind(format!("submitting {}: {e}", r.name)),
+            }
+            continue;
+        }
         let req = SubmitRequest {
             workflow: r.workflow.clone(),
             input: r.input.clone(),

@@ -24,7 +24,12 @@ async fn all_runs(shared: &Shared, what: &str, until: Instant) -> Option<Vec<Run
         ..Default::default()
     };
     shared
-        .observe(what, until, || shared.store.list_runs(&filter))
+        .observe(what, until, || async {
+            match &shared.store {
+                Some(store) => store.list_runs(&filter).await,
+                None => Ok(Vec::new()),
+            }
+        })
         .await
 }
 
@@ -32,6 +37,9 @@ async fn all_runs(shared: &Shared, what: &str, until: Instant) -> Option<Vec<Run
 /// runs were still in flight; a store that cannot be read makes the runner
 /// blind).
 pub(super) async fn for_quiet(shared: &Shared, quiet: Duration) {
+    if shared.target.is_some() {
+        return target_quiet(shared, quiet).await;
+    }
     let quiet_until = Instant::now() + quiet;
     loop {
         let Some(all) = all_runs(shared, "listing runs while waiting for quiet", quiet_until).await
@@ -53,8 +61,53 @@ pub(super) async fn for_quiet(shared: &Shared, quiet: Duration) {
     }
 }
 
-/// Scrape every live pod's `vigil_*` counters into the history.
+/// A target: ask its status API for every submitted run until none is in
+/// flight (or the bound passed). Each change in a run's answer is an
+/// `api_run` line: what a client polling it saw.
+async fn target_quiet(shared: &Shared, quiet: Duration) {
+    let quiet_until = Instant::now() + quiet;
+    let ids: Vec<String> = lock(&shared.names).values().cloned().collect();
+    let mut seen: BTreeMap<String, crate::engine::run::RunState> = BTreeMap::new();
+    loop {
+        let mut in_flight = Vec::new();
+        for id in &ids {
+            match super::target::state(shared, id).await {
+                Ok(st) => {
+                    if seen.get(id) != Some(&st) {
+                        seen.insert(id.clone(), st);
+                        shared
+                            .history
+                            .record("api_run", json!({ "run_id": id, "state": st }));
+                    }
+                    if !st.is_terminal() {
+                        in_flight.push(format!("{id} ({st})"));
+                    }
+                }
+                Err(e) => in_flight.push(format!("{id} (no answer: {e})")),
+            }
+        }
+        if in_flight.is_empty() {
+            return;
+        }
+        if Instant::now() > quiet_until {
+            shared.note(format!(
+                "{} runs still in flight after the {} quiet bound: {}",
+                in_flight.len(),
+                crate::human::duration(quiet),
+                in_flight.join(", ")
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Scrape every live pod's `vigil_*` counters into the history (a target
+/// serves none).
 pub(super) async fn scrape_metrics(shared: &Shared, when: &str) {
+    if shared.target.is_some() {
+        return;
+    }
     for (pod, url) in shared.live() {
         let Ok(resp) = shared
             .http
@@ -91,6 +144,10 @@ pub(super) async fn final_reads(shared: &Shared) {
     for id in names.values() {
         api_state(shared, id).await;
     }
+    if shared.target.is_some() {
+        // A target's store is its own: nothing to cross-check against.
+        return;
+    }
     let until = Instant::now() + Duration::from_secs(30);
     record_store_accounts(shared, until).await;
 }
@@ -100,7 +157,22 @@ async fn api_state(shared: &Shared, id: &str) {
     let until = Instant::now() + Duration::from_secs(20);
     let mut last = String::new();
     while Instant::now() < until {
-        for (_, url) in shared.live() {
+        if shared.target.is_some() {
+            match super::target::state(shared, id).await {
+                Ok(st) => {
+                    shared
+                        .history
+                        .record("api_run", json!({ "run_id": id, "state": st }));
+                    return;
+                }
+                Err(e) => last = e,
+            }
+        }
+        for (_, url) in shared
+            .live()
+            .into_iter()
+            .filter(|_| shared.target.is_none())
+        {
             let Ok(client) = PodClient::new(&url) else {
                 continue;
             };
@@ -130,7 +202,7 @@ async fn record_store_accounts(shared: &Shared, until: Instant) {
     for run in all {
         let Some(account) = shared
             .observe("reading a run's records", until, || {
-                store_account(shared.store.as_ref(), run.clone())
+                store_account(shared.store.as_deref(), run.clone())
             })
             .await
         else {
@@ -155,8 +227,11 @@ async fn record_store_accounts(shared: &Shared, until: Instant) {
             .record("store_run", json!({ "account": account }));
     }
     let Some(deaths) = shared
-        .observe("reading the pod deaths", until, || {
-            shared.store.liveness().deaths(10_000)
+        .observe("reading the pod deaths", until, || async {
+            match &shared.store {
+                Some(store) => store.liveness().deaths(10_000).await,
+                None => Ok(Vec::new()),
+            }
         })
         .await
     else {
@@ -169,7 +244,13 @@ async fn record_store_accounts(shared: &Shared, until: Instant) {
     }
 }
 
-async fn store_account(store: &dyn Store, run: RunRecord) -> Result<StoreAccount, StoreError> {
+async fn store_account(
+    store: Option<&dyn Store>,
+    run: RunRecord,
+) -> Result<StoreAccount, StoreError> {
+    let Some(store) = store else {
+        return Err(StoreError::RunNotFound { run_id: run.id });
+    };
     let steps = store.steps(&run.id).await?;
     let nodes: Vec<String> = steps.iter().map(|s| s.node_id.clone()).collect();
     let raw = store.step_outputs_raw(&run.id, &nodes).await?;

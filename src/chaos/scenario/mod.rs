@@ -73,6 +73,9 @@ pub struct ClusterCfg {
     /// Kill switches set before the workload starts.
     #[serde(default)]
     pub switches: BTreeMap<String, bool>,
+    /// A system Vigil did not build: its target file, relative to the
+    /// scenario file (docs/targets.md). Default: Vigil's own pods.
+    pub target: Option<Spanned<String>>,
 }
 
 fn default_store() -> StoreKind {
@@ -183,6 +186,8 @@ pub struct FaultCfg {
     /// Fire once run `run` is terminal.
     #[serde(default)]
     pub after_end: bool,
+    /// Fire once the witness saw this step of run `run` (its first call).
+    pub after_step: Option<Spanned<String>>,
     pub run: Option<Spanned<String>>,
     pub duration_ms: Option<u64>,
     /// For kill and term: start the pod again, same id, after this long.
@@ -342,6 +347,8 @@ pub struct Scenario {
     pub pod_args: Vec<String>,
     pub lanes: Option<PathBuf>,
     pub switches: BTreeMap<String, bool>,
+    /// The system under test when it is not Vigil's own pods.
+    pub target: Option<std::sync::Arc<crate::chaos::target::TargetDef>>,
     workloads: Vec<Workload>,
     faults: Vec<FaultCfg>,
     pub checks: ChecksCfg,
@@ -414,6 +421,18 @@ impl Scenario {
         file: &Path,
         text: &str,
         workflows: &WorkflowRegistry,
+    ) -> Result<Scenario, ScenarioError> {
+        Scenario::parse_with_target(file, text, workflows, None)
+    }
+
+    /// [`Scenario::parse`], with the target file at `target` instead of
+    /// where the scenario's `target` key points (a results directory keeps
+    /// a copy of both: `vigil chaos check`).
+    pub fn parse_with_target(
+        file: &Path,
+        text: &str,
+        workflows: &WorkflowRegistry,
+        target: Option<&Path>,
     ) -> Result<Scenario, ScenarioError> {
         let fname = file.display().to_string();
         let raw: RawScenario = toml::from_str(text).map_err(|source| ScenarioError::Parse {
@@ -524,20 +543,47 @@ impl Scenario {
             let span = f.action.span();
             let triggers = usize::from(f.at_ms.is_some())
                 + usize::from(f.after_chunk.is_some())
-                + usize::from(f.after_end);
+                + usize::from(f.after_end)
+                + usize::from(f.after_step.is_some());
             if triggers != 1 {
                 return Err(err(
                     span,
-                    &field("at_ms|after_chunk|after_end"),
+                    &field("at_ms|after_chunk|after_end|after_step"),
                     "give exactly one trigger".into(),
                 ));
             }
-            if (f.after_chunk.is_some() || f.after_end) && f.run.is_none() {
+            if (f.after_chunk.is_some() || f.after_end || f.after_step.is_some()) && f.run.is_none()
+            {
                 return Err(err(
                     span,
                     &field("run"),
-                    "after_chunk and after_end need the run they watch".into(),
+                    "after_chunk, after_end and after_step need the run they watch".into(),
                 ));
+            }
+            if let (Some(step), Some(run)) = (&f.after_step, &f.run)
+                && run_name_set.contains(run.get_ref())
+            {
+                let wf = raw
+                    .workloads
+                    .iter()
+                    .find(|w| (1..=w.runs).any(|k| format!("{}{k}", w.name) == *run.get_ref()))
+                    .and_then(|w| workflows.get(w.workflow.get_ref()).ok());
+                let witnessed = wf.is_some_and(|wf| {
+                    wf.steps
+                        .iter()
+                        .any(|s| s.id == *step.get_ref() && crate::chaos::checks::witnessed(s))
+                });
+                if !witnessed {
+                    return Err(err(
+                        step.span(),
+                        &field("after_step"),
+                        format!(
+                            "{:?} is not a step of {}'s workflow that calls the witness",
+                            step.get_ref(),
+                            run.get_ref()
+                        ),
+                    ));
+                }
             }
             if let Some(r) = &f.run
                 && !run_name_set.contains(r.get_ref())
@@ -693,6 +739,17 @@ impl Scenario {
             }
         }
         let base = file.parent().unwrap_or(Path::new("."));
+        let target = match &raw.cluster.target {
+            None => None,
+            Some(t) => {
+                let path = target.map_or_else(|| base.join(t.get_ref()), Path::to_owned);
+                let def = crate::chaos::target::TargetDef::load(&path)
+                    .map_err(|e| err(t.span(), "cluster.target", crate::errors::report(&e)))?;
+                check_target_scenario(&raw, &def)
+                    .map_err(|(span, f, p)| err(span.unwrap_or_else(|| t.span()), &f, p))?;
+                Some(std::sync::Arc::new(def))
+            }
+        };
         let lanes = raw.cluster.lanes.as_ref().map(|l| base.join(l));
         if let Some(l) = &lanes
             && !l.exists()
@@ -713,11 +770,94 @@ impl Scenario {
             pod_args: raw.cluster.pod_args,
             lanes,
             switches: raw.cluster.switches,
+            target,
             workloads: raw.workloads,
             faults: raw.faults,
             checks: raw.checks,
         })
     }
+}
+
+type Invalid = (Option<std::ops::Range<usize>>, String, String);
+
+/// What a scenario on a foreign target may ask: its workers share a
+/// PostgreSQL database and run as processes; its faults are signals and
+/// store faults (the rest reach into Vigil's own pods or store); with no
+/// stream to follow, it has no attachers and no chunk triggers.
+fn check_target_scenario(
+    raw: &RawScenario,
+    def: &crate::chaos::target::TargetDef,
+) -> Result<(), Invalid> {
+    let who = format!("target {:?}", def.name);
+    let c = &raw.cluster;
+    if c.store != StoreKind::Postgres {
+        return Err((
+            None,
+            "cluster.store".into(),
+            format!("{who}: its workers share a PostgreSQL database: store = \"postgres\""),
+        ));
+    }
+    if c.driver != DriverKind::Process {
+        return Err((
+            None,
+            "cluster.driver".into(),
+            format!("{who}: targets run on the process driver"),
+        ));
+    }
+    for (set, field) in [
+        (!c.pod_args.is_empty(), "cluster.pod_args"),
+        (c.lanes.is_some(), "cluster.lanes"),
+        (!c.switches.is_empty(), "cluster.switches"),
+    ] {
+        if set {
+            return Err((
+                None,
+                field.into(),
+                format!(
+                    "{who}: {field} is for Vigil's own pods (put a worker's arguments in its target file)"
+                ),
+            ));
+        }
+    }
+    for (i, w) in raw.workloads.iter().enumerate() {
+        if !w.attach.is_empty() && !def.caps.streams {
+            return Err((
+                Some(w.workflow.span()),
+                format!("workload[{i}].attach"),
+                format!("{who} serves no stream to attach to (streams = false)"),
+            ));
+        }
+    }
+    for (i, f) in raw.faults.iter().enumerate() {
+        let a = *f.action.get_ref();
+        if !matches!(
+            a,
+            Action::Kill
+                | Action::Term
+                | Action::Pause
+                | Action::Restart
+                | Action::StoreOutage
+                | Action::StoreFreeze
+        ) {
+            return Err((
+                Some(f.action.span()),
+                format!("fault[{i}].action"),
+                format!(
+                    "{who}: {} reaches into Vigil's own pods or store; a target takes kill, \
+                     term, pause, restart, store_outage and store_freeze",
+                    a.as_str()
+                ),
+            ));
+        }
+        if f.after_chunk.is_some() {
+            return Err((
+                Some(f.action.span()),
+                format!("fault[{i}].after_chunk"),
+                format!("{who} serves no stream: trigger on after_step (a witnessed step) instead"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Every `*.toml` under `path` (or `path` itself), sorted.

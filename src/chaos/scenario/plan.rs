@@ -22,8 +22,18 @@ pub enum Target {
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     AtMs(u64),
-    AfterChunk { run: String, chunks: u32 },
-    AfterEnd { run: String },
+    AfterChunk {
+        run: String,
+        chunks: u32,
+    },
+    AfterEnd {
+        run: String,
+    },
+    /// The witness saw run `run`'s step `step`.
+    AfterStep {
+        run: String,
+        step: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +117,14 @@ impl Scenario {
                     .unwrap_or(Target::None);
                 let trigger = match (f.at_ms, f.after_chunk, &f.run) {
                     (Some(ms), _, _) => Trigger::AtMs(ms),
+                    (None, None, Some(r)) if f.after_step.is_some() => Trigger::AfterStep {
+                        run: r.get_ref().clone(),
+                        step: f
+                            .after_step
+                            .as_ref()
+                            .map(|s| s.get_ref().clone())
+                            .unwrap_or_default(),
+                    },
                     (None, Some(n), Some(r)) => Trigger::AfterChunk {
                         run: r.get_ref().clone(),
                         chunks: n,
