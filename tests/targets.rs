@@ -76,6 +76,10 @@ fn walk(dir: &Path, name: &str) -> Option<PathBuf> {
 /// scenario finds its workflows and target by itself), with `bugs` on in
 /// the DBOS workers.
 fn chaos(file: &Path, bugs: Option<&str>) -> Run {
+    chaos_with(file, bugs, &[])
+}
+
+fn chaos_with(file: &Path, bugs: Option<&str>, extra: &[&str]) -> Run {
     let results = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
     cmd.args(["chaos", "run"])
@@ -83,6 +87,7 @@ fn chaos(file: &Path, bugs: Option<&str>) -> Run {
         .args(["--seed", "20261204", "--store", "postgres", "--quiet"])
         .arg("--results")
         .arg(results.path())
+        .args(extra)
         .current_dir(std::env::temp_dir())
         .env_remove("VIGIL_TARGET_BUGS");
     if let Some(b) = bugs {
@@ -215,6 +220,24 @@ fn a_retry_budget_kept_in_memory_is_exceeded_across_a_crash() {
     }
     let r = shipped("kill-between-retries", 1);
     assert_eq!(status(&r, "executions_bounded"), "fail", "{}", r.output);
+}
+
+/// The side-by-side of docs/targets.md: the same scenarios, workflows,
+/// faults and checks on Vigil's own pods (`--vigil`) pass, every check that
+/// DBOS cannot be judged on included.
+#[test]
+fn the_same_scenarios_pass_on_vigils_own_engine() {
+    if !ready() {
+        return;
+    }
+    let r = chaos_with(&root().join("scenarios/targets/dbos"), None, &["--vigil"]);
+    assert_eq!(r.code, 0, "{}", r.output);
+    assert!(
+        r.output
+            .contains("chaos: 6 passed, 0 failed, 0 unknown, 0 not applicable"),
+        "{}",
+        r.output
+    );
 }
 
 /// With `bug` on in the DBOS app, `check` fails on kill-restart (where it

@@ -143,6 +143,11 @@ pub struct RunArgs {
     /// built from this binary on demand.
     #[arg(long, env = "VIGIL_CHAOS_IMAGE")]
     pub image: Option<String>,
+    /// Run on Vigil's own pods even where a scenario names a target in
+    /// `[cluster]`: the same workload, faults and checks, side by side
+    /// (docs/targets.md).
+    #[arg(long)]
+    pub vigil: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -423,7 +428,12 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         std::collections::HashMap::new();
     for f in &files {
         match load_scenario(f, args.workflows.as_deref(), &mut registries) {
-            Ok(s) => scenarios.push(s),
+            Ok((mut s, w)) => {
+                if args.vigil {
+                    s.target = None;
+                }
+                scenarios.push((s, w));
+            }
             Err(message) => invalid.push((f.display().to_string(), message)),
         }
     }

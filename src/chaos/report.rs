@@ -229,8 +229,9 @@ impl Report<'_> {
         }
         let ms = |v: Option<i64>| v.map_or("-".into(), |v| format!("{v} ms"));
         for l in self.latencies() {
-            if self.evidence.target.is_some() {
-                // A target: no death record of ours, no stream; the witness.
+            if self.evidence.target.is_some() || l.pod == "the store" {
+                // A target (no death record of ours, no stream) or a store
+                // fault (no pod to find dead): the witness.
                 let _ = writeln!(
                     s,
                     "  latency: {} down (fault {}): first step executed after the fault {}",
@@ -492,7 +493,7 @@ impl Report<'_> {
                 format!("{wf}.{}", c.step)
             })
             .collect();
-        json!({
+        let mut out = json!({
             "scenario": self.scenario_name,
             "store": self.store,
             "pods": self.pods,
@@ -505,7 +506,76 @@ impl Report<'_> {
             "witnessed": witnessed,
             "checks": checks,
             "verdict": self.verdict,
-        })
+        });
+        if let Some(t) = &self.evidence.target {
+            out["target"] = json!(t.name);
+            out["runs"] = json!(self.target_runs(&watched));
+        }
+        out
+    }
+
+    /// A target's runs, from what clients and the witness saw (its store is
+    /// not read): each run's last state from the status API; for a run a
+    /// pod fault is about, who executed it (as roles, in order) and how
+    /// many times the witness saw each step. A store fault's runs get their
+    /// state only: how a step straddling an outage is retried is timing.
+    fn target_runs(&self, watched: &[String]) -> Vec<serde_json::Value> {
+        let ev = self.evidence;
+        let pod_faults: Vec<&super::checks::FiredFault> = ev
+            .faults
+            .iter()
+            .filter(|f| {
+                f.pod.is_some() && !matches!(f.action, Action::StoreOutage | Action::StoreFreeze)
+            })
+            .collect();
+        let restarted = |f: &super::checks::FiredFault| {
+            f.action == Action::Restart
+                || self
+                    .plan
+                    .faults
+                    .iter()
+                    .any(|p| p.index == f.index && p.restart_after_ms.is_some())
+        };
+        let role = |c: &super::checks::WitnessCall| {
+            // After a fault on a pod brought back with its id, any live
+            // worker may run what it had (DBOS: its internal queue).
+            if pod_faults.iter().any(|f| restarted(f) && c.t_ms > f.t_ms) {
+                return "a live pod".to_owned();
+            }
+            pod_faults
+                .iter()
+                .find(|f| f.pod.as_deref() == Some(c.pod.as_str()))
+                .map_or_else(
+                    || "another pod".into(),
+                    |f| format!("fault{}-target", f.index),
+                )
+        };
+        let mut out: Vec<serde_json::Value> = ev
+            .submitted
+            .iter()
+            .map(|s| {
+                let mut v = json!({
+                    "name": s.name,
+                    "workflow": s.workflow,
+                    "state": ev.api.iter().rfind(|a| a.run_id == s.run_id).map(|a| a.state),
+                });
+                if watched.contains(&s.name) && !pod_faults.is_empty() {
+                    let calls: Vec<&super::checks::WitnessCall> =
+                        ev.witness.iter().filter(|c| c.run_id == s.run_id).collect();
+                    let mut by: Vec<String> = calls.iter().map(|c| role(c)).collect();
+                    by.dedup();
+                    let mut executions: BTreeMap<&str, usize> = BTreeMap::new();
+                    for c in &calls {
+                        *executions.entry(c.step.as_str()).or_default() += 1;
+                    }
+                    v["executed_by"] = json!(by);
+                    v["executions"] = json!(executions);
+                }
+                v
+            })
+            .collect();
+        out.sort_by_key(|v| v["name"].to_string());
+        out
     }
 
     fn timeline(&self) -> String {
