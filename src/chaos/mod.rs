@@ -107,7 +107,10 @@ Examples:
   # replay one scenario's exact fault schedule on PostgreSQL
   vigil chaos run scenarios/pod-death-mid-stream.toml --store postgres --seed 20261123
   # print the schedule a seed gives, start nothing
-  vigil chaos run scenarios/ --seed 7 --dry-run")]
+  vigil chaos run scenarios/ --seed 7 --dry-run
+  # DBOS Transact as the system under test (docs/targets.md), then the same on Vigil
+  vigil chaos run scenarios/targets/dbos/ --store postgres
+  vigil chaos run scenarios/targets/dbos/ --store postgres --vigil")]
 pub struct RunArgs {
     /// A scenario file or a directory of them.
     pub path: PathBuf,

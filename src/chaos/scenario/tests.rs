@@ -89,3 +89,59 @@ fn malformed_scenarios_name_file_line_and_field() {
         );
     }
 }
+
+/// A scenario on a foreign target asks only what a target can give: a
+/// shared PostgreSQL, process workers, signal and store faults, no stream;
+/// `after_step` must name a witnessed step of the run's workflow.
+#[test]
+fn target_scenarios_ask_only_what_a_target_offers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("scenarios/targets/dbos");
+    let wf = WorkflowRegistry::load_dir(&root.join("fixtures/targets/dbos/workflows")).unwrap();
+    let file = dir.join("kill-restart.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let s = Scenario::parse(&file, &text, &wf).unwrap();
+    let t = s.target.as_ref().expect("a target");
+    assert_eq!(t.name, "dbos");
+    assert_eq!(
+        s.plan(1).faults[0].trigger,
+        Trigger::AfterStep {
+            run: "r1".into(),
+            step: "s2".into()
+        }
+    );
+    let cases = [
+        (
+            text.replace("store = \"postgres\"", "store = \"sqlite\""),
+            "cluster.store",
+        ),
+        (
+            text.replace(
+                "to = \"pod-1\"\n\n[[workload]]",
+                "to = \"pod-1\"\nattach = [\"early\"]\n\n[[workload]]",
+            ),
+            "workload[0].attach",
+        ),
+        (
+            text.replace("action = \"kill\"", "action = \"stall\""),
+            "fault[0].action",
+        ),
+        (
+            text.replace("after_step = \"s2\"", "after_chunk = 2"),
+            "fault[0].after_chunk",
+        ),
+        (
+            text.replace("after_step = \"s2\"", "after_step = \"s9\""),
+            "fault[0].after_step",
+        ),
+        (
+            text.replace("target.toml\"", "nothing.toml\""),
+            "cluster.target",
+        ),
+    ];
+    for (bad, field) in cases {
+        let e = Scenario::parse(&file, &bad, &wf).unwrap_err().to_string();
+        assert!(e.contains(field), "{field}: {e}");
+        assert!(e.contains("kill-restart.toml:"), "{e}");
+    }
+}
