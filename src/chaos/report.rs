@@ -309,6 +309,17 @@ impl Report<'_> {
             .map_or_else(|| "survivor".into(), |f| format!("fault{}-target", f.index))
     }
 
+    /// Whether fault `f` brought its pod back with its id (a restart fault,
+    /// or a kill or term with `restart_after_ms`).
+    fn brought_back(&self, f: &super::checks::FiredFault) -> bool {
+        f.action == Action::Restart
+            || self
+                .plan
+                .faults
+                .iter()
+                .any(|p| p.index == f.index && p.restart_after_ms.is_some())
+    }
+
     /// Facts that do not depend on timing, ids or which pod won a race:
     /// what tests snapshot. Claims and owners are given as roles.
     pub fn normalized(&self) -> serde_json::Value {
@@ -352,14 +363,7 @@ impl Report<'_> {
             .evidence
             .faults
             .iter()
-            .filter(|f| {
-                f.action == Action::Restart
-                    || self
-                        .plan
-                        .faults
-                        .iter()
-                        .any(|p| p.index == f.index && p.restart_after_ms.is_some())
-            })
+            .filter(|f| self.brought_back(f))
             .filter_map(|f| f.pod.as_deref())
             .collect();
         let to_role = |from: Option<&str>, to: &str| {
@@ -528,18 +532,13 @@ impl Report<'_> {
                 f.pod.is_some() && !matches!(f.action, Action::StoreOutage | Action::StoreFreeze)
             })
             .collect();
-        let restarted = |f: &super::checks::FiredFault| {
-            f.action == Action::Restart
-                || self
-                    .plan
-                    .faults
-                    .iter()
-                    .any(|p| p.index == f.index && p.restart_after_ms.is_some())
-        };
         let role = |c: &super::checks::WitnessCall| {
             // After a fault on a pod brought back with its id, any live
             // worker may run what it had (DBOS: its internal queue).
-            if pod_faults.iter().any(|f| restarted(f) && c.t_ms > f.t_ms) {
+            if pod_faults
+                .iter()
+                .any(|f| self.brought_back(f) && c.t_ms > f.t_ms)
+            {
                 return "a live pod".to_owned();
             }
             pod_faults

@@ -66,11 +66,14 @@ pub(super) async fn for_quiet(shared: &Shared, quiet: Duration) {
 /// `api_run` line: what a client polling it saw.
 async fn target_quiet(shared: &Shared, quiet: Duration) {
     let quiet_until = Instant::now() + quiet;
-    let ids: Vec<String> = lock(&shared.names).values().cloned().collect();
+    let runs: Vec<(String, String)> = lock(&shared.names)
+        .iter()
+        .map(|(name, id)| (name.clone(), id.clone()))
+        .collect();
     let mut seen: BTreeMap<String, crate::engine::run::RunState> = BTreeMap::new();
     loop {
         let mut in_flight = Vec::new();
-        for id in &ids {
+        for (name, id) in &runs {
             match super::target::state(shared, id).await {
                 Ok(st) => {
                     if seen.get(id) != Some(&st) {
@@ -80,10 +83,10 @@ async fn target_quiet(shared: &Shared, quiet: Duration) {
                             .record("api_run", json!({ "run_id": id, "state": st }));
                     }
                     if !st.is_terminal() {
-                        in_flight.push(format!("{id} ({st})"));
+                        in_flight.push(format!("{name} ({st})"));
                     }
                 }
-                Err(e) => in_flight.push(format!("{id} (no answer: {e})")),
+                Err(e) => in_flight.push(format!("{name} (no answer: {e})")),
             }
         }
         if in_flight.is_empty() {
