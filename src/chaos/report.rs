@@ -185,10 +185,12 @@ impl Report<'_> {
                 "  fault {}: {} {} {} -> {}",
                 f.index,
                 f.action.as_str(),
-                if f.action == Action::RowLock && f.target == super::scenario::Target::None {
-                    "from the runner's own session".to_owned()
-                } else {
-                    target_text(&f.target)
+                match f.action {
+                    Action::RowLock if f.target == super::scenario::Target::None => {
+                        "from the runner's own session".to_owned()
+                    }
+                    Action::StoreOutage | Action::StoreFreeze => "the store".to_owned(),
+                    _ => target_text(&f.target),
                 },
                 trigger_text(&f.trigger),
                 fired.map_or_else(
@@ -197,7 +199,12 @@ impl Report<'_> {
                         "hit {}",
                         x.pod
                             .clone()
-                            .or_else(|| x.run_id.as_ref().map(|_| "the run's row".into()))
+                            .or_else(|| match x.action {
+                                Action::StoreOutage | Action::StoreFreeze => {
+                                    Some("the store".into())
+                                }
+                                _ => x.run_id.as_ref().map(|_| "the run's row".into()),
+                            })
                             .unwrap_or_else(|| "the cluster".into())
                     )
                 )
