@@ -87,6 +87,16 @@ pub struct Capabilities {
 
 impl TargetDef {
     pub fn load(file: &Path) -> Result<TargetDef> {
+        // A regular file of a sane size: not a device, a FIFO or a
+        // directory named by mistake.
+        let meta = std::fs::metadata(file)
+            .with_context(|| format!("{}: cannot read the target file", file.display()))?;
+        if !meta.is_file() || meta.len() > 1 << 20 {
+            bail!(
+                "{}: not a target file (a regular TOML file of at most 1 MiB)",
+                file.display()
+            );
+        }
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("{}: cannot read the target file", file.display()))?;
         let raw: RawTarget =
@@ -271,5 +281,7 @@ command = ["python", "{dir}/app.py", "--port", "{port}", "--db", "{store_url}"]
         assert!(format!("{e:#}").contains("command"), "{e:#}");
         let e = load("name = \"x\"\ncommand = [\"a\"]\nport = 3\n").unwrap_err();
         assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
+        let e = TargetDef::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(format!("{e:#}").contains("not a target file"), "{e:#}");
     }
 }
