@@ -281,3 +281,46 @@ fn a_status_api_that_changes_a_terminal_state_is_caught_by_terminal_once() {
 fn a_status_api_that_revives_a_finished_run_is_caught_by_no_ghosts() {
     teeth("ghost_status", "no_ghosts", "then the API saw running");
 }
+
+/// `vigil chaos target-check` runs the contract's clauses against two
+/// workers: the DBOS target keeps them all; a worker that reports a pod
+/// name of its own to the witness breaks the witness clause, and says so.
+#[test]
+fn target_check_holds_a_worker_to_the_contract() {
+    if !ready() {
+        return;
+    }
+    let dir = root().join("fixtures/targets/dbos");
+    let check = |target: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["chaos", "target-check"])
+            .arg(target)
+            .arg("--workflows")
+            .arg(dir.join("workflows"))
+            .args(["--workflow", "dbos_fan_in", "--store", "postgres"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = check(&dir.join("target.toml"));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("10 clauses kept, 0 broken"), "{text}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let broken = tmp.path().join("target.toml");
+    let text = std::fs::read_to_string(dir.join("target.toml"))
+        .unwrap()
+        .replace("{dir}", &dir.display().to_string())
+        .replace("\"{pod_id}\"", "\"worker-{pod_id}\"");
+    std::fs::write(&broken, text).unwrap();
+    let (code, text) = check(&broken);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  witness") && text.contains("says pod \"worker-pod-1\""),
+        "{text}"
+    );
+}

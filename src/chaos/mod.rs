@@ -46,6 +46,11 @@ pub enum ChaosCmd {
     /// cluster (Jepsen's `analyze`): the evidence is its history.jsonl, the
     /// expectations its scenario.toml and workflows/.
     Check(CheckArgs),
+    /// Check that a target keeps the contract of docs/targets.md, before
+    /// any fault: two workers start, runs submitted with the runner's id
+    /// end, any worker answers for them, the witness sees each step in
+    /// order and budget, and the same id again executes nothing.
+    TargetCheck(TargetCheckArgs),
     /// Docker driver images, built from local files (no registry needed).
     #[command(subcommand)]
     Image(ImageCmd),
@@ -63,6 +68,33 @@ pub struct CheckArgs {
     /// the run read them from, as its history's start line names it.
     #[arg(long)]
     pub workflows: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  vigil chaos target-check fixtures/targets/dbos/target.toml \\
+      --workflows fixtures/targets/dbos/workflows --store postgres
+
+Exit codes: 0 every clause kept, 1 a clause broken, 254 bad arguments or target file.")]
+pub struct TargetCheckArgs {
+    /// The target file (docs/targets.md).
+    pub target: PathBuf,
+    /// The workflow definitions to run: each one, or only --workflow.
+    #[arg(long)]
+    pub workflows: PathBuf,
+    /// Only this workflow.
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// postgres (a throwaway server from the installed binaries) or
+    /// postgres://ADMIN-URL (a database of ours is created there and
+    /// dropped).
+    #[arg(long, default_value = "postgres")]
+    pub store: String,
+    /// Where the workers' logs go (pods/<id>.log). Default: a new directory
+    /// under the system's temporary directory, kept and named at the end.
+    #[arg(long)]
+    pub logs: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -187,6 +219,7 @@ pub async fn main(cmd: ChaosCmd) -> ExitCode {
         ChaosCmd::Run(args) => run(args).await,
         ChaosCmd::Soak(args) => soak::run(args).await,
         ChaosCmd::Check(args) => check(&args.dir, args.workflows.as_deref()),
+        ChaosCmd::TargetCheck(args) => target_check(args).await,
         ChaosCmd::Image(ImageCmd::Build(args)) => {
             image_build(args).await.map(|()| ExitCode::SUCCESS)
         }
@@ -378,6 +411,60 @@ async fn clean(args: CleanArgs) -> Result<()> {
         swept.images.len()
     );
     Ok(())
+}
+
+/// `vigil chaos target-check`: the contract's clauses, one line each.
+async fn target_check(args: TargetCheckArgs) -> Result<ExitCode> {
+    let store = match store_choice(Some(&args.store)) {
+        Ok(s @ (StoreChoice::PgServer | StoreChoice::PgUrl(_))) => s,
+        Ok(_) => {
+            eprintln!("error: --store {}: a target needs PostgreSQL", args.store);
+            return Ok(ExitCode::from(EXIT_BAD_INPUT));
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_BAD_INPUT));
+        }
+    };
+    if let Err(e) = target::TargetDef::load(&args.target) {
+        eprintln!("error: {}", crate::errors::report(&e));
+        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+    }
+    let logs = match &args.logs {
+        Some(l) => l.clone(),
+        None => tempfile::Builder::new()
+            .prefix("vigil-target-check.")
+            .tempdir()?
+            .keep(),
+    };
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let clauses = runner::conformance::check_target(
+        &args.target,
+        &args.workflows,
+        args.workflow.as_deref(),
+        &store,
+        &logs,
+    )
+    .await?;
+    for c in &clauses {
+        println!(
+            "{}  {:<26} {}",
+            if c.ok { "PASS" } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+    let broken = clauses.iter().filter(|c| !c.ok).count();
+    println!(
+        "target-check: {} clauses kept, {broken} broken; worker logs in {}",
+        clauses.len() - broken,
+        logs.join("pods").display()
+    );
+    Ok(if broken == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAIL)
+    })
 }
 
 /// Read and validate one scenario file against its workflows (loaded once

@@ -7,6 +7,7 @@
 //! the store's set-up in `provision`.
 
 mod attach;
+pub mod conformance;
 mod faults;
 mod provision;
 mod submit;
