@@ -76,15 +76,39 @@ pub(super) async fn workload(
 
 /// Submit one run: the planned pod first; if a fault took it down
 /// meanwhile, any live pod (the idempotency key makes a resubmission the
-/// same run). A store outage or freeze can make every pod answer 503 for a
-/// while: keep trying for the quiet bound before giving up on it. Returns
-/// the acknowledgement, or the last error (None: no live pod to ask).
+/// same run). Returns the acknowledgement, or the last error (None: no live
+/// pod to ask).
 async fn submit(
     shared: &Shared,
     r: &PlannedRun,
     req: &SubmitRequest,
     quiet: Duration,
 ) -> Result<Result<SubmitResponse, Option<ClientError>>> {
+    let res = on_live_pods(shared, &r.pod, quiet, |url: String| async move {
+        match PodClient::new(&url) {
+            Ok(c) => c.submit(req).await.map_err(Some),
+            Err(e) => Err(Some(e)),
+        }
+    })
+    .await;
+    Ok(res.map(|(_, s)| s).map_err(Option::flatten))
+}
+
+/// Call `f` with a pod's URL until it succeeds: the `planned` pod while it
+/// is live, else each live pod in turn. A store outage or freeze can make
+/// every pod refuse for a while: keep trying for `quiet` (and ten tries at
+/// least) before giving up. Returns the pod that answered and its answer,
+/// or the last error (None: no live pod to ask).
+pub(super) async fn on_live_pods<T, E, F, Fut>(
+    shared: &Shared,
+    planned: &str,
+    quiet: Duration,
+    f: F,
+) -> Result<(String, T), Option<E>>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let mut last_err = None;
     let give_up = Instant::now() + quiet;
     for attempt in 0.. {
@@ -92,17 +116,17 @@ async fn submit(
             break;
         }
         let live = shared.live();
-        let url = live
+        let to = live
             .iter()
-            .find(|(id, _)| *id == r.pod)
+            .find(|(id, _)| id == planned)
             .or(live.get(attempt % live.len().max(1)))
-            .map(|(_, u)| u.clone());
-        let Some(url) = url else {
+            .cloned();
+        let Some((pod, url)) = to else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        match PodClient::new(&url)?.submit(req).await {
-            Ok(s) => return Ok(Ok(s)),
+        match f(url).await {
+            Ok(v) => return Ok((pod, v)),
             Err(e) => {
                 last_err = Some(e);
                 shared.refresh_live().await;
@@ -110,5 +134,5 @@ async fn submit(
             }
         }
     }
-    Ok(Err(last_err))
+    Err(last_err)
 }

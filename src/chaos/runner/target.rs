@@ -7,7 +7,7 @@ use super::Shared;
 use crate::chaos::scenario::PlannedRun;
 use crate::engine::run::RunState;
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
@@ -83,30 +83,14 @@ pub(super) async fn submit(
     id: &str,
     quiet: Duration,
 ) -> Result<String, String> {
-    let give_up = Instant::now() + quiet;
-    let mut last = "no live worker".to_owned();
-    for attempt in 0.. {
-        if attempt >= 10 && Instant::now() > give_up {
-            break;
-        }
-        let live = shared.live();
-        let to = live
-            .iter()
-            .find(|(p, _)| *p == r.pod)
-            .or(live.get(attempt % live.len().max(1)))
-            .cloned();
-        let Some((pod, url)) = to else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        match shared.api.submit(&url, id, &r.workflow, &r.input).await {
-            Ok(()) => return Ok(pod),
-            Err(e) => {
-                last = crate::errors::report(&e);
-                shared.refresh_live().await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    Err(last)
+    super::submit::on_live_pods(shared, &r.pod, quiet, |url: String| async move {
+        shared
+            .api
+            .submit(&url, id, &r.workflow, &r.input)
+            .await
+            .map_err(|e| crate::errors::report(&e))
+    })
+    .await
+    .map(|(pod, ())| pod)
+    .map_err(|e| e.unwrap_or_else(|| "no live worker".to_owned()))
 }
