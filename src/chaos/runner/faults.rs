@@ -199,7 +199,7 @@ async fn owned_runs(shared: &Shared, pod: Option<&str>) -> Vec<String> {
         return Vec::new();
     };
     let Some(store) = &shared.store else {
-        return super::target::owned(shared, p).await;
+        return super::target::owned(shared, p);
     };
     let filter = RunFilter {
         state: Some(crate::engine::run::RunState::Running),

@@ -58,18 +58,17 @@ pub(super) async fn state(shared: &Shared, id: &str) -> Result<RunState, String>
     Err(last)
 }
 
-/// The submitted runs `pod` executes now: its latest witness calls, or
-/// submitted to it and not seen elsewhere, and not ended.
-pub(super) async fn owned(shared: &Shared, pod: &str) -> Vec<String> {
+/// The submitted runs `pod` was executing as the fault hits: those whose
+/// latest witness call came from it (or, with none yet, that were submitted
+/// to it). From the history alone, so a fault fires within milliseconds of
+/// its trigger, not after a status read per run; a run that had already
+/// ended is harmless here (`death_detected` asks whether it ended).
+pub(super) fn owned(shared: &Shared, pod: &str) -> Vec<String> {
     let ids: Vec<String> = super::lock(&shared.names).values().cloned().collect();
-    let mut out = Vec::new();
-    for id in ids {
-        if owner(shared, &id).as_deref() == Some(pod)
-            && !state(shared, &id).await.is_ok_and(RunState::is_terminal)
-        {
-            out.push(id);
-        }
-    }
+    let mut out: Vec<String> = ids
+        .into_iter()
+        .filter(|id| owner(shared, id).as_deref() == Some(pod))
+        .collect();
     out.sort();
     out
 }
