@@ -4,6 +4,7 @@
 //! is what the workers' status API says.
 
 use super::Shared;
+use crate::chaos::history::Event;
 use crate::chaos::scenario::PlannedRun;
 use crate::engine::run::RunState;
 use serde_json::Value;
@@ -16,7 +17,11 @@ fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 /// The pod that last executed a step of run `id` as the witness saw it,
 /// else the worker the run was submitted to.
 pub(super) fn owner(shared: &Shared, id: &str) -> Option<String> {
-    let events = shared.history.snapshot();
+    owner_in(shared, &shared.history.snapshot(), id)
+}
+
+/// [`owner`], read from `events` (one snapshot of the history).
+fn owner_in(shared: &Shared, events: &[Event], id: &str) -> Option<String> {
     let by_witness = events
         .iter()
         .rev()
@@ -65,9 +70,10 @@ pub(super) async fn state(shared: &Shared, id: &str) -> Result<RunState, String>
 /// ended is harmless here (`death_detected` asks whether it ended).
 pub(super) fn owned(shared: &Shared, pod: &str) -> Vec<String> {
     let ids: Vec<String> = super::lock(&shared.names).values().cloned().collect();
+    let events = shared.history.snapshot();
     let mut out: Vec<String> = ids
         .into_iter()
-        .filter(|id| owner(shared, id).as_deref() == Some(pod))
+        .filter(|id| owner_in(shared, &events, id).as_deref() == Some(pod))
         .collect();
     out.sort();
     out

@@ -18,18 +18,18 @@ pub(super) const SETTLE: Duration = Duration::from_secs(1);
 
 /// Every run the store holds, read as [`Shared::observe`] does (None: the
 /// store did not answer by `until`, and the runner is blind).
-async fn all_runs(shared: &Shared, what: &str, until: Instant) -> Option<Vec<RunRecord>> {
+async fn all_runs(
+    shared: &Shared,
+    store: &dyn Store,
+    what: &str,
+    until: Instant,
+) -> Option<Vec<RunRecord>> {
     let filter = RunFilter {
         limit: Some(100_000),
         ..Default::default()
     };
     shared
-        .observe(what, until, || async {
-            match &shared.store {
-                Some(store) => store.list_runs(&filter).await,
-                None => Ok(Vec::new()),
-            }
-        })
+        .observe(what, until, || store.list_runs(&filter))
         .await
 }
 
@@ -37,12 +37,18 @@ async fn all_runs(shared: &Shared, what: &str, until: Instant) -> Option<Vec<Run
 /// runs were still in flight; a store that cannot be read makes the runner
 /// blind).
 pub(super) async fn for_quiet(shared: &Shared, quiet: Duration) {
-    if shared.target.is_some() {
+    let Some(store) = shared.store.as_deref() else {
         return target_quiet(shared, quiet).await;
-    }
+    };
     let quiet_until = Instant::now() + quiet;
     loop {
-        let Some(all) = all_runs(shared, "listing runs while waiting for quiet", quiet_until).await
+        let Some(all) = all_runs(
+            shared,
+            store,
+            "listing runs while waiting for quiet",
+            quiet_until,
+        )
+        .await
         else {
             break;
         };
@@ -147,12 +153,12 @@ pub(super) async fn final_reads(shared: &Shared) {
     for id in names.values() {
         api_state(shared, id).await;
     }
-    if shared.target.is_some() {
-        // A target's store is its own: nothing to cross-check against.
+    // A target's store is its own: nothing to cross-check against.
+    let Some(store) = shared.store.as_deref() else {
         return;
-    }
+    };
     let until = Instant::now() + Duration::from_secs(30);
-    record_store_accounts(shared, until).await;
+    record_store_accounts(shared, store, until).await;
 }
 
 /// Ask the API (any live pod) for a run's state; record the answer.
@@ -160,52 +166,58 @@ async fn api_state(shared: &Shared, id: &str) {
     let until = Instant::now() + Duration::from_secs(20);
     let mut last = String::new();
     while Instant::now() < until {
-        if shared.target.is_some() {
-            match super::target::state(shared, id).await {
-                Ok(st) => {
-                    shared
-                        .history
-                        .record("api_run", json!({ "run_id": id, "state": st }));
-                    return;
-                }
-                Err(e) => last = e,
+        let answer = if shared.target.is_some() {
+            super::target::state(shared, id).await
+        } else {
+            vigil_state(shared, id).await
+        };
+        match answer {
+            Ok(st) => {
+                shared
+                    .history
+                    .record("api_run", json!({ "run_id": id, "state": st }));
+                return;
             }
-        }
-        for (_, url) in shared
-            .live()
-            .into_iter()
-            .filter(|_| shared.target.is_none())
-        {
-            let Ok(client) = PodClient::new(&url) else {
-                continue;
-            };
-            match tokio::time::timeout(Duration::from_secs(3), client.run(id)).await {
-                Ok(Ok(detail)) => {
-                    shared.history.record(
-                        "api_run",
-                        json!({ "run_id": id, "state": detail.run.state }),
-                    );
-                    return;
-                }
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "no answer within 3 s".into(),
-            }
+            Err(e) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     shared.blind(format!("the API never answered for run {id}: {last}"));
 }
 
+/// Run `id`'s state as the first live Vigil pod that answers says it (each
+/// asked for at most 3 s); the last error when none did.
+async fn vigil_state(shared: &Shared, id: &str) -> Result<crate::engine::run::RunState, String> {
+    let mut last = "no live pod to ask".to_owned();
+    for (_, url) in shared.live() {
+        let Ok(client) = PodClient::new(&url) else {
+            continue;
+        };
+        match tokio::time::timeout(Duration::from_secs(3), client.run(id)).await {
+            Ok(Ok(detail)) => return Ok(detail.run.state),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "no answer within 3 s".into(),
+        }
+    }
+    Err(last)
+}
+
 /// Record what the store says of every run (and every death) in the history.
-async fn record_store_accounts(shared: &Shared, until: Instant) {
-    let Some(all) = all_runs(shared, "reading the runs for the store's account", until).await
+async fn record_store_accounts(shared: &Shared, store: &dyn Store, until: Instant) {
+    let Some(all) = all_runs(
+        shared,
+        store,
+        "reading the runs for the store's account",
+        until,
+    )
+    .await
     else {
         return;
     };
     for run in all {
         let Some(account) = shared
             .observe("reading a run's records", until, || {
-                store_account(shared.store.as_deref(), run.clone())
+                store_account(store, run.clone())
             })
             .await
         else {
@@ -230,11 +242,8 @@ async fn record_store_accounts(shared: &Shared, until: Instant) {
             .record("store_run", json!({ "account": account }));
     }
     let Some(deaths) = shared
-        .observe("reading the pod deaths", until, || async {
-            match &shared.store {
-                Some(store) => store.liveness().deaths(10_000).await,
-                None => Ok(Vec::new()),
-            }
+        .observe("reading the pod deaths", until, || {
+            store.liveness().deaths(10_000)
         })
         .await
     else {
@@ -247,13 +256,7 @@ async fn record_store_accounts(shared: &Shared, until: Instant) {
     }
 }
 
-async fn store_account(
-    store: Option<&dyn Store>,
-    run: RunRecord,
-) -> Result<StoreAccount, StoreError> {
-    let Some(store) = store else {
-        return Err(StoreError::RunNotFound { run_id: run.id });
-    };
+async fn store_account(store: &dyn Store, run: RunRecord) -> Result<StoreAccount, StoreError> {
     let steps = store.steps(&run.id).await?;
     let nodes: Vec<String> = steps.iter().map(|s| s.node_id.clone()).collect();
     let raw = store.step_outputs_raw(&run.id, &nodes).await?;
