@@ -1768,7 +1768,11 @@ async fn blind_survivor_fault_never_finds_a_peer_dead(db: &TestDb) {
         .into_iter()
         .find(|p| p.pod_id == "ghost")
         .unwrap();
-    let blind = with_faults(&[Bug::BlindSurvivor], liveness.probe(&ghost, "prober")).await;
+    let blind = with_faults(
+        &[Bug::BlindSurvivor],
+        liveness.probe(&ghost, "prober", true),
+    )
+    .await;
     assert_eq!(blind.unwrap(), None, "the blind survivor sees it alive");
     assert!(
         liveness
@@ -1778,7 +1782,7 @@ async fn blind_survivor_fault_never_finds_a_peer_dead(db: &TestDb) {
             .iter()
             .any(|p| p.pod_id == "ghost")
     );
-    let seen = liveness.probe(&ghost, "prober").await.unwrap();
+    let seen = liveness.probe(&ghost, "prober", true).await.unwrap();
     assert_eq!(seen.map(|d| d.pod_id), Some("ghost".to_owned()));
 }
 
@@ -2397,6 +2401,43 @@ async fn a_run_id_resolves_from_a_unique_prefix(db: &TestDb) {
     }
 }
 
+/// A peer whose lease lapsed while the prober's own renewals were not
+/// steady (a pod paused holding SQLite's write lock kept everyone from
+/// renewing) is not found dead by that prober on SQLite, where leases
+/// judge; once the prober's renewals are steady again, it is. PostgreSQL's
+/// lock alone decides, whatever the prober's renewals.
+async fn a_lapsed_lease_counts_only_for_a_prober_whose_own_renewals_were_steady(db: &TestDb) {
+    let h = db.open().await;
+    h.exec(
+        "INSERT INTO pods (pod_id, incarnation, addr, started_at, heartbeat_at, lease_until) \
+         VALUES ('lapsed', 'l1', NULL, 0, 0, 0)",
+    )
+    .await;
+    let liveness = h.store.liveness();
+    let lapsed = liveness
+        .pods()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.pod_id == "lapsed")
+        .unwrap();
+    let unsteady = liveness.probe(&lapsed, "prober", false).await.unwrap();
+    match db {
+        TestDb::Sqlite { .. } => {
+            assert_eq!(unsteady, None, "no lease read while unsteady");
+            let steady = liveness.probe(&lapsed, "prober", true).await.unwrap();
+            assert_eq!(steady.map(|d| d.pod_id), Some("lapsed".to_owned()));
+        }
+        TestDb::Postgres { .. } => {
+            assert_eq!(
+                unsteady.map(|d| d.pod_id),
+                Some("lapsed".to_owned()),
+                "no session holds its lock"
+            );
+        }
+    }
+}
+
 #[cfg(feature = "fault-injection")]
 mod faults {
     use super::*;
@@ -2409,6 +2450,7 @@ mod faults {
 }
 
 on_both_stores!(
+    a_lapsed_lease_counts_only_for_a_prober_whose_own_renewals_were_steady,
     a_run_id_resolves_from_a_unique_prefix,
     an_http_step_that_never_answers_times_out_per_attempt_within_its_budget,
     a_step_timeout_is_a_no_progress_timeout_and_a_silent_step_fails_transiently,

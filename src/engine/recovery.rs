@@ -12,6 +12,14 @@
 //! ([`Liveness::watch`]); the moment the lock is granted (the peer's process
 //! or session is gone) it wakes the loop for a pass, so a killed pod is
 //! found dead in milliseconds, not at the next probe or lease expiry.
+//!
+//! A peer's lapsed lease (SQLite) is read as its death only while this
+//! pod's own renewals have been steady for a whole liveness timeout
+//! ([`Renewals`]): if our own renew could not get through (a peer paused
+//! while holding the database's write lock, a stalled disk, or this pod
+//! itself paused), the peer's could not either, and its lapsed lease says
+//! nothing about the peer. A lock released by a dead process still counts
+//! at once.
 
 use super::store::liveness::{Identity, Liveness, Membership, PodRow};
 use super::switches::RECOVERY_ENABLED;
@@ -19,9 +27,51 @@ use super::worker::Worker;
 use crate::faults::{self, Bug};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// How steadily this pod's own membership has been renewed, as durations
+/// this process measured itself (a monotonic clock: a wall-clock step or a
+/// skew cannot fake a stall or hide one).
+#[derive(Debug, Default)]
+pub struct Renewals {
+    /// Since when every renew has succeeded, each within half a liveness
+    /// timeout of the one before.
+    steady_since: Option<Instant>,
+    last_ok: Option<Instant>,
+}
+
+impl Renewals {
+    /// A renew ended at `at`, `ok` or not.
+    pub fn record(&mut self, at: Instant, ok: bool, timeout: Duration) {
+        if !ok {
+            self.steady_since = None;
+            return;
+        }
+        let in_time = self
+            .last_ok
+            .is_some_and(|last| at.saturating_duration_since(last) <= timeout / 2);
+        if !in_time || self.steady_since.is_none() {
+            self.steady_since = Some(at);
+        }
+        self.last_ok = Some(at);
+    }
+
+    /// Whether the last successful renew ended within `within` of `now`.
+    pub fn renewed_within(&self, now: Instant, within: Duration) -> bool {
+        self.last_ok
+            .is_some_and(|last| now.saturating_duration_since(last) <= within)
+    }
+
+    /// Whether a peer's lapsed lease may be read as its death at `now`: our
+    /// own renewals steady for a whole `timeout`, the last one recent.
+    pub fn leases_speak(&self, now: Instant, timeout: Duration) -> bool {
+        self.steady_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= timeout)
+            && self.renewed_within(now, timeout / 2)
+    }
+}
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -46,6 +96,7 @@ pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
     }
     let engine = &worker.engine;
     let liveness = worker.store().liveness();
+    let leases_speak = worker.leases_speak();
     let peers = match liveness.pods().await {
         Ok(p) => p,
         Err(e) => {
@@ -54,7 +105,7 @@ pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
         }
     };
     for peer in peers.into_iter().filter(|p| p.pod_id != worker.pod_id()) {
-        match liveness.probe(&peer, worker.pod_id()).await {
+        match liveness.probe(&peer, worker.pod_id(), leases_speak).await {
             Ok(Some(death)) => {
                 let latency =
                     (death.detected_at_ms - death.last_heartbeat_at_ms).max(0) as f64 / 1000.0;
@@ -99,14 +150,15 @@ pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
 /// Keep our membership alive (on a task of its own), and run a recovery
 /// [`pass`] every `probe_interval`, and at once whenever a peer's watcher
 /// sees its lock granted, until `stop`. Returns the membership so the
-/// caller can leave after the runs have stopped.
+/// caller can leave after the runs have stopped (`None` when `stop` came
+/// while it was lost and not yet rejoined).
 pub async fn run(
     worker: Arc<Worker>,
     membership: Box<dyn Membership>,
     identity: Identity,
     probe_interval: Duration,
     stop: CancellationToken,
-) -> Box<dyn Membership> {
+) -> Option<Box<dyn Membership>> {
     let renewer = tokio::spawn(renew_loop(
         worker.clone(),
         membership,
@@ -231,7 +283,9 @@ async fn renew_loop(
     mut membership: Box<dyn Membership>,
     mut identity: Identity,
     stop: CancellationToken,
-) -> Box<dyn Membership> {
+) -> Option<Box<dyn Membership>> {
+    // Joining was our first renewal.
+    worker.record_renewal(Instant::now(), true, identity.timeout);
     let mut renew = tokio::time::interval(identity.timeout / 5);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -247,8 +301,25 @@ async fn renew_loop(
             };
             membership.renew().await
         };
-        if matches!(renewed, Ok(true)) {
-            continue;
+        worker.record_renewal(
+            Instant::now(),
+            matches!(renewed, Ok(true)),
+            identity.timeout,
+        );
+        match renewed {
+            Ok(true) => continue,
+            Ok(false) => {}
+            // The store did not answer: our row may well still be there.
+            // Keep our runs while our lease can still be standing; past
+            // that, peers may have taken them, so let them go as if found
+            // dead.
+            Err(e) if worker.renewed_within(identity.timeout) => {
+                tracing::warn!(error = %e, "renew failed; retrying");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renew failing for a whole liveness timeout");
+            }
         }
         // Declared dead (paused, partitioned, or our session was killed):
         // peers are taking our runs. Stop ours, rejoin as a new
@@ -257,7 +328,11 @@ async fn renew_loop(
         worker.set_live(false);
         worker.stop_all_local();
         identity.incarnation = uuid::Uuid::now_v7().to_string();
-        loop {
+        // Our old liveness lock goes first: the new incarnation takes the
+        // same lock, which the old one, still held by this very process,
+        // would keep from it for ever.
+        drop(membership);
+        membership = loop {
             match worker
                 .store()
                 .liveness()
@@ -265,19 +340,19 @@ async fn renew_loop(
                 .await
             {
                 Ok(m) => {
-                    membership = m;
+                    worker.record_renewal(Instant::now(), true, identity.timeout);
                     worker.set_live(true);
-                    break;
+                    break m;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "rejoin failed; retrying");
                     tokio::select! {
-                        _ = stop.cancelled() => return membership,
+                        _ = stop.cancelled() => return None,
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
                 }
             }
-        }
+        };
         // Let the stopped drivers leave first, or the sweep would skip the
         // very runs it must take back.
         worker.stopped_drivers_gone().await;
@@ -285,5 +360,59 @@ async fn renew_loop(
             tracing::warn!(error = %e, "sweep after rejoin failed");
         }
     }
-    membership
+    Some(membership)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Renewals;
+    use std::time::{Duration, Instant};
+
+    const T: Duration = Duration::from_millis(1000);
+    const TICK: Duration = Duration::from_millis(200);
+
+    #[test]
+    fn leases_speak_only_after_a_whole_timeout_of_steady_renewals() {
+        let t0 = Instant::now();
+        let mut r = Renewals::default();
+        assert!(!r.leases_speak(t0, T), "nothing renewed yet");
+        let mut at = t0;
+        r.record(at, true, T);
+        for _ in 0..4 {
+            at += TICK;
+            r.record(at, true, T);
+        }
+        assert!(!r.leases_speak(at, T), "800 ms steady is not a timeout");
+        at += TICK;
+        r.record(at, true, T);
+        assert!(r.leases_speak(at, T), "a whole timeout steady");
+        // Our renewer stuck now (the store hangs, or we were paused): the
+        // last renewal grows old, and leases fall silent before it returns.
+        assert!(!r.leases_speak(at + T / 2 + TICK, T));
+    }
+
+    #[test]
+    fn a_late_or_failed_renewal_starts_the_timeout_again() {
+        let t0 = Instant::now();
+        let mut r = Renewals::default();
+        let mut at = t0;
+        for _ in 0..10 {
+            r.record(at, true, T);
+            at += TICK;
+        }
+        assert!(r.leases_speak(at - TICK, T));
+        // A renew that got through 900 ms after the last one: the store
+        // (or this pod) stalled; a peer may not have got through either.
+        at += Duration::from_millis(700);
+        r.record(at, true, T);
+        assert!(!r.leases_speak(at, T));
+        for _ in 0..5 {
+            at += TICK;
+            r.record(at, true, T);
+        }
+        assert!(r.leases_speak(at, T), "steady again for a whole timeout");
+        r.record(at + TICK, false, T);
+        assert!(!r.leases_speak(at + TICK, T), "a failed renewal");
+        assert!(r.renewed_within(at + TICK, TICK), "the last success stands");
+    }
 }

@@ -84,6 +84,9 @@ pub struct Worker {
     /// Only for the `stalling_claims` fault: held by a recovery pass, taken
     /// by the renew, which then waits for the pass as it once did.
     pub(crate) renew_gate: tokio::sync::Mutex<()>,
+    /// How steadily our own membership has been renewed, and over which
+    /// liveness timeout: kept by the renew loop, read by recovery passes.
+    renewals: Mutex<(crate::engine::recovery::Renewals, Duration)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,6 +107,7 @@ impl Worker {
             shutdown,
             tasks: TaskTracker::new(),
             renew_gate: tokio::sync::Mutex::new(()),
+            renewals: Mutex::default(),
         }
     }
 
@@ -160,6 +164,28 @@ impl Worker {
     /// its membership may not do.
     pub fn set_live(&self, live: bool) {
         self.live.store(live, Ordering::SeqCst);
+    }
+
+    /// The renew loop's account of one renew of our membership.
+    pub fn record_renewal(&self, at: Instant, ok: bool, timeout: Duration) {
+        let mut r = lock(&self.renewals);
+        r.0.record(at, ok, timeout);
+        r.1 = timeout;
+    }
+
+    /// Whether a peer's lapsed lease may be read as its death now (see
+    /// [`crate::engine::recovery::Renewals::leases_speak`]); never before
+    /// the renew loop has said anything.
+    pub fn leases_speak(&self) -> bool {
+        let r = lock(&self.renewals);
+        r.0.leases_speak(Instant::now(), r.1)
+    }
+
+    /// Whether our membership was last renewed within `within`.
+    pub fn renewed_within(&self, within: Duration) -> bool {
+        lock(&self.renewals)
+            .0
+            .renewed_within(Instant::now(), within)
     }
 
     /// Wake the dispatcher now (a run was just submitted here).

@@ -379,11 +379,12 @@ pub async fn serve(args: PodArgs, shutdown: CancellationToken) -> Result<()> {
     // runs by the same path as after a SIGKILL.
     liveness_stop.cancel();
     match liveness.await {
-        Ok(m) => {
+        Ok(Some(m)) => {
             if let Err(e) = m.leave().await {
                 tracing::warn!(error = %e, "leaving the registry failed; peers will find us dead anyway");
             }
         }
+        Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "liveness loop ended abnormally"),
     }
     tracing::info!(pod_id = %pod.pod_id, "pod stopped; its runs keep their owner for recovery");

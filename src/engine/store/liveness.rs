@@ -100,8 +100,16 @@ pub trait Liveness: Send + Sync {
         wait: Duration,
     ) -> Result<Box<dyn Membership>, LivenessError>;
     /// Probe one peer: `Some(death)` when it is dead and this call removed
-    /// its registry row (exactly one prober wins).
-    async fn probe(&self, peer: &PodRow, prober: &str) -> Result<Option<Death>, StoreError>;
+    /// its registry row (exactly one prober wins). `leases_speak`: whether
+    /// a lapsed lease may count as death, on a store whose leases judge (a
+    /// prober whose own renewals were not steady cannot tell a dead peer
+    /// from a store nobody could write to); a released lock always counts.
+    async fn probe(
+        &self,
+        peer: &PodRow,
+        prober: &str,
+        leases_speak: bool,
+    ) -> Result<Option<Death>, StoreError>;
     async fn pods(&self) -> Result<Vec<PodRow>, StoreError>;
     async fn deaths(&self, limit: i64) -> Result<Vec<Death>, StoreError>;
     /// A way to wait for `peer`'s process to be gone, or `None` when this

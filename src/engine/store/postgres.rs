@@ -551,6 +551,9 @@ impl super::liveness::Liveness for PgStore {
         &self,
         peer: &super::liveness::PodRow,
         prober: &str,
+        // Leases do not judge here: the server ends a silent session, and
+        // with it the advisory lock, so the lock alone decides.
+        _leases_speak: bool,
     ) -> Result<Option<super::liveness::Death>, super::StoreError> {
         if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
             // The fault: every peer looks alive, so nobody recovers its runs.
