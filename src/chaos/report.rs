@@ -206,7 +206,11 @@ impl Report<'_> {
                                 _ => x.run_id.as_ref().map(|_| "the run's row".into()),
                             })
                             .unwrap_or_else(|| "the cluster".into())
-                    )
+                    ) + if x.froze_store {
+                        ", which held SQLite's write lock: the store froze with it"
+                    } else {
+                        ""
+                    }
                 )
             );
         }

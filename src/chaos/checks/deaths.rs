@@ -11,10 +11,14 @@ fn must_die(ev: &Evidence, f: &FiredFault) -> bool {
     match f.action {
         Action::Kill | Action::Term => true,
         // A pod stopped or cut off for twice its liveness timeout has
-        // certainly lost its liveness (a shorter one may or may not have).
-        Action::Pause | Action::Partition => f
-            .duration_ms
-            .is_some_and(|d| d >= ev.liveness_timeout_ms.saturating_mul(2)),
+        // certainly lost its liveness (a shorter one may or may not have),
+        // unless it froze the store with it: then nobody could find it dead,
+        // and it was alive again before anyone could write.
+        Action::Pause | Action::Partition => {
+            !f.froze_store
+                && f.duration_ms
+                    .is_some_and(|d| d >= ev.liveness_timeout_ms.saturating_mul(2))
+        }
         _ => false,
     }
 }
@@ -137,7 +141,9 @@ pub(super) fn death_detected(ev: &Evidence) -> Outcome {
 /// from one pod to another at a newer epoch was taken over, and a takeover
 /// is only right from a pod a fault could have downed (SIGKILL, SIGTERM,
 /// SIGSTOP, a partition, a restart with its id) or after the store itself
-/// was stopped or frozen. Cross-check (store record): every recorded death
+/// was stopped or frozen. A pod paused holding SQLite's write lock freezes
+/// every writer with it, but excuses nothing: it is alive again the moment
+/// anyone can write, and so is everyone whose lease lapsed meanwhile. Cross-check (store record): every recorded death
 /// is of such a pod. A live pod declared dead has its runs taken from under
 /// it: the cluster-wide stall of issue 14 (a row lock blocking recovery and,
 /// with it, the survivors' own liveness).
@@ -235,6 +241,7 @@ mod tests {
             t_ms,
             owned: Vec::new(),
             duration_ms: None,
+            froze_store: false,
         }
     }
 
@@ -259,5 +266,48 @@ mod tests {
         // A fault after the takeover excuses nothing.
         ev.faults = vec![kill(950, "pod-1")];
         assert_eq!(no_false_deaths(&ev).status, Status::Fail);
+    }
+
+    fn death(pod: &str, by: &str, at_ms: i64) -> crate::engine::store::liveness::Death {
+        crate::engine::store::liveness::Death {
+            pod_id: pod.into(),
+            incarnation: "i1".into(),
+            detected_by: by.into(),
+            detected_at_ms: at_ms,
+            last_heartbeat_at_ms: 0,
+        }
+    }
+
+    /// A pod SIGSTOPped holding SQLite's write lock froze the store with
+    /// it: nobody could write its death, and it was alive again the moment
+    /// anyone could, so it need not be found dead (the same pause without
+    /// the lock must be). Every lease lapsed meanwhile, but no pod was
+    /// dead: a death recorded after it is still a false death.
+    #[test]
+    fn a_pause_that_froze_sqlite_needs_no_death_and_excuses_none() {
+        let pause = FiredFault {
+            action: Action::Pause,
+            duration_ms: Some(3000),
+            ..kill(500, "pod-1")
+        };
+        let mut ev = Evidence {
+            liveness_timeout_ms: 1000,
+            detection_bound_ms: 4000,
+            faults: vec![pause.clone()],
+            deaths: vec![death("pod-2", "pod-1", 1500)],
+            ..Default::default()
+        };
+        let o = no_false_deaths(&ev);
+        assert_eq!(o.status, Status::Fail, "{:?}", o.evidence);
+        assert!(o.evidence[0].contains("pod-2 was declared dead by pod-1"));
+        let o = death_detected(&ev);
+        assert_eq!(o.status, Status::Fail, "{:?}", o.evidence);
+        assert!(o.evidence[0].contains("pod-1 was SIGSTOPped at +500 ms and never recorded dead"));
+        ev.faults = vec![FiredFault {
+            froze_store: true,
+            ..pause
+        }];
+        assert_eq!(no_false_deaths(&ev).status, Status::Fail);
+        assert_eq!(death_detected(&ev).status, Status::NotApplicable);
     }
 }

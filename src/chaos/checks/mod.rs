@@ -141,6 +141,10 @@ pub struct FiredFault {
     pub owned: Vec<String>,
     /// For a pause, a partition or a freeze: how long.
     pub duration_ms: Option<u64>,
+    /// A pause whose pod held SQLite's write lock as it stopped, as the
+    /// runner's own tries found: the whole store froze with it.
+    #[serde(default)]
+    pub froze_store: bool,
 }
 
 /// A late completion the runner sent, and the answer it got.
@@ -264,7 +268,14 @@ impl Evidence {
                     t_ms: e.t_ms,
                     owned: field(e, "owned")?,
                     duration_ms: field(e, "duration_ms")?,
+                    froze_store: false,
                 }),
+                "store_frozen" => {
+                    let index: usize = field(e, "index")?;
+                    if let Some(f) = ev.faults.iter_mut().find(|f| f.index == index) {
+                        f.froze_store = true;
+                    }
+                }
                 "witness" => ev.witness.push(WitnessCall {
                     t_ms: e.t_ms,
                     run_id: field(e, "run_id")?,

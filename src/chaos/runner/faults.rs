@@ -253,6 +253,19 @@ async fn kill(shared: &Shared, f: &PlannedFault, p: &str) -> Result<()> {
 /// duration, then resume or reconnect.
 async fn cut_off(shared: &Shared, f: &PlannedFault, p: &str) -> Result<()> {
     let partition = f.action == Action::Partition;
+    // Opened before the pause, so that its own opening waits on nothing.
+    let probe = match &shared.sqlite_db {
+        Some(db) if !partition => crate::engine::store::sqlite::WriteLockProbe::open(db)
+            .await
+            .map_err(|e| {
+                shared.note(format!(
+                    "fault {}: cannot watch the store's write lock: {e}",
+                    f.index
+                ))
+            })
+            .ok(),
+        _ => None,
+    };
     {
         let mut c = shared.cluster.lock().await;
         if partition {
@@ -261,8 +274,12 @@ async fn cut_off(shared: &Shared, f: &PlannedFault, p: &str) -> Result<()> {
             c.pause(p).await?;
         }
     }
+    let paused = Instant::now();
     shared.refresh_live().await;
-    tokio::time::sleep(hold(f)).await;
+    if let Some(probe) = probe {
+        froze_the_store(shared, f, p, probe).await;
+    }
+    tokio::time::sleep(hold(f).saturating_sub(paused.elapsed())).await;
     {
         let mut c = shared.cluster.lock().await;
         if partition {
@@ -277,6 +294,40 @@ async fn cut_off(shared: &Shared, f: &PlannedFault, p: &str) -> Result<()> {
         .record("heal", json!({ "action": action, "pod": p }));
     shared.refresh_live().await;
     Ok(())
+}
+
+/// Whether pod `p`, just SIGSTOPped, froze SQLite with it: it holds the
+/// database's write lock, so no pod can write (renew its lease, record a
+/// death) until it wakes. The runner's own tries tell, not the engine's
+/// records; what it saw is recorded (`store_frozen`), and the checkers take
+/// the pause as a store freeze: nobody could find the paused pod dead, and
+/// a lease that lapsed meanwhile says nothing of its holder.
+async fn froze_the_store(
+    shared: &Shared,
+    f: &PlannedFault,
+    p: &str,
+    probe: crate::engine::store::sqlite::WriteLockProbe,
+) {
+    // Half the pause, at most a second: a live writer's transactions take
+    // milliseconds, so a lock held that long is the paused pod's.
+    let window = (hold(f) / 2).min(Duration::from_secs(1));
+    match probe.held_throughout(window).await {
+        Ok(true) => {
+            shared.say(&format!(
+                "fault {}: {p} was paused holding SQLite's write lock: the store is frozen with it",
+                f.index
+            ));
+            shared.history.record(
+                "store_frozen",
+                json!({ "index": f.index, "pod": p, "window_ms": window.as_millis() as u64 }),
+            );
+        }
+        Ok(false) => {}
+        Err(e) => shared.note(format!(
+            "fault {}: cannot tell whether {p} froze the store: {e}",
+            f.index
+        )),
+    }
 }
 
 async fn restart(shared: &Shared, p: &str) -> Result<()> {

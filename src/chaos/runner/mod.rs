@@ -94,6 +94,9 @@ struct Shared {
     pod_ids: Vec<String>,
     /// The store's URL as the runner reaches it (row_lock's own session).
     store_url: String,
+    /// Vigil's SQLite database file, when that is the store: a pause is
+    /// checked for freezing it (the paused pod holding its write lock).
+    sqlite_db: Option<std::path::PathBuf>,
     cluster: tokio::sync::Mutex<Cluster>,
     live: Mutex<Vec<(String, String)>>,
     names: Mutex<BTreeMap<String, String>>,
@@ -439,6 +442,8 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
         api: crate::chaos::target::TargetApi::new(),
         pod_ids: pod_ids(scn.pods),
         store_url: target.to_owned(),
+        sqlite_db: (store_label == "sqlite" && scn.target.is_none())
+            .then(|| std::path::PathBuf::from(target)),
         cluster: tokio::sync::Mutex::new(cluster),
         live: Mutex::default(),
         names: Mutex::default(),

@@ -111,6 +111,51 @@ pub fn connect_options(path: &Path, create: bool) -> SqliteConnectOptions {
         .foreign_keys(true)
 }
 
+/// Chaos: a connection to the database at `path` that tells whether some
+/// other connection holds its write lock, opened before the fault it
+/// watches (so its own opening waits on nothing). It never writes.
+pub struct WriteLockProbe(sqlx::SqliteConnection);
+
+impl WriteLockProbe {
+    pub async fn open(path: &Path) -> super::StoreResult<Self> {
+        use sqlx::ConnectOptions as _;
+        let conn = connect_options(path, false)
+            .busy_timeout(Duration::ZERO)
+            .connect()
+            .await?;
+        Ok(WriteLockProbe(conn))
+    }
+
+    /// Whether the write lock stayed held by someone else for the whole of
+    /// `window` (tried every 20 ms, each try giving up at once; a try that
+    /// gets the lock gives it back at once): a writer frozen mid-transaction,
+    /// which freezes every other writer of the database with it.
+    pub async fn held_throughout(mut self, window: Duration) -> super::StoreResult<bool> {
+        use sqlx::Connection as _;
+        let until = std::time::Instant::now() + window;
+        loop {
+            match sqlx::query("BEGIN IMMEDIATE").execute(&mut self.0).await {
+                Ok(_) => {
+                    sqlx::query("ROLLBACK").execute(&mut self.0).await?;
+                    let _ = self.0.close().await;
+                    return Ok(false);
+                }
+                // SQLITE_BUSY or SQLITE_LOCKED (or an extended code of one).
+                Err(sqlx::Error::Database(e))
+                    if e.code()
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .is_some_and(|c| matches!(c & 0xff, 5 | 6)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if std::time::Instant::now() >= until {
+                let _ = self.0.close().await;
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 impl SqliteStore {
     /// Open (creating if needed) the SQLite store at `path` and migrate it.
     pub async fn open(path: &Path) -> super::StoreResult<Self> {
@@ -636,6 +681,7 @@ impl super::liveness::Liveness for SqliteStore {
         &self,
         peer: &super::liveness::PodRow,
         prober: &str,
+        leases_speak: bool,
     ) -> Result<Option<super::liveness::Death>, super::StoreError> {
         if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
             // The fault: every peer looks alive, so nobody recovers its runs.
@@ -648,12 +694,13 @@ impl super::liveness::Liveness for SqliteStore {
         let mut tx = self.begin_write().await?;
         let gone: Option<i64> = sqlx::query_scalar(
             "DELETE FROM pods WHERE pod_id = $1 AND incarnation = $2 \
-             AND (lease_until < $3 OR $4) RETURNING heartbeat_at",
+             AND (($5 AND lease_until < $3) OR $4) RETURNING heartbeat_at",
         )
         .bind(&peer.pod_id)
         .bind(&peer.incarnation)
         .bind(now)
         .bind(released)
+        .bind(leases_speak)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(last) = gone else { return Ok(None) };
