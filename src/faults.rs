@@ -45,10 +45,14 @@ pub enum Bug {
     /// host's wall clock instead of the server's: a skewed pod reaps healthy
     /// runs.
     HostClockLeases,
+    /// A SQLite prober reads a peer's lapsed lease as its death whatever
+    /// its own renewals say: after a pod paused holding the write lock,
+    /// every lease has lapsed and live pods are declared dead.
+    UnsteadyLeases,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 14] = [
         Bug::ReapAllLanes,
         Bug::SkipPurge,
         Bug::ClaimWithoutCas,
@@ -62,6 +66,7 @@ impl Bug {
         Bug::DoubleTerminal,
         Bug::StallingClaims,
         Bug::HostClockLeases,
+        Bug::UnsteadyLeases,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +84,7 @@ impl Bug {
             Bug::DoubleTerminal => "double_terminal",
             Bug::StallingClaims => "stalling_claims",
             Bug::HostClockLeases => "host_clock_leases",
+            Bug::UnsteadyLeases => "unsteady_leases",
         }
     }
 }

@@ -527,6 +527,20 @@ mod teeth {
     }
 
     #[test]
+    fn unsteady_leases_are_caught_by_no_false_deaths() {
+        // A pod paused holding SQLite's write lock froze every writer; when
+        // it woke every lease had lapsed, and a prober that read them
+        // anyway declared live pods dead (a CI soak round, 2026-12).
+        super::teeth_on(
+            &["sqlite"],
+            "paused-mid-write",
+            "unsteady_leases",
+            "no_false_deaths",
+            "was declared dead by",
+        );
+    }
+
+    #[test]
     fn host_clock_leases_are_caught_by_no_healthy_reaped() {
         // The pod 30 s ahead reaps its peers' healthy runs (issue 14, item 8).
         teeth_pg(

@@ -1770,7 +1770,7 @@ async fn blind_survivor_fault_never_finds_a_peer_dead(db: &TestDb) {
         .unwrap();
     let blind = with_faults(
         &[Bug::BlindSurvivor],
-        liveness.probe(&ghost, "prober", true),
+        liveness.probe(&ghost, "prober", &|| true),
     )
     .await;
     assert_eq!(blind.unwrap(), None, "the blind survivor sees it alive");
@@ -1782,7 +1782,7 @@ async fn blind_survivor_fault_never_finds_a_peer_dead(db: &TestDb) {
             .iter()
             .any(|p| p.pod_id == "ghost")
     );
-    let seen = liveness.probe(&ghost, "prober", true).await.unwrap();
+    let seen = liveness.probe(&ghost, "prober", &|| true).await.unwrap();
     assert_eq!(seen.map(|d| d.pod_id), Some("ghost".to_owned()));
 }
 
@@ -2421,11 +2421,11 @@ async fn a_lapsed_lease_counts_only_for_a_prober_whose_own_renewals_were_steady(
         .into_iter()
         .find(|p| p.pod_id == "lapsed")
         .unwrap();
-    let unsteady = liveness.probe(&lapsed, "prober", false).await.unwrap();
+    let unsteady = liveness.probe(&lapsed, "prober", &|| false).await.unwrap();
     match db {
         TestDb::Sqlite { .. } => {
             assert_eq!(unsteady, None, "no lease read while unsteady");
-            let steady = liveness.probe(&lapsed, "prober", true).await.unwrap();
+            let steady = liveness.probe(&lapsed, "prober", &|| true).await.unwrap();
             assert_eq!(steady.map(|d| d.pod_id), Some("lapsed".to_owned()));
         }
         TestDb::Postgres { .. } => {

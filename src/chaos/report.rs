@@ -186,7 +186,9 @@ impl Report<'_> {
                 f.index,
                 f.action.as_str(),
                 match f.action {
-                    Action::RowLock if f.target == super::scenario::Target::None => {
+                    Action::RowLock | Action::WriteLock
+                        if f.target == super::scenario::Target::None =>
+                    {
                         "from the runner's own session".to_owned()
                     }
                     Action::StoreOutage | Action::StoreFreeze => "the store".to_owned(),
@@ -200,7 +202,7 @@ impl Report<'_> {
                         x.pod
                             .clone()
                             .or_else(|| match x.action {
-                                Action::StoreOutage | Action::StoreFreeze => {
+                                Action::StoreOutage | Action::StoreFreeze | Action::WriteLock => {
                                     Some("the store".into())
                                 }
                                 _ => x.run_id.as_ref().map(|_| "the run's row".into()),
@@ -306,8 +308,8 @@ impl Report<'_> {
     }
 
     /// A pod's role, stable across runs: the pod a fault hit (by fault
-    /// index) or a survivor. A skewed clock or a row lock leaves its pod up
-    /// and racing its peers: that pod is a survivor.
+    /// index) or a survivor. A skewed clock or a row or write lock leaves
+    /// its pod up and racing its peers: that pod is a survivor.
     fn role(&self, pod: Option<&str>) -> String {
         let Some(pod) = pod else {
             return "nobody".into();
@@ -315,7 +317,12 @@ impl Report<'_> {
         self.evidence
             .faults
             .iter()
-            .filter(|f| !matches!(f.action, Action::ClockSkew | Action::RowLock))
+            .filter(|f| {
+                !matches!(
+                    f.action,
+                    Action::ClockSkew | Action::RowLock | Action::WriteLock
+                )
+            })
             .find(|f| f.pod.as_deref() == Some(pod))
             .map_or_else(|| "survivor".into(), |f| format!("fault{}-target", f.index))
     }

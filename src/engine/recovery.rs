@@ -96,7 +96,7 @@ pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
     }
     let engine = &worker.engine;
     let liveness = worker.store().liveness();
-    let leases_speak = worker.leases_speak();
+    let leases_speak = || worker.leases_speak();
     let peers = match liveness.pods().await {
         Ok(p) => p,
         Err(e) => {
@@ -105,7 +105,7 @@ pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
         }
     };
     for peer in peers.into_iter().filter(|p| p.pod_id != worker.pod_id()) {
-        match liveness.probe(&peer, worker.pod_id(), leases_speak).await {
+        match liveness.probe(&peer, worker.pod_id(), &leases_speak).await {
             Ok(Some(death)) => {
                 let latency =
                     (death.detected_at_ms - death.last_heartbeat_at_ms).max(0) as f64 / 1000.0;

@@ -17,6 +17,7 @@ pub(super) fn routes() -> Router<Arc<Pod>> {
     Router::new()
         .route("/v1/chaos/runs/{id}/stall", post(stall))
         .route("/v1/chaos/runs/{id}/lock", post(lock_row))
+        .route("/v1/chaos/write-lock", post(write_lock))
         .route("/v1/chaos/clock", post(skew_clock))
 }
 
@@ -90,6 +91,39 @@ async fn lock_row(
         )
     })?;
     tracing::warn!(run_id = %id, hold_ms = body.hold_ms, "chaos: holding the run's row locked in an open transaction");
+    Ok(Json(EventAccepted { accepted: true }))
+}
+
+/// Take the SQLite database's write lock from a connection of this pod and
+/// hold it for `hold_ms`: freeze the pod now (SIGSTOP) and it is a pod
+/// frozen mid-write, with every other writer of the database frozen behind
+/// it. Answers once the lock is held. SQLite only.
+async fn write_lock(
+    State(pod): State<Arc<Pod>>,
+    _auth: Authorized,
+    Json(body): Json<LockRow>,
+) -> ApiResult<Json<EventAccepted>> {
+    enabled(&pod)?;
+    let Some(path) = crate::engine::store::sqlite_path(&pod.args.store) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "needs_sqlite",
+            "the write lock is a SQLite fault; this pod's store is PostgreSQL",
+        ));
+    };
+    crate::engine::store::sqlite::hold_write_lock(path, Duration::from_millis(body.hold_ms))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "lock_failed",
+                e.to_string(),
+            )
+        })?;
+    tracing::warn!(
+        hold_ms = body.hold_ms,
+        "chaos: holding the SQLite write lock in an open transaction"
+    );
     Ok(Json(EventAccepted { accepted: true }))
 }
 

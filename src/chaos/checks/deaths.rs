@@ -36,6 +36,23 @@ pub(super) fn death_detected(ev: &Evidence) -> Outcome {
         .filter(|f| must_die(ev, f) && f.pod.is_some())
         .collect();
     if faults.is_empty() {
+        let froze: std::collections::BTreeSet<&str> = ev
+            .faults
+            .iter()
+            .filter(|f| {
+                f.froze_store
+                    && f.duration_ms
+                        .is_some_and(|d| d >= ev.liveness_timeout_ms.saturating_mul(2))
+            })
+            .filter_map(|f| f.pod.as_deref())
+            .collect();
+        if !froze.is_empty() {
+            return not_applicable(&format!(
+                "no pod was killed or terminated, and every long pause ({}) froze the store with \
+                 it (SQLite's write lock held): nobody could find the paused pod dead",
+                froze.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
         return not_applicable(
             "no pod was killed, terminated, or stopped or cut off for longer than the liveness \
              timeout plus the detection bound",

@@ -189,6 +189,7 @@ async fn fire(shared: &Shared, scn: &Scenario, f: &PlannedFault) -> Result<()> {
         Action::StoreFreeze => store_freeze(shared, f).await,
         Action::RowLock => row_lock(shared, f, p, run_id).await,
         Action::ClockSkew => clock_skew(shared, f, p).await,
+        Action::WriteLock => write_lock(shared, f, p).await,
         Action::LateComplete => late_complete(shared, run_id).await,
     }
 }
@@ -464,6 +465,47 @@ async fn row_lock(
     shared
         .history
         .record("heal", json!({ "action": "row_unlock", "run": id }));
+    Ok(())
+}
+
+/// Hold SQLite's write lock for the fault's duration: from a connection
+/// of the runner's own (no target pod) or of the target pod's.
+async fn write_lock(shared: &Shared, f: &PlannedFault, p: &str) -> Result<()> {
+    let held = hold(f);
+    let by = if p.is_empty() {
+        let db = shared
+            .sqlite_db
+            .as_deref()
+            .context("write_lock needs Vigil's SQLite store")?;
+        crate::engine::store::sqlite::hold_write_lock(db, held)
+            .await
+            .with_context(|| format!("taking the write lock of {}", db.display()))?;
+        "runner".to_owned()
+    } else {
+        let url = shared.pod_url(p, "write_lock").await?;
+        let r = shared
+            .http
+            .post(format!("{url}v1/chaos/write-lock"))
+            .json(&json!({ "hold_ms": held.as_millis() as u64 }))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!(
+                "{p} did not take the write lock: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+        }
+        p.to_owned()
+    };
+    shared.history.record(
+        "write_locked",
+        json!({ "by": by, "hold_ms": held.as_millis() as u64 }),
+    );
+    tokio::time::sleep(held).await;
+    shared
+        .history
+        .record("heal", json!({ "action": "write_unlock" }));
     Ok(())
 }
 

@@ -442,8 +442,9 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
         api: crate::chaos::target::TargetApi::new(),
         pod_ids: pod_ids(scn.pods),
         store_url: target.to_owned(),
-        sqlite_db: (store_label == "sqlite" && scn.target.is_none())
-            .then(|| std::path::PathBuf::from(target)),
+        sqlite_db: crate::engine::store::sqlite_path(target)
+            .filter(|_| store_label == "sqlite" && scn.target.is_none())
+            .map(std::path::Path::to_path_buf),
         cluster: tokio::sync::Mutex::new(cluster),
         live: Mutex::default(),
         names: Mutex::default(),

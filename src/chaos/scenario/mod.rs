@@ -152,6 +152,13 @@ pub enum Action {
     /// Step the target pod's wall clock by `offset_ms` (negative: behind),
     /// as a drifting host or an NTP step does (chaos hook).
     ClockSkew,
+    /// Hold the SQLite database's write lock (`BEGIN IMMEDIATE`, which
+    /// every other writer then waits behind) for `duration_ms`. With a
+    /// target pod the lock is taken by a connection of that pod (its chaos
+    /// hook; pause it next and it is a pod frozen mid-write, every other
+    /// writer frozen with it); without one, by the runner's own (an
+    /// operator's open `sqlite3` shell). SQLite only.
+    WriteLock,
 }
 
 impl Action {
@@ -169,6 +176,7 @@ impl Action {
             Action::StoreFreeze => "store_freeze",
             Action::RowLock => "row_lock",
             Action::ClockSkew => "clock_skew",
+            Action::WriteLock => "write_lock",
         }
     }
 }
@@ -608,7 +616,7 @@ impl Scenario {
                     | Action::Partition
                     | Action::ClockSkew
             );
-            let may_target = needs_target || action == Action::RowLock;
+            let may_target = needs_target || matches!(action, Action::RowLock | Action::WriteLock);
             match (&f.target, may_target) {
                 (None, true) if needs_target => {
                     return Err(err(
@@ -704,6 +712,24 @@ impl Scenario {
                         span,
                         &field("action"),
                         format!("{} needs store = \"postgres\"{why}", action.as_str()),
+                    ));
+                }
+            }
+            if action == Action::WriteLock {
+                if f.duration_ms.is_none() {
+                    return Err(err(
+                        span,
+                        &field("duration_ms"),
+                        "write_lock needs duration_ms".into(),
+                    ));
+                }
+                if raw.cluster.store != StoreKind::Sqlite {
+                    return Err(err(
+                        span,
+                        &field("action"),
+                        "write_lock holds SQLite's one write lock: it needs store = \"sqlite\" \
+                         (row_lock is PostgreSQL's)"
+                            .into(),
                     ));
                 }
             }

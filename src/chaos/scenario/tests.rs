@@ -74,6 +74,18 @@ fn malformed_scenarios_name_file_line_and_field() {
             "pause needs",
         ),
         (
+            OK.replace("pods = 3", "pods = 3\nstore = \"postgres\"")
+                .replace("action = \"pause\"", "action = \"write_lock\""),
+            "fault[1].action",
+            "write_lock holds SQLite's one write lock",
+        ),
+        (
+            OK.replace("action = \"pause\"", "action = \"write_lock\"")
+                .replace("duration_ms = 100\n", ""),
+            "fault[1].duration_ms",
+            "write_lock needs duration_ms",
+        ),
+        (
             OK.replace("action = \"kill\"", "action = \"explode\""),
             "s.toml",
             "explode",

@@ -103,12 +103,14 @@ pub trait Liveness: Send + Sync {
     /// its registry row (exactly one prober wins). `leases_speak`: whether
     /// a lapsed lease may count as death, on a store whose leases judge (a
     /// prober whose own renewals were not steady cannot tell a dead peer
-    /// from a store nobody could write to); a released lock always counts.
+    /// from a store nobody could write to); asked once the store is ready
+    /// to write the death, not before (the prober may have waited, or been
+    /// paused, on the way). A released lock always counts.
     async fn probe(
         &self,
         peer: &PodRow,
         prober: &str,
-        leases_speak: bool,
+        leases_speak: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<Option<Death>, StoreError>;
     async fn pods(&self) -> Result<Vec<PodRow>, StoreError>;
     async fn deaths(&self, limit: i64) -> Result<Vec<Death>, StoreError>;

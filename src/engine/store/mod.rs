@@ -688,6 +688,18 @@ pub async fn open_with(
     Ok(open_clocked(target, OpenMode::Create, Some(clock), metrics).await?)
 }
 
+/// The database file of a SQLite store location (a path or `sqlite://`
+/// URL); `None` for any other.
+pub fn sqlite_path(target: &str) -> Option<&std::path::Path> {
+    if let Some(path) = target.strip_prefix("sqlite://") {
+        Some(std::path::Path::new(path))
+    } else if target.contains("://") || target.is_empty() {
+        None
+    } else {
+        Some(std::path::Path::new(target))
+    }
+}
+
 /// [`open_mode`] with an injected clock and metrics registry.
 pub async fn open_with_mode(
     target: &str,

@@ -553,7 +553,7 @@ impl super::liveness::Liveness for PgStore {
         prober: &str,
         // Leases do not judge here: the server ends a silent session, and
         // with it the advisory lock, so the lock alone decides.
-        _leases_speak: bool,
+        _leases_speak: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<Option<super::liveness::Death>, super::StoreError> {
         if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
             // The fault: every peer looks alive, so nobody recovers its runs.

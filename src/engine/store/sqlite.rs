@@ -156,6 +156,24 @@ impl WriteLockProbe {
     }
 }
 
+/// Chaos (`write_lock`): open a connection of its own to the database at
+/// `path`, take its write lock (`BEGIN IMMEDIATE`, waiting as any writer
+/// does) and keep it for `hold` in the background, then roll back. Returns
+/// once the lock is held: every other writer waits behind it until then.
+pub async fn hold_write_lock(
+    path: &Path,
+    hold: Duration,
+) -> super::StoreResult<tokio::task::JoinHandle<()>> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let mut conn = connect_options(path, false).connect().await?;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
+    Ok(tokio::spawn(async move {
+        tokio::time::sleep(hold).await;
+        let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+        let _ = conn.close().await;
+    }))
+}
+
 impl SqliteStore {
     /// Open (creating if needed) the SQLite store at `path` and migrate it.
     pub async fn open(path: &Path) -> super::StoreResult<Self> {
@@ -681,7 +699,7 @@ impl super::liveness::Liveness for SqliteStore {
         &self,
         peer: &super::liveness::PodRow,
         prober: &str,
-        leases_speak: bool,
+        leases_speak: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<Option<super::liveness::Death>, super::StoreError> {
         if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
             // The fault: every peer looks alive, so nobody recovers its runs.
@@ -690,8 +708,13 @@ impl super::liveness::Liveness for SqliteStore {
         // The peer's OS lock free, with its incarnation written in it: the
         // process is gone, whatever its lease still says.
         let released = self.lock_released(peer);
+        // The time before the write lock: a lease is judged as of the
+        // moment we set out, never by a clock that ran on while we waited.
         let now = self.clock.now_ms();
         let mut tx = self.begin_write().await?;
+        // Whether our own renewals were steady, asked now that we hold the
+        // lock: a wait for it (or a pause) on the way unsettles them.
+        let leases_speak = leases_speak();
         let gone: Option<i64> = sqlx::query_scalar(
             "DELETE FROM pods WHERE pod_id = $1 AND incarnation = $2 \
              AND (($5 AND lease_until < $3) OR $4) RETURNING heartbeat_at",
