@@ -119,9 +119,11 @@ pub struct WriteLockProbe(sqlx::SqliteConnection);
 impl WriteLockProbe {
     pub async fn open(path: &Path) -> super::StoreResult<Self> {
         use sqlx::ConnectOptions as _;
-        let conn = connect_options(path, false)
-            .busy_timeout(Duration::ZERO)
-            .connect()
+        let mut conn = connect_options(path, false).connect().await?;
+        // Opened like any connection (waiting out a writer's moment); from
+        // now on each try gives up at once.
+        sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&mut conn)
             .await?;
         Ok(WriteLockProbe(conn))
     }
