@@ -58,6 +58,14 @@ struct LockRow {
     hold_ms: u64,
 }
 
+fn lock_failed(e: crate::engine::store::StoreError) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "lock_failed",
+        e.to_string(),
+    )
+}
+
 /// Lock a run's row from a session of this pod (with the settings of every
 /// pod session) inside an open transaction, held for `hold_ms`: freeze the
 /// pod now (SIGSTOP) and it is a pod frozen mid-transaction. Answers once
@@ -83,13 +91,7 @@ async fn lock_row(
         true,
     )
     .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "lock_failed",
-            e.to_string(),
-        )
-    })?;
+    .map_err(lock_failed)?;
     tracing::warn!(run_id = %id, hold_ms = body.hold_ms, "chaos: holding the run's row locked in an open transaction");
     Ok(Json(EventAccepted { accepted: true }))
 }
@@ -113,13 +115,7 @@ async fn write_lock(
     };
     crate::engine::store::sqlite::hold_write_lock(path, Duration::from_millis(body.hold_ms))
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "lock_failed",
-                e.to_string(),
-            )
-        })?;
+        .map_err(lock_failed)?;
     tracing::warn!(
         hold_ms = body.hold_ms,
         "chaos: holding the SQLite write lock in an open transaction"

@@ -423,6 +423,33 @@ async fn store_freeze(shared: &Shared, f: &PlannedFault) -> Result<()> {
     Ok(())
 }
 
+/// Ask pod `p`'s chaos hook at `path` to hold a lock for `held`; an
+/// answer other than success names the pod, `what` it did not do, and why.
+async fn hold_through_hook(
+    shared: &Shared,
+    p: &str,
+    action: &str,
+    path: &str,
+    held: Duration,
+    what: &str,
+) -> Result<()> {
+    let url = shared.pod_url(p, action).await?;
+    let r = shared
+        .http
+        .post(format!("{url}{path}"))
+        .json(&json!({ "hold_ms": held.as_millis() as u64 }))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!(
+            "{p} did not {what}: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
 /// Hold the row of the fault's run locked for its duration: from a session
 /// of the runner's own (no target pod) or of the target pod's.
 async fn row_lock(
@@ -441,20 +468,9 @@ async fn row_lock(
         "runner".to_owned()
     } else {
         // A session of the target pod's (its chaos hook).
-        let url = shared.pod_url(p, "row_lock").await?;
-        let r = shared
-            .http
-            .post(format!("{url}v1/chaos/runs/{id}/lock"))
-            .json(&json!({ "hold_ms": held.as_millis() as u64 }))
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!(
-                "{p} did not lock run {id}'s row: {} {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            );
-        }
+        let path = format!("v1/chaos/runs/{id}/lock");
+        let what = format!("lock run {id}'s row");
+        hold_through_hook(shared, p, "row_lock", &path, held, &what).await?;
         p.to_owned()
     };
     shared.history.record(
@@ -482,20 +498,8 @@ async fn write_lock(shared: &Shared, f: &PlannedFault, p: &str) -> Result<()> {
             .with_context(|| format!("taking the write lock of {}", db.display()))?;
         "runner".to_owned()
     } else {
-        let url = shared.pod_url(p, "write_lock").await?;
-        let r = shared
-            .http
-            .post(format!("{url}v1/chaos/write-lock"))
-            .json(&json!({ "hold_ms": held.as_millis() as u64 }))
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!(
-                "{p} did not take the write lock: {} {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            );
-        }
+        let what = "take the write lock";
+        hold_through_hook(shared, p, "write_lock", "v1/chaos/write-lock", held, what).await?;
         p.to_owned()
     };
     shared.history.record(
