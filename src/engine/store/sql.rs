@@ -82,6 +82,74 @@ macro_rules! impl_store {
             })
         }
 
+        /// Insert a new run as `statements::CREATE_RUN` does (its deadline
+        /// capped; a repeated idempotency key inserts nothing): whether it
+        /// was inserted.
+        async fn insert_run(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            id: &str,
+            run: &NewRun,
+            now: i64,
+        ) -> StoreResult<bool> {
+            let input = serde_json::to_string(&run.input).unwrap_or_else(|_| "null".into());
+            Ok(sqlx::query(statements::CREATE_RUN)
+                .bind(id)
+                .bind(&run.workflow)
+                .bind(&run.lane)
+                .bind(input)
+                .bind(late_str(run.late_completion))
+                .bind(&run.idempotency_key)
+                .bind(run.deadline_at_ms)
+                .bind(now)
+                .bind(run.heartbeat_timeout_ms)
+                .bind(run.retries_left)
+                .bind($crate::engine::settings::RUNS_MAX_DEADLINE_MS)
+                .bind($crate::engine::settings::DEFAULT_MAX_DEADLINE_MS)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                == 1)
+        }
+
+        /// What every claim logs, in its transaction: who took the run from
+        /// whom at which epoch, and `pending -> running` when it was pending.
+        async fn log_claim(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            run_id: &str,
+            from_pod: Option<&str>,
+            pod: &str,
+            epoch: i64,
+            was_pending: bool,
+            now: i64,
+        ) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO run_claims (run_id, from_pod, to_pod, epoch, at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(run_id)
+            .bind(from_pod)
+            .bind(pod)
+            .bind(epoch)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            if was_pending {
+                sqlx::query(
+                    "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, \
+                     reason, late, at) VALUES ($1, 'pending', 'running', $2, $3, 'claimed', \
+                     $4, $5)",
+                )
+                .bind(run_id)
+                .bind(epoch)
+                .bind(pod)
+                .bind(false)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(())
+        }
+
         /// The fence every owner write passes inside its transaction: the run
         /// must still be `running` at the epoch the writer holds.
         async fn check_fence(
@@ -399,25 +467,8 @@ macro_rules! impl_store {
             ) -> StoreResult<(RunRecord, Option<Adopted>)> {
                 let now = self.clock.now_ms();
                 let id = uuid::Uuid::now_v7().to_string();
-                let input = serde_json::to_string(&run.input).unwrap_or_else(|_| "null".into());
                 let mut tx = self.begin_write().await?;
-                let created = sqlx::query(statements::CREATE_RUN)
-                    .bind(&id)
-                    .bind(&run.workflow)
-                    .bind(&run.lane)
-                    .bind(input)
-                    .bind(late_str(run.late_completion))
-                    .bind(&run.idempotency_key)
-                    .bind(run.deadline_at_ms)
-                    .bind(now)
-                    .bind(run.heartbeat_timeout_ms)
-                    .bind(run.retries_left)
-                    .bind($crate::engine::settings::RUNS_MAX_DEADLINE_MS)
-                    .bind($crate::engine::settings::DEFAULT_MAX_DEADLINE_MS)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    == 1;
+                let created = insert_run(&mut tx, &id, &run, now).await?;
                 if !created {
                     // A repeated idempotency key: the run it created first.
                     drop(tx);
@@ -437,28 +488,7 @@ macro_rules! impl_store {
                     .bind(now)
                     .fetch_one(&mut *tx)
                     .await?;
-                sqlx::query(
-                    "INSERT INTO run_claims (run_id, from_pod, to_pod, epoch, at) \
-                     VALUES ($1, NULL, $2, $3, $4)",
-                )
-                .bind(&id)
-                .bind(pod)
-                .bind(epoch)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, \
-                     reason, late, at) VALUES ($1, 'pending', 'running', $2, $3, 'claimed', \
-                     $4, $5)",
-                )
-                .bind(&id)
-                .bind(epoch)
-                .bind(pod)
-                .bind(false)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                log_claim(&mut tx, &id, None, pod, epoch, true, now).await?;
                 let first = match first {
                     Some(n) => Some(
                         next_attempt(&mut tx, &id, n.node_id, epoch, n.max_attempts, n.pod, now)
@@ -545,23 +575,7 @@ macro_rules! impl_store {
             async fn create_run(&self, run: NewRun) -> StoreResult<(RunRecord, bool)> {
                 let now = self.clock.now_ms();
                 let id = uuid::Uuid::now_v7().to_string();
-                let input = serde_json::to_string(&run.input).unwrap_or_else(|_| "null".into());
-                // Capped deadline: see statements::CREATE_RUN.
-                sqlx::query(statements::CREATE_RUN)
-                .bind(&id)
-                .bind(&run.workflow)
-                .bind(&run.lane)
-                .bind(input)
-                .bind(late_str(run.late_completion))
-                .bind(&run.idempotency_key)
-                .bind(run.deadline_at_ms)
-                .bind(now)
-                .bind(run.heartbeat_timeout_ms)
-                .bind(run.retries_left)
-                .bind($crate::engine::settings::RUNS_MAX_DEADLINE_MS)
-                .bind($crate::engine::settings::DEFAULT_MAX_DEADLINE_MS)
-                .execute(&self.pool)
-                .await?;
+                insert_run(&mut *self.pool.acquire().await?, &id, &run, now).await?;
                 // A repeated idempotency key returns the run it created first.
                 let (sql, key) = match &run.idempotency_key {
                     Some(key) => (rows::RUN_BY_IDEMPOTENCY_KEY, key),
@@ -672,31 +686,8 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                sqlx::query(
-                    "INSERT INTO run_claims (run_id, from_pod, to_pod, epoch, at) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(run_id)
-                .bind(&found)
-                .bind(pod)
-                .bind(epoch)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if from == RunState::Pending {
-                    sqlx::query(
-                        "INSERT INTO run_transitions (run_id, from_state, to_state, epoch, pod, \
-                         reason, late, at) VALUES ($1, 'pending', 'running', $2, $3, 'claimed', \
-                         $4, $5)",
-                    )
-                    .bind(run_id)
-                    .bind(epoch)
-                    .bind(pod)
-                    .bind(false)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                let was_pending = from == RunState::Pending;
+                log_claim(&mut tx, run_id, found.as_deref(), pod, epoch, was_pending, now).await?;
                 tx.commit().await?;
                 if from == RunState::Pending {
                     self.metrics.inc_transition("pending", "running");
