@@ -56,6 +56,17 @@ enum Conn {
     Sqlite(sqlx::SqliteConnection),
 }
 
+/// The same body for either kind of connection (`$c` bound to it): sqlx's
+/// statements are generic, its connections are not one type.
+macro_rules! on_each {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            Conn::Pg($c) => $body,
+            Conn::Sqlite($c) => $body,
+        }
+    };
+}
+
 impl Conn {
     async fn open(scratch: &ScratchStore) -> Result<Conn> {
         Ok(if scratch.kind == "postgres" {
@@ -76,35 +87,19 @@ impl Conn {
     }
 
     async fn execute(&mut self, sql: &'static str) -> Result<()> {
-        match self {
-            Conn::Pg(c) => sqlx::query(sql).execute(c).await.map(drop)?,
-            Conn::Sqlite(c) => sqlx::query(sql).execute(c).await.map(drop)?,
-        }
+        on_each!(self, c => sqlx::query(sql).execute(c).await.map(drop)?);
         Ok(())
     }
 
     /// One row, committed (autocommit: the statement is its transaction).
     async fn commit_one(&mut self, client: i32, n: i64) -> Result<()> {
-        match self {
-            Conn::Pg(c) => {
-                sqlx::query(INSERT)
-                    .bind(client)
-                    .bind(n)
-                    .bind(PAYLOAD)
-                    .execute(c)
-                    .await?
-            }
-            .rows_affected(),
-            Conn::Sqlite(c) => {
-                sqlx::query(INSERT)
-                    .bind(client)
-                    .bind(n)
-                    .bind(PAYLOAD)
-                    .execute(c)
-                    .await?
-            }
-            .rows_affected(),
-        };
+        on_each!(self, c => sqlx::query(INSERT)
+            .bind(client)
+            .bind(n)
+            .bind(PAYLOAD)
+            .execute(c)
+            .await
+            .map(drop)?);
         Ok(())
     }
 }
