@@ -99,6 +99,42 @@ fn a_malformed_workflow_names_file_step_and_field() {
     );
 }
 
+/// A server that answers but refuses: the server's reason (no such
+/// database, no such role), at once, and nothing created.
+#[test]
+fn a_refusing_postgres_says_why() {
+    let Some(admin) = common::pg_admin_url() else {
+        return;
+    };
+    let base = admin.rsplit_once('/').unwrap().0.to_owned();
+    let started = std::time::Instant::now();
+    let o = vigil(&["runs", "--store", &format!("{base}/vigil_no_such_db")]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(
+        t.contains("store unreachable at")
+            && t.contains("database \"vigil_no_such_db\" does not exist"),
+        "{t}"
+    );
+    let after_user = base.split_once("://").unwrap().1.split_once('@').unwrap().1;
+    let o = vigil(&[
+        "runs",
+        "--store",
+        &format!("postgres://vigil_no_such_role@{after_user}/postgres"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(
+        t.contains("role \"vigil_no_such_role\" does not exist"),
+        "{t}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "a refusal is not retried for the connect window (took {:?})",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn bad_store_locations_are_clear_errors() {
     let o = vigil(&["runs", "--store", "mysql://localhost/x"]);
@@ -119,6 +155,9 @@ fn bad_store_locations_are_clear_errors() {
         !t.contains("hunter2"),
         "the password never reaches the terminal: {t}"
     );
+    // The socket's own reason, not a pool's "timed out".
+    assert!(t.contains("Connection refused"), "{t}");
+    assert!(!t.contains("pool timed out"), "{t}");
     let dir = tempfile::tempdir().unwrap();
     let o = vigil(&["runs", "--store", dir.path().to_str().unwrap()]);
     assert!(text(&o).contains("is a directory"), "{}", text(&o));

@@ -191,6 +191,45 @@ pub async fn hold_run_row(
     }))
 }
 
+/// How long opening a store keeps trying to connect to a server that is
+/// not there yet (starting up, or its port not open yet).
+const CONNECT_FOR: Duration = Duration::from_secs(5);
+
+/// Connect to the server, trying again for up to `within` while it is not
+/// there yet (refused, unreachable, "the database system is starting up");
+/// any other error (authentication, no such database, TLS) at once. The
+/// error is the server's or the socket's own, never a pool's timeout.
+async fn first_connection(
+    options: &PgConnectOptions,
+    within: Duration,
+) -> Result<sqlx::PgConnection, sqlx::Error> {
+    use sqlx::Connection as _;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let tried = tokio::time::timeout(left, sqlx::PgConnection::connect_with(options)).await;
+        let e = match tried {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                return Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", within.as_secs()),
+                )));
+            }
+        };
+        let not_there_yet = match &e {
+            sqlx::Error::Io(_) => true,
+            sqlx::Error::Database(d) => d.code().as_deref() == Some("57P03"),
+            _ => false,
+        };
+        if !not_there_yet || tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
+            return Err(e);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Connection options from `url`; an error names the URL as `shown`
 /// (password redacted).
 fn parse_url(url: &str, shown: &str) -> super::StoreResult<PgConnectOptions> {
@@ -245,9 +284,16 @@ impl PgStore {
         };
         // Checked and migrated on a connection of its own, without the pool's
         // lock_timeout: concurrent migrators queue on sqlx's advisory lock.
+        // A connection first: a pool that cannot connect says only that it
+        // timed out; the connection says why (refused, no such database,
+        // authentication).
+        let probe = first_connection(&options, CONNECT_FOR)
+            .await
+            .map_err(unreachable)?;
+        let _ = sqlx::Connection::close(probe).await;
         let setup = PgPoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(CONNECT_FOR)
             .connect_with(options.clone())
             .await
             .map_err(unreachable)?;
