@@ -200,11 +200,17 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
 
 /// Remove a previous demo database and its companions.
 fn fresh_sqlite(db: &Path) -> Result<String> {
-    for suffix in ["", "-wal", "-shm", ".migrate.lock"] {
+    for suffix in ["", "-wal", "-shm"] {
         let f = PathBuf::from(format!("{}{suffix}", db.display()));
         if f.exists() {
             std::fs::remove_file(&f).with_context(|| format!("removing {}", f.display()))?;
         }
+    }
+    // The pods' liveness locks (one small file per pod id): of the old
+    // store's pods, gone with it.
+    let locks = PathBuf::from(format!("{}.pods", db.display()));
+    if locks.is_dir() {
+        std::fs::remove_dir_all(&locks).with_context(|| format!("removing {}", locks.display()))?;
     }
     Ok(db.display().to_string())
 }
