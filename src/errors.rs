@@ -9,11 +9,35 @@
 
 use std::error::Error;
 
+/// A database error as an operator reads it: the server's message and its
+/// SQLSTATE, not where in the server's own C source it was raised (sqlx
+/// writes PostgreSQL's `at line 948`, a line of postmaster.c).
+pub fn db_text(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => match d.code() {
+            Some(code) => format!("error returned from database: {} ({code})", d.message()),
+            None => format!("error returned from database: {}", d.message()),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// One cause's text: as [`db_text`] says it for database errors.
+fn cause_text(cause: &(dyn Error + 'static)) -> String {
+    if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
+        db_text(e)
+    } else if let Some(d) = cause.downcast_ref::<Box<dyn sqlx::error::DatabaseError>>() {
+        d.message().to_owned()
+    } else {
+        cause.to_string()
+    }
+}
+
 /// `err` and its causes, joined with `": "`, each cause once.
 pub fn chain<'a>(mut causes: impl Iterator<Item = &'a (dyn Error + 'static)>) -> String {
-    let mut out = causes.next().map(ToString::to_string).unwrap_or_default();
+    let mut out = causes.next().map(cause_text).unwrap_or_default();
     for cause in causes {
-        let text = cause.to_string();
+        let text = cause_text(cause);
         if !text.is_empty() && !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);

@@ -86,7 +86,7 @@ pub enum StoreError {
     },
     #[error("bad store URL {url:?}: {problem}")]
     BadUrl { url: String, problem: String },
-    #[error("store unreachable at {target}: {source}")]
+    #[error("store unreachable at {target}: {}", crate::errors::db_text(source))]
     Unreachable {
         target: String,
         #[source]
@@ -114,7 +114,7 @@ pub enum StoreError {
     },
     #[error("migrating the store: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("store query failed: {0}")]
+    #[error("store query failed: {}", crate::errors::db_text(.0))]
     Db(#[from] sqlx::Error),
 }
 
