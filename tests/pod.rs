@@ -183,7 +183,9 @@ async fn bad_requests_are_json_errors_naming_the_problem_and_write_nothing(db: &
     let req =
         serde_json::from_value(json!({"enabled": true, "reason": "reset after the NUL probe"}))
             .unwrap();
-    c.set_switch("authority.db_fallback", &req).await.unwrap();
+    let audit = c.set_switch("authority.db_fallback", &req).await.unwrap();
+    // No `who` given: the audit names the pod and the caller's address.
+    assert_eq!(audit.who, "api via api-1 from 127.0.0.1");
 }
 
 async fn run_lists_filter_by_state_lane_and_owner(db: &TestDb) {

@@ -626,6 +626,7 @@ async fn list_switches(State(pod): State<Arc<Pod>>) -> ApiResult<Json<SwitchList
 async fn set_switch(
     State(pod): State<Arc<Pod>>,
     _auth: Authorized,
+    extensions: axum::http::Extensions,
     Path(name): Path<String>,
     body: Result<Json<SetSwitchRequest>, JsonRejection>,
 ) -> ApiResult<Json<SwitchAudit>> {
@@ -637,7 +638,16 @@ async fn set_switch(
             "say why: reason goes into the audit trail",
         ));
     }
-    let who = req.who.unwrap_or_else(|| "api".into());
+    // Without a `who`, the audit still says where the change came from.
+    let who = req.who.unwrap_or_else(|| {
+        let peer = extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+        match peer {
+            Some(axum::extract::ConnectInfo(addr)) => {
+                format!("api via {} from {}", pod.pod_id, addr.ip())
+            }
+            None => format!("api via {}", pod.pod_id),
+        }
+    });
     match switches::set(pod.store.as_ref(), &name, req.enabled, &who, &req.reason).await {
         Ok(a) => {
             // This pod applies it at once; others within one watch interval.

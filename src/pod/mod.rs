@@ -358,7 +358,12 @@ pub async fn serve(args: PodArgs, shutdown: CancellationToken) -> Result<()> {
         }
     });
     let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        // The peer's address: an audited change without a `who` names it.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let served = server.await;
 
     // Stop taking work; leave every run exactly where a crash would.

@@ -146,7 +146,9 @@ pub struct SetSwitchRequest {
     pub enabled: bool,
     /// Why: recorded in the audit trail. Required.
     pub reason: String,
-    /// Who: recorded in the audit trail.
+    /// Who: recorded in the audit trail. Without it the trail says
+    /// `api via POD from ADDRESS` (the pod that took the change, the
+    /// caller's IP address).
     #[serde(default)]
     pub who: Option<String>,
 }
