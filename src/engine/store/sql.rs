@@ -575,7 +575,9 @@ macro_rules! impl_store {
             async fn create_run(&self, run: NewRun) -> StoreResult<(RunRecord, bool)> {
                 let now = self.clock.now_ms();
                 let id = uuid::Uuid::now_v7().to_string();
-                insert_run(&mut *self.pool.acquire().await?, &id, &run, now).await?;
+                // One connection for the insert and the read back.
+                let mut conn = self.pool.acquire().await?;
+                insert_run(&mut conn, &id, &run, now).await?;
                 // A repeated idempotency key returns the run it created first.
                 let (sql, key) = match &run.idempotency_key {
                     Some(key) => (rows::RUN_BY_IDEMPOTENCY_KEY, key),
@@ -583,7 +585,7 @@ macro_rules! impl_store {
                 };
                 let row = sqlx::query_as::<_, rows::RunRow>(sql)
                     .bind(key)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *conn)
                     .await?;
                 let run = RunRecord::try_from(row)?;
                 let created = run.id == id;
@@ -689,7 +691,7 @@ macro_rules! impl_store {
                 let was_pending = from == RunState::Pending;
                 log_claim(&mut tx, run_id, found.as_deref(), pod, epoch, was_pending, now).await?;
                 tx.commit().await?;
-                if from == RunState::Pending {
+                if was_pending {
                     self.metrics.inc_transition("pending", "running");
                 }
                 Ok(Claim { epoch, from })
