@@ -49,10 +49,21 @@ pub enum Bug {
     /// its own renewals say: after a pod paused holding the write lock,
     /// every lease has lapsed and live pods are declared dead.
     UnsteadyLeases,
+    /// A PostgreSQL prober reads a released liveness lock as death whatever
+    /// the peer's lease and its own renewals say (the rule before gray
+    /// failures): when a frozen database thaws and ends every idle
+    /// liveness session at once, live pods are declared dead.
+    LockReleaseIsDeath,
+    /// A pod whose lease may have run out by its own clock still starts
+    /// step bodies, stays ready and keeps its streams open.
+    NoSelfFence,
+    /// Probes, the registry, orphan lists and claims share the data pool:
+    /// under a slow store they queue behind checkpoints.
+    SharedLivenessPool,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 17] = [
         Bug::ReapAllLanes,
         Bug::SkipPurge,
         Bug::ClaimWithoutCas,
@@ -67,6 +78,9 @@ impl Bug {
         Bug::StallingClaims,
         Bug::HostClockLeases,
         Bug::UnsteadyLeases,
+        Bug::LockReleaseIsDeath,
+        Bug::NoSelfFence,
+        Bug::SharedLivenessPool,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +99,9 @@ impl Bug {
             Bug::StallingClaims => "stalling_claims",
             Bug::HostClockLeases => "host_clock_leases",
             Bug::UnsteadyLeases => "unsteady_leases",
+            Bug::LockReleaseIsDeath => "lock_release_is_death",
+            Bug::NoSelfFence => "no_self_fence",
+            Bug::SharedLivenessPool => "shared_liveness_pool",
         }
     }
 }

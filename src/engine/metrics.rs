@@ -108,6 +108,27 @@ pub struct Metrics {
     /// ... and the checkpoints they carried.
     pub group_commit_checkpoints: Counter,
     pub loop_last_tick: Family<Loop, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Gray failures: what the pod did about a store it could not reach in
+    /// time (see `engine::lease` and `store::deadline`).
+    pub gray: GrayMetrics,
+}
+
+/// The series an operator reads to see a slow or cut-off pod before it is
+/// declared dead.
+#[derive(Debug, Default)]
+pub struct GrayMetrics {
+    /// Store calls given up on at their client-side deadline, by operation.
+    pub deadline_hits: Family<Kind, Counter>,
+    /// Step bodies held back and streams ended because this pod's lease
+    /// was too close to its end (kind: `step`, `stream`).
+    pub self_fenced: Family<Kind, Counter>,
+    /// Round trips of the liveness renew (one statement on its own
+    /// connection: the store's round trip as this pod sees it).
+    pub store_round_trip: Option<Histogram>,
+    /// Seconds of our own lease left at the last look.
+    pub lease_left: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while this pod is ready (a lease that holds, not stopping).
+    pub ready: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -263,6 +284,38 @@ impl Metrics {
             "Unix time of each background loop's last completed tick",
             loop_last_tick.clone(),
         );
+        let gray = GrayMetrics {
+            store_round_trip: Some(Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            ..Default::default()
+        };
+        registry.register(
+            "vigil_store_deadline_exceeded",
+            "Store calls given up on at their client-side deadline (a hung or half-open link)",
+            gray.deadline_hits.clone(),
+        );
+        registry.register(
+            "vigil_self_fenced",
+            "Step bodies held back (kind=step) and streams ended for a retry elsewhere \
+             (kind=stream) because this pod's lease was too close to its end",
+            gray.self_fenced.clone(),
+        );
+        if let Some(h) = &gray.store_round_trip {
+            registry.register(
+                "vigil_store_round_trip_seconds",
+                "Round trips of the liveness renew, one statement on its own connection",
+                h.clone(),
+            );
+        }
+        registry.register(
+            "vigil_lease_left_seconds",
+            "How much of this pod's liveness lease is left, by its own monotonic clock",
+            gray.lease_left.clone(),
+        );
+        registry.register(
+            "vigil_ready",
+            "1 while this pod is ready: its lease holds and it is not stopping",
+            gray.ready.clone(),
+        );
         registry.register(
             "vigil_build",
             "The version of vigil this process runs",
@@ -292,9 +345,16 @@ impl Metrics {
             step_attempts,
             fenced_writes,
             switch_flips,
+            gray,
         };
         // Series whose labels are known in advance start at 0, so that a
         // rate() or an alert on them works before their first event.
+        for kind in ["step", "stream"] {
+            let _ = metrics
+                .gray
+                .self_fenced
+                .get_or_create(&Kind { kind: kind.into() });
+        }
         for outcome in ["won", "lost"] {
             let _ = metrics.recovery_claims.get_or_create(&Outcome {
                 outcome: outcome.into(),
@@ -546,6 +606,24 @@ impl Metrics {
         self.fenced_writes
             .get_or_create(&Kind { kind: kind.into() })
             .get()
+    }
+
+    /// A step body held back by this pod's lease.
+    pub fn inc_self_fenced(&self) {
+        self.gray
+            .self_fenced
+            .get_or_create(&Kind {
+                kind: "step".into(),
+            })
+            .inc();
+    }
+
+    /// A store call given up on at its deadline.
+    pub fn inc_deadline(&self, op: &str) {
+        self.gray
+            .deadline_hits
+            .get_or_create(&Kind { kind: op.into() })
+            .inc();
     }
 
     pub fn inc_fenced(&self, kind: &str) {

@@ -6,6 +6,7 @@ pub mod dispatch;
 pub mod executor;
 pub mod janitor;
 pub mod lanes;
+pub mod lease;
 pub mod metrics;
 pub mod reaper;
 pub mod recovery;

@@ -91,7 +91,10 @@ pub struct RecoveryPass {
 /// while stopping, switched off, or full.
 pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
     let mut out = RecoveryPass::default();
-    if !worker.is_live() {
+    // A pod whose own lease lapsed cannot tell a dead peer from its own
+    // silence (a frozen or cut-off store): it judges nobody until a renew
+    // gets through.
+    if !worker.is_live() || !worker.engine.config.lease.holds() {
         return out;
     }
     let engine = &worker.engine;
@@ -264,7 +267,11 @@ async fn watch_peer(worker: Arc<Worker>, peer: PodRow, wake: Arc<Notify>) {
             Ok(true) => {
                 tracing::debug!(pod = %peer.pod_id, incarnation = %peer.incarnation, "peer's liveness lock granted: probing now");
                 wake.notify_one();
-                return;
+                // The probe may find the peer alive (its session was ended
+                // by the server, and it takes its lock again on a new one):
+                // watch on, after a pause that keeps a dead peer's free lock
+                // from waking the loop in a spin.
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Ok(false) => {}
             Err(e) => {
@@ -275,15 +282,28 @@ async fn watch_peer(worker: Arc<Worker>, peer: PodRow, wake: Arc<Notify>) {
     }
 }
 
+/// How long one renew may hang before its connection is given up on (a
+/// half-open link: no FIN, no RST, and the kernel's retransmissions take
+/// many minutes to fail). The lease view does not wait for this: it lapses
+/// on its own clock one timeout after the last good renew was sent.
+fn renew_hard_deadline(timeout: Duration) -> Duration {
+    (timeout * 10).max(Duration::from_secs(10))
+}
+
 /// Renew our membership every timeout/5 until `stop`; when it is found
 /// lost, stop local runs, rejoin as a new incarnation and take back what
-/// is still ours.
+/// is still ours. A renew that fails or hangs is not a lost membership:
+/// only a registry row gone is (peers declared us dead). Meanwhile our
+/// lease view lapses on its own clock, and the pod fences itself (no new
+/// step bodies, unready, streams ended) until a renew gets through.
 async fn renew_loop(
     worker: Arc<Worker>,
     mut membership: Box<dyn Membership>,
     mut identity: Identity,
     stop: CancellationToken,
 ) -> Option<Box<dyn Membership>> {
+    let lease = worker.engine.config.lease.clone();
+    let metrics = worker.engine.metrics.clone();
     // Joining was our first renewal.
     worker.record_renewal(Instant::now(), true, identity.timeout);
     let mut renew = tokio::time::interval(identity.timeout / 5);
@@ -293,32 +313,43 @@ async fn renew_loop(
             _ = stop.cancelled() => break,
             _ = renew.tick() => {}
         }
+        let sent = Instant::now();
         let renewed = {
             let _inline = if faults::on(Bug::StallingClaims) {
                 Some(worker.renew_gate.lock().await)
             } else {
                 None
             };
-            membership.renew().await
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                r = tokio::time::timeout(renew_hard_deadline(identity.timeout), membership.renew()) => {
+                    r.unwrap_or_else(|_| {
+                        metrics.inc_deadline("renew");
+                        Err(crate::engine::store::StoreError::Deadline {
+                            op: "liveness renew",
+                            after: renew_hard_deadline(identity.timeout),
+                        })
+                    })
+                }
+            }
         };
-        worker.record_renewal(
-            Instant::now(),
-            matches!(renewed, Ok(true)),
-            identity.timeout,
-        );
+        let now = Instant::now();
+        worker.record_renewal(now, matches!(renewed, Ok(true)), identity.timeout);
         match renewed {
-            Ok(true) => continue,
-            Ok(false) => {}
-            // The store did not answer: our row may well still be there.
-            // Keep our runs while our lease can still be standing; past
-            // that, peers may have taken them, so let them go as if found
-            // dead.
-            Err(e) if worker.renewed_within(identity.timeout) => {
-                tracing::warn!(error = %e, "renew failed; retrying");
+            Ok(true) => {
+                lease.renewed(sent);
+                if let Some(h) = &metrics.gray.store_round_trip {
+                    h.observe(now.duration_since(sent).as_secs_f64());
+                }
                 continue;
             }
+            Ok(false) => {}
+            // The store did not answer (in time): our row may well still
+            // be there. Keep our runs: the lease view fences us meanwhile,
+            // and only a row gone means peers took them.
             Err(e) => {
-                tracing::warn!(error = %e, "renew failing for a whole liveness timeout");
+                tracing::warn!(error = %e, lease_left_ms = lease.left(now).map(|d| d.as_millis()), "renew failed; retrying");
+                continue;
             }
         }
         // Declared dead (paused, partitioned, or our session was killed):
@@ -333,24 +364,31 @@ async fn renew_loop(
         // would keep from it for ever.
         drop(membership);
         membership = loop {
-            match worker
-                .store()
-                .liveness()
-                .join(&identity, identity.timeout * 2)
-                .await
-            {
-                Ok(m) => {
+            let sent = Instant::now();
+            let joined = tokio::time::timeout(
+                renew_hard_deadline(identity.timeout),
+                worker
+                    .store()
+                    .liveness()
+                    .join(&identity, identity.timeout * 2),
+            )
+            .await;
+            match joined {
+                Ok(Ok(m)) => {
                     worker.record_renewal(Instant::now(), true, identity.timeout);
+                    lease.renewed(sent);
                     worker.set_live(true);
                     break m;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "rejoin failed; retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return None,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
+                Ok(Err(e)) => tracing::warn!(error = %e, "rejoin failed; retrying"),
+                Err(_) => {
+                    metrics.inc_deadline("rejoin");
+                    tracing::warn!("rejoin hung past its deadline; retrying");
                 }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         };
         // Let the stopped drivers leave first, or the sweep would skip the

@@ -330,6 +330,19 @@ impl Worker {
                     tracing::info!(run_id = %id, "run left in place (pod stopping or ownership moved)")
                 }
                 Ok(o) => tracing::info!(run_id = %id, outcome = ?o, "run ended here"),
+                Err(EngineError::SelfFenced) => {
+                    // Our lease ran too short to act on: wait until it
+                    // holds again (a renew got through), then take the run
+                    // back from ourselves if nobody else has.
+                    tracing::warn!(run_id = %id, "self-fenced: waiting for our lease before driving the run again");
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = self.engine.config.lease.held() => {
+                            reclaim = true;
+                            continue;
+                        }
+                    }
+                }
                 Err(e @ EngineError::Store(se)) if !se.is_rejection() => {
                     tracing::warn!(run_id = %id, error = %e, ?backoff, "run driver stopped on a store error; driving it again");
                     tokio::select! {

@@ -3,6 +3,7 @@
 //! `/openapi.json` is generated from these handlers and types.
 
 use super::Pod;
+use super::health;
 use super::stream::{self, ChunkEvent, Cursor, EndEvent, ResetEvent, StreamPart};
 use super::wire::*;
 use crate::engine::EngineError;
@@ -133,6 +134,11 @@ impl From<EngineError> for ApiError {
                 "bad_workflow",
                 w.to_string(),
             ),
+            EngineError::SelfFenced => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "this pod cannot reach its store in time; retry on another pod",
+            ),
         }
     }
 }
@@ -200,9 +206,9 @@ impl axum::extract::FromRequestParts<Arc<Pod>> for Authorized {
         list_switches,
         set_switch,
         list_workflows,
-        metrics,
-        healthz,
-        readyz
+        health::metrics,
+        health::healthz,
+        health::readyz
     ),
     components(schemas(ChunkEvent, ResetEvent, StreamPart, EndEvent))
 )]
@@ -218,9 +224,9 @@ pub fn router(pod: Arc<Pod>) -> Router {
         .route("/v1/switches", get(list_switches))
         .route("/v1/switches/{name}", put(set_switch))
         .route("/v1/workflows", get(list_workflows))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi))
         .merge(super::hooks::routes())
         .fallback(|| async {
@@ -683,89 +689,6 @@ async fn list_workflows(State(pod): State<Arc<Pod>>) -> Json<WorkflowList> {
         })
         .collect();
     Json(WorkflowList { workflows })
-}
-
-/// Metrics: OpenMetrics 1.0 text, or the Prometheus text format 0.0.4 to
-/// a scraper whose `Accept` prefers `text/plain`.
-#[utoipa::path(get, path = "/metrics",
-    responses((status = 200,
-        description = "The pod's metrics (OpenMetrics 1.0 text; Prometheus text 0.0.4 when asked)",
-        content(
-            (String = "application/openmetrics-text"),
-            (String = "text/plain"),
-        ))))]
-async fn metrics(State(pod): State<Arc<Pod>>, headers: header::HeaderMap) -> Response {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let (content_type, body) = if wants_openmetrics(accept) {
-        (OPENMETRICS, pod.engine.metrics.encode())
-    } else {
-        (PROMETHEUS_TEXT, pod.engine.metrics.encode_prometheus_text())
-    };
-    ([(header::CONTENT_TYPE, content_type)], body).into_response()
-}
-
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Whether to answer `accept` with OpenMetrics: yes unless `text/plain`
-/// has a higher weight than every OpenMetrics (or wildcard) entry. No
-/// header, `*/*` and Prometheus's own header (OpenMetrics first) all get
-/// OpenMetrics.
-fn wants_openmetrics(accept: &str) -> bool {
-    let (mut om, mut text) = (None::<f32>, None::<f32>);
-    for part in accept.split(',') {
-        let mut fields = part.split(';').map(str::trim);
-        let media = fields.next().unwrap_or("").to_ascii_lowercase();
-        let q = fields
-            .filter_map(|f| f.strip_prefix("q="))
-            .find_map(|q| q.parse::<f32>().ok())
-            .unwrap_or(1.0);
-        let slot = match media.as_str() {
-            "application/openmetrics-text" | "*/*" | "application/*" => &mut om,
-            "text/plain" | "text/*" => &mut text,
-            _ => continue,
-        };
-        *slot = Some(slot.map_or(q, |old| old.max(q)));
-    }
-    match (om, text) {
-        (_, None) => true,
-        (None, Some(t)) => t <= 0.0,
-        (Some(o), Some(t)) => o >= t,
-    }
-}
-
-/// Liveness of the process.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
-async fn healthz(State(pod): State<Arc<Pod>>) -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-        pod_id: pod.pod_id.clone(),
-        store: pod.store.backend().into(),
-        runs_active: pod.runs_active(),
-    })
-}
-
-/// Readiness: the store answers and the pod is not stopping.
-#[utoipa::path(get, path = "/readyz",
-    responses((status = 200, body = Health), (status = 503, body = ApiErrorBody)))]
-async fn readyz(State(pod): State<Arc<Pod>>) -> ApiResult<Json<Health>> {
-    if pod.is_stopping() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopping",
-            "this pod is shutting down",
-        ));
-    }
-    pod.store.switches().await?;
-    Ok(Json(Health {
-        status: "ready".into(),
-        pod_id: pod.pod_id.clone(),
-        store: pod.store.backend().into(),
-        runs_active: pod.runs_active(),
-    }))
 }
 
 /// The document generated from the code, with this pod's workflow names

@@ -8,6 +8,7 @@
 //! a bounded time.
 
 pub mod api;
+mod health;
 mod hooks;
 pub mod stream;
 pub mod wire;
@@ -233,6 +234,8 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
                     http: Duration::from_millis(args.http_step_timeout_ms.max(1)),
                     slack: Duration::from_millis(args.step_timeout_slack_ms.max(1)),
                 },
+                // Held from the join on; renewed by the recovery loop.
+                lease: Arc::new(crate::engine::lease::Lease::new(args.liveness_timeout())),
                 ..EngineConfig::new(pod_id.clone())
             },
         )
@@ -301,12 +304,15 @@ pub async fn serve(args: PodArgs, shutdown: CancellationToken) -> Result<()> {
         addr: Some(format!("http://{local_addr}")),
         timeout: pod.args.liveness_timeout(),
     };
+    let join_sent = std::time::Instant::now();
     let membership = pod
         .store
         .liveness()
         .join(&identity, identity.timeout * 3)
         .await
         .context("joining the pod registry")?;
+    // The join wrote our row and took our lock after this moment.
+    pod.engine.config.lease.renewed(join_sent);
     // One line on stdout that scripts (and the chaos runner) wait for.
     println!("vigil pod {} listening on http://{local_addr}", pod.pod_id);
 

@@ -267,6 +267,27 @@ pub async fn tail(
             _ = changed(&mut changes, &run_id) => {}
             _ = pod.shutdown.cancelled() => break,
             _ = tx.closed() => break,
+            // This pod cannot keep its lease (its store link is cut or
+            // frozen): what it would stream may already be stale. Tell the
+            // client to resume elsewhere, and end.
+            _ = pod.engine.config.lease.lapsed() => {
+                pod.engine
+                    .metrics
+                    .gray
+                    .self_fenced
+                    .get_or_create(&crate::engine::metrics::Kind { kind: "stream".into() })
+                    .inc();
+                let _ = send(event(
+                    "unavailable",
+                    &serde_json::json!({
+                        "error": "lease_lapsing",
+                        "retry": true,
+                        "message": "this pod cannot reach its store in time; resume from the last event id on another pod",
+                    }),
+                ))
+                .await;
+                break;
+            }
         }
     }
     pod.engine.metrics.attachers_active.dec();

@@ -35,6 +35,10 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Workflow(#[from] WorkflowError),
+    /// The pod's own lease is too close to its end (or past it) to start a
+    /// step body: peers may be about to take the run (see `engine::lease`).
+    #[error("self-fenced: this pod's lease may run out before the step body could act")]
+    SelfFenced,
 }
 
 /// Tunables of the step loop.
@@ -58,6 +62,9 @@ pub struct EngineConfig {
     /// Tests only: called with (run id, step id) right after an attempt of
     /// the step is durably started, before its body.
     pub after_attempt_start: Option<StepHook>,
+    /// This pod's own view of its liveness lease: no step body starts
+    /// without enough of it left (unbounded outside a pod).
+    pub lease: Arc<crate::engine::lease::Lease>,
 }
 
 /// See [`EngineConfig::after_checkpoint`] and [`EngineConfig::after_attempt_start`].
@@ -84,6 +91,7 @@ impl EngineConfig {
             step_timeouts: StepTimeouts::default(),
             after_checkpoint: None,
             after_attempt_start: None,
+            lease: Arc::new(crate::engine::lease::Lease::unbounded()),
         }
     }
 }

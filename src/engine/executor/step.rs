@@ -55,6 +55,21 @@ impl Engine {
                 self.give_back(ctx, &step.id, attempt).await?;
                 return Ok(StepEnd::Cancelled);
             }
+            if !self.config.lease.holds() {
+                // Our lease may run out before the body acts: peers may be
+                // taking the run. Nothing happens outside; the attempt goes
+                // back (when the store answers) and the owner drives the run
+                // again once its lease holds, if the run is still its own.
+                self.metrics.inc_self_fenced();
+                tracing::warn!(
+                    run_id = ctx.run_id,
+                    step = %step.id,
+                    attempt,
+                    "self-fenced: lease too close to its end to start the body"
+                );
+                self.give_back(ctx, &step.id, attempt).await?;
+                return Err(EngineError::SelfFenced);
+            }
             ctx.progress.mark();
             let result = self
                 .execute_body(ctx, step, attempt, &inputs, &run_state.raw)

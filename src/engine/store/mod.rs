@@ -28,6 +28,7 @@ mod kv;
 pub mod liveness;
 pub mod ops;
 mod pg_clock;
+mod pg_liveness;
 pub mod postgres;
 mod rows;
 mod sql;
@@ -86,6 +87,13 @@ pub enum StoreError {
     },
     #[error("bad store URL {url:?}: {problem}")]
     BadUrl { url: String, problem: String },
+    /// The store gave no answer within this call's client-side deadline (a
+    /// half-open or frozen link); the call may or may not have landed.
+    #[error("the store gave no answer to {op} within {} (no reply: a hung or half-open link)", crate::human::duration(*after))]
+    Deadline {
+        op: &'static str,
+        after: std::time::Duration,
+    },
     #[error("store unreachable at {target}: {}", crate::errors::db_text(source))]
     Unreachable {
         target: String,

@@ -29,10 +29,14 @@ const CHECKPOINT_WORKERS: usize = 2;
 #[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Liveness probes, the registry, orphan lists and claims: a small pool
+    /// of their own, so that under a slow store they never queue behind
+    /// checkpoints and chunks (a pod slow to judge is a pod slow to recover).
+    control: PgPool,
     /// For the dedicated liveness connection of this process.
-    options: PgConnectOptions,
+    pub(super) options: PgConnectOptions,
     url: String,
-    clock: Arc<dyn Clock>,
+    pub(super) clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     stats: super::StoreStats,
     /// Group commit of step checkpoints (see `store::group`).
@@ -348,6 +352,19 @@ impl PgStore {
             .connect_with(options.clone().options(SESSION_SETTINGS))
             .await
             .map_err(unreachable)?;
+        let control = PgPoolOptions::new()
+            .max_connections(3)
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_lazy_with(options.clone().options(SESSION_SETTINGS));
         let clock = match clock {
             Some(c) => c,
             None if crate::faults::on(crate::faults::Bug::HostClockLeases) => {
@@ -357,6 +374,7 @@ impl PgStore {
         };
         Ok(PgStore {
             pool,
+            control,
             options,
             url: shown,
             clock,
@@ -378,6 +396,20 @@ impl PgStore {
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
         self.pool.begin().await
+    }
+
+    /// The pool of liveness, recovery reads and claims (the data pool under
+    /// the `shared_liveness_pool` fault).
+    pub(super) fn control(&self) -> &PgPool {
+        if crate::faults::on(crate::faults::Bug::SharedLivenessPool) {
+            &self.pool
+        } else {
+            &self.control
+        }
+    }
+
+    async fn begin_claim(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        self.control().begin().await
     }
 }
 
@@ -447,253 +479,6 @@ impl PgStore {
             }
         }
         Ok(report)
-    }
-}
-
-/// This process's liveness: a session advisory lock on a dedicated
-/// connection, kept busy enough that `idle_session_timeout` never fires
-/// while the process runs, and fires soon after it stops (SIGSTOP, a cut
-/// network) so the lock is released.
-struct LockMembership {
-    conn: sqlx::PgConnection,
-    clock: Arc<dyn Clock>,
-    me: super::liveness::Identity,
-}
-
-impl std::fmt::Debug for LockMembership {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LockMembership")
-            .field("me", &self.me)
-            .finish_non_exhaustive()
-    }
-}
-
-#[async_trait::async_trait]
-impl super::liveness::Membership for LockMembership {
-    async fn renew(&mut self) -> Result<bool, super::StoreError> {
-        let now = self.clock.now_ms();
-        // Any failure here means our session (and so our lock) may be gone.
-        let done =
-            sqlx::query("UPDATE pods SET heartbeat_at = $3 WHERE pod_id = $1 AND incarnation = $2")
-                .bind(&self.me.pod_id)
-                .bind(&self.me.incarnation)
-                .bind(now)
-                .execute(&mut self.conn)
-                .await;
-        match done {
-            Ok(r) => Ok(r.rows_affected() == 1),
-            Err(e) => {
-                tracing::warn!(error = %e, "liveness connection failed: our lock is gone");
-                Ok(false)
-            }
-        }
-    }
-
-    async fn leave(self: Box<Self>) -> Result<(), super::StoreError> {
-        use sqlx::Connection as _;
-        // Closing the session releases the lock; peers see us dead at their
-        // next probe and recover our runs as after a SIGKILL.
-        self.conn.close().await?;
-        Ok(())
-    }
-}
-
-impl PgStore {
-    /// A connection outside the pool with `settings` of its own (the
-    /// liveness session, a watcher's session).
-    async fn session_of_its_own(
-        &self,
-        settings: &[(&str, &str)],
-    ) -> Result<sqlx::PgConnection, sqlx::Error> {
-        use sqlx::Connection as _;
-        let mut conn = sqlx::PgConnection::connect_with(&self.options).await?;
-        for (key, value) in settings {
-            sqlx::query("SELECT set_config($1, $2, false)")
-                .bind(key)
-                .bind(value)
-                .execute(&mut conn)
-                .await?;
-        }
-        Ok(conn)
-    }
-}
-
-#[async_trait::async_trait]
-impl super::liveness::Liveness for PgStore {
-    async fn join(
-        &self,
-        me: &super::liveness::Identity,
-        wait: Duration,
-    ) -> Result<Box<dyn super::liveness::Membership>, super::liveness::LivenessError> {
-        let store_err = |e: sqlx::Error| super::liveness::LivenessError::Store(e.into());
-        let timeout = format!("{}ms", me.timeout.as_millis().max(100));
-        // Session settings on the liveness connection only (FIELD-NOTES s.2):
-        // the server drops a silent session, and with it our lock.
-        let mut conn = self
-            .session_of_its_own(&[
-                ("idle_session_timeout", timeout.as_str()),
-                ("client_connection_check_interval", "1s"),
-                ("tcp_keepalives_idle", "5"),
-                ("tcp_keepalives_interval", "2"),
-                ("tcp_keepalives_count", "3"),
-            ])
-            .await
-            .map_err(store_err)?;
-        let key = super::liveness::lock_key(&me.pod_id);
-        let started = std::time::Instant::now();
-        // The lock first, then the registry row: a peer can never find our
-        // row without our lock held, so it cannot declare a booting pod dead.
-        loop {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(key)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(store_err)?;
-            if got {
-                break;
-            }
-            if started.elapsed() >= wait {
-                return Err(super::liveness::LivenessError::LockTimeout {
-                    pod_id: me.pod_id.clone(),
-                    waited: started.elapsed(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let now = self.clock.now_ms();
-        // Holding the lock, a registry row of another incarnation can only be
-        // a dead predecessor nobody has unregistered yet: record its death.
-        sqlx::query(
-            "INSERT INTO pod_deaths (pod_id, incarnation, detected_by, detected_at, last_heartbeat_at) \
-             SELECT pod_id, incarnation, pod_id, $3, heartbeat_at FROM pods \
-             WHERE pod_id = $1 AND incarnation <> $2",
-        )
-        .bind(&me.pod_id)
-        .bind(&me.incarnation)
-        .bind(now)
-        .execute(&mut conn)
-        .await
-        .map_err(store_err)?;
-        sqlx::query(
-            "INSERT INTO pods (pod_id, incarnation, addr, started_at, heartbeat_at, lease_until) \
-             VALUES ($1, $2, $3, $4, $4, 0) ON CONFLICT (pod_id) DO UPDATE SET \
-             incarnation = $2, addr = $3, started_at = $4, heartbeat_at = $4, lease_until = 0",
-        )
-        .bind(&me.pod_id)
-        .bind(&me.incarnation)
-        .bind(&me.addr)
-        .bind(now)
-        .execute(&mut conn)
-        .await
-        .map_err(store_err)?;
-        Ok(Box::new(LockMembership {
-            conn,
-            clock: self.clock.clone(),
-            me: me.clone(),
-        }))
-    }
-
-    async fn probe(
-        &self,
-        peer: &super::liveness::PodRow,
-        prober: &str,
-        // Leases do not judge here: the server ends a silent session, and
-        // with it the advisory lock, so the lock alone decides.
-        _leases_speak: &(dyn Fn() -> bool + Send + Sync),
-    ) -> Result<Option<super::liveness::Death>, super::StoreError> {
-        if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
-            // The fault: every peer looks alive, so nobody recovers its runs.
-            return Ok(None);
-        }
-        let mut tx = self.pool.begin().await?;
-        // Held until commit: a replacement with the same id blocks on its
-        // own lock acquisition until our DELETE is done, then registers.
-        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(super::liveness::lock_key(&peer.pod_id))
-            .fetch_one(&mut *tx)
-            .await?;
-        if !free {
-            return Ok(None);
-        }
-        let now = self.clock.now_ms();
-        let gone: Option<i64> = sqlx::query_scalar(
-            "DELETE FROM pods WHERE pod_id = $1 AND incarnation = $2 RETURNING heartbeat_at",
-        )
-        .bind(&peer.pod_id)
-        .bind(&peer.incarnation)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(last) = gone else { return Ok(None) };
-        let death = record_death(&mut tx, peer, prober, now, last).await?;
-        tx.commit().await?;
-        Ok(Some(death))
-    }
-
-    async fn pods(&self) -> Result<Vec<super::liveness::PodRow>, super::StoreError> {
-        self.pods_impl().await
-    }
-
-    async fn deaths(&self, limit: i64) -> Result<Vec<super::liveness::Death>, super::StoreError> {
-        self.deaths_impl(limit).await
-    }
-
-    /// A session of its own that waits on the peer's advisory lock: the
-    /// server grants it the moment the peer's session ends.
-    async fn watch(
-        &self,
-        peer: &super::liveness::PodRow,
-    ) -> Result<Option<Box<dyn super::liveness::Watch>>, super::StoreError> {
-        let round = format!("{}ms", super::liveness::WATCH_ROUND.as_millis());
-        let conn = self
-            .session_of_its_own(&[
-                ("application_name", "vigil-watch"),
-                ("lock_timeout", round.as_str()),
-                ("statement_timeout", "10s"),
-                // Granted, the lock is given back within one round trip; a
-                // watcher frozen in between (its pod SIGSTOPped) would keep a
-                // dead peer's lock from every other survivor and from the
-                // peer's replacement: the server ends its session instead.
-                ("idle_in_transaction_session_timeout", "200ms"),
-                ("tcp_keepalives_idle", "5"),
-                ("tcp_keepalives_interval", "2"),
-                ("tcp_keepalives_count", "3"),
-            ])
-            .await?;
-        Ok(Some(Box::new(LockWatch {
-            conn,
-            key: super::liveness::lock_key(&peer.pod_id),
-        })))
-    }
-}
-
-/// Waits on a peer's session advisory lock (see [`PgStore`]'s `watch`).
-struct LockWatch {
-    conn: sqlx::PgConnection,
-    key: i64,
-}
-
-#[async_trait::async_trait]
-impl super::liveness::Watch for LockWatch {
-    /// Ask for the peer's lock in a transaction, for at most one
-    /// `lock_timeout`; granted, it is given back at once (the rollback), so
-    /// a replacement with the same id can take it, and the probe that
-    /// follows finds it free. A lock wait holds a snapshot: the round keeps
-    /// this session's `backend_xmin` at most one round old.
-    async fn released(&mut self) -> Result<bool, super::StoreError> {
-        use sqlx::Connection as _;
-        let mut tx = self.conn.begin().await?;
-        let waited = sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(self.key)
-            .execute(&mut *tx)
-            .await;
-        let rolled_back = tx.rollback().await;
-        match waited.map_err(super::StoreError::from) {
-            // Granted: the holder is gone, whether or not the rollback
-            // still reached a server that had meanwhile ended our session.
-            Ok(_) => Ok(true),
-            Err(e) if e.is_lock_busy() => rolled_back.map(|()| false).map_err(Into::into),
-            Err(e) => Err(e),
-        }
     }
 }
 

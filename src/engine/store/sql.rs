@@ -55,7 +55,7 @@ macro_rules! impl_store {
 
         /// Record a peer's death found by `prober`, in the prober's
         /// transaction (the one that removed the peer's registry row).
-        async fn record_death(
+        pub(super) async fn record_death(
             tx: &mut sqlx::Transaction<'static, $db>,
             peer: &$crate::engine::store::liveness::PodRow,
             prober: &str,
@@ -505,17 +505,17 @@ macro_rules! impl_store {
                 Ok((record, Some(Adopted { epoch, first })))
             }
 
-            async fn pods_impl(&self) -> StoreResult<Vec<$crate::engine::store::liveness::PodRow>> {
+            pub(super) async fn pods_impl(&self) -> StoreResult<Vec<$crate::engine::store::liveness::PodRow>> {
                 let rows = sqlx::query_as::<_, rows::RegistryRow>(
                     "SELECT pod_id, incarnation, addr, started_at, heartbeat_at, lease_until \
                      FROM pods ORDER BY pod_id",
                 )
-                .fetch_all(&self.pool)
+                .fetch_all(self.control())
                 .await?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
 
-            async fn deaths_impl(&self, limit: i64) -> StoreResult<Vec<$crate::engine::store::liveness::Death>> {
+            pub(super) async fn deaths_impl(&self, limit: i64) -> StoreResult<Vec<$crate::engine::store::liveness::Death>> {
                 let rows = sqlx::query_as::<_, rows::DeathRow>(
                     "SELECT pod_id, incarnation, detected_by, detected_at, last_heartbeat_at \
                      FROM pod_deaths ORDER BY id DESC LIMIT $1",
@@ -646,7 +646,7 @@ macro_rules! impl_store {
                 expected_owner: Option<&str>,
             ) -> StoreResult<Claim> {
                 let now = self.clock.now_ms();
-                let mut tx = self.begin_write().await?;
+                let mut tx = self.begin_claim().await?;
                 let select = if $crate::faults::on($crate::faults::Bug::StallingClaims) {
                     if $dialect::NAME == "postgres" {
                         sqlx::query("SET LOCAL lock_timeout = 0").execute(&mut *tx).await?;
@@ -1022,7 +1022,7 @@ macro_rules! impl_store {
                      ORDER BY updated_at LIMIT $1",
                 )
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(self.control())
                 .await?)
             }
 

@@ -273,6 +273,16 @@ impl SqliteStore {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
         self.pool.begin_with(dialect::BEGIN_WRITE).await
     }
+
+    /// SQLite has one writer and one pool: claims take it like any write.
+    async fn begin_claim(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_write().await
+    }
+
+    /// The pool of liveness and recovery reads: the one pool.
+    fn control(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 impl_store!(SqliteStore, Sqlite, dialect);
