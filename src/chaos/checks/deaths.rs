@@ -158,7 +158,10 @@ pub(super) fn death_detected(ev: &Evidence) -> Outcome {
 /// from one pod to another at a newer epoch was taken over, and a takeover
 /// is only right from a pod a fault could have downed (SIGKILL, SIGTERM,
 /// SIGSTOP, a partition, a restart with its id) or after the store itself
-/// was stopped or frozen. A pod paused holding SQLite's write lock freezes
+/// was stopped (a restart ends every session). A frozen store excuses
+/// nothing: at its thaw every liveness lock is free at once, and a pod
+/// that reads that as death is wrong (a lease lapsed while the prober's
+/// own renewals stopped too says nothing about the peer). A pod paused holding SQLite's write lock freezes
 /// every writer with it, but excuses nothing: it is alive again the moment
 /// anyone can write, and so is everyone whose lease lapsed meanwhile. Cross-check (store record): every recorded death
 /// is of such a pod. A live pod declared dead has its runs taken from under
@@ -179,7 +182,7 @@ pub(super) fn no_false_deaths(ev: &Evidence) -> Outcome {
                             | Action::Partition
                             | Action::Restart
                     )
-                    || matches!(f.action, Action::StoreOutage | Action::StoreFreeze))
+                    || f.action == Action::StoreOutage)
         })
     };
     let mut out = Vec::new();
