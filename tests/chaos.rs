@@ -539,6 +539,20 @@ mod teeth {
     }
 
     #[test]
+    fn lock_release_is_death_is_caught_by_no_false_deaths() {
+        // The database frozen 6 s under a 1 s liveness timeout: at the thaw
+        // the server ends every idle liveness session at once, and a prober
+        // that reads any free lock as death declares live pods dead and
+        // takes their runs (gray failures, part 1).
+        teeth_pg(
+            "freeze-short-liveness",
+            "lock_release_is_death",
+            "no_false_deaths",
+            "was declared dead by",
+        );
+    }
+
+    #[test]
     fn unsteady_leases_are_caught_by_no_false_deaths() {
         // A pod paused holding SQLite's write lock froze every writer; when
         // it woke every lease had lapsed, and a prober that read them
