@@ -87,10 +87,14 @@ impl Report<'_> {
                         | Action::Partition
                         | Action::StoreOutage
                         | Action::StoreFreeze
+                        | Action::HalfOpen
+                        | Action::Blackhole
+                        | Action::Latency
                 )
             })
             .filter_map(|f| {
-                let store_fault = matches!(f.action, Action::StoreOutage | Action::StoreFreeze);
+                let store_fault = matches!(f.action, Action::StoreOutage | Action::StoreFreeze)
+                    || f.action.is_link() && f.pod.is_none();
                 let pod = if store_fault {
                     "the store".to_owned()
                 } else {
@@ -192,6 +196,10 @@ impl Report<'_> {
                         "from the runner's own session".to_owned()
                     }
                     Action::StoreOutage | Action::StoreFreeze => "the store".to_owned(),
+                    a if a.is_link() && f.target == super::scenario::Target::None => {
+                        "every pod's store link".to_owned()
+                    }
+                    a if a.is_link() => format!("{}'s store link", target_text(&f.target)),
                     _ => target_text(&f.target),
                 },
                 trigger_text(&f.trigger),
@@ -205,6 +213,7 @@ impl Report<'_> {
                                 Action::StoreOutage | Action::StoreFreeze | Action::WriteLock => {
                                     Some("the store".into())
                                 }
+                                a if a.is_link() => Some("every store link".into()),
                                 _ => x.run_id.as_ref().map(|_| "the run's row".into()),
                             })
                             .unwrap_or_else(|| "the cluster".into())

@@ -26,6 +26,9 @@ pub struct ClusterSpec {
     pub binary: PathBuf,
     /// Store every pod shares.
     pub store: String,
+    /// The store as one pod reaches it, where it differs (through a chaos
+    /// runner's link proxy).
+    pub store_per_pod: BTreeMap<String, String>,
     pub workflows: PathBuf,
     pub lanes: Option<PathBuf>,
     /// Extra `vigil pod` arguments for every pod.
@@ -47,6 +50,7 @@ impl ClusterSpec {
         Ok(ClusterSpec {
             binary: std::env::current_exe().context("locating the vigil binary")?,
             store: store.into(),
+            store_per_pod: BTreeMap::new(),
             workflows: workflows.into(),
             lanes: None,
             pod_args: Vec::new(),

@@ -92,7 +92,7 @@ impl ProcessPods {
         cmd.arg("pod")
             .args([
                 "--store",
-                &spec.store,
+                spec.store_per_pod.get(id).unwrap_or(&spec.store),
                 "--listen",
                 "127.0.0.1:0",
                 "--pod-id",

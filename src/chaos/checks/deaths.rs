@@ -14,7 +14,7 @@ fn must_die(ev: &Evidence, f: &FiredFault) -> bool {
         // certainly lost its liveness (a shorter one may or may not have),
         // unless it froze the store with it: then nobody could find it dead,
         // and it was alive again before anyone could write.
-        Action::Pause | Action::Partition => {
+        Action::Pause | Action::Partition | Action::HalfOpen | Action::Blackhole => {
             !f.froze_store
                 && f.duration_ms
                     .is_some_and(|d| d >= ev.liveness_timeout_ms.saturating_mul(2))
@@ -181,6 +181,14 @@ pub(super) fn no_false_deaths(ev: &Evidence) -> Outcome {
                             | Action::Pause
                             | Action::Partition
                             | Action::Restart
+                            // Cut off from its store: the server ends its
+                            // silent liveness session. A reset ends it at
+                            // once, which to the server looks the same as
+                            // the process dying (docs/chaos.md).
+                            | Action::HalfOpen
+                            | Action::Blackhole
+                            | Action::Reset
+                            | Action::Loss
                     )
                     || f.action == Action::StoreOutage)
         })
@@ -231,6 +239,8 @@ fn action_verb(a: Action) -> &'static str {
         Action::Term => "SIGTERMed",
         Action::Pause => "SIGSTOPped",
         Action::Partition => "partitioned",
+        Action::HalfOpen => "cut off from its store (half-open)",
+        Action::Blackhole => "cut off from its store (blackhole)",
         _ => "hit",
     }
 }

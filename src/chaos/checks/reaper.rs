@@ -30,7 +30,14 @@ pub(super) fn no_healthy_reaped(ev: &Evidence) -> Outcome {
                         || f.owned.contains(&a.run.id)
                             && matches!(
                                 f.action,
-                                Action::Kill | Action::Term | Action::Pause | Action::Partition
+                                Action::Kill
+                                    | Action::Term
+                                    | Action::Pause
+                                    | Action::Partition
+                                    | Action::HalfOpen
+                                    | Action::Blackhole
+                                    | Action::Reset
+                                    | Action::Loss
                             )
                         || f.run_id.as_deref() == Some(a.run.id.as_str())
                             && f.action == Action::RowLock

@@ -191,6 +191,8 @@ async fn fire(shared: &Shared, scn: &Scenario, f: &PlannedFault) -> Result<()> {
         Action::ClockSkew => clock_skew(shared, f, p).await,
         Action::WriteLock => write_lock(shared, f, p).await,
         Action::LateComplete => late_complete(shared, run_id).await,
+        a if a.is_link() => link(shared, f, pod.as_deref()).await,
+        _ => bail!("{} has no way to fire", f.action.as_str()),
     }
 }
 
@@ -570,6 +572,9 @@ async fn late_complete(shared: &Shared, run_id: Option<String>) -> Result<()> {
 /// Resume what is paused, reconnect what is cut off, bring back a cluster
 /// with no live pod.
 pub(super) async fn heal(shared: &Shared) -> Result<()> {
+    if let Some(links) = &shared.links {
+        links.heal();
+    }
     let mut c = shared.cluster.lock().await;
     for (state, action) in [
         (PodState::Paused, "resume"),
@@ -600,5 +605,24 @@ pub(super) async fn heal(shared: &Shared) -> Result<()> {
                 .record("heal", json!({ "action": "restart", "pod": p }));
         }
     }
+    Ok(())
+}
+
+/// A link fault on `pod`'s store link, or on every pod's without a target.
+async fn link(shared: &Shared, f: &PlannedFault, pod: Option<&str>) -> Result<()> {
+    let Some(links) = &shared.links else {
+        bail!(
+            "link faults need the pods' store links behind the runner's proxy (PostgreSQL, process driver)"
+        );
+    };
+    let pods: Vec<String> = match pod {
+        Some(p) => vec![p.to_owned()],
+        None => shared.pod_ids.clone(),
+    };
+    links.apply(f, &pods).await?;
+    shared.history.record(
+        "heal",
+        json!({ "action": format!("{} over", f.action.as_str()), "pods": pods }),
+    );
     Ok(())
 }

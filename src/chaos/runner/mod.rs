@@ -9,6 +9,7 @@
 mod attach;
 pub mod conformance;
 mod faults;
+mod links;
 mod provision;
 mod submit;
 mod target;
@@ -108,6 +109,9 @@ struct Shared {
     pg_container: Option<(bollard::Docker, String)>,
     http: reqwest::Client,
     verbose: bool,
+    /// The pods' store links, when a fault hits one (PostgreSQL, process
+    /// driver).
+    links: Option<links::Links>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -401,7 +405,18 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
         .await
         .context("starting the witness")?;
     let witness_url = witness.url_for(&witness_bind.to_string());
-    let mut cluster = build_cluster(&scn, opts, dir, target, witness_url, docker)?;
+    // Link faults need every pod's store connections behind a proxy of ours.
+    let links = match plan.faults.iter().any(|f| f.action.is_link()) {
+        true if store_label == "postgres" && docker.is_none() && scn.target.is_none() => {
+            Some(links::Links::start(&pod_ids(scn.pods), target, plan.seed, history.clone()).await?)
+        }
+        _ => None,
+    };
+    let per_pod = match &links {
+        Some(l) => l.pod_store_urls(target)?,
+        None => BTreeMap::new(),
+    };
+    let mut cluster = build_cluster(&scn, opts, dir, target, witness_url, docker, per_pod)?;
     // A target has no liveness timeout of ours: any pause may cost it its
     // runs, so death_detected judges every one.
     let liveness_timeout_ms = if scn.target.is_some() {
@@ -455,6 +470,7 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
         pg_container,
         http: reqwest::Client::new(),
         verbose: opts.verbose,
+        links,
     });
     shared.refresh_live().await;
     shared.say(&format!("{} pods ({driver}) up on {store_label}", scn.pods));
@@ -539,6 +555,7 @@ fn build_cluster(
     target: &str,
     witness_url: String,
     docker: Option<(crate::cluster::docker::pods::DockerPods, String)>,
+    store_per_pod: BTreeMap<String, String>,
 ) -> Result<Cluster> {
     let pod_store = docker.as_ref().map_or(target, |(_, url)| url.as_str());
     let mut spec = ClusterSpec::new(
@@ -546,6 +563,7 @@ fn build_cluster(
         opts.workflows.clone(),
         dir.join("pods"),
     )?;
+    spec.store_per_pod = store_per_pod;
     if let Some(b) = &opts.binary {
         spec.binary = b.clone();
     }

@@ -7,7 +7,10 @@
 //! This module holds the file's format and its parsing and validation;
 //! `plan` the schedule a seed gives, `tests` the unit tests.
 
+mod action;
 mod plan;
+
+pub use action::{Action, Direction, LinkCfg, LinkSpec};
 
 pub use plan::{Plan, PlannedFault, PlannedRun, Target, Trigger};
 
@@ -117,70 +120,6 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// SIGKILL.
-    Kill,
-    /// SIGTERM (graceful stop).
-    Term,
-    /// SIGSTOP for `duration_ms`, then SIGCONT.
-    Pause,
-    /// Start a pod that exited, with the same id.
-    Restart,
-    /// Set a kill switch (`switch`, `value`).
-    Switch,
-    /// Stop the run's machinery on its owner, keeping ownership (chaos hook).
-    Stall,
-    /// Stop the PostgreSQL server for `duration_ms` (throwaway server only).
-    StoreOutage,
-    /// Send the run's first owner's completion after the run ended (seed 002).
-    LateComplete,
-    /// Disconnect the pod's container from the scenario network for
-    /// `duration_ms`, then reconnect it (Docker driver only).
-    Partition,
-    /// Freeze the PostgreSQL server for `duration_ms`: SIGSTOP every process
-    /// of the throwaway server (process driver) or pause its container
-    /// (Docker driver), then let it go on. Connections stay open and hang.
-    StoreFreeze,
-    /// Hold run `run`'s row locked (`SELECT ... FOR UPDATE` in an open
-    /// transaction) for `duration_ms`. With a target pod the lock is taken
-    /// by a session of that pod (its chaos hook; pause it next and it is a
-    /// pod frozen mid-transaction); without one, by a session of the
-    /// runner's own (an operator's open `psql`). PostgreSQL only.
-    RowLock,
-    /// Step the target pod's wall clock by `offset_ms` (negative: behind),
-    /// as a drifting host or an NTP step does (chaos hook).
-    ClockSkew,
-    /// Hold the SQLite database's write lock (`BEGIN IMMEDIATE`, which
-    /// every other writer then waits behind) for `duration_ms`. With a
-    /// target pod the lock is taken by a connection of that pod (its chaos
-    /// hook; pause it next and it is a pod frozen mid-write, every other
-    /// writer frozen with it); without one, by the runner's own (an
-    /// operator's open `sqlite3` shell). SQLite only.
-    WriteLock,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Kill => "kill",
-            Action::Term => "term",
-            Action::Pause => "pause",
-            Action::Restart => "restart",
-            Action::Switch => "switch",
-            Action::Stall => "stall",
-            Action::StoreOutage => "store_outage",
-            Action::LateComplete => "late_complete",
-            Action::Partition => "partition",
-            Action::StoreFreeze => "store_freeze",
-            Action::RowLock => "row_lock",
-            Action::ClockSkew => "clock_skew",
-            Action::WriteLock => "write_lock",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultCfg {
@@ -204,6 +143,8 @@ pub struct FaultCfg {
     pub value: Option<bool>,
     /// For clock_skew: how far the pod's wall clock is stepped (ms).
     pub offset_ms: Option<i64>,
+    /// For the link faults: which link and how (see [`LinkCfg`]).
+    pub link: Option<Spanned<LinkCfg>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, Hash)]
@@ -616,7 +557,9 @@ impl Scenario {
                     | Action::Partition
                     | Action::ClockSkew
             );
-            let may_target = needs_target || matches!(action, Action::RowLock | Action::WriteLock);
+            let may_target = needs_target
+                || action.is_link()
+                || matches!(action, Action::RowLock | Action::WriteLock);
             match (&f.target, may_target) {
                 (None, true) if needs_target => {
                     return Err(err(
@@ -659,6 +602,8 @@ impl Scenario {
                     "only clock_skew takes offset_ms".into(),
                 ));
             }
+            action::check_link(action, f, &raw.cluster)
+                .map_err(|(at, k, p)| err(at.unwrap_or(span.clone()), &field(k), p))?;
             if action == Action::RowLock && f.run.is_none() {
                 return Err(err(
                     span,

@@ -46,6 +46,9 @@ pub struct PlannedFault {
     pub restart_after_ms: Option<u64>,
     pub switch: Option<(String, bool)>,
     pub offset_ms: Option<i64>,
+    /// A link fault's link and parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<super::LinkSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +145,19 @@ impl Scenario {
                     duration_ms: f.duration_ms,
                     restart_after_ms: f.restart_after_ms,
                     offset_ms: f.offset_ms,
+                    link: f
+                        .action
+                        .get_ref()
+                        .is_link()
+                        .then(|| {
+                            let cfg = f
+                                .link
+                                .as_ref()
+                                .map(|l| l.get_ref().clone())
+                                .unwrap_or_default();
+                            super::LinkSpec::check(*f.action.get_ref(), &cfg).ok()
+                        })
+                        .flatten(),
                     switch: f
                         .switch
                         .as_ref()

@@ -1,0 +1,217 @@
+//! The links the runner can hurt: each pod reaches PostgreSQL through a
+//! fault proxy of the runner's own (its store URL names the proxy's
+//! loopback port), so latency, bandwidth, resets, blackholes, a lost
+//! COMMIT reply and slow closes hit one pod's link or every pod's; and
+//! packets on a pod's link can be dropped by nftables (half-open, loss),
+//! which a proxy cannot model (its own kernel keeps ACKing).
+//!
+//! Every fault is undone on every exit path: `heal` clears the proxies and
+//! deletes the runner's nftables table, and dropping [`Links`] does too (a
+//! runner SIGKILLed mid-fault leaves a table `vigil chaos clean` sweeps).
+
+use crate::chaos::history::History;
+use crate::chaos::net::{self, LinkFault, LinkProxy, NftFaults, RuleId};
+use crate::chaos::scenario::{Action, Direction, LinkSpec, PlannedFault};
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One proxy per pod in front of the database, and the packet faults.
+pub(super) struct Links {
+    /// Pod id -> the proxy its store connections go through.
+    proxies: BTreeMap<String, Arc<LinkProxy>>,
+    /// Created at the first packet fault (nft is needed only then).
+    nft: Mutex<Option<NftFaults>>,
+    forwarders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links")
+            .field("pods", &self.proxies.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Links {
+    /// A proxy per pod in front of the database at `store_url`; what the
+    /// proxies see (a commit cut, connections reset) goes to `history`.
+    pub async fn start(
+        pods: &[String],
+        store_url: &str,
+        seed: u64,
+        history: Arc<History>,
+    ) -> Result<Links> {
+        let url = url::Url::parse(store_url).context("the store URL of the link proxies")?;
+        let upstream = format!(
+            "{}:{}",
+            url.host_str().context("the store URL names no host")?,
+            url.port().unwrap_or(5432)
+        );
+        let mut proxies = BTreeMap::new();
+        let mut forwarders = Vec::new();
+        for (i, pod) in pods.iter().enumerate() {
+            let proxy = LinkProxy::start(
+                &format!("store link of {pod}"),
+                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                &upstream,
+                seed.wrapping_add(i as u64),
+            )
+            .await
+            .with_context(|| format!("starting the store link proxy of {pod}"))?;
+            let mut events = proxy.events();
+            let (history, pod_id) = (history.clone(), pod.clone());
+            forwarders.push(tokio::spawn(async move {
+                while let Ok(ev) = events.recv().await {
+                    history.record(
+                        "link",
+                        json!({ "pod": pod_id, "link": "store", "event": ev }),
+                    );
+                }
+            }));
+            proxies.insert(pod.clone(), proxy);
+        }
+        Ok(Links {
+            proxies,
+            nft: Mutex::new(None),
+            forwarders,
+        })
+    }
+
+    /// `store_url` as pod `pod` reaches it: through its proxy.
+    pub fn pod_store_url(&self, pod: &str, store_url: &str) -> Result<String> {
+        let proxy = self
+            .proxies
+            .get(pod)
+            .with_context(|| format!("no store link proxy for {pod}"))?;
+        let mut url = url::Url::parse(store_url).context("the store URL")?;
+        url.set_host(Some("127.0.0.1"))
+            .context("setting the proxy's host")?;
+        url.set_port(Some(proxy.addr().port()))
+            .map_err(|()| anyhow::anyhow!("the store URL cannot take a port"))?;
+        Ok(url.to_string())
+    }
+
+    /// Every pod's store URL through its proxy.
+    pub fn pod_store_urls(&self, store_url: &str) -> Result<BTreeMap<String, String>> {
+        self.proxies
+            .keys()
+            .map(|p| Ok((p.clone(), self.pod_store_url(p, store_url)?)))
+            .collect()
+    }
+
+    /// Apply link fault `f` to `pods` for its duration, then heal it.
+    pub async fn apply(&self, f: &PlannedFault, pods: &[String]) -> Result<()> {
+        let spec = f
+            .link
+            .clone()
+            .with_context(|| format!("{} has no link parameters", f.action.as_str()))?;
+        let duration = Duration::from_millis(f.duration_ms.unwrap_or(0));
+        let targets: Vec<&Arc<LinkProxy>> = pods
+            .iter()
+            .map(|p| {
+                self.proxies
+                    .get(p)
+                    .with_context(|| format!("no store link proxy for {p}"))
+            })
+            .collect::<Result<_>>()?;
+        if f.action.is_packet_level() {
+            let mut rules: Vec<RuleId> = Vec::new();
+            {
+                let mut nft = lock(&self.nft);
+                if nft.is_none() {
+                    *nft = Some(NftFaults::new()?);
+                }
+                let nft = nft.as_ref().context("nftables")?;
+                for proxy in &targets {
+                    let port = proxy.addr().port();
+                    rules.push(match f.action {
+                        Action::HalfOpen => nft.half_open(port)?,
+                        Action::Loss => nft.loss(port, spec.percent)?,
+                        other => bail!("{} is not a packet fault", other.as_str()),
+                    });
+                }
+            }
+            tokio::time::sleep(duration).await;
+            if let Some(nft) = lock(&self.nft).as_ref() {
+                for r in rules {
+                    nft.remove(r)?;
+                }
+            }
+            return Ok(());
+        }
+        let fault = proxy_fault(f.action, &spec)?;
+        for proxy in &targets {
+            proxy.set(fault.clone());
+        }
+        tokio::time::sleep(duration).await;
+        for proxy in &targets {
+            proxy.heal();
+        }
+        Ok(())
+    }
+
+    /// Undo every link fault still in place (the scenario's heal, and
+    /// every exit path through Drop).
+    pub fn heal(&self) {
+        for proxy in self.proxies.values() {
+            proxy.heal();
+        }
+        if let Some(nft) = lock(&self.nft).as_ref()
+            && let Err(e) = nft.clear()
+        {
+            tracing::warn!(error = %e, "could not delete the runner's nftables table");
+        }
+    }
+}
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        self.heal();
+        for proxy in self.proxies.values() {
+            proxy.shutdown();
+        }
+        for f in &self.forwarders {
+            f.abort();
+        }
+    }
+}
+
+fn direction(d: Direction) -> net::Direction {
+    match d {
+        Direction::Up => net::Direction::Up,
+        Direction::Down => net::Direction::Down,
+        Direction::Both => net::Direction::Both,
+    }
+}
+
+/// The proxy's fault for a scenario's link fault.
+fn proxy_fault(action: Action, spec: &LinkSpec) -> Result<LinkFault> {
+    Ok(match action {
+        Action::Latency => LinkFault::Latency {
+            direction: direction(spec.direction),
+            ms: spec.ms,
+            jitter_ms: spec.jitter_ms,
+        },
+        Action::Bandwidth => LinkFault::Bandwidth {
+            direction: direction(spec.direction),
+            bytes_per_sec: spec.bytes_per_sec,
+        },
+        Action::Reset => LinkFault::Reset,
+        Action::Blackhole => LinkFault::Blackhole {
+            direction: direction(spec.direction),
+        },
+        Action::CutAfterCommit => LinkFault::CutAfterCommit {
+            pattern: spec.pattern.clone(),
+            times: spec.times,
+        },
+        Action::SlowClose => LinkFault::SlowClose { ms: spec.ms },
+        other => bail!("{} is not a proxy fault", other.as_str()),
+    })
+}
