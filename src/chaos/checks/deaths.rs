@@ -14,7 +14,10 @@ fn must_die(ev: &Evidence, f: &FiredFault) -> bool {
         // certainly lost its liveness (a shorter one may or may not have),
         // unless it froze the store with it: then nobody could find it dead,
         // and it was alive again before anyone could write.
-        Action::Pause | Action::Partition | Action::HalfOpen | Action::Blackhole => {
+        _ if super::gray::cuts_lease(ev, f) => f
+            .duration_ms
+            .is_some_and(|d| d >= ev.liveness_timeout_ms.saturating_mul(2)),
+        Action::Pause | Action::Partition => {
             !f.froze_store
                 && f.duration_ms
                     .is_some_and(|d| d >= ev.liveness_timeout_ms.saturating_mul(2))
@@ -190,6 +193,7 @@ pub(super) fn no_false_deaths(ev: &Evidence) -> Outcome {
                             | Action::Reset
                             | Action::Loss
                     )
+                    || f.pod.as_deref() == Some(pod) && super::gray::cuts_lease(ev, f)
                     || f.action == Action::StoreOutage)
         })
     };
@@ -241,6 +245,7 @@ fn action_verb(a: Action) -> &'static str {
         Action::Partition => "partitioned",
         Action::HalfOpen => "cut off from its store (half-open)",
         Action::Blackhole => "cut off from its store (blackhole)",
+        Action::Latency => "slowed past its lease on its store link",
         _ => "hit",
     }
 }
@@ -272,6 +277,7 @@ mod tests {
             owned: Vec::new(),
             duration_ms: None,
             froze_store: false,
+            link: None,
         }
     }
 

@@ -21,6 +21,7 @@
 
 mod deaths;
 mod executions;
+mod gray;
 mod outcomes;
 mod ownership;
 mod reaper;
@@ -145,6 +146,19 @@ pub struct FiredFault {
     /// runner's own tries found: the whole store froze with it.
     #[serde(default)]
     pub froze_store: bool,
+    /// A link fault's link and parameters (latency, direction...).
+    #[serde(default)]
+    pub link: Option<crate::chaos::scenario::LinkSpec>,
+}
+
+/// One answer of a pod's `/readyz` to the runner's probes while a link
+/// fault was on it (only changes are recorded).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadyProbe {
+    pub t_ms: u64,
+    pub pod: String,
+    /// None: no answer within a second.
+    pub ready: Option<bool>,
 }
 
 /// A late completion the runner sent, and the answer it got.
@@ -198,6 +212,8 @@ pub struct Evidence {
     pub late: Vec<LateAnswer>,
     pub store: Vec<StoreAccount>,
     pub deaths: Vec<Death>,
+    /// The runner's probes of pods' readiness during link faults.
+    pub ready: Vec<ReadyProbe>,
     /// Why the runner could not see everything it needed (then the verdict
     /// is unknown, not pass).
     pub blind: Vec<String>,
@@ -269,6 +285,12 @@ impl Evidence {
                     owned: field(e, "owned")?,
                     duration_ms: field(e, "duration_ms")?,
                     froze_store: false,
+                    link: field(e, "link")?,
+                }),
+                "ready" => ev.ready.push(ReadyProbe {
+                    t_ms: e.t_ms,
+                    pod: field(e, "pod")?,
+                    ready: field(e, "ready")?,
                 }),
                 "store_frozen" => {
                     let index: usize = field(e, "index")?;
@@ -430,6 +452,10 @@ fn not_for_target(ev: &Evidence, name: CheckName) -> Option<Outcome> {
                 t.name
             )))
         }
+        CheckName::SelfFenced => Some(not_applicable(&format!(
+            "it judges Vigil's own pods' leases and readiness, and target {:?} is not Vigil",
+            t.name
+        ))),
         CheckName::ClaimedOnce | CheckName::Fencing | CheckName::NoFalseDeaths if !t.epochs => {
             Some(not_applicable(&format!(
                 "it tells owners apart by ownership epoch, and target {:?} reports none \
@@ -477,6 +503,7 @@ pub fn run_all(
                 CheckName::ClaimedOnce => ownership::claimed_once(ev),
                 CheckName::Fencing => ownership::fencing(ev),
                 CheckName::NoFalseDeaths => deaths::no_false_deaths(ev),
+                CheckName::SelfFenced => gray::self_fenced(ev),
             });
             CheckResult {
                 name,

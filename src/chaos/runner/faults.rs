@@ -175,7 +175,7 @@ async fn fire(shared: &Shared, scn: &Scenario, f: &PlannedFault) -> Result<()> {
     ));
     shared.history.record(
         "fault",
-        json!({ "index": f.index, "action": f.action, "pod": pod, "run_id": run_id, "owned": owned, "duration_ms": f.duration_ms }),
+        json!({ "index": f.index, "action": f.action, "pod": pod, "run_id": run_id, "owned": owned, "duration_ms": f.duration_ms, "link": f.link }),
     );
     lock(&shared.fired).push(f.index);
     let p = pod.as_deref().unwrap_or_default();
@@ -619,10 +619,63 @@ async fn link(shared: &Shared, f: &PlannedFault, pod: Option<&str>) -> Result<()
         Some(p) => vec![p.to_owned()],
         None => shared.pod_ids.clone(),
     };
-    links.apply(f, &pods).await?;
+    // While a fault is on one pod's link, watch its readiness as a load
+    // balancer would: every 100 ms, a second to answer.
+    let mut probe = None;
+    if let Some(p) = pod
+        && let Some(url) = shared.cluster_url(p).await
+    {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(watch_ready(
+            shared.http.clone(),
+            shared.history.clone(),
+            p.to_owned(),
+            url,
+            stop.clone(),
+        ));
+        probe = Some((stop, task));
+    }
+    let applied = links.apply(f, &pods).await;
+    if let Some((stop, task)) = probe {
+        stop.cancel();
+        let _ = task.await;
+    }
+    applied?;
     shared.history.record(
         "heal",
         json!({ "action": format!("{} over", f.action.as_str()), "pods": pods }),
     );
     Ok(())
+}
+
+/// Probe `pod`'s `/readyz` every 100 ms (a second to answer) until `stop`,
+/// recording each change of answer: `ready` true, false (any other status)
+/// or null (no answer in time).
+async fn watch_ready(
+    http: reqwest::Client,
+    history: Arc<crate::chaos::history::History>,
+    pod: String,
+    base: String,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let url = format!("{}/readyz", base.trim_end_matches('/'));
+    let mut last: Option<Option<bool>> = None;
+    loop {
+        let answer = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = http.get(&url).timeout(Duration::from_secs(1)).send() => a,
+        };
+        let ready = match answer {
+            Ok(r) => Some(r.status().is_success()),
+            Err(_) => None,
+        };
+        if last != Some(ready) {
+            history.record("ready", json!({ "pod": pod, "ready": ready }));
+            last = Some(ready);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
 }

@@ -134,6 +134,11 @@ impl Shared {
             .with_context(|| format!("{action} target {pod} vanished"))
     }
 
+    /// The API URL of `pod`, if the cluster knows it.
+    async fn cluster_url(&self, pod: &str) -> Option<String> {
+        self.cluster.lock().await.pod(pod).map(|x| x.url.clone())
+    }
+
     fn live(&self) -> Vec<(String, String)> {
         lock(&self.live).clone()
     }

@@ -161,10 +161,11 @@ pub enum CheckName {
     ClaimedOnce,
     Fencing,
     NoFalseDeaths,
+    SelfFenced,
 }
 
 impl CheckName {
-    pub const ALL: [CheckName; 11] = [
+    pub const ALL: [CheckName; 12] = [
         CheckName::TerminalOnce,
         CheckName::NoGhosts,
         CheckName::StreamExactlyOnce,
@@ -176,6 +177,7 @@ impl CheckName {
         CheckName::ClaimedOnce,
         CheckName::Fencing,
         CheckName::NoFalseDeaths,
+        CheckName::SelfFenced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -191,6 +193,7 @@ impl CheckName {
             CheckName::ClaimedOnce => "claimed_once",
             CheckName::Fencing => "fencing",
             CheckName::NoFalseDeaths => "no_false_deaths",
+            CheckName::SelfFenced => "self_fenced",
         }
     }
 
@@ -220,6 +223,9 @@ impl CheckName {
             CheckName::Fencing => "a pod that lost its claim writes nothing for the run afterwards",
             CheckName::NoFalseDeaths => {
                 "no pod is declared dead unless it was stopped, killed or cut off (or the store was)"
+            }
+            CheckName::SelfFenced => {
+                "a pod that cannot reach its store in time stops acting and goes unready before its lease can lapse"
             }
         }
     }
