@@ -9,6 +9,7 @@
 
 pub mod checks;
 pub mod history;
+pub mod net;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -1,0 +1,13 @@
+//! Network faults for the chaos harness.
+//!
+//! - [`proxy`]: a TCP proxy in front of one upstream (PostgreSQL for a pod,
+//!   later a client's link to a pod) that delays, throttles, drops, resets
+//!   and, knowing PostgreSQL's protocol, cuts a connection right after its
+//!   commit landed. It works on streams, so whatever TCP itself would do
+//!   (keepalives, retransmission timeouts) never happens: the proxy's own
+//!   kernel keeps acknowledging.
+
+mod pgwire;
+pub mod proxy;
+
+pub use proxy::{Direction, LinkEvent, LinkFault, LinkProxy, LinkStats};
