@@ -2,8 +2,9 @@
 # The whole test suite, on a fresh machine of this kind, in one command:
 # under scripts/with-pg.sh (which installs PostgreSQL from Debian's packages
 # if absent and starts a throwaway server on 127.0.0.1), runs fmt, clippy,
-# every test with INSTA_UPDATE=no and CI=true (so a missing service, PostgreSQL
-# or the Docker engine, is a failure, never a skip; DBOS Transact for the
+# every test with INSTA_UPDATE=no and CI=true (so a missing service, PostgreSQL,
+# nftables or the Docker engine, is a failure, never a skip; nftables is
+# installed from Debian's packages if absent; DBOS Transact for the
 # target scenarios is installed first by scripts/install-dbos.sh), then schemathesis against
 # live pods, a one-minute soak and a bounded run of every cargo-fuzz target.
 # Extra arguments go to `cargo test` (e.g. a test-name filter).
@@ -17,6 +18,14 @@ log() { printf '==> %s\n' "$*" >&2; }
 export INSTA_UPDATE=no
 export CI="${CI:-true}"
 
+# The chaos harness's packet faults (src/chaos/net/nft.rs) drive nftables;
+# under CI=true their tests fail without it.
+if ! command -v nft >/dev/null 2>&1 && [ ! -x /usr/sbin/nft ]; then
+    log "nft not found: installing nftables from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq nftables >/dev/null
+fi
 log "DBOS Transact for the target scenarios (scripts/install-dbos.sh: target/dbos-venv, pinned)"
 ./scripts/install-dbos.sh
 log "cargo fmt --check"

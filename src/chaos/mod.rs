@@ -9,6 +9,7 @@
 
 pub mod checks;
 pub mod history;
+pub mod net;
 pub mod report;
 pub mod runner;
 pub mod scenario;
@@ -55,7 +56,8 @@ pub enum ChaosCmd {
     #[command(subcommand)]
     Image(ImageCmd),
     /// Remove the containers, networks and volumes the docker driver left
-    /// (by label), e.g. after a runner was killed with SIGKILL.
+    /// (by label), e.g. after a runner was killed with SIGKILL, and the
+    /// nftables tables of packet faults whose runner is gone.
     Clean(CleanArgs),
 }
 
@@ -385,6 +387,31 @@ async fn image_build(args: ImageBuildArgs) -> Result<()> {
 }
 
 async fn clean(args: CleanArgs) -> Result<()> {
+    // The packet-fault tables first, whatever happens to Docker after: a
+    // table a killed runner left keeps a port cut off on this host, Docker
+    // or not. Only root can read them (or can have made them).
+    let nft = if nix::unistd::geteuid().is_root() {
+        net::nft::sweep(args.all).map(|tables| {
+            for t in tables {
+                println!("removed nft table {t}");
+            }
+        })
+    } else {
+        eprintln!("note: nft tables not swept (that needs root)");
+        Ok(())
+    };
+    let docker = clean_docker(args).await;
+    match (nft, docker) {
+        (Ok(()), docker) => docker,
+        (Err(nft), Ok(())) => Err(nft),
+        (Err(nft), Err(docker)) => {
+            eprintln!("error: {}", crate::errors::report(&nft));
+            Err(docker)
+        }
+    }
+}
+
+async fn clean_docker(args: CleanArgs) -> Result<()> {
     use crate::cluster::docker::Scope;
     let docker = crate::cluster::docker::connect().await?;
     let scope = match (args.all, args.run) {
