@@ -138,14 +138,21 @@ fn pg_store() -> Option<String> {
     }
 }
 
+/// Scenarios whose outcome, though it must pass, depends on chance the
+/// seed does not govern (which packets a lossy link drops: whether the pod
+/// keeps its lease, whether the reaper times a run out and retries it).
+/// Their verdict is asserted; their normalized report is not snapshotted.
+const BY_CHANCE: &[&str] = &["lossy-link"];
+
 fn snapshot_all(store: &str, label: &str) {
     let files = vigil::chaos::scenario::scenario_files(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios"),
     )
     .unwrap();
     assert!(
-        files.len() >= 18,
-        "ship at least the eighteen scenarios (row-lock-orphan, frozen-in-transaction and clock-skew among them)"
+        files.len() >= 25,
+        "ship at least the twenty-five scenarios (row-lock-orphan, frozen-in-transaction, \
+         clock-skew and the gray failures among them)"
     );
     let mut failures = Vec::new();
     for f in files {
@@ -156,6 +163,10 @@ fn snapshot_all(store: &str, label: &str) {
             continue;
         }
         if r.normalized["verdict"] == "not_applicable" {
+            continue;
+        }
+        if BY_CHANCE.contains(&name.as_str()) {
+            // Passed (exit 0 above); which run moved where is chance.
             continue;
         }
         insta::with_settings!({ snapshot_suffix => label }, {
@@ -549,6 +560,19 @@ mod teeth {
             "lock_release_is_death",
             "no_false_deaths",
             "was declared dead by",
+        );
+    }
+
+    #[test]
+    fn no_self_fence_is_caught_by_self_fenced() {
+        // One owner's store link so slow that no renew fits its lease: a
+        // pod that does not fence itself by its own clock stays ready (and
+        // may start step bodies) after its lease may have lapsed.
+        teeth_pg(
+            "laggy-owner",
+            "no_self_fence",
+            "self_fenced",
+            "still answered ready",
         );
     }
 

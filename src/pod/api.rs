@@ -762,7 +762,8 @@ fn status_description(status: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::{document, wants_openmetrics};
+    use super::document;
+    use crate::pod::health::wants_openmetrics;
 
     #[test]
     fn every_response_is_described_and_changes_name_the_bearer_scheme() {

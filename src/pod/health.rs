@@ -50,7 +50,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// has a higher weight than every OpenMetrics (or wildcard) entry. No
 /// header, `*/*` and Prometheus's own header (OpenMetrics first) all get
 /// OpenMetrics.
-fn wants_openmetrics(accept: &str) -> bool {
+pub(super) fn wants_openmetrics(accept: &str) -> bool {
     let (mut om, mut text) = (None::<f32>, None::<f32>);
     for part in accept.split(',') {
         let mut fields = part.split(';').map(str::trim);

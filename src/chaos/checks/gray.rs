@@ -14,7 +14,10 @@ pub(super) fn cuts_lease(ev: &Evidence, f: &FiredFault) -> bool {
     }
     match f.action {
         Action::HalfOpen => true,
-        Action::Blackhole => f.link.as_ref().is_some_and(|l| l.direction != Direction::Down),
+        Action::Blackhole => f
+            .link
+            .as_ref()
+            .is_some_and(|l| l.direction != Direction::Down),
         Action::Latency => f.link.as_ref().is_some_and(|l| {
             let one_way = l.ms.saturating_sub(l.jitter_ms);
             let round_trip = if l.direction == Direction::Both {
@@ -80,13 +83,7 @@ pub(super) fn self_fenced(ev: &Evidence) -> Outcome {
         // Readiness: the runner's last probe answer at each moment.
         let unready_by = fenced_from + 1000;
         let probes: Vec<_> = ev.ready.iter().filter(|r| r.pod == pod).collect();
-        let ready_at = |t: u64| {
-            probes
-                .iter()
-                .rev()
-                .find(|r| r.t_ms <= t)
-                .map(|r| r.ready)
-        };
+        let ready_at = |t: u64| probes.iter().rev().find(|r| r.t_ms <= t).map(|r| r.ready);
         if end > unready_by + 500 {
             match ready_at(unready_by) {
                 Some(Some(true)) => out.push(format!(
