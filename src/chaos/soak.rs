@@ -30,12 +30,27 @@ pub struct SoakArgs {
     pub workflows: std::path::PathBuf,
 }
 
+/// Which gray failures a soak round may draw: none on SQLite (its pods
+/// have no link to a database), the link faults on any PostgreSQL, and a
+/// database freeze only on a server the runner starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gray {
+    None,
+    Links,
+    LinksAndFreeze,
+}
+
 /// The TOML of one soak round.
-pub fn round_toml(round: u64, seed: u64) -> String {
+pub fn round_toml(round: u64, seed: u64, gray: Gray) -> String {
     let mut rng =
         rand::rngs::StdRng::seed_from_u64(seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let store = if gray == Gray::None {
+        ""
+    } else {
+        "store = \"postgres\"\n"
+    };
     let mut s = format!(
-        "# soak round {round} (seed {seed})\nname = \"soak-round-{round}\"\n\n[cluster]\npods = 3\n\
+        "# soak round {round} (seed {seed})\nname = \"soak-round-{round}\"\n\n[cluster]\npods = 3\n{store}\
          pod_args = [\"--liveness-timeout-ms\", \"1000\", \"--probe-interval-ms\", \"100\"]\n\n\
          [[workload]]\nname = \"s\"\nworkflow = \"slow_stream\"\nruns = 3\ninterval_ms = 1500\nattach = [\"early\", \"late\"]\n\n\
          [[workload]]\nname = \"f\"\nworkflow = \"fan_in_9\"\nruns = 2\nstart_ms = 400\ninterval_ms = 2500\nattach = [\"late\"]\n\n\
@@ -47,7 +62,12 @@ pub fn round_toml(round: u64, seed: u64) -> String {
     for _ in 0..faults {
         at += rng.random_range(600..2500);
         let _ = write!(s, "\n[[fault]]\nat_ms = {at}\n");
-        match rng.random_range(0..10) {
+        let kinds = match gray {
+            Gray::None => 10,
+            Gray::Links => 16,
+            Gray::LinksAndFreeze => 17,
+        };
+        match rng.random_range(0..kinds) {
             0..=3 => {
                 let _ = write!(
                     s,
@@ -67,6 +87,69 @@ pub fn round_toml(round: u64, seed: u64) -> String {
                     s,
                     "action = \"pause\"\ntarget = \"random\"\nduration_ms = {}\n",
                     rng.random_range(300..3000)
+                );
+            }
+            10 => {
+                // One pod's store link slowed: well inside its 1 s lease
+                // (it must keep it), or every round trip past it (it must
+                // lose it and fence itself); never the coin toss between.
+                let ms = if rng.random_bool(0.5) {
+                    rng.random_range(50..300)
+                } else {
+                    rng.random_range(650..900)
+                };
+                let _ = write!(
+                    s,
+                    "action = \"latency\"\ntarget = \"random\"\nduration_ms = {}\nlink = {{ ms = {ms}, jitter_ms = {} }}\n",
+                    rng.random_range(1000..5000),
+                    ms / 8
+                );
+            }
+            11 => {
+                // Every pod's store link slowed: the store is slow.
+                let ms = rng.random_range(25..200);
+                let _ = write!(
+                    s,
+                    "action = \"latency\"\nduration_ms = {}\nlink = {{ ms = {ms}, jitter_ms = {} }}\n",
+                    rng.random_range(2000..6000),
+                    ms / 2
+                );
+            }
+            12 => {
+                let _ = write!(
+                    s,
+                    "action = \"half_open\"\ntarget = \"random\"\nduration_ms = {}\n",
+                    rng.random_range(500..4000)
+                );
+            }
+            13 => {
+                let _ = write!(
+                    s,
+                    "action = \"loss\"\ntarget = \"random\"\nduration_ms = {}\nlink = {{ percent = {} }}\n",
+                    rng.random_range(1000..5000),
+                    rng.random_range(5..40)
+                );
+            }
+            14 => {
+                let _ = write!(
+                    s,
+                    "action = \"reset\"\ntarget = \"random\"\nduration_ms = {}\n",
+                    rng.random_range(100..1000)
+                );
+            }
+            15 => {
+                let _ = write!(
+                    s,
+                    "action = \"cut_after_commit\"\ntarget = \"random\"\nduration_ms = 3000\nlink = {{ pattern = \"{}\", times = {} }}\n",
+                    ["vigil_checkpoints", "COMMIT"][rng.random_range(0..2)],
+                    rng.random_range(1..4)
+                );
+            }
+            16 => {
+                let _ = write!(
+                    s,
+                    "action = \"store_freeze\"\nduration_ms = {}\n",
+                    rng.random_range(500..4000)
                 );
             }
             _ => {
@@ -108,8 +191,13 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
     let (mut rounds, mut runs, mut faults, mut failed) = (0u64, 0usize, 0usize, Vec::new());
     let dir = args.results.join(format!("soak-{seed}"));
     std::fs::create_dir_all(&dir)?;
+    let gray = match &store {
+        runner::StoreChoice::PgServer => Gray::LinksAndFreeze,
+        runner::StoreChoice::PgUrl(_) => Gray::Links,
+        _ => Gray::None,
+    };
     while Instant::now() < until {
-        let text = round_toml(rounds, seed);
+        let text = round_toml(rounds, seed, gray);
         let file = dir.join(format!("round-{rounds}.toml"));
         std::fs::write(&file, &text)?;
         let scn = Scenario::parse(&file, &text, &workflows)?;
@@ -180,11 +268,24 @@ mod tests {
             concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/workflows"),
         ))
         .unwrap();
-        for round in 0..20 {
-            let t = super::round_toml(round, 42);
-            assert_eq!(t, super::round_toml(round, 42));
-            super::Scenario::parse(std::path::Path::new("round.toml"), &t, &reg).unwrap();
+        use super::Gray;
+        let mut drew_gray = false;
+        for gray in [Gray::None, Gray::Links, Gray::LinksAndFreeze] {
+            for round in 0..40 {
+                let t = super::round_toml(round, 42, gray);
+                assert_eq!(t, super::round_toml(round, 42, gray));
+                super::Scenario::parse(std::path::Path::new("round.toml"), &t, &reg).unwrap();
+                let has_gray = ["latency", "half_open", "loss", "reset", "cut_after_commit"]
+                    .iter()
+                    .any(|a| t.contains(&format!("action = \"{a}\"")));
+                assert!(gray != Gray::None || !has_gray, "{t}");
+                drew_gray |= has_gray;
+            }
         }
-        assert_ne!(super::round_toml(0, 1), super::round_toml(0, 2));
+        assert!(drew_gray, "a PostgreSQL soak draws gray failures");
+        assert_ne!(
+            super::round_toml(0, 1, Gray::None),
+            super::round_toml(0, 2, Gray::None)
+        );
     }
 }

@@ -100,15 +100,35 @@ pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
     let engine = &worker.engine;
     let liveness = worker.store().liveness();
     let leases_speak = || worker.leases_speak();
-    let peers = match liveness.pods().await {
-        Ok(p) => p,
-        Err(e) => {
+    // Liveness calls bypass the store's deadline wrapper: a deadline of
+    // their own, so a hung link cannot hold the pass.
+    let deadline = super::store::deadline::DEFAULT_DEADLINE;
+    let over = |op: &'static str| {
+        engine.metrics.inc_deadline(op);
+        super::store::StoreError::Deadline {
+            op,
+            after: deadline,
+        }
+    };
+    let peers = match tokio::time::timeout(deadline, liveness.pods()).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot read the pod registry");
+            return out;
+        }
+        Err(_) => {
+            tracing::warn!(error = %over("pod registry read"), "cannot read the pod registry");
             return out;
         }
     };
     for peer in peers.into_iter().filter(|p| p.pod_id != worker.pod_id()) {
-        match liveness.probe(&peer, worker.pod_id(), &leases_speak).await {
+        let probed = tokio::time::timeout(
+            deadline,
+            liveness.probe(&peer, worker.pod_id(), &leases_speak),
+        )
+        .await
+        .unwrap_or_else(|_| Err(over("probe")));
+        match probed {
             Ok(Some(death)) => {
                 let latency =
                     (death.detected_at_ms - death.last_heartbeat_at_ms).max(0) as f64 / 1000.0;
@@ -263,7 +283,20 @@ async fn watch_peer(worker: Arc<Worker>, peer: PodRow, wake: Arc<Notify>) {
         }
     };
     loop {
-        match watch.released().await {
+        // A lock wait answers within a round (its lock_timeout); a link
+        // that hangs it longer ends this watcher, and probes decide.
+        let waited = tokio::time::timeout(
+            super::store::liveness::WATCH_ROUND + Duration::from_secs(5),
+            watch.released(),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(super::store::StoreError::Deadline {
+                op: "liveness watch",
+                after: super::store::liveness::WATCH_ROUND + Duration::from_secs(5),
+            })
+        });
+        match waited {
             Ok(true) => {
                 tracing::debug!(pod = %peer.pod_id, incarnation = %peer.incarnation, "peer's liveness lock granted: probing now");
                 wake.notify_one();

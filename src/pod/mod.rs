@@ -78,6 +78,11 @@ pub struct PodArgs {
     /// How often this pod probes its peers and looks for orphaned runs (ms).
     #[arg(long, env = "VIGIL_PROBE_INTERVAL_MS", default_value_t = 200)]
     pub probe_interval_ms: u64,
+    /// Client-side deadline of every store call (ms): a half-open or frozen
+    /// link fails the call instead of hanging the pod (the liveness renew
+    /// has its own, ten liveness timeouts and at least 10 s).
+    #[arg(long, env = "VIGIL_STORE_DEADLINE_MS", default_value_t = 10_000)]
+    pub store_deadline_ms: u64,
     /// How often the stale-run reaper runs (ms).
     #[arg(long, env = "VIGIL_REAPER_INTERVAL_MS", default_value_t = 500)]
     pub reaper_interval_ms: u64,
@@ -208,6 +213,10 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
     let store = store::open(&args.store)
         .await
         .context("opening the store")?;
+    let store = crate::engine::store::deadline::Deadlined::wrap(
+        store,
+        Duration::from_millis(args.store_deadline_ms.max(1)),
+    );
     let lanes = match &args.lanes {
         Some(f) => Lanes::load(f)?,
         None => Lanes::builtin(),

@@ -23,6 +23,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub mod deadline;
 pub(crate) mod group;
 mod kv;
 pub mod liveness;
