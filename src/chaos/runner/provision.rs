@@ -44,6 +44,13 @@ pub(super) fn why_not_applicable(
             .any(|f| matches!(f.action, Action::RowLock | Action::ClockSkew))
     {
         Some("row_lock and clock_skew are PostgreSQL faults: --store postgres")
+    } else if plan.faults.iter().any(|f| f.action.is_link())
+        && (kind != StoreKind::Postgres || driver == DriverKind::Docker)
+    {
+        Some(
+            "link faults hurt the link between a pod and PostgreSQL through the runner's proxy: \
+             --store postgres --driver process",
+        )
     } else if kind != StoreKind::Sqlite && plan.faults.iter().any(|f| f.action == Action::WriteLock)
     {
         Some("write_lock holds SQLite's one write lock: --store sqlite")
