@@ -332,15 +332,14 @@ impl Worker {
                 Ok(o) => tracing::info!(run_id = %id, outcome = ?o, "run ended here"),
                 Err(EngineError::SelfFenced) => {
                     // Our lease ran too short to act on: wait until it
-                    // holds again (a renew got through), then take the run
-                    // back from ourselves if nobody else has.
+                    // holds again (a renew got through), then drive the run
+                    // on at the same epoch. No body began (the attempt went
+                    // back), so nothing streamed needs a purge; if another
+                    // pod took the run meanwhile, the first write is fenced.
                     tracing::warn!(run_id = %id, "self-fenced: waiting for our lease before driving the run again");
                     tokio::select! {
                         _ = cancel.cancelled() => {}
-                        _ = self.engine.config.lease.held() => {
-                            reclaim = true;
-                            continue;
-                        }
+                        _ = self.engine.config.lease.held() => continue,
                     }
                 }
                 Err(e @ EngineError::Store(se)) if !se.is_rejection() => {

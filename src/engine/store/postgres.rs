@@ -127,6 +127,13 @@ mod dialect {
     }
 }
 
+/// Connections of the data pool. A statement holds its connection for a
+/// round trip, so a slow link needs more of them for the same work
+/// (Little's law): at +250 ms a round trip, ten were too few for ten
+/// streaming runs a pod, and their heartbeats queued behind chunks until
+/// the reaper judged healthy runs stale (`slow-store` with 30 runs).
+const DATA_POOL: u32 = 32;
+
 /// A pooled connection idle at least this long is pinged before use.
 const PING_IF_IDLE: Duration = Duration::from_secs(1);
 
@@ -332,7 +339,7 @@ impl PgStore {
             .map_err(|e| super::migrate_error(&shown, &migrator, e))?;
         setup.close().await;
         let pool = PgPoolOptions::new()
-            .max_connections(10)
+            .max_connections(DATA_POOL)
             .acquire_timeout(Duration::from_secs(5))
             // sqlx pings a pooled connection when it is taken and again when
             // it is given back: two round trips more per statement, a third
