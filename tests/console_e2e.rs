@@ -1,20 +1,27 @@
 //! End to end, in a real terminal: the real binary's `vigil demo` in tmux.
 //! Navigates to Pods, sees a pod die and its run claimed, flips a switch
 //! with a reason, checks the audit row in the store, and quits (the demo
-//! must stop its cluster and exit 0). Every wait polls `capture-pane` with a
-//! timeout and fails with the pane's content.
+//! must stop its cluster and exit 0). Then a gray failure: a PostgreSQL
+//! pod behind the chaos harness's link proxy, cut off from its store and
+//! healed, seen go UNREADY and come back. Every wait polls `capture-pane`
+//! with a timeout and fails with the pane's content.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
+use vigil::chaos::net::{Direction, LinkFault, LinkProxy};
 
 struct Tmux {
     session: String,
 }
 
 impl Tmux {
-    fn start(command: &str) -> Tmux {
-        let session = format!("vigil-e2e-{}", std::process::id());
+    /// A detached session running `command`; `name` tells apart the
+    /// sessions of tests running at once.
+    fn start(name: &str, command: &str) -> Tmux {
+        let session = format!("vigil-e2e-{name}-{}", std::process::id());
         let st = Command::new("tmux")
             .args([
                 "new-session",
@@ -85,20 +92,23 @@ impl Drop for Tmux {
 }
 
 fn tmux_available() -> bool {
-    Command::new("tmux")
+    let found = Command::new("tmux")
         .arg("-V")
         .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-#[test]
-fn demo_in_a_terminal_shows_recovery_and_audits_a_switch_flip() {
-    if !tmux_available() {
+        .is_ok_and(|o| o.status.success());
+    if !found {
         assert!(
             std::env::var("CI").is_err(),
             "tmux is required for the console end-to-end test under CI"
         );
         eprintln!("NOTE: console end-to-end test NOT run (tmux not installed)");
+    }
+    found
+}
+
+#[test]
+fn demo_in_a_terminal_shows_recovery_and_audits_a_switch_flip() {
+    if !tmux_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -121,7 +131,7 @@ fn demo_in_a_terminal_shows_recovery_and_audits_a_switch_flip() {
         exe = env!("CARGO_BIN_EXE_vigil"),
         data = data.display(),
     );
-    let t = Tmux::start(&command);
+    let t = Tmux::start("demo", &command);
 
     // The console opens on the streaming run.
     t.wait_for(
@@ -256,4 +266,146 @@ fn demo_in_a_terminal_shows_recovery_and_audits_a_switch_flip() {
     });
     assert!(pane.contains("DEMO_EXIT=0"), "{pane}");
     assert!(pane.contains("was SIGKILLed mid-stream"), "{pane}");
+}
+
+/// The Pods view's row of `pod` (the table's, not the panel's title).
+fn pod_row<'a>(pane: &'a str, pod: &str) -> Option<&'a str> {
+    pane.lines()
+        .find(|l| l.trim_start_matches('│').starts_with(&format!("{pod} ")))
+}
+
+/// Its READY column says `word` (`ready` is not a part of `UNREADY`).
+fn row_says(pane: &str, pod: &str, word: &str) -> bool {
+    pod_row(pane, pod).is_some_and(|r| r.split_whitespace().any(|w| w == word))
+}
+
+/// The scratch database goes when the test ends, passed or not.
+struct ScratchDb {
+    admin: String,
+    name: String,
+    rt: tokio::runtime::Handle,
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let rt = self.rt.clone();
+        // Outside the runtime's threads: block_on may not nest.
+        let _ = std::thread::spawn(move || {
+            rt.block_on(vigil::cluster::pgserver::drop_database(&admin, &name))
+        })
+        .join();
+    }
+}
+
+/// A gray failure seen from the console: a PostgreSQL pod whose store link
+/// goes through the link proxy is cut off (blackhole, both ways). No peer
+/// declares it dead, yet the Pods view must show it UNREADY with its lease
+/// lapsed, from the pod's own /metrics; healed, it rejoins (perhaps as a
+/// new incarnation: the server ended its session) and shows ready again.
+#[test]
+fn a_pod_cut_off_from_its_store_shows_unready_then_ready_again() {
+    if !tmux_available() {
+        return;
+    }
+    let Some(admin) = common::pg_admin_url() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, name) = rt
+        .block_on(vigil::cluster::pgserver::create_scratch_database(
+            &admin,
+            "vigil_console_e2e",
+        ))
+        .unwrap();
+    let _db = ScratchDb {
+        admin,
+        name,
+        rt: rt.handle().clone(),
+    };
+    // The pod reaches the database through the proxy; the console directly.
+    let direct = url::Url::parse(&url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        direct.host_str().unwrap(),
+        direct.port().unwrap_or(5432)
+    );
+    let proxy = rt
+        .block_on(LinkProxy::start(
+            "gray-pod",
+            "127.0.0.1:0".parse().unwrap(),
+            &upstream,
+            1,
+        ))
+        .unwrap();
+    let mut proxied = direct.clone();
+    proxied.set_host(Some("127.0.0.1")).unwrap();
+    proxied.set_port(Some(proxy.addr().port())).unwrap();
+    let pod = common::pods::PodProc::spawn(
+        proxied.as_str(),
+        "gray-pod",
+        &["--liveness-timeout-ms", "1000"],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config_home = dir.path().join("config");
+    std::fs::create_dir_all(config_home.join("vigil")).unwrap();
+    // Scrape often, so the wait below is for the pod, not the console.
+    std::fs::write(
+        config_home.join("vigil/console.toml"),
+        "refresh_ms = 250\nmetrics_ms = 250\n",
+    )
+    .unwrap();
+    let command = format!(
+        "env XDG_CONFIG_HOME={cfg} XDG_STATE_HOME={state} NO_COLOR=1 {exe} console --store '{store}'; \
+         echo CONSOLE_EXIT=$?; sleep 300",
+        cfg = config_home.display(),
+        state = dir.path().join("state").display(),
+        exe = env!("CARGO_BIN_EXE_vigil"),
+        store = direct,
+    );
+    let t = Tmux::start("gray", &command);
+    t.wait_for("the console", Duration::from_secs(30), |p| {
+        p.contains("vigil console")
+    });
+    t.keys(&["2"]);
+    let lines = |pane: &str| pod_row(pane, "gray-pod").unwrap_or("(no row)").to_owned();
+    let pane = t.wait_for("the pod, ready", Duration::from_secs(30), |p| {
+        row_says(p, "gray-pod", "ready")
+    });
+    assert!(
+        !pane.contains("UNREADY"),
+        "a healthy pod shown unready:\n{pane}"
+    );
+
+    // Cut off: nothing reaches the database, nothing comes back, nothing
+    // is closed. The pod's own clock runs its lease out.
+    proxy.set(LinkFault::Blackhole {
+        direction: Direction::Both,
+    });
+    let pane = t.wait_for(
+        "the pod UNREADY with its lease lapsed",
+        Duration::from_secs(20),
+        |p| row_says(p, "gray-pod", "UNREADY") && row_says(p, "gray-pod", "lapsed"),
+    );
+    assert!(
+        pane.contains("1 UNREADY: gray-pod") && pane.contains("(1 UNREADY)"),
+        "the title and the header name the unready pod:\n{pane}"
+    );
+    eprintln!("cut off: {}", lines(&pane));
+
+    proxy.heal();
+    let pane = t.wait_for("the pod ready again", Duration::from_secs(60), |p| {
+        row_says(p, "gray-pod", "ready")
+    });
+    assert!(
+        !pane.contains("UNREADY"),
+        "healed, yet still unready:\n{pane}"
+    );
+    eprintln!("healed: {}", lines(&pane));
+    t.keys(&["q"]);
+    t.wait_for("the console to exit", Duration::from_secs(10), |p| {
+        p.contains("CONSOLE_EXIT=0")
+    });
+    drop(pod);
 }

@@ -465,7 +465,35 @@ fn run_detail_with_reset() {
     snap!("run_detail_loading_120x30", a);
 }
 
-fn scrape(pod: &str, claims: f64, deaths: f64, fallback_hits: f64, ticks_age_s: f64) -> PodScrape {
+/// A pod's store round trips after `renews` liveness renews, as its
+/// histogram counts them (buckets from 0.5 ms, doubling; cumulative): 80 %
+/// within 1 ms, 98 % within 2 ms, 99 % within 4 ms, all within 8 ms.
+fn round_trip_buckets(renews: f64) -> Vec<(f64, f64)> {
+    let mut b: Vec<(f64, f64)> = (0..16)
+        .map(|i| {
+            let le = 0.0005 * 2f64.powi(i);
+            let share = match i {
+                0 => 0.0,
+                1 => 0.8,
+                2 => 0.98,
+                3 => 0.99,
+                _ => 1.0,
+            };
+            (le, (renews * share).round())
+        })
+        .collect();
+    b.push((f64::INFINITY, renews));
+    b
+}
+
+fn scrape(
+    pod: &str,
+    claims: f64,
+    deaths: f64,
+    fallback_hits: f64,
+    ticks_age_s: f64,
+    renews: f64,
+) -> PodScrape {
     let mut m = PodMetrics::default();
     m.counters.insert("recovery claims won".into(), claims);
     m.counters.insert("pod deaths detected".into(), deaths);
@@ -476,11 +504,17 @@ fn scrape(pod: &str, claims: f64, deaths: f64, fallback_hits: f64, ticks_age_s: 
     m.counters
         .insert("detection latency sum".into(), 2.1 * deaths);
     m.counters.insert("detection latency count".into(), deaths);
+    m.counters.insert("store deadline hits".into(), 0.0);
+    m.counters.insert("self-fenced step".into(), 0.0);
+    m.counters.insert("self-fenced stream".into(), 0.0);
     let t = (NOW as f64) / 1000.0 - ticks_age_s;
     for l in ["liveness", "reaper", "janitor"] {
         m.loop_ticks.insert(l.into(), t);
     }
     m.runs_active = Some(1.0);
+    m.ready = Some(1.0);
+    m.lease_left = Some(1.6);
+    m.store_round_trip = Some(round_trip_buckets(renews));
     PodScrape {
         pod: pod.into(),
         url: format!("http://127.0.0.1:770{}", &pod[4..]),
@@ -488,11 +522,28 @@ fn scrape(pod: &str, claims: f64, deaths: f64, fallback_hits: f64, ticks_age_s: 
     }
 }
 
+/// pod-3 cut off from its store: no renew came back since the last
+/// scrape, its own clock says its lease is gone, it is unready and has
+/// held back step bodies, ended a stream and given up on store calls.
+fn cut_off(mut s: PodScrape, renews: f64) -> PodScrape {
+    if let Ok(m) = &mut s.result {
+        m.ready = Some(0.0);
+        m.lease_left = Some(0.0);
+        m.store_round_trip = Some(round_trip_buckets(renews));
+        m.counters.insert("store deadline hits".into(), 1.0);
+        m.counters.insert("self-fenced step".into(), 2.0);
+        m.counters.insert("self-fenced stream".into(), 1.0);
+    }
+    s
+}
+
 fn with_metrics(mut a: App) -> App {
-    // Three minutes of scrapes every 10 s: a death and two claims 30 s ago.
+    // Three minutes of scrapes every 10 s (25 renews each): a death and
+    // two claims 30 s ago.
     for i in 0..18 {
         let at = NOW - 180_000 + i * 10_000;
         let happened = at >= NOW - 30_000;
+        let renews = 25.0 * (i + 1) as f64;
         a.apply_metrics(MetricsUpdate {
             at_ms: at,
             pods: vec![
@@ -502,8 +553,9 @@ fn with_metrics(mut a: App) -> App {
                     if happened { 1.0 } else { 0.0 },
                     if happened { 2.0 } else { 0.0 },
                     0.2,
+                    renews,
                 ),
-                scrape("pod-3", 0.0, 0.0, (i / 6) as f64, 0.3),
+                scrape("pod-3", 0.0, 0.0, (i / 6) as f64, 0.3, renews),
             ],
         });
     }
@@ -547,6 +599,53 @@ fn pods_views() {
     snap!("pods_postgres_locks_120x30", a);
 }
 
+/// with_metrics, then a scrape 1 s ago in which pod-3 is cut off from its
+/// store (see [`cut_off`]) while pod-2 renewed as usual.
+fn with_pod_3_cut_off(a: App) -> App {
+    let mut a = with_metrics(a);
+    a.apply_metrics(MetricsUpdate {
+        at_ms: NOW - 1_000,
+        pods: vec![
+            scrape("pod-2", 2.0, 1.0, 2.0, 0.2, 475.0),
+            cut_off(scrape("pod-3", 0.0, 0.0, 2.0, 1.9, 450.0), 450.0),
+        ],
+    });
+    a
+}
+
+/// A gray failure: pod-3 cannot reach its store. The store still gives it
+/// 0.1 s of lease, so no peer has declared it dead; its own /metrics says
+/// it is UNREADY, its lease lapsed by its own clock and no renew came back
+/// since the previous scrape. The title and the header name it; selected,
+/// it shows what it held back. A pod whose /metrics does not answer shows
+/// `-` for what only its /metrics can tell.
+#[test]
+fn pods_gray_failures() {
+    let mut a = with_pod_3_cut_off(busy());
+    a.update(Action::ViewPods);
+    let mut d = busy_data();
+    d.events.clear();
+    d.pods = vec![pod(2, 200), pod(3, 1900)];
+    let u = store_update(&a, d, 120, NOW - 100);
+    a.apply_store(u);
+    key(&mut a, KeyCode::Char('j'));
+    snap!("pods_one_unready_120x30", a);
+
+    a.apply_metrics(MetricsUpdate {
+        at_ms: NOW,
+        pods: vec![
+            PodScrape {
+                pod: "pod-2".into(),
+                url: "http://127.0.0.1:7702".into(),
+                result: Err("GET http://127.0.0.1:7702/metrics: connection refused".into()),
+            },
+            cut_off(scrape("pod-3", 0.0, 0.0, 2.0, 2.9, 450.0), 450.0),
+        ],
+    });
+    key(&mut a, KeyCode::Char('k'));
+    snap!("pods_metrics_unreachable_120x30", a);
+}
+
 #[test]
 fn activity_views() {
     let mut a = busy();
@@ -563,10 +662,16 @@ fn activity_views() {
                 url: "http://127.0.0.1:7702".into(),
                 result: Err("GET http://127.0.0.1:7702/metrics: connection refused".into()),
             },
-            scrape("pod-3", 0.0, 0.0, 3.0, 0.1),
+            scrape("pod-3", 0.0, 0.0, 3.0, 0.1, 475.0),
         ],
     });
     snap!("activity_one_pod_unreachable_120x30", a);
+
+    // pod-3 cut off from its store: a deadline hit, two step bodies held
+    // back and a stream ended for a retry elsewhere, in the last minute.
+    let mut a = with_pod_3_cut_off(busy());
+    a.update(Action::ViewActivity);
+    snap!("activity_gray_failures_120x30", a);
 }
 
 #[test]

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 /// One pod's scrape: the counters the Activity view charts (summed over
-/// labels it does not split by), its loops' last ticks and its active runs.
+/// labels it does not split by), its loops' last ticks, its active runs
+/// and its own view of its lease (see [`super::gray`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodMetrics {
     /// Series name (see [`series_of`]) -> counter value.
@@ -11,6 +12,12 @@ pub struct PodMetrics {
     /// Loop name -> unix seconds of its last completed tick.
     pub loop_ticks: BTreeMap<String, f64>,
     pub runs_active: Option<f64>,
+    /// `vigil_ready`: 1 ready, 0 not (None: a pod that does not export it).
+    pub ready: Option<f64>,
+    /// `vigil_lease_left_seconds` (`+Inf`: an engine with no lease).
+    pub lease_left: Option<f64>,
+    /// `vigil_store_round_trip_seconds`: the liveness renew's round trips.
+    pub store_round_trip: Option<super::gray::Buckets>,
 }
 
 /// The series the Activity view shows, in display order: a Prometheus family
@@ -49,6 +56,16 @@ pub const FAMILIES: &[(&str, Option<&str>, &str)] = &[
         "ghost transitions rejected",
     ),
     ("vigil_fenced_writes_total", None, "fenced writes"),
+    // Gray failures: calls given up on at their client-side deadline (all
+    // operations summed), then what pods held back because their own lease
+    // ran short: step bodies (`self-fenced step`) and streams ended for a
+    // retry elsewhere (`self-fenced stream`).
+    (
+        "vigil_store_deadline_exceeded_total",
+        None,
+        "store deadline hits",
+    ),
+    ("vigil_self_fenced_total", Some("kind"), "self-fenced"),
     (
         "vigil_detection_latency_seconds_sum",
         None,
@@ -100,14 +117,33 @@ pub fn parse(text: &str) -> Result<PodMetrics, ParseError> {
             }
             continue;
         }
-        if s.metric == "vigil_runs_active" {
-            out.runs_active = Some(v);
-            continue;
-        }
-        if let Some(series) = series_of(&s.metric, &s.labels) {
-            *out.counters.entry(series).or_default() += v;
+        match s.metric.as_str() {
+            "vigil_runs_active" => out.runs_active = Some(v),
+            "vigil_ready" => out.ready = Some(v),
+            "vigil_lease_left_seconds" => out.lease_left = Some(v),
+            _ => {
+                if let Some(series) = series_of(&s.metric, &s.labels) {
+                    *out.counters.entry(series).or_default() += v;
+                }
+            }
         }
     }
+    // prometheus-client writes nothing for a labelled family before its
+    // first series, and the engine starts no deadline series in advance
+    // (it does start self_fenced's, in the same registry): a pod that
+    // exports self_fenced has hit no deadline when it exports no deadline
+    // series. A pod without either (an older build) shows no row.
+    if out.counters.keys().any(|k| k.starts_with("self-fenced ")) {
+        out.counters
+            .entry("store deadline hits".into())
+            .or_default();
+    }
+    out.store_round_trip = scrape.samples.iter().find_map(|s| match &s.value {
+        prometheus_parse::Value::Histogram(h) if s.metric == "vigil_store_round_trip_seconds" => {
+            Some(h.iter().map(|b| (b.less_than, b.count)).collect())
+        }
+        _ => None,
+    });
     Ok(out)
 }
 
@@ -129,5 +165,56 @@ mod tests {
         assert_eq!(p.counters.get("detection latency count"), Some(&1.0));
         assert_eq!(p.counters.get("detection latency sum"), Some(&2.0));
         assert!(p.loop_ticks.contains_key("reaper"));
+    }
+
+    #[test]
+    fn reads_a_pods_own_view_of_its_lease() {
+        let m = crate::engine::metrics::Metrics::new();
+        // Nothing happened yet: the declared counters read 0, not unknown.
+        for text in [m.encode(), m.encode_prometheus_text()] {
+            let p = super::parse(&text).expect("parse");
+            assert_eq!(p.counters.get("store deadline hits"), Some(&0.0));
+            assert_eq!(p.counters.get("self-fenced step"), Some(&0.0));
+            assert_eq!(p.counters.get("self-fenced stream"), Some(&0.0));
+        }
+        m.gray.ready.set(1);
+        m.gray.lease_left.set(0.75);
+        let rtt = m.gray.store_round_trip.as_ref().expect("histogram");
+        for secs in [0.0007, 0.0008, 0.0009, 0.006] {
+            rtt.observe(secs);
+        }
+        m.inc_deadline("renew");
+        m.inc_deadline("claim");
+        m.inc_deadline("renew");
+        m.inc_self_fenced();
+        m.gray
+            .self_fenced
+            .get_or_create(&crate::engine::metrics::Kind {
+                kind: "stream".into(),
+            })
+            .inc_by(2);
+        // The console asks for the Prometheus text; OpenMetrics reads the same.
+        for text in [m.encode_prometheus_text(), m.encode()] {
+            let p = super::parse(&text).expect("parse");
+            assert_eq!(p.ready, Some(1.0));
+            assert_eq!(p.lease_left, Some(0.75));
+            assert_eq!(p.counters.get("store deadline hits"), Some(&3.0));
+            assert_eq!(p.counters.get("self-fenced step"), Some(&1.0));
+            assert_eq!(p.counters.get("self-fenced stream"), Some(&2.0));
+            let b = p.store_round_trip.as_ref().expect("round trips");
+            assert_eq!(b.len(), 17, "16 bounds from 0.5 ms and +Inf: {b:?}");
+            assert_eq!(b[0], (0.0005, 0.0));
+            assert_eq!(b[1], (0.001, 3.0));
+            assert_eq!(b[16], (f64::INFINITY, 4.0));
+            let r = super::super::gray::round_trips(b, None).expect("p50/p99");
+            assert!(r.p50 > 0.0005 && r.p50 <= 0.001, "{r:?}");
+            assert!(r.p99 > 0.004 && r.p99 <= 0.008, "{r:?}");
+        }
+        // An engine with no lease says +Inf.
+        m.gray.lease_left.set(f64::INFINITY);
+        m.gray.ready.set(0);
+        let p = super::parse(&m.encode_prometheus_text()).expect("parse");
+        assert_eq!(p.lease_left, Some(f64::INFINITY));
+        assert_eq!(p.ready, Some(0.0));
     }
 }

@@ -15,17 +15,21 @@ mod app;
 mod collect;
 mod config;
 mod data;
+mod gray;
 mod keys;
 mod metrics;
 mod theme;
 mod views;
 
-pub use app::{Activity, App, ChaosOp, Detail, Dialog, Effect, Level, Mode, StreamLine};
+pub use app::{
+    Activity, App, ChaosOp, Detail, Dialog, Effect, Level, Mode, OwnView, Scrape, StreamLine,
+};
 pub use collect::{QueryCount, RoundState, StoreSlot, chaos_pods, round};
 pub use config::{Config, ConfigError, ConfigFile, default_path};
 pub use data::{
     ChaosPod, DetailData, MetricsUpdate, PodScrape, StoreData, StoreUpdate, View, Watch,
 };
+pub use gray::{Buckets, RoundTrips, histogram_quantile, lease_text};
 pub use keys::{Action, Key, Keymap};
 pub use metrics::{PodMetrics, parse as parse_metrics};
 pub use theme::{Role, Theme};

@@ -6,6 +6,7 @@ use super::{ACTIVITY_WINDOW_MS, Activity, App, Effect, StreamLine};
 use crate::console::data::{
     ChaosPod, DetailData, MetricsUpdate, StoreData, StoreUpdate, View, Watch,
 };
+use crate::console::gray;
 use crate::engine::run::Chunk;
 use crate::engine::store::ConsoleEvent;
 use std::collections::BTreeMap;
@@ -31,6 +32,15 @@ impl Activity {
                 Ok(m) => {
                     entry.ok_at_ms = Some(u.at_ms);
                     entry.error = None;
+                    // Round trips since the last scrape that answered.
+                    let prev = entry
+                        .metrics
+                        .as_ref()
+                        .and_then(|p| p.store_round_trip.as_deref());
+                    entry.round_trips = m
+                        .store_round_trip
+                        .as_deref()
+                        .and_then(|now| gray::round_trips(now, prev));
                     entry.metrics = Some(m.clone());
                     for (series, v) in &m.counters {
                         let key = (p.pod.clone(), series.clone());

@@ -21,6 +21,7 @@ mod selection;
 pub use selection::{event_label, pod_state_str, sort_columns};
 
 use super::data::{ChaosPod, View, Watch};
+use super::gray::RoundTrips;
 use super::keys::Keymap;
 use super::metrics::PodMetrics;
 use super::theme::Theme;
@@ -248,6 +249,20 @@ pub struct Scrape {
     pub ok_at_ms: Option<i64>,
     pub error: Option<String>,
     pub metrics: Option<PodMetrics>,
+    /// Store round trips at the last good scrape: since the one before
+    /// when there were any, else since the pod started.
+    pub round_trips: Option<RoundTrips>,
+}
+
+/// A pod's own view of itself, from a scrape that answered: its readiness,
+/// its lease margin by its own clock and its store round trips (each None
+/// when the pod does not export it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OwnView {
+    pub ready: Option<bool>,
+    /// Seconds (`+Inf`: no lease).
+    pub lease_left: Option<f64>,
+    pub round_trips: Option<RoundTrips>,
 }
 
 /// How long the Activity view keeps samples.

@@ -2,7 +2,7 @@
 //! each view (kept on the same row across refreshes), and the rows each
 //! view shows, filtered and sorted, with what is derived from them.
 
-use super::{App, Detail, Level, Mode};
+use super::{App, Detail, Level, Mode, OwnView, Scrape};
 use crate::cluster::PodState;
 use crate::console::data::{ChaosPod, View};
 use crate::engine::run::RunState;
@@ -269,6 +269,38 @@ impl App {
             .filter(|c| c.state == RunState::Running && c.owner_pod.as_deref() == Some(pod))
             .map(|c| c.count)
             .sum()
+    }
+
+    /// The last scrape of `p`'s /metrics: keyed by pod id, or by URL for
+    /// the pods given with --pods.
+    pub fn pod_scrape(&self, p: &PodRow) -> Option<&Scrape> {
+        self.activity.scrapes.get(&p.pod_id).or_else(|| {
+            let addr = p.addr.as_deref()?.trim_end_matches('/');
+            self.activity
+                .scrapes
+                .values()
+                .find(|s| s.url.trim_end_matches('/') == addr)
+        })
+    }
+
+    /// `p`'s own view of itself, when its /metrics answered last time.
+    pub fn own_view(&self, p: &PodRow) -> Option<OwnView> {
+        let s = self.pod_scrape(p).filter(|s| s.error.is_none())?;
+        let m = s.metrics.as_ref()?;
+        Some(OwnView {
+            ready: m.ready.map(|r| r >= 1.0),
+            lease_left: m.lease_left,
+            round_trips: s.round_trips,
+        })
+    }
+
+    /// The registered pods that say they are not ready.
+    pub fn unready_pods(&self) -> Vec<&str> {
+        self.pods
+            .iter()
+            .filter(|p| self.own_view(p).is_some_and(|v| v.ready == Some(false)))
+            .map(|p| p.pod_id.as_str())
+            .collect()
     }
 
     pub fn count_state(&self, state: RunState) -> i64 {

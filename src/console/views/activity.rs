@@ -136,6 +136,8 @@ fn is_alarming(series: &str) -> bool {
         "ghost transitions",
         "fenced writes",
         "pod deaths",
+        "store deadline hits",
+        "self-fenced",
     ]
     .iter()
     .any(|p| series.starts_with(p))

@@ -202,14 +202,25 @@ fn header_line(app: &App) -> Line<'static> {
             app.store_label
         )),
         Span::styled("│ ", t.style(Role::Muted)),
+        Span::raw(format!("{} pods ", app.pods.len())),
+    ];
+    // Seen from every view: a pod that says it is not ready may lose its
+    // runs to its peers soon.
+    let unready = app.unready_pods().len();
+    if unready > 0 {
+        spans.push(Span::styled(
+            format!("({unready} UNREADY) "),
+            t.style(Role::Warn),
+        ));
+    }
+    spans.extend([
         Span::raw(format!(
-            "{} pods · {} running · {} pending ",
-            app.pods.len(),
+            "· {} running · {} pending ",
             app.count_state(RunState::Running),
             app.count_state(RunState::Pending)
         )),
         Span::styled("│ ", t.style(Role::Muted)),
-    ];
+    ]);
     match (&app.health.error, app.health.ok_at_ms) {
         (Some(e), ok) => {
             let _ = e; // the error itself goes on the status line

@@ -1,42 +1,60 @@
-//! The Pods view: the registry's pods with their liveness, heartbeat
-//! history and loops, and below them the pods found dead.
+//! The Pods view: the registry's pods with their liveness as the store
+//! shows it, their own view of themselves from their /metrics (ready, the
+//! lease left by their own clock, store round trips) and their heartbeat
+//! history; the selected pod's loops and self-fencing below; and the pods
+//! found dead.
 
 use super::table::ListTable;
 use super::{age, block, filter_note, selected_row, short, sort_note, sparkline};
 use crate::console::app::App;
 use crate::console::data::View;
+use crate::console::gray;
 use crate::console::theme::Role;
-use crate::engine::store::liveness::lock_key;
+use crate::engine::store::liveness::{PodRow, lock_key};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::text::Span;
-use ratatui::widgets::{Cell, Row};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Cell, Paragraph, Row};
 
 pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let t = &app.theme;
     let deaths = app.deaths();
     let dead_height = (deaths.len().min(8) as u16 + 3).max(4);
-    let [live_area, dead_area] =
-        Layout::vertical([Constraint::Fill(1), Constraint::Length(dead_height)]).areas(area);
     let rows = app.visible_pods();
+    let panel_height = if rows.is_empty() { 0 } else { 5 };
+    let [live_area, panel_area, dead_area] = Layout::vertical([
+        Constraint::Fill(1),
+        Constraint::Length(panel_height),
+        Constraint::Length(dead_height),
+    ])
+    .areas(area);
+    let unready = app.unready_pods();
     let title = format!(
-        "Pods in the registry ({}){}{}",
+        "Pods in the registry ({}){}{}{}",
         rows.len(),
+        if unready.is_empty() {
+            String::new()
+        } else {
+            format!(" · {} UNREADY: {}", unready.len(), unready.join(", "))
+        },
         filter_note(app, View::Pods),
         sort_note(app, View::Pods)
     );
+    let selected = selected_row(app, View::Pods, rows.len());
     ListTable::new(
         app,
         &[
             "POD",
             "LIVENESS",
+            "READY",
+            "OWN LEASE",
+            "STORE RTT p50/p99",
             "HEARTBEAT",
-            "HISTORY (now →)",
+            HISTORY,
             "RUNS",
-            "LOOPS (last tick)",
             "ADDR",
         ],
-        &[10, 22, 9, 16, 4, 42],
+        &[10, 22, 7, 9, 17, 9, HISTORY_WIDTH, 4],
     )
     .block(block(app, title))
     .empty(if app.health.ok_at_ms.is_none() {
@@ -44,42 +62,61 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     } else {
         "no pod is registered: start one with `vigil pod --store …` (or `vigil demo`)"
     })
-    .cursor(selected_row(app, View::Pods, rows.len()))
+    .cursor(selected)
     .render(frame, live_area, &rows, |p| {
         let (liveness, role) = liveness_of(app, p);
         let hb_age = app.now_ms - p.heartbeat_at_ms;
+        // The newest ages that fit, so "now" is at the right edge.
         let hist: Vec<f64> = app
             .heartbeats
             .get(&p.pod_id)
-            .map(|q| q.iter().map(|v| *v as f64).collect())
+            .map(|q| {
+                q.iter()
+                    .skip(q.len().saturating_sub(usize::from(HISTORY_WIDTH)))
+                    .map(|v| *v as f64)
+                    .collect()
+            })
             .unwrap_or_default();
-        // Scrapes are keyed by pod id, or by URL for --pods.
-        let scrape = app.activity.scrapes.get(&p.pod_id).or_else(|| {
-            let addr = p.addr.as_deref()?.trim_end_matches('/');
-            app.activity
-                .scrapes
-                .values()
-                .find(|s| s.url.trim_end_matches('/') == addr)
-        });
-        let loops = match scrape.and_then(|s| s.metrics.as_ref()) {
-            Some(m) if !m.loop_ticks.is_empty() => m
-                .loop_ticks
-                .iter()
-                .map(|(name, secs)| format!("{name} {}", age(app.now_ms - (secs * 1000.0) as i64)))
-                .collect::<Vec<_>>()
-                .join(" "),
-            _ => match scrape.and_then(|s| s.error.as_ref()) {
-                Some(_) => "metrics unreachable".into(),
-                None => "-".into(),
-            },
+        let own = app.own_view(p);
+        let unready = own.is_some_and(|v| v.ready == Some(false));
+        let (ready, ready_role) = match own.and_then(|v| v.ready) {
+            Some(true) => ("ready", Role::Ok),
+            Some(false) => ("UNREADY", Role::Warn),
+            None => ("-", Role::Muted),
         };
+        let lease = own.and_then(|v| v.lease_left);
+        let lease_role = if unready || lease.is_some_and(|l| l <= 0.0) {
+            Role::Warn
+        } else {
+            Role::Plain
+        };
+        let rtt = own.and_then(|v| v.round_trips);
         Row::new(vec![
-            Cell::from(p.pod_id.clone()),
+            Cell::from(Span::styled(
+                p.pod_id.clone(),
+                t.style(if unready { Role::Warn } else { Role::Plain }),
+            )),
             Cell::from(Span::styled(liveness, t.style(role))),
+            Cell::from(Span::styled(ready, t.style(ready_role))),
+            Cell::from(Span::styled(
+                lease.map_or_else(|| "-".to_owned(), gray::lease_text),
+                t.style(lease_role),
+            )),
+            Cell::from(Span::styled(
+                rtt.map_or_else(
+                    || "-".to_owned(),
+                    |r| format!("{}/{}", gray::short_secs(r.p50), gray::short_secs(r.p99)),
+                ),
+                // Muted: no renew came back since the previous scrape.
+                t.style(if rtt.is_some_and(|r| !r.recent) {
+                    Role::Muted
+                } else {
+                    Role::Plain
+                }),
+            )),
             Cell::from(age(hb_age)),
             Cell::from(sparkline(&hist, Some(2000.0))),
             Cell::from(app.owned_runs(&p.pod_id).to_string()),
-            Cell::from(loops),
             Cell::from(
                 p.addr
                     .as_deref()
@@ -88,6 +125,9 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
             ),
         ])
     });
+    if let Some(p) = rows.get(selected) {
+        selected_pod(frame, app, p, panel_area);
+    }
     // Dead pods: who found them, how fast, and who took their runs.
     ListTable::new(
         app,
@@ -131,7 +171,91 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     });
 }
 
-fn liveness_of(app: &App, p: &crate::engine::store::liveness::PodRow) -> (String, Role) {
+const HISTORY: &str = "HISTORY (now →)";
+const HISTORY_WIDTH: u16 = 16;
+
+/// The selected pod: its loops' last ticks and incarnation, and from its
+/// own /metrics what the table has no room for: how many round trips its
+/// p50/p99 come from, and what it held back because its lease ran short.
+fn selected_pod(frame: &mut Frame, app: &App, p: &PodRow, area: Rect) {
+    let t = &app.theme;
+    let b = block(app, format!("{} (selected)", p.pod_id));
+    let inner = b.inner(area);
+    frame.render_widget(b, area);
+    let scrape = app.pod_scrape(p);
+    let metrics = scrape.and_then(|s| s.metrics.as_ref());
+    let label = |s: &str| Span::styled(s.to_owned(), t.style(Role::Muted));
+    let loops = match metrics {
+        Some(m) if !m.loop_ticks.is_empty() => m
+            .loop_ticks
+            .iter()
+            .map(|(name, secs)| format!("{name} {}", age(app.now_ms - (secs * 1000.0) as i64)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => "-".into(),
+    };
+    let mut lines = vec![Line::from(vec![
+        label("loops (last tick) "),
+        Span::raw(loops),
+        label(" · incarnation "),
+        Span::raw(p.incarnation.clone()),
+        label(" · up "),
+        Span::raw(age(app.now_ms - p.started_at_ms)),
+    ])];
+    match (scrape, metrics) {
+        (None, _) => lines.push(Line::from(label(if p.addr.is_none() {
+            "no address in the registry: its /metrics is not scraped"
+        } else {
+            "its /metrics not scraped yet"
+        }))),
+        (Some(s), _) if s.error.is_some() => lines.push(Line::from(Span::styled(
+            format!(
+                "/metrics unreachable: {}",
+                s.error.as_deref().unwrap_or_default()
+            ),
+            t.style(Role::Warn),
+        ))),
+        (Some(_), None) => lines.push(Line::from(label("its /metrics not scraped yet"))),
+        (Some(s), Some(m)) => {
+            lines.push(Line::from(vec![
+                label("store round trips (renew) "),
+                Span::raw(match s.round_trips {
+                    Some(r) => format!(
+                        "p50 {} p99 {}, {}",
+                        gray::short_secs(r.p50),
+                        gray::short_secs(r.p99),
+                        if r.recent {
+                            format!("the {:.0} since the previous scrape", r.observations)
+                        } else {
+                            format!(
+                                "all {:.0} since it started (none since the previous scrape)",
+                                r.observations
+                            )
+                        }
+                    ),
+                    None => "none observed".into(),
+                }),
+            ]));
+            let count = |series: &str| {
+                m.counters
+                    .get(series)
+                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"))
+            };
+            lines.push(Line::from(vec![
+                label("since it started: "),
+                label("step bodies held back "),
+                Span::raw(count("self-fenced step")),
+                label(" · streams ended for a retry "),
+                Span::raw(count("self-fenced stream")),
+                label(" · store calls past their deadline "),
+                Span::raw(count("store deadline hits")),
+            ]));
+        }
+    }
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+fn liveness_of(app: &App, p: &PodRow) -> (String, Role) {
     if let Some(locks) = &app.locks {
         return if locks.contains(&lock_key(&p.pod_id)) {
             ("lock held".into(), Role::Ok)
