@@ -349,6 +349,12 @@ impl Metrics {
         };
         // Series whose labels are known in advance start at 0, so that a
         // rate() or an alert on them works before their first event.
+        for op in ["renew", "rejoin", "probe", "pod registry read"] {
+            let _ = metrics
+                .gray
+                .deadline_hits
+                .get_or_create(&Kind { kind: op.into() });
+        }
         for kind in ["step", "stream"] {
             let _ = metrics
                 .gray
