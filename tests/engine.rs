@@ -2403,9 +2403,10 @@ async fn a_run_id_resolves_from_a_unique_prefix(db: &TestDb) {
 
 /// A peer whose lease lapsed while the prober's own renewals were not
 /// steady (a pod paused holding SQLite's write lock kept everyone from
-/// renewing) is not found dead by that prober on SQLite, where leases
-/// judge; once the prober's renewals are steady again, it is. PostgreSQL's
-/// lock alone decides, whatever the prober's renewals.
+/// renewing; a frozen PostgreSQL ended every idle liveness session at its
+/// thaw) is not found dead by that prober, on either store; once the
+/// prober's renewals are steady again, it is. On PostgreSQL a free lock
+/// with a fresh lease is a dead process whatever the prober's renewals.
 async fn a_lapsed_lease_counts_only_for_a_prober_whose_own_renewals_were_steady(db: &TestDb) {
     let h = db.open().await;
     h.exec(
@@ -2414,27 +2415,40 @@ async fn a_lapsed_lease_counts_only_for_a_prober_whose_own_renewals_were_steady(
     )
     .await;
     let liveness = h.store.liveness();
-    let lapsed = liveness
-        .pods()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|p| p.pod_id == "lapsed")
-        .unwrap();
+    let store = h.store.clone();
+    let find = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .liveness()
+                .pods()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|p| p.pod_id == id)
+                .unwrap()
+        }
+    };
+    let lapsed = find("lapsed").await;
     let unsteady = liveness.probe(&lapsed, "prober", &|| false).await.unwrap();
-    match db {
-        TestDb::Sqlite { .. } => {
-            assert_eq!(unsteady, None, "no lease read while unsteady");
-            let steady = liveness.probe(&lapsed, "prober", &|| true).await.unwrap();
-            assert_eq!(steady.map(|d| d.pod_id), Some("lapsed".to_owned()));
-        }
-        TestDb::Postgres { .. } => {
-            assert_eq!(
-                unsteady.map(|d| d.pod_id),
-                Some("lapsed".to_owned()),
-                "no session holds its lock"
-            );
-        }
+    assert_eq!(unsteady, None, "no lapsed lease read while unsteady");
+    let steady = liveness.probe(&lapsed, "prober", &|| true).await.unwrap();
+    assert_eq!(steady.map(|d| d.pod_id), Some("lapsed".to_owned()));
+    if let TestDb::Postgres { .. } = db {
+        // Its lease runs far ahead: no session holds its lock, so the
+        // process that held it is gone (a SIGKILL).
+        h.exec(
+            "INSERT INTO pods (pod_id, incarnation, addr, started_at, heartbeat_at, lease_until) \
+             VALUES ('killed', 'k1', NULL, 0, 0, 9223372036854775000)",
+        )
+        .await;
+        let killed = find("killed").await;
+        let found = liveness.probe(&killed, "prober", &|| false).await.unwrap();
+        assert_eq!(
+            found.map(|d| d.pod_id),
+            Some("killed".to_owned()),
+            "a free lock with a fresh lease is a death, even to an unsteady prober"
+        );
     }
 }
 
