@@ -142,6 +142,8 @@ Examples:
   vigil chaos run scenarios/pod-death-mid-stream.toml --store postgres --seed 20261123
   # print the schedule a seed gives, start nothing
   vigil chaos run scenarios/ --seed 7 --dry-run
+  # a gray failure: one owner's link to PostgreSQL half-open for 12 s (needs root: nftables)
+  vigil chaos run scenarios/half-open-owner.toml --store postgres
   # DBOS Transact as the system under test (docs/targets.md), then the same on Vigil
   vigil chaos run scenarios/targets/dbos/ --store postgres
   vigil chaos run scenarios/targets/dbos/ --store postgres --vigil")]
