@@ -514,12 +514,22 @@ impl Engine {
                 let every = Duration::from_millis(u64::try_from(t / 4).unwrap_or(250).max(10));
                 let stall_after = stall_after(Duration::from_millis(u64::try_from(t).unwrap_or(0)));
                 let mut stalled = false;
+                // Every drive follows the claim that gave this epoch, and a
+                // claim sets the heartbeat in its own commit: no beat at
+                // once, unless that stamp is already old. It is the time
+                // the statement was written, and a claim held up by a
+                // half-open or frozen link can commit seconds later (a
+                // soak round's run was reaped 1 s after it began, stamped
+                // 5 s before).
+                let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+                let mut next = match run.heartbeat_at_ms {
+                    Some(at) if self.clock.now_ms().saturating_sub(at) >= every_ms => {
+                        Duration::ZERO
+                    }
+                    _ => every,
+                };
                 loop {
-                    // No beat at once: every drive follows the claim that
-                    // gave this epoch (a run driven again after a store
-                    // outage is claimed back first), and a claim sets the
-                    // heartbeat in its own commit.
-                    tokio::time::sleep(every).await;
+                    tokio::time::sleep(std::mem::replace(&mut next, every)).await;
                     let idle = progress.idle();
                     if idle > stall_after {
                         // Stuck somewhere no step timeout reaches: stop
