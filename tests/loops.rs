@@ -483,6 +483,61 @@ async fn reaper_starts_watching_again_after_the_store_hung(db: &TestDb) {
     assert_eq!(reaper.pass().await.stale.timed_out.len(), 1);
 }
 
+/// A claim stamps the run's heartbeat with the time its statement was
+/// written. A claim held up by a half-open or frozen link commits later,
+/// its stamp already old, and a peer's reaper once timed such a healthy
+/// run out a second after it began (a PostgreSQL soak round). A drive that
+/// finds its claim's stamp a beat old beats at once: here the lane beats
+/// every 150 s, so a heartbeat written within seconds is that first beat.
+async fn a_drive_whose_claim_stamp_is_already_old_beats_at_once(db: &TestDb) {
+    let clock = ManualClock::new(T0);
+    let dir = tempfile::tempdir().unwrap();
+    let lanes_file = dir.path().join("lanes.toml");
+    std::fs::write(
+        &lanes_file,
+        "[lanes.sync]\nheartbeat = true\nheartbeat_timeout_ms = 600000\nretries = 1\n",
+    )
+    .unwrap();
+    let h = db.open_with_clock(Arc::new(clock.clone())).await;
+    let switches = Switches::defaults();
+    switches.refresh(h.store.as_ref()).await.expect("switches");
+    let engine = Arc::new(
+        Engine::new(
+            h.store.clone(),
+            registry(&[LONG_SYNC]),
+            switches,
+            Arc::new(clock.clone()),
+            EngineConfig::new("pod-a"),
+        )
+        .with_lanes(vigil::engine::lanes::Lanes::load(&lanes_file).unwrap()),
+    );
+    let run = engine.submit("long_sync", json!({}), None).await.unwrap();
+    let claim = h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
+    // The claim's stamp, T0, is now 200 s old: more than a beat (150 s).
+    clock.advance_ms(200_000);
+    let cancel = CancellationToken::new();
+    let driver = tokio::spawn({
+        let (engine, id, cancel) = (engine.clone(), run.id.clone(), cancel.clone());
+        async move { engine.drive_from(&id, claim.epoch, cancel, None).await }
+    });
+    let mut beat = None;
+    for _ in 0..200 {
+        let r = h.store.get_run(&run.id).await.unwrap().unwrap();
+        if r.heartbeat_at_ms == Some(T0 + 200_000) {
+            beat = r.heartbeat_at_ms;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+    let _ = driver.await;
+    assert_eq!(
+        beat,
+        Some(T0 + 200_000),
+        "no beat at once after an old claim stamp"
+    );
+}
+
 on_both_stores!(
     reaper_starts_watching_again_after_the_store_hung,
     a_watch_sees_a_peers_lock_granted_the_moment_its_holder_goes,
@@ -492,4 +547,5 @@ on_both_stores!(
     recovery_claims_a_dead_peers_run_once_and_only_while_live,
     recovery_switched_off_records_deaths_and_the_janitor_marks_the_orphan_lost,
     dispatch_claims_pending_runs_up_to_the_pods_room,
+    a_drive_whose_claim_stamp_is_already_old_beats_at_once,
 );
