@@ -45,6 +45,7 @@ impl Links {
     pub async fn start(
         pods: &[String],
         store_url: &str,
+        listen: std::net::IpAddr,
         seed: u64,
         history: Arc<History>,
     ) -> Result<Links> {
@@ -59,7 +60,7 @@ impl Links {
         for (i, pod) in pods.iter().enumerate() {
             let proxy = LinkProxy::start(
                 &format!("store link of {pod}"),
-                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                std::net::SocketAddr::new(listen, 0),
                 &upstream,
                 seed.wrapping_add(i as u64),
             )
@@ -84,14 +85,16 @@ impl Links {
         })
     }
 
-    /// `store_url` as pod `pod` reaches it: through its proxy.
+    /// `store_url` (the URL as the pods reach the store) as pod `pod`
+    /// reaches it instead: through its proxy, on the address it listens on
+    /// (loopback, or the scenario network's gateway for containers).
     pub fn pod_store_url(&self, pod: &str, store_url: &str) -> Result<String> {
         let proxy = self
             .proxies
             .get(pod)
             .with_context(|| format!("no store link proxy for {pod}"))?;
         let mut url = url::Url::parse(store_url).context("the store URL")?;
-        url.set_host(Some("127.0.0.1"))
+        url.set_host(Some(&proxy.addr().ip().to_string()))
             .context("setting the proxy's host")?;
         url.set_port(Some(proxy.addr().port()))
             .map_err(|()| anyhow::anyhow!("the store URL cannot take a port"))?;

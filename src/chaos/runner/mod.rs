@@ -411,14 +411,24 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
         .context("starting the witness")?;
     let witness_url = witness.url_for(&witness_bind.to_string());
     // Link faults need every pod's store connections behind a proxy of ours.
+    // Containers reach the proxies on the scenario network's gateway, as
+    // they reach the witness; the proxies reach the database where the
+    // runner does.
     let links = match plan.faults.iter().any(|f| f.action.is_link()) {
-        true if store_label == "postgres" && docker.is_none() && scn.target.is_none() => {
-            Some(links::Links::start(&pod_ids(scn.pods), target, plan.seed, history.clone()).await?)
-        }
+        true if store_label == "postgres" && scn.target.is_none() => Some(
+            links::Links::start(
+                &pod_ids(scn.pods),
+                target,
+                witness_bind,
+                plan.seed,
+                history.clone(),
+            )
+            .await?,
+        ),
         _ => None,
     };
     let per_pod = match &links {
-        Some(l) => l.pod_store_urls(target)?,
+        Some(l) => l.pod_store_urls(docker.as_ref().map_or(target, |(_, url)| url.as_str()))?,
         None => BTreeMap::new(),
     };
     let mut cluster = build_cluster(&scn, opts, dir, target, witness_url, docker, per_pod)?;

@@ -44,13 +44,14 @@ pub(super) fn why_not_applicable(
             .any(|f| matches!(f.action, Action::RowLock | Action::ClockSkew))
     {
         Some("row_lock and clock_skew are PostgreSQL faults: --store postgres")
-    } else if plan.faults.iter().any(|f| f.action.is_link())
-        && (kind != StoreKind::Postgres || driver == DriverKind::Docker)
-    {
+    } else if plan.faults.iter().any(|f| f.action.is_link()) && kind != StoreKind::Postgres {
         Some(
             "link faults hurt the link between a pod and PostgreSQL through the runner's proxy: \
-             --store postgres --driver process",
+             --store postgres",
         )
+    } else if driver == DriverKind::Docker && plan.faults.iter().any(|f| f.action.is_packet_level())
+    {
+        Some("half_open and loss drop packets on the runner's loopback: --driver process")
     } else if kind != StoreKind::Sqlite && plan.faults.iter().any(|f| f.action == Action::WriteLock)
     {
         Some("write_lock holds SQLite's one write lock: --store sqlite")

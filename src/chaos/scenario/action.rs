@@ -281,11 +281,14 @@ pub(super) fn check_link(
             ),
         ));
     }
-    if cluster.driver != super::DriverKind::Process {
+    if cluster.driver != super::DriverKind::Process && action.is_packet_level() {
         return Err((
             None,
             "action",
-            format!("{a}: link faults run on the process driver for now (driver = \"process\")"),
+            format!(
+                "{a} drops packets with nftables on the runner's loopback: it runs on the \
+                 process driver for now (driver = \"process\")"
+            ),
         ));
     }
     Ok(())

@@ -157,3 +157,77 @@ fn target_scenarios_ask_only_what_a_target_offers() {
         assert!(e.contains("kill-restart.toml:"), "{e}");
     }
 }
+
+/// A scenario of one link fault on PostgreSQL: `cluster` and `fault` are
+/// spliced in.
+fn link_scenario(cluster: &str, fault: &str) -> String {
+    format!(
+        "name = \"l\"\n[cluster]\npods = 3\nstore = \"postgres\"\n{cluster}\n\
+         [[workload]]\nname = \"r\"\nworkflow = \"slow_stream\"\n\
+         [[fault]]\nat_ms = 0\nduration_ms = 1000\n{fault}\n"
+    )
+}
+
+#[test]
+fn link_faults_are_checked_strictly() {
+    let parse = |cluster: &str, fault: &str| {
+        Scenario::parse(Path::new("l.toml"), &link_scenario(cluster, fault), &reg())
+    };
+    let s = parse(
+        "",
+        "action = \"latency\"\nlink = { direction = \"up\", ms = 125, jitter_ms = 50 }",
+    )
+    .unwrap();
+    let planned = s.plan(1).faults[0].link.clone().unwrap();
+    assert_eq!(
+        (planned.direction, planned.ms, planned.jitter_ms),
+        (Direction::Up, 125, 50)
+    );
+    assert_eq!(
+        s.plan(1).faults[0].target,
+        Target::None,
+        "no target: every pod's link"
+    );
+    for (cluster, fault, needle) in [
+        ("", "action = \"latency\"", "latency needs link.ms"),
+        (
+            "",
+            "action = \"latency\"\nlink = { ms = 10, jitter_ms = 20 }",
+            "jitter_ms may not exceed",
+        ),
+        (
+            "",
+            "action = \"reset\"\nlink = { ms = 10 }",
+            "reset takes no link.ms",
+        ),
+        ("", "action = \"loss\"\nlink = { percent = 0 }", "1 to 100"),
+        (
+            "",
+            "action = \"kill\"\ntarget = \"pod-1\"\nlink = { ms = 10 }",
+            "kill takes no link",
+        ),
+        (
+            "",
+            "action = \"latency\"\nlink = { ms = 10, speed = 1 }",
+            "speed",
+        ),
+        (
+            "driver = \"docker\"",
+            "action = \"half_open\"",
+            "process driver",
+        ),
+    ] {
+        let err = parse(cluster, fault).unwrap_err().to_string();
+        assert!(err.contains(needle), "{fault}: {err}");
+        assert!(err.starts_with("l.toml:"), "names the file: {err}");
+    }
+    // The proxy's faults run under the Docker driver too.
+    parse("driver = \"docker\"", "action = \"cut_after_commit\"").unwrap();
+    // A link is the pod's link to PostgreSQL.
+    let sqlite = link_scenario("", "action = \"reset\"").replace("store = \"postgres\"", "");
+    let err = Scenario::parse(Path::new("l.toml"), &sqlite, &reg()).unwrap_err();
+    assert!(
+        err.to_string().contains("it needs store = \"postgres\""),
+        "{err}"
+    );
+}

@@ -162,7 +162,7 @@ impl DockerPods {
         let mut cmd: Vec<String> = [
             "pod",
             "--store",
-            &spec.store,
+            spec.store_per_pod.get(pod).unwrap_or(&spec.store),
             "--listen",
             &format!("0.0.0.0:{POD_PORT}"),
             "--pod-id",
