@@ -486,6 +486,17 @@ fn round_trip_buckets(renews: f64) -> Vec<(f64, f64)> {
     b
 }
 
+/// A pod whose `/metrics` refused the console's connection.
+fn refused(pod: &str, port: u16) -> PodScrape {
+    PodScrape {
+        pod: pod.into(),
+        url: format!("http://127.0.0.1:{port}"),
+        result: Err(format!(
+            "GET http://127.0.0.1:{port}/metrics: connection refused"
+        )),
+    }
+}
+
 fn scrape(
     pod: &str,
     claims: f64,
@@ -634,11 +645,7 @@ fn pods_gray_failures() {
     a.apply_metrics(MetricsUpdate {
         at_ms: NOW,
         pods: vec![
-            PodScrape {
-                pod: "pod-2".into(),
-                url: "http://127.0.0.1:7702".into(),
-                result: Err("GET http://127.0.0.1:7702/metrics: connection refused".into()),
-            },
+            refused("pod-2", 7702),
             cut_off(scrape("pod-3", 0.0, 0.0, 2.0, 2.9, 450.0), 450.0),
         ],
     });
@@ -657,11 +664,7 @@ fn activity_views() {
     a.apply_metrics(MetricsUpdate {
         at_ms: NOW,
         pods: vec![
-            PodScrape {
-                pod: "pod-2".into(),
-                url: "http://127.0.0.1:7702".into(),
-                result: Err("GET http://127.0.0.1:7702/metrics: connection refused".into()),
-            },
+            refused("pod-2", 7702),
             scrape("pod-3", 0.0, 0.0, 3.0, 0.1, 475.0),
         ],
     });

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use vigil::engine::clock::{Clock, ManualClock};
 use vigil::engine::janitor::Janitor;
+use vigil::engine::lanes::Lanes;
 use vigil::engine::reaper::Reaper;
 use vigil::engine::run::RunState;
 use vigil::engine::store::liveness::{Identity, Membership};
@@ -60,16 +61,29 @@ async fn pod(db: &TestDb, clock: &ManualClock, id: &str) -> TestPod {
 }
 
 async fn pod_with(db: &TestDb, clock: &ManualClock, id: &str, config: WorkerConfig) -> TestPod {
+    pod_on_lanes(db, clock, id, config, Lanes::builtin()).await
+}
+
+async fn pod_on_lanes(
+    db: &TestDb,
+    clock: &ManualClock,
+    id: &str,
+    config: WorkerConfig,
+    lanes: Lanes,
+) -> TestPod {
     let h = db.open_with_clock(Arc::new(clock.clone())).await;
     let switches = Switches::defaults();
     switches.refresh(h.store.as_ref()).await.expect("switches");
-    let engine = Arc::new(Engine::new(
-        h.store.clone(),
-        registry(&[LONG_SYNC, LONG_DEADLINE]),
-        switches,
-        Arc::new(clock.clone()),
-        EngineConfig::new(id),
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            h.store.clone(),
+            registry(&[LONG_SYNC, LONG_DEADLINE]),
+            switches,
+            Arc::new(clock.clone()),
+            EngineConfig::new(id),
+        )
+        .with_lanes(lanes),
+    );
     let worker = Arc::new(Worker::new(
         engine.clone(),
         config,
@@ -498,19 +512,15 @@ async fn a_drive_whose_claim_stamp_is_already_old_beats_at_once(db: &TestDb) {
         "[lanes.sync]\nheartbeat = true\nheartbeat_timeout_ms = 600000\nretries = 1\n",
     )
     .unwrap();
-    let h = db.open_with_clock(Arc::new(clock.clone())).await;
-    let switches = Switches::defaults();
-    switches.refresh(h.store.as_ref()).await.expect("switches");
-    let engine = Arc::new(
-        Engine::new(
-            h.store.clone(),
-            registry(&[LONG_SYNC]),
-            switches,
-            Arc::new(clock.clone()),
-            EngineConfig::new("pod-a"),
-        )
-        .with_lanes(vigil::engine::lanes::Lanes::load(&lanes_file).unwrap()),
-    );
+    let a = pod_on_lanes(
+        db,
+        &clock,
+        "pod-a",
+        WorkerConfig::default(),
+        Lanes::load(&lanes_file).unwrap(),
+    )
+    .await;
+    let (h, engine) = (&a.h, &a.engine);
     let run = engine.submit("long_sync", json!({}), None).await.unwrap();
     let claim = h.store.claim_run(&run.id, "pod-a", None).await.unwrap();
     // The claim's stamp, T0, is now 200 s old: more than a beat (150 s).

@@ -8,25 +8,12 @@
 //! Needs `VIGIL_TEST_PG_URL` (`scripts/test-all.sh` starts a server); without
 //! it the test says so and passes, except under `CI=true`.
 
+mod common;
+
+use common::pg_admin_url;
 use sqlx::{Connection as _, PgConnection};
 use vigil::chaos::net::{LinkEvent, LinkFault, LinkProxy};
 use vigil::cluster::pgserver::{create_scratch_database, drop_database};
-
-fn pg_admin_url() -> Option<String> {
-    match std::env::var("VIGIL_TEST_PG_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            assert!(
-                !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
-                "CI=true but VIGIL_TEST_PG_URL is not set: run ./scripts/test-all.sh"
-            );
-            eprintln!(
-                "NOTE: the link proxy against PostgreSQL NOT run (VIGIL_TEST_PG_URL unset); ./scripts/test-all.sh runs it"
-            );
-            None
-        }
-    }
-}
 
 #[tokio::test]
 async fn a_commit_cut_by_the_proxy_is_an_error_for_the_client_yet_landed() {

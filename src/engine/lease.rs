@@ -49,10 +49,6 @@ impl Lease {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// The margin kept before the lease's end: a body must start with at
     /// least this much of the lease left (a quarter of the timeout: more
     /// than a renew interval, so a steady pod never fences itself).

@@ -103,31 +103,29 @@ pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
     // Liveness calls bypass the store's deadline wrapper: a deadline of
     // their own, so a hung link cannot hold the pass.
     let deadline = super::store::deadline::DEFAULT_DEADLINE;
-    let over = |op: &'static str| {
-        engine.metrics.inc_deadline(op);
-        super::store::StoreError::Deadline {
-            op,
-            after: deadline,
-        }
-    };
-    let peers = match tokio::time::timeout(deadline, liveness.pods()).await {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
+    let metrics = Some(engine.metrics.as_ref());
+    let peers = match super::store::deadline::within(
+        metrics,
+        "pod registry read",
+        deadline,
+        liveness.pods(),
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
             tracing::warn!(error = %e, "cannot read the pod registry");
-            return out;
-        }
-        Err(_) => {
-            tracing::warn!(error = %over("pod registry read"), "cannot read the pod registry");
             return out;
         }
     };
     for peer in peers.into_iter().filter(|p| p.pod_id != worker.pod_id()) {
-        let probed = tokio::time::timeout(
+        let probed = super::store::deadline::within(
+            metrics,
+            "probe",
             deadline,
             liveness.probe(&peer, worker.pod_id(), &leases_speak),
         )
-        .await
-        .unwrap_or_else(|_| Err(over("probe")));
+        .await;
         match probed {
             Ok(Some(death)) => {
                 let latency =
@@ -285,17 +283,13 @@ async fn watch_peer(worker: Arc<Worker>, peer: PodRow, wake: Arc<Notify>) {
     loop {
         // A lock wait answers within a round (its lock_timeout); a link
         // that hangs it longer ends this watcher, and probes decide.
-        let waited = tokio::time::timeout(
+        let waited = super::store::deadline::within(
+            None,
+            "liveness watch",
             super::store::liveness::WATCH_ROUND + Duration::from_secs(5),
             watch.released(),
         )
-        .await
-        .unwrap_or_else(|_| {
-            Err(super::store::StoreError::Deadline {
-                op: "liveness watch",
-                after: super::store::liveness::WATCH_ROUND + Duration::from_secs(5),
-            })
-        });
+        .await;
         match waited {
             Ok(true) => {
                 tracing::debug!(pod = %peer.pod_id, incarnation = %peer.incarnation, "peer's liveness lock granted: probing now");
@@ -355,15 +349,12 @@ async fn renew_loop(
             };
             tokio::select! {
                 _ = stop.cancelled() => break,
-                r = tokio::time::timeout(renew_hard_deadline(identity.timeout), membership.renew()) => {
-                    r.unwrap_or_else(|_| {
-                        metrics.inc_deadline("renew");
-                        Err(crate::engine::store::StoreError::Deadline {
-                            op: "liveness renew",
-                            after: renew_hard_deadline(identity.timeout),
-                        })
-                    })
-                }
+                r = super::store::deadline::within(
+                    Some(&metrics),
+                    "renew",
+                    renew_hard_deadline(identity.timeout),
+                    membership.renew(),
+                ) => r,
             }
         };
         let now = Instant::now();

@@ -184,13 +184,6 @@ impl Worker {
         r.0.leases_speak(Instant::now(), r.1)
     }
 
-    /// Whether our membership was last renewed within `within`.
-    pub fn renewed_within(&self, within: Duration) -> bool {
-        lock(&self.renewals)
-            .0
-            .renewed_within(Instant::now(), within)
-    }
-
     /// Wake the dispatcher now (a run was just submitted here).
     pub fn nudge(&self) {
         self.wake.notify_one();

@@ -38,16 +38,31 @@ impl Deadlined {
         op: &'static str,
         call: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
-        match tokio::time::timeout(self.deadline, call).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.inner.metrics().inc_deadline(op);
-                tracing::warn!(op, deadline = ?self.deadline, "store call given up on at its deadline");
-                Err(StoreError::Deadline {
-                    op,
-                    after: self.deadline,
-                })
+        let r = within(Some(self.inner.metrics()), op, self.deadline, call).await;
+        if let Err(StoreError::Deadline { .. }) = &r {
+            tracing::warn!(op, deadline = ?self.deadline, "store call given up on at its deadline");
+        }
+        r
+    }
+}
+
+/// `call`, or [`StoreError::Deadline`] for `op` once `after` has passed
+/// without an answer (counted in `vigil_store_deadline_exceeded_total`
+/// when `metrics` are given). Also for the calls that do not go through
+/// [`Deadlined`]: liveness renews, probes and registry reads.
+pub async fn within<T>(
+    metrics: Option<&crate::engine::metrics::Metrics>,
+    op: &'static str,
+    after: Duration,
+    call: impl Future<Output = StoreResult<T>>,
+) -> StoreResult<T> {
+    match tokio::time::timeout(after, call).await {
+        Ok(r) => r,
+        Err(_) => {
+            if let Some(m) = metrics {
+                m.inc_deadline(op);
             }
+            Err(StoreError::Deadline { op, after })
         }
     }
 }

@@ -47,6 +47,20 @@ pub struct Identity {
     pub timeout: Duration,
 }
 
+impl Identity {
+    /// The lease a renew at `now` (the store's clock) gives: peers read a
+    /// lease still ahead as a live pod.
+    pub fn lease_until(&self, now: i64) -> i64 {
+        now.saturating_add(i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+/// A pod's registry row as it joins (`$1` id, `$2` incarnation, `$3`
+/// address, `$4` now, `$5` its lease), on either store.
+pub(super) const REGISTER_SQL: &str = "INSERT INTO pods (pod_id, incarnation, addr, started_at, heartbeat_at, lease_until) \
+     VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (pod_id) DO UPDATE SET \
+     incarnation = $2, addr = $3, started_at = $4, heartbeat_at = $4, lease_until = $5";
+
 /// A row of the pod registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct PodRow {

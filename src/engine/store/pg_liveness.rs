@@ -19,7 +19,7 @@ struct LockMembership {
     options: PgConnectOptions,
     settings: Vec<(&'static str, String)>,
     clock: Arc<dyn Clock>,
-    me: crate::engine::store::liveness::Identity,
+    me: super::liveness::Identity,
     /// A renew was cut off mid-statement (its future dropped at the
     /// loop's hard deadline): the session's state is unknown, so the next
     /// renew opens a new one rather than reuse it.
@@ -45,10 +45,6 @@ const RENEW_SQL: &str = "UPDATE pods SET heartbeat_at = $3, lease_until = $4 \
 const RESUME_TRIES: u32 = 20;
 
 impl LockMembership {
-    fn lease_ms(&self) -> i64 {
-        i64::try_from(self.me.timeout.as_millis()).unwrap_or(i64::MAX)
-    }
-
     /// Our session is gone (the server ended it at a thaw, or a reset cut
     /// it) but our registry row may well be there: nobody judged us dead,
     /// since a peer reads a released lock with a lapsed lease as death only
@@ -56,17 +52,10 @@ impl LockMembership {
     /// session and, if the row still names this incarnation, carry on as
     /// the same member: our runs were never anyone else's. `Ok(false)`:
     /// the row is gone (we were declared dead), the lock given back.
-    async fn resume(&mut self) -> Result<bool, crate::engine::store::StoreError> {
+    async fn resume(&mut self) -> Result<bool, super::StoreError> {
         use sqlx::Connection as _;
-        let mut conn = sqlx::PgConnection::connect_with(&self.options).await?;
-        for (key, value) in &self.settings {
-            sqlx::query("SELECT set_config($1, $2, false)")
-                .bind(key)
-                .bind(value)
-                .execute(&mut conn)
-                .await?;
-        }
-        let key = crate::engine::store::liveness::lock_key(&self.me.pod_id);
+        let mut conn = session_of_its_own(&self.options, &self.settings).await?;
+        let key = super::liveness::lock_key(&self.me.pod_id);
         let mut got = false;
         for _ in 0..RESUME_TRIES {
             got = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -85,16 +74,16 @@ impl LockMembership {
             // again at the next renew.
             let _ = conn.close().await;
             self.broken = true;
-            return Err(crate::engine::store::StoreError::from(
-                sqlx::Error::Protocol("our liveness lock is held by another session".into()),
-            ));
+            return Err(super::StoreError::from(sqlx::Error::Protocol(
+                "our liveness lock is held by another session".into(),
+            )));
         }
         let now = self.clock.now_ms();
         let still = sqlx::query(RENEW_SQL)
             .bind(&self.me.pod_id)
             .bind(&self.me.incarnation)
             .bind(now)
-            .bind(now.saturating_add(self.lease_ms()))
+            .bind(self.me.lease_until(now))
             .execute(&mut conn)
             .await?
             .rows_affected()
@@ -118,8 +107,8 @@ impl LockMembership {
 }
 
 #[async_trait::async_trait]
-impl crate::engine::store::liveness::Membership for LockMembership {
-    async fn renew(&mut self) -> Result<bool, crate::engine::store::StoreError> {
+impl super::liveness::Membership for LockMembership {
+    async fn renew(&mut self) -> Result<bool, super::StoreError> {
         if self.broken {
             return self.resume().await;
         }
@@ -131,7 +120,7 @@ impl crate::engine::store::liveness::Membership for LockMembership {
             .bind(&self.me.pod_id)
             .bind(&self.me.incarnation)
             .bind(now)
-            .bind(now.saturating_add(self.lease_ms()))
+            .bind(self.me.lease_until(now))
             .execute(&mut self.conn)
             .await;
         match done {
@@ -152,7 +141,7 @@ impl crate::engine::store::liveness::Membership for LockMembership {
         }
     }
 
-    async fn leave(self: Box<Self>) -> Result<(), crate::engine::store::StoreError> {
+    async fn leave(self: Box<Self>) -> Result<(), super::StoreError> {
         use sqlx::Connection as _;
         // Closing the session releases the lock; peers see us dead at their
         // next probe and recover our runs as after a SIGKILL.
@@ -161,38 +150,32 @@ impl crate::engine::store::liveness::Membership for LockMembership {
     }
 }
 
-impl PgStore {
-    /// A connection outside the pool with `settings` of its own (the
-    /// liveness session, a watcher's session).
-    async fn session_of_its_own(
-        &self,
-        settings: &[(&str, &str)],
-    ) -> Result<sqlx::PgConnection, sqlx::Error> {
-        use sqlx::Connection as _;
-        let mut conn = sqlx::PgConnection::connect_with(&self.options).await?;
-        for (key, value) in settings {
-            sqlx::query("SELECT set_config($1, $2, false)")
-                .bind(key)
-                .bind(value)
-                .execute(&mut conn)
-                .await?;
-        }
-        Ok(conn)
+/// A connection outside the pool with `settings` of its own (the liveness
+/// session, a watcher's session).
+async fn session_of_its_own<V: AsRef<str>>(
+    options: &PgConnectOptions,
+    settings: &[(&str, V)],
+) -> Result<sqlx::PgConnection, sqlx::Error> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect_with(options).await?;
+    for (key, value) in settings {
+        sqlx::query("SELECT set_config($1, $2, false)")
+            .bind(key)
+            .bind(value.as_ref())
+            .execute(&mut conn)
+            .await?;
     }
+    Ok(conn)
 }
 
 #[async_trait::async_trait]
-impl crate::engine::store::liveness::Liveness for PgStore {
+impl super::liveness::Liveness for PgStore {
     async fn join(
         &self,
-        me: &crate::engine::store::liveness::Identity,
+        me: &super::liveness::Identity,
         wait: Duration,
-    ) -> Result<
-        Box<dyn crate::engine::store::liveness::Membership>,
-        crate::engine::store::liveness::LivenessError,
-    > {
-        let store_err =
-            |e: sqlx::Error| crate::engine::store::liveness::LivenessError::Store(e.into());
+    ) -> Result<Box<dyn super::liveness::Membership>, super::liveness::LivenessError> {
+        let store_err = |e: sqlx::Error| super::liveness::LivenessError::Store(e.into());
         let timeout = format!("{}ms", me.timeout.as_millis().max(100));
         // Session settings on the liveness connection only (FIELD-NOTES s.2):
         // the server drops a silent session, and with it our lock.
@@ -203,12 +186,10 @@ impl crate::engine::store::liveness::Liveness for PgStore {
             ("tcp_keepalives_interval", "2".into()),
             ("tcp_keepalives_count", "3".into()),
         ];
-        let borrowed: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut conn = self
-            .session_of_its_own(&borrowed)
+        let mut conn = session_of_its_own(&self.options, &settings)
             .await
             .map_err(store_err)?;
-        let key = crate::engine::store::liveness::lock_key(&me.pod_id);
+        let key = super::liveness::lock_key(&me.pod_id);
         let started = std::time::Instant::now();
         // The lock first, then the registry row: a peer can never find our
         // row without our lock held, so it cannot declare a booting pod dead.
@@ -222,7 +203,7 @@ impl crate::engine::store::liveness::Liveness for PgStore {
                 break;
             }
             if started.elapsed() >= wait {
-                return Err(crate::engine::store::liveness::LivenessError::LockTimeout {
+                return Err(super::liveness::LivenessError::LockTimeout {
                     pod_id: me.pod_id.clone(),
                     waited: started.elapsed(),
                 });
@@ -243,21 +224,15 @@ impl crate::engine::store::liveness::Liveness for PgStore {
         .execute(&mut conn)
         .await
         .map_err(store_err)?;
-        let lease_until =
-            now.saturating_add(i64::try_from(me.timeout.as_millis()).unwrap_or(i64::MAX));
-        sqlx::query(
-            "INSERT INTO pods (pod_id, incarnation, addr, started_at, heartbeat_at, lease_until) \
-             VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (pod_id) DO UPDATE SET \
-             incarnation = $2, addr = $3, started_at = $4, heartbeat_at = $4, lease_until = $5",
-        )
-        .bind(&me.pod_id)
-        .bind(&me.incarnation)
-        .bind(&me.addr)
-        .bind(now)
-        .bind(lease_until)
-        .execute(&mut conn)
-        .await
-        .map_err(store_err)?;
+        sqlx::query(super::liveness::REGISTER_SQL)
+            .bind(&me.pod_id)
+            .bind(&me.incarnation)
+            .bind(&me.addr)
+            .bind(now)
+            .bind(me.lease_until(now))
+            .execute(&mut conn)
+            .await
+            .map_err(store_err)?;
         Ok(Box::new(LockMembership {
             conn,
             options: self.options.clone(),
@@ -270,11 +245,10 @@ impl crate::engine::store::liveness::Liveness for PgStore {
 
     async fn probe(
         &self,
-        peer: &crate::engine::store::liveness::PodRow,
+        peer: &super::liveness::PodRow,
         prober: &str,
         leases_speak: &(dyn Fn() -> bool + Send + Sync),
-    ) -> Result<Option<crate::engine::store::liveness::Death>, crate::engine::store::StoreError>
-    {
+    ) -> Result<Option<super::liveness::Death>, super::StoreError> {
         if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
             // The fault: every peer looks alive, so nobody recovers its runs.
             return Ok(None);
@@ -283,7 +257,7 @@ impl crate::engine::store::liveness::Liveness for PgStore {
         // Held until commit: a replacement with the same id blocks on its
         // own lock acquisition until our DELETE is done, then registers.
         let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(crate::engine::store::liveness::lock_key(&peer.pod_id))
+            .bind(super::liveness::lock_key(&peer.pod_id))
             .fetch_one(&mut *tx)
             .await?;
         if !free {
@@ -325,16 +299,11 @@ impl crate::engine::store::liveness::Liveness for PgStore {
         Ok(Some(death))
     }
 
-    async fn pods(
-        &self,
-    ) -> Result<Vec<crate::engine::store::liveness::PodRow>, crate::engine::store::StoreError> {
+    async fn pods(&self) -> Result<Vec<super::liveness::PodRow>, super::StoreError> {
         self.pods_impl().await
     }
 
-    async fn deaths(
-        &self,
-        limit: i64,
-    ) -> Result<Vec<crate::engine::store::liveness::Death>, crate::engine::store::StoreError> {
+    async fn deaths(&self, limit: i64) -> Result<Vec<super::liveness::Death>, super::StoreError> {
         self.deaths_impl(limit).await
     }
 
@@ -342,17 +311,12 @@ impl crate::engine::store::liveness::Liveness for PgStore {
     /// server grants it the moment the peer's session ends.
     async fn watch(
         &self,
-        peer: &crate::engine::store::liveness::PodRow,
-    ) -> Result<
-        Option<Box<dyn crate::engine::store::liveness::Watch>>,
-        crate::engine::store::StoreError,
-    > {
-        let round = format!(
-            "{}ms",
-            crate::engine::store::liveness::WATCH_ROUND.as_millis()
-        );
-        let conn = self
-            .session_of_its_own(&[
+        peer: &super::liveness::PodRow,
+    ) -> Result<Option<Box<dyn super::liveness::Watch>>, super::StoreError> {
+        let round = format!("{}ms", super::liveness::WATCH_ROUND.as_millis());
+        let conn = session_of_its_own(
+            &self.options,
+            &[
                 ("application_name", "vigil-watch"),
                 ("lock_timeout", round.as_str()),
                 ("statement_timeout", "10s"),
@@ -364,11 +328,12 @@ impl crate::engine::store::liveness::Liveness for PgStore {
                 ("tcp_keepalives_idle", "5"),
                 ("tcp_keepalives_interval", "2"),
                 ("tcp_keepalives_count", "3"),
-            ])
-            .await?;
+            ],
+        )
+        .await?;
         Ok(Some(Box::new(LockWatch {
             conn,
-            key: crate::engine::store::liveness::lock_key(&peer.pod_id),
+            key: super::liveness::lock_key(&peer.pod_id),
         })))
     }
 }
@@ -380,13 +345,13 @@ struct LockWatch {
 }
 
 #[async_trait::async_trait]
-impl crate::engine::store::liveness::Watch for LockWatch {
+impl super::liveness::Watch for LockWatch {
     /// Ask for the peer's lock in a transaction, for at most one
     /// `lock_timeout`; granted, it is given back at once (the rollback), so
     /// a replacement with the same id can take it, and the probe that
     /// follows finds it free. A lock wait holds a snapshot: the round keeps
     /// this session's `backend_xmin` at most one round old.
-    async fn released(&mut self) -> Result<bool, crate::engine::store::StoreError> {
+    async fn released(&mut self) -> Result<bool, super::StoreError> {
         use sqlx::Connection as _;
         let mut tx = self.conn.begin().await?;
         let waited = sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -394,7 +359,7 @@ impl crate::engine::store::liveness::Watch for LockWatch {
             .execute(&mut *tx)
             .await;
         let rolled_back = tx.rollback().await;
-        match waited.map_err(crate::engine::store::StoreError::from) {
+        match waited.map_err(super::StoreError::from) {
             // Granted: the holder is gone, whether or not the rollback
             // still reached a server that had meanwhile ended our session.
             Ok(_) => Ok(true),

@@ -134,6 +134,31 @@ mod dialect {
 /// the reaper judged healthy runs stale (`slow-store` with 30 runs).
 const DATA_POOL: u32 = 32;
 
+/// Connections of the control pool: liveness probes, the registry, orphan
+/// lists and claims, never behind checkpoints and chunks.
+const CONTROL_POOL: u32 = 3;
+
+/// The options of both pools. sqlx pings a pooled connection when it is
+/// taken and again when it is given back: two round trips more per
+/// statement, a third of a checkpoint's time with one client. The ping on
+/// return stays (it finds broken connections after an error); the one on
+/// taking is kept for connections idle long enough to have been cut (a
+/// server restart, an idle timeout) since.
+fn pool_options(max: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 /// A pooled connection idle at least this long is pinged before use.
 const PING_IF_IDLE: Duration = Duration::from_secs(1);
 
@@ -338,40 +363,12 @@ impl PgStore {
             .await
             .map_err(|e| super::migrate_error(&shown, &migrator, e))?;
         setup.close().await;
-        let pool = PgPoolOptions::new()
-            .max_connections(DATA_POOL)
-            .acquire_timeout(Duration::from_secs(5))
-            // sqlx pings a pooled connection when it is taken and again when
-            // it is given back: two round trips more per statement, a third
-            // of a checkpoint's time with one client. The ping on return
-            // stays (it finds broken connections after an error); the one
-            // on taking is kept for connections idle long enough to have
-            // been cut (a server restart, an idle timeout) since.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IF_IDLE {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
+        let pool = pool_options(DATA_POOL)
             .connect_with(options.clone().options(SESSION_SETTINGS))
             .await
             .map_err(unreachable)?;
-        let control = PgPoolOptions::new()
-            .max_connections(3)
-            .acquire_timeout(Duration::from_secs(5))
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IF_IDLE {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_lazy_with(options.clone().options(SESSION_SETTINGS));
+        let control =
+            pool_options(CONTROL_POOL).connect_lazy_with(options.clone().options(SESSION_SETTINGS));
         let clock = match clock {
             Some(c) => c,
             None if crate::faults::on(crate::faults::Bug::HostClockLeases) => {

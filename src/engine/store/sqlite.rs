@@ -588,10 +588,6 @@ impl super::liveness::Watch for FileWatch {
     }
 }
 
-fn timeout_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 #[async_trait::async_trait]
 impl super::liveness::Membership for LeaseMembership {
     async fn renew(&mut self) -> Result<bool, super::StoreError> {
@@ -607,7 +603,7 @@ impl super::liveness::Membership for LeaseMembership {
         .bind(&self.me.pod_id)
         .bind(&self.me.incarnation)
         .bind(now)
-        .bind(now + timeout_ms(self.me.timeout))
+        .bind(self.me.lease_until(now))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -684,19 +680,15 @@ impl super::liveness::Liveness for SqliteStore {
                     continue;
                 }
             }
-            sqlx::query(
-                "INSERT INTO pods (pod_id, incarnation, addr, started_at, heartbeat_at, lease_until) \
-                 VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (pod_id) DO UPDATE SET \
-                 incarnation = $2, addr = $3, started_at = $4, heartbeat_at = $4, lease_until = $5",
-            )
-            .bind(&me.pod_id)
-            .bind(&me.incarnation)
-            .bind(&me.addr)
-            .bind(now)
-            .bind(now + timeout_ms(me.timeout))
-            .execute(&mut *tx)
-            .await
-            .map_err(super::StoreError::from)?;
+            sqlx::query(super::liveness::REGISTER_SQL)
+                .bind(&me.pod_id)
+                .bind(&me.incarnation)
+                .bind(&me.addr)
+                .bind(now)
+                .bind(me.lease_until(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(super::StoreError::from)?;
             tx.commit().await.map_err(super::StoreError::from)?;
             return Ok(Box::new(LeaseMembership {
                 pool: self.pool.clone(),
