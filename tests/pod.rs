@@ -997,8 +997,20 @@ async fn a_store_outage_is_answered_and_healed_without_a_restart() {
     )
     .await;
     assert_eq!(status, 503, "{body}");
-    let (status, _) = get(&format!("{base}readyz")).await;
-    assert_eq!(status, 503);
+    // Readiness comes from the pod's lease, not a store query: it turns 503
+    // once no renew has landed for a lease less its margin (2 s default, so
+    // within 1.5 s of the last renew), not at the first refused connection.
+    let mut unready = None;
+    for _ in 0..100 {
+        let (status, body) = get(&format!("{base}readyz")).await;
+        if status == 503 {
+            unready = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = unready.expect("/readyz still 200 five seconds into the outage");
+    assert_eq!(body["error"], "lease_lapsing", "{body}");
     assert!(
         t.elapsed() < Duration::from_secs(30),
         "answers during the outage took {:?}",
