@@ -150,8 +150,8 @@ fn snapshot_all(store: &str, label: &str) {
     )
     .unwrap();
     assert!(
-        files.len() >= 25,
-        "ship at least the twenty-five scenarios (row-lock-orphan, frozen-in-transaction, \
+        files.len() >= 26,
+        "ship at least the twenty-six scenarios (row-lock-orphan, frozen-in-transaction, \
          clock-skew and the gray failures among them)"
     );
     let mut failures = Vec::new();
@@ -577,6 +577,20 @@ mod teeth {
             "no_self_fence",
             "self_fenced",
             "still answered ready",
+        );
+    }
+
+    #[test]
+    fn no_store_deadline_is_caught_by_terminal_once() {
+        // A committed checkpoint's connection goes silent for good (the
+        // server forgot it): a pod whose store calls have no client-side
+        // deadline waits on it forever, and its run, on a lane with no
+        // heartbeat for the reaper to miss, is still running once quiet.
+        teeth_pg(
+            "hung-commit-reply",
+            "no_store_deadline",
+            "terminal_once",
+            "still running after the quiet period",
         );
     }
 

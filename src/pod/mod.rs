@@ -83,6 +83,13 @@ pub struct PodArgs {
     /// has its own, ten liveness timeouts and at least 10 s).
     #[arg(long, env = "VIGIL_STORE_DEADLINE_MS", default_value_t = 10_000)]
     pub store_deadline_ms: u64,
+    /// Connections of the PostgreSQL data pool (checkpoints, chunks, reads;
+    /// liveness, recovery and claims have a pool of their own). A slow
+    /// link needs more for the same work: each holds its connection for a
+    /// round trip.
+    #[arg(long, env = "VIGIL_STORE_POOL_SIZE", default_value_t = crate::engine::store::postgres::DATA_POOL,
+        value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub store_pool_size: u32,
     /// How often the stale-run reaper runs (ms).
     #[arg(long, env = "VIGIL_REAPER_INTERVAL_MS", default_value_t = 500)]
     pub reaper_interval_ms: u64,
@@ -210,7 +217,7 @@ pub async fn build(args: PodArgs, shutdown: CancellationToken) -> Result<Arc<Pod
     let token = args.token_file.as_deref().map(read_token).transpose()?;
     let workflows = WorkflowRegistry::load_dir(&args.workflows)
         .with_context(|| format!("loading workflows from {}", args.workflows.display()))?;
-    let store = store::open(&args.store)
+    let store = store::open_pod(&args.store, args.store_pool_size)
         .await
         .context("opening the store")?;
     let store = crate::engine::store::deadline::Deadlined::wrap(

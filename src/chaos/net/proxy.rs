@@ -111,7 +111,15 @@ pub enum LinkFault {
     /// pattern that commits (COMMIT, or an autocommit statement): inside a
     /// transaction block the server rolls back when its connection closes.
     /// A cut under way finishes even if the fault is healed meanwhile.
-    CutAfterCommit { pattern: String, times: u32 },
+    /// With `hang`, the client's socket is not reset but left open and
+    /// silent for as long as the proxy lives (the server forgot the
+    /// connection: a failover, a NAT that dropped the flow): only a
+    /// client-side deadline gets the caller out.
+    CutAfterCommit {
+        pattern: String,
+        times: u32,
+        hang: bool,
+    },
     /// When either side closes, the other side's close is delayed by ms
     /// (data still flows meanwhile).
     SlowClose { ms: u64 },
@@ -134,7 +142,12 @@ pub struct LinkStats {
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum LinkEvent {
-    CommitCut { statement: String },
+    CommitCut {
+        statement: String,
+        /// The client's socket was left open and silent, not reset.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        hung: bool,
+    },
     Reset { connections: usize },
 }
 
@@ -188,6 +201,7 @@ struct Cut {
     /// Lower case: matching ignores case.
     pattern: String,
     remaining: AtomicU32,
+    hang: bool,
 }
 
 impl Cut {
@@ -341,10 +355,16 @@ impl LinkProxy {
     /// replaces the first). Applies to open connections too, at once.
     pub fn set(&self, fault: LinkFault) {
         let mut st = lock(&self.inner.state);
-        if let LinkFault::CutAfterCommit { pattern, times } = &fault {
+        if let LinkFault::CutAfterCommit {
+            pattern,
+            times,
+            hang,
+        } = &fault
+        {
             st.cut = Some(Arc::new(Cut {
                 pattern: pattern.to_lowercase(),
                 remaining: AtomicU32::new(*times),
+                hang: *hang,
             }));
         }
         let reset = fault == LinkFault::Reset;
@@ -490,6 +510,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                     id,
                     ctl,
                     dropped,
+                    hang: AtomicBool::new(false),
                     pg: Mutex::new(Session::default()),
                 });
                 tokio::spawn(conn.run(client, rx));
@@ -509,6 +530,8 @@ struct Conn {
     id: u64,
     ctl: mpsc::UnboundedSender<Ctl>,
     dropped: Arc<AtomicBool>,
+    /// The cut claimed on this connection leaves the client hanging.
+    hang: AtomicBool,
     pg: Mutex<Session>,
 }
 
@@ -590,13 +613,13 @@ impl Conn {
             }
             // The upstream is closed plainly: the server ends the session
             // as for any client gone.
-            End::Cut(_) => abort(&client),
+            End::Cut(_) if !self.hang.load(Ordering::SeqCst) => abort(&client),
+            End::Cut(_) => {}
             End::Finished | End::Close => {}
         }
         // Every stage holds the sockets: only when all are gone and these
         // last references dropped do the sockets close.
         stages.shutdown().await;
-        drop(client);
         drop(upstream);
         if let End::Cut(statement) = end {
             self.inner
@@ -604,8 +627,21 @@ impl Conn {
                 .commits_cut
                 .fetch_add(1, Ordering::Relaxed);
             tracing::info!(link = %self.inner.name, statement, "commit cut");
-            let _ = self.inner.events.send(LinkEvent::CommitCut { statement });
+            let hung = self.hang.load(Ordering::SeqCst);
+            let _ = self
+                .inner
+                .events
+                .send(LinkEvent::CommitCut { statement, hung });
+            if hung {
+                // Open and silent until the proxy shuts down: whatever the
+                // client sends (its FIN included) sits unread.
+                self.done();
+                self.inner.stop.cancelled().await;
+                drop(client);
+                return;
+            }
         }
+        drop(client);
         self.done();
     }
 
@@ -653,9 +689,13 @@ impl Conn {
             let data = &buf[..n];
             let pass = match way {
                 Way::Up => lock(&self.pg).client_bytes(data, |statement| {
-                    f.cut
-                        .as_ref()
-                        .is_some_and(|c| c.matches(statement) && c.claim())
+                    f.cut.as_ref().is_some_and(|c| {
+                        let cut = c.matches(statement) && c.claim();
+                        if cut {
+                            self.hang.store(c.hang, Ordering::SeqCst);
+                        }
+                        cut
+                    })
                 }),
                 Way::Down => lock(&self.pg).server_bytes(data),
             };

@@ -459,6 +459,7 @@ async fn cut_after_commit_forwards_the_commit_and_resets_the_client() {
         p.set(LinkFault::CutAfterCommit {
             pattern: "insert into CUT_probe".into(),
             times: 2,
+            hang: false,
         });
         // A statement that does not match passes untouched.
         a.write_all(&[bind("", "s0"), execute(""), sync()].concat())
@@ -502,7 +503,10 @@ async fn cut_after_commit_forwards_the_commit_and_resets_the_client() {
         let mut cut = Vec::new();
         for _ in 0..2 {
             match events.recv().await.unwrap() {
-                LinkEvent::CommitCut { statement } => cut.push(statement),
+                LinkEvent::CommitCut {
+                    statement,
+                    hung: false,
+                } => cut.push(statement),
                 other => panic!("unexpected event {other:?}"),
             }
         }
@@ -526,6 +530,7 @@ async fn an_ssl_request_answered_n_keeps_the_cut_working() {
         p.set(LinkFault::CutAfterCommit {
             pattern: "COMMIT".into(),
             times: 1,
+            hang: false,
         });
         let mut c = connect(&p).await;
         c.write_all(&crate::chaos::net::pgwire::build::ssl_request())
@@ -541,6 +546,48 @@ async fn an_ssl_request_answered_n_keeps_the_cut_working() {
             drain(&mut c).await,
             (vec![], Some(io::ErrorKind::ConnectionReset))
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hanging_cut_leaves_the_client_open_and_silent_until_shutdown() {
+    bounded(async {
+        let (pg, mut seen) = fake_pg().await;
+        let p = proxy_to(pg).await;
+        let mut events = p.events();
+        p.set(LinkFault::CutAfterCommit {
+            pattern: "COMMIT".into(),
+            times: 1,
+            hang: true,
+        });
+        let mut c = pg_session(&p).await;
+        c.write_all(&query("BEGIN")).await.unwrap();
+        assert_eq!(until_ready(&mut c).await, b"CZ");
+        c.write_all(&query("COMMIT")).await.unwrap();
+        // The event comes once the server answered and its connection was
+        // closed, after the point where a plain cut resets the client.
+        match events.recv().await.unwrap() {
+            LinkEvent::CommitCut { statement, hung } => {
+                assert_eq!(statement, "COMMIT");
+                assert!(hung);
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+        let mut kept = Vec::new();
+        assert_eq!(seen_on(&mut seen, 0, &mut kept).await, b"QQ!");
+        // Neither reset nor closed, and no byte of the answer: the read
+        // would block.
+        let mut buf = [0u8; 64];
+        match c.try_read(&mut buf) {
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
+            Ok(n) => panic!("the client read {n} bytes (0: closed) instead of hanging"),
+        }
+        // What the client sends goes nowhere and gets no answer.
+        c.write_all(&query("SELECT 1")).await.unwrap();
+        p.shutdown();
+        let (got, _) = drain(&mut c).await;
+        assert!(got.is_empty(), "{got:?}");
     })
     .await;
 }

@@ -213,6 +213,7 @@ fn proxy_fault(action: Action, spec: &LinkSpec) -> Result<LinkFault> {
         Action::CutAfterCommit => LinkFault::CutAfterCommit {
             pattern: spec.pattern.clone(),
             times: spec.times,
+            hang: spec.hang,
         },
         Action::SlowClose => LinkFault::SlowClose { ms: spec.ms },
         other => bail!("{} is not a proxy fault", other.as_str()),

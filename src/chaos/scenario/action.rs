@@ -153,6 +153,9 @@ pub struct LinkCfg {
     pub percent: Option<u8>,
     pub pattern: Option<String>,
     pub times: Option<u32>,
+    /// cut_after_commit: leave the pod's socket open and silent instead
+    /// of resetting it.
+    pub hang: Option<bool>,
 }
 
 /// A link fault, checked: what the runner applies.
@@ -166,6 +169,8 @@ pub struct LinkSpec {
     pub percent: u8,
     pub pattern: String,
     pub times: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hang: bool,
 }
 
 impl LinkSpec {
@@ -177,7 +182,7 @@ impl LinkSpec {
             Action::Bandwidth => &["direction", "bytes_per_sec"],
             Action::Reset | Action::HalfOpen => &[],
             Action::Blackhole => &["direction"],
-            Action::CutAfterCommit => &["pattern", "times"],
+            Action::CutAfterCommit => &["pattern", "times", "hang"],
             Action::SlowClose => &["ms"],
             Action::Loss => &["percent"],
             _ => return Err(("link", format!("{a} is not a link fault: it takes no link"))),
@@ -190,6 +195,7 @@ impl LinkSpec {
             ("percent", cfg.percent.is_some()),
             ("pattern", cfg.pattern.is_some()),
             ("times", cfg.times.is_some()),
+            ("hang", cfg.hang.is_some()),
         ];
         for (key, set) in given {
             if set && !takes.contains(&key) {
@@ -209,6 +215,7 @@ impl LinkSpec {
             percent: 0,
             pattern: String::new(),
             times: cfg.times.unwrap_or(1),
+            hang: cfg.hang.unwrap_or(false),
         };
         match action {
             Action::Latency => {

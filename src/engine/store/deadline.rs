@@ -38,6 +38,9 @@ impl Deadlined {
         op: &'static str,
         call: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
+        if crate::faults::on(crate::faults::Bug::NoStoreDeadline) {
+            return call.await;
+        }
         let r = within(Some(self.inner.metrics()), op, self.deadline, call).await;
         if let Err(StoreError::Deadline { .. }) = &r {
             tracing::warn!(op, deadline = ?self.deadline, "store call given up on at its deadline");

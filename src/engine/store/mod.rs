@@ -684,8 +684,22 @@ pub(crate) async fn open_ops(target: &str, mode: OpenMode) -> StoreResult<Arc<dy
         mode,
         None,
         Arc::new(crate::engine::metrics::Metrics::new()),
+        postgres::DATA_POOL,
     )
     .await
+}
+
+/// [`open`] for a pod: a PostgreSQL store's data pool holds `data_pool`
+/// connections (`--store-pool-size`; SQLite has no pool to size).
+pub async fn open_pod(target: &str, data_pool: u32) -> StoreResult<Arc<dyn Store>> {
+    Ok(open_clocked(
+        target,
+        OpenMode::Create,
+        None,
+        Arc::new(crate::engine::metrics::Metrics::new()),
+        data_pool,
+    )
+    .await?)
 }
 
 /// [`open`] with an injected clock and metrics registry.
@@ -694,7 +708,14 @@ pub async fn open_with(
     clock: Arc<dyn crate::engine::clock::Clock>,
     metrics: Arc<crate::engine::metrics::Metrics>,
 ) -> StoreResult<Arc<dyn Store>> {
-    Ok(open_clocked(target, OpenMode::Create, Some(clock), metrics).await?)
+    Ok(open_clocked(
+        target,
+        OpenMode::Create,
+        Some(clock),
+        metrics,
+        postgres::DATA_POOL,
+    )
+    .await?)
 }
 
 /// The database file of a SQLite store location (a path or `sqlite://`
@@ -716,7 +737,7 @@ pub async fn open_with_mode(
     clock: Arc<dyn crate::engine::clock::Clock>,
     metrics: Arc<crate::engine::metrics::Metrics>,
 ) -> StoreResult<Arc<dyn Store>> {
-    Ok(open_clocked(target, mode, Some(clock), metrics).await?)
+    Ok(open_clocked(target, mode, Some(clock), metrics, postgres::DATA_POOL).await?)
 }
 
 async fn open_clocked(
@@ -724,10 +745,11 @@ async fn open_clocked(
     mode: OpenMode,
     clock: Option<Arc<dyn crate::engine::clock::Clock>>,
     metrics: Arc<crate::engine::metrics::Metrics>,
+    data_pool: u32,
 ) -> StoreResult<Arc<dyn OpsStore>> {
     if target.starts_with("postgres://") || target.starts_with("postgresql://") {
         Ok(Arc::new(
-            PgStore::connect_mode(target, mode, clock, metrics).await?,
+            PgStore::connect_mode(target, mode, clock, metrics, data_pool).await?,
         ))
     } else if let Some(path) = target.strip_prefix("sqlite://") {
         let path = std::path::Path::new(path);

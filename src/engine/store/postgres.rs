@@ -132,7 +132,7 @@ mod dialect {
 /// (Little's law): at +250 ms a round trip, ten were too few for ten
 /// streaming runs a pod, and their heartbeats queued behind chunks until
 /// the reaper judged healthy runs stale (`slow-store` with 30 runs).
-const DATA_POOL: u32 = 32;
+pub const DATA_POOL: u32 = 32;
 
 /// Connections of the control pool: liveness probes, the registry, orphan
 /// lists and claims, never behind checkpoints and chunks.
@@ -290,7 +290,14 @@ pub fn redact_url(url: &str) -> String {
 impl PgStore {
     /// Connect and migrate, on the server's clock (see [`ServerClock`]).
     pub async fn connect(url: &str) -> super::StoreResult<Self> {
-        Self::connect_mode(url, super::OpenMode::Create, None, Arc::new(Metrics::new())).await
+        Self::connect_mode(
+            url,
+            super::OpenMode::Create,
+            None,
+            Arc::new(Metrics::new()),
+            DATA_POOL,
+        )
+        .await
     }
 
     /// [`PgStore::connect`] with an injected clock and metrics registry.
@@ -299,7 +306,7 @@ impl PgStore {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> super::StoreResult<Self> {
-        Self::connect_mode(url, super::OpenMode::Create, Some(clock), metrics).await
+        Self::connect_mode(url, super::OpenMode::Create, Some(clock), metrics, DATA_POOL).await
     }
 
     /// Connect and migrate. [`super::OpenMode::Existing`] first checks that
@@ -311,6 +318,7 @@ impl PgStore {
         mode: super::OpenMode,
         clock: Option<Arc<dyn Clock>>,
         metrics: Arc<Metrics>,
+        data_pool: u32,
     ) -> super::StoreResult<Self> {
         let shown = redact_url(url);
         let options = parse_url(url, &shown)?;
@@ -363,7 +371,7 @@ impl PgStore {
             .await
             .map_err(|e| super::migrate_error(&shown, &migrator, e))?;
         setup.close().await;
-        let pool = pool_options(DATA_POOL)
+        let pool = pool_options(data_pool.max(1))
             .connect_with(options.clone().options(SESSION_SETTINGS))
             .await
             .map_err(unreachable)?;
