@@ -526,6 +526,7 @@ fn scrape(
     m.ready = Some(1.0);
     m.lease_left = Some(1.6);
     m.store_round_trip = Some(round_trip_buckets(renews));
+    m.pools = pools(4.0);
     PodScrape {
         pod: pod.into(),
         url: format!("http://127.0.0.1:770{}", &pod[4..]),
@@ -544,8 +545,35 @@ fn cut_off(mut s: PodScrape, renews: f64) -> PodScrape {
         m.counters.insert("store deadline hits".into(), 1.0);
         m.counters.insert("self-fenced step".into(), 2.0);
         m.counters.insert("self-fenced stream".into(), 1.0);
+        // Every data connection is out, waiting on the cut link.
+        m.pools = pools(32.0);
     }
     s
+}
+
+/// The data pool with `busy` of its 32 connections out, the control
+/// pool idle.
+fn pools(busy: f64) -> std::collections::BTreeMap<String, vigil::console::PoolGauge> {
+    use vigil::console::PoolGauge;
+    [
+        (
+            "data".to_owned(),
+            PoolGauge {
+                busy,
+                idle: 32.0 - busy,
+                max: 32.0,
+            },
+        ),
+        (
+            "control".to_owned(),
+            PoolGauge {
+                busy: 0.0,
+                idle: 1.0,
+                max: 3.0,
+            },
+        ),
+    ]
+    .into()
 }
 
 fn with_metrics(mut a: App) -> App {

@@ -41,13 +41,17 @@ async fn a_commit_cut_by_the_proxy_is_an_error_for_the_client_yet_landed() {
     proxy.set(LinkFault::CutAfterCommit {
         pattern: "INSERT INTO cut_probe".into(),
         times: 1,
+        hang: false,
     });
     let insert = sqlx::query("INSERT INTO cut_probe VALUES (1)")
         .execute(&mut conn)
         .await;
     assert!(insert.is_err(), "the client saw {insert:?}");
     match events.recv().await.unwrap() {
-        LinkEvent::CommitCut { statement } => {
+        LinkEvent::CommitCut {
+            statement,
+            hung: false,
+        } => {
             assert_eq!(statement, "INSERT INTO cut_probe VALUES (1)")
         }
         other => panic!("unexpected event {other:?}"),

@@ -493,6 +493,29 @@ async fn health_readiness_and_the_openapi_document_answer(db: &TestDb) {
             "{p} missing from /openapi.json"
         );
     }
+    // The pod's own view of itself, as the console's Pods view reads it:
+    // ready, its lease, its renew's round trips, and its store pools.
+    let text = reqwest::get(format!("{u}metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let m = vigil::console::parse_metrics(&text).unwrap();
+    assert_eq!(m.ready, Some(1.0), "{text}");
+    assert!(m.lease_left.is_some_and(|l| l > 0.0), "{text}");
+    let data = m
+        .pools
+        .get("data")
+        .copied()
+        .expect("the data pool's gauges");
+    assert!(data.max >= 1.0 && data.busy <= data.max, "{data:?}");
+    let want: &[&str] = if db.target().starts_with("postgres") {
+        &["control", "data"]
+    } else {
+        &["data"]
+    };
+    assert_eq!(m.pools.keys().map(String::as_str).collect::<Vec<_>>(), want);
 }
 
 async fn early_and_late_attachers_see_each_chunk_of_the_final_run_once(db: &TestDb) {

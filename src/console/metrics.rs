@@ -18,6 +18,23 @@ pub struct PodMetrics {
     pub lease_left: Option<f64>,
     /// `vigil_store_round_trip_seconds`: the liveness renew's round trips.
     pub store_round_trip: Option<super::gray::Buckets>,
+    /// `vigil_store_pool_connections` and `_max_connections`, by pool.
+    pub pools: BTreeMap<String, PoolGauge>,
+}
+
+/// One store pool's connections at the scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PoolGauge {
+    pub busy: f64,
+    pub idle: f64,
+    pub max: f64,
+}
+
+impl PoolGauge {
+    /// Every connection out: callers wait for one.
+    pub fn saturated(&self) -> bool {
+        self.max > 0.0 && self.busy >= self.max
+    }
 }
 
 /// The series the Activity view shows, in display order: a Prometheus family
@@ -121,6 +138,18 @@ pub fn parse(text: &str) -> Result<PodMetrics, ParseError> {
             "vigil_runs_active" => out.runs_active = Some(v),
             "vigil_ready" => out.ready = Some(v),
             "vigil_lease_left_seconds" => out.lease_left = Some(v),
+            "vigil_store_pool_connections" | "vigil_store_pool_max_connections" => {
+                let Some(pool) = s.labels.get("pool") else {
+                    continue;
+                };
+                let g = out.pools.entry(pool.to_owned()).or_default();
+                match s.labels.get("state") {
+                    _ if s.metric == "vigil_store_pool_max_connections" => g.max = v,
+                    Some("busy") => g.busy = v,
+                    Some("idle") => g.idle = v,
+                    _ => {}
+                }
+            }
             _ => {
                 if let Some(series) = series_of(&s.metric, &s.labels) {
                     *out.counters.entry(series).or_default() += v;
@@ -179,6 +208,20 @@ mod tests {
         }
         m.gray.ready.set(1);
         m.gray.lease_left.set(0.75);
+        m.set_pools(&[
+            crate::engine::store::PoolUse {
+                pool: "data",
+                max: 32,
+                busy: 32,
+                idle: 0,
+            },
+            crate::engine::store::PoolUse {
+                pool: "control",
+                max: 3,
+                busy: 1,
+                idle: 2,
+            },
+        ]);
         let rtt = m.gray.store_round_trip.as_ref().expect("histogram");
         for secs in [0.0007, 0.0008, 0.0009, 0.006] {
             rtt.observe(secs);
@@ -198,6 +241,12 @@ mod tests {
             let p = super::parse(&text).expect("parse");
             assert_eq!(p.ready, Some(1.0));
             assert_eq!(p.lease_left, Some(0.75));
+            let data = p.pools["data"];
+            assert_eq!((data.busy, data.idle, data.max), (32.0, 0.0, 32.0));
+            assert!(data.saturated());
+            let control = p.pools["control"];
+            assert_eq!((control.busy, control.idle, control.max), (1.0, 2.0, 3.0));
+            assert!(!control.saturated());
             assert_eq!(p.counters.get("store deadline hits"), Some(&3.0));
             assert_eq!(p.counters.get("self-fenced step"), Some(&1.0));
             assert_eq!(p.counters.get("self-fenced stream"), Some(&2.0));

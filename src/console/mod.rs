@@ -31,7 +31,7 @@ pub use data::{
 };
 pub use gray::{Buckets, RoundTrips, histogram_quantile, lease_text};
 pub use keys::{Action, Key, Keymap};
-pub use metrics::{PodMetrics, parse as parse_metrics};
+pub use metrics::{PodMetrics, PoolGauge, parse as parse_metrics};
 pub use theme::{Role, Theme};
 pub use views::{age, draw, sparkline, utc_time};
 

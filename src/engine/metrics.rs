@@ -129,6 +129,22 @@ pub struct GrayMetrics {
     pub lease_left: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// 1 while this pod is ready (a lease that holds, not stopping).
     pub ready: Gauge,
+    /// Connections of each store pool by state (`busy`, `idle`), set at
+    /// each scrape.
+    pub pool_connections: Family<PoolState, Gauge>,
+    /// Each store pool's most connections.
+    pub pool_max: Family<PoolName, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolState {
+    pub pool: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolName {
+    pub pool: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -317,6 +333,18 @@ impl Metrics {
             gray.ready.clone(),
         );
         registry.register(
+            "vigil_store_pool_connections",
+            "Connections of each store pool (data: checkpoints, chunks, reads; control: \
+             recovery and claims) by state: busy (in use) or idle; busy at the pool's max \
+             means callers wait",
+            gray.pool_connections.clone(),
+        );
+        registry.register(
+            "vigil_store_pool_max_connections",
+            "The most connections each store pool opens",
+            gray.pool_max.clone(),
+        );
+        registry.register(
             "vigil_build",
             "The version of vigil this process runs",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -451,6 +479,27 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 }
 
 impl Metrics {
+    /// Record the store pools' use (called at each scrape).
+    pub fn set_pools(&self, pools: &[crate::engine::store::PoolUse]) {
+        for p in pools {
+            for (state, n) in [("busy", p.busy), ("idle", p.idle)] {
+                self.gray
+                    .pool_connections
+                    .get_or_create(&PoolState {
+                        pool: p.pool.into(),
+                        state: state.into(),
+                    })
+                    .set(i64::from(n));
+            }
+            self.gray
+                .pool_max
+                .get_or_create(&PoolName {
+                    pool: p.pool.into(),
+                })
+                .set(i64::from(p.max));
+        }
+    }
+
     pub fn fallback(&self, source: FallbackSource, outcome: FallbackOutcome) -> u64 {
         self.tracker_db_fallback
             .get_or_create(&SourceOutcome {

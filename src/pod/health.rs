@@ -35,6 +35,7 @@ pub(super) async fn metrics(State(pod): State<Arc<Pod>>, headers: header::Header
     );
     gray.ready
         .set(i64::from(lease.holds() && !pod.is_stopping()));
+    pod.engine.metrics.set_pools(&pod.store.pools());
     let (content_type, body) = if wants_openmetrics(accept) {
         (OPENMETRICS, pod.engine.metrics.encode())
     } else {

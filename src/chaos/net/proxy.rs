@@ -148,7 +148,9 @@ pub enum LinkEvent {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         hung: bool,
     },
-    Reset { connections: usize },
+    Reset {
+        connections: usize,
+    },
 }
 
 /// The faults in force, in the shape the stages read them (Reset acts

@@ -263,6 +263,8 @@ pub struct OwnView {
     /// Seconds (`+Inf`: no lease).
     pub lease_left: Option<f64>,
     pub round_trips: Option<RoundTrips>,
+    /// The data pool's connections (checkpoints, chunks, reads).
+    pub data_pool: Option<crate::console::metrics::PoolGauge>,
 }
 
 /// How long the Activity view keeps samples.

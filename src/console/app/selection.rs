@@ -291,6 +291,7 @@ impl App {
             ready: m.ready.map(|r| r >= 1.0),
             lease_left: m.lease_left,
             round_trips: s.round_trips,
+            data_pool: m.pools.get("data").copied(),
         })
     }
 

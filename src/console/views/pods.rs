@@ -21,7 +21,7 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let deaths = app.deaths();
     let dead_height = (deaths.len().min(8) as u16 + 3).max(4);
     let rows = app.visible_pods();
-    let panel_height = if rows.is_empty() { 0 } else { 5 };
+    let panel_height = if rows.is_empty() { 0 } else { 6 };
     let [live_area, panel_area, dead_area] = Layout::vertical([
         Constraint::Fill(1),
         Constraint::Length(panel_height),
@@ -48,13 +48,14 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
             "LIVENESS",
             "READY",
             "OWN LEASE",
-            "STORE RTT p50/p99",
+            "RTT p50/p99",
+            "POOL",
             "HEARTBEAT",
             HISTORY,
             "RUNS",
             "ADDR",
         ],
-        &[10, 22, 7, 9, 17, 9, HISTORY_WIDTH, 4],
+        &[10, 21, 7, 9, 12, 5, 9, HISTORY_WIDTH, 4],
     )
     .block(block(app, title))
     .empty(if app.health.ok_at_ms.is_none() {
@@ -114,6 +115,19 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
                     Role::Plain
                 }),
             )),
+            // The data pool's connections in use of its most: at the
+            // most, callers queue for one.
+            match own.and_then(|v| v.data_pool) {
+                Some(g) => Cell::from(Span::styled(
+                    format!("{:.0}/{:.0}", g.busy, g.max),
+                    t.style(if g.saturated() {
+                        Role::Warn
+                    } else {
+                        Role::Plain
+                    }),
+                )),
+                None => Cell::from(Span::styled("-", t.style(Role::Muted))),
+            },
             Cell::from(age(hb_age)),
             Cell::from(sparkline(&hist, Some(2000.0))),
             Cell::from(app.owned_runs(&p.pod_id).to_string()),
@@ -250,6 +264,27 @@ fn selected_pod(frame: &mut Frame, app: &App, p: &PodRow, area: Rect) {
                 label(" · store calls past their deadline "),
                 Span::raw(count("store deadline hits")),
             ]));
+            if !m.pools.is_empty() {
+                let mut spans = vec![label("store pools (busy/max, idle) ")];
+                for (i, (name, g)) in m.pools.iter().enumerate() {
+                    if i > 0 {
+                        spans.push(label(" · "));
+                    }
+                    spans.push(label(&format!("{name} ")));
+                    spans.push(Span::styled(
+                        format!("{:.0}/{:.0}, {:.0} idle", g.busy, g.max, g.idle),
+                        t.style(if g.saturated() {
+                            Role::Warn
+                        } else {
+                            Role::Plain
+                        }),
+                    ));
+                    if g.saturated() {
+                        spans.push(Span::styled(" FULL: callers wait", t.style(Role::Warn)));
+                    }
+                }
+                lines.push(Line::from(spans));
+            }
         }
     }
     frame.render_widget(Paragraph::new(lines), inner);

@@ -80,6 +80,10 @@ impl Store for Deadlined {
         self.inner.stats()
     }
 
+    fn pools(&self) -> Vec<PoolUse> {
+        self.inner.pools()
+    }
+
     fn metrics(&self) -> &Arc<crate::engine::metrics::Metrics> {
         self.inner.metrics()
     }

@@ -370,6 +370,32 @@ pub struct StoreStats {
     pub output_raw_queries: std::sync::atomic::AtomicU64,
 }
 
+/// One connection pool's use at a glance: `busy` of at most `max`
+/// connections are out (a pool whose busy equals its max makes callers
+/// wait), `idle` are open and free.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolUse {
+    /// `data` or `control`.
+    pub pool: &'static str,
+    pub max: u32,
+    pub busy: u32,
+    pub idle: u32,
+}
+
+impl PoolUse {
+    /// The use of a sqlx pool.
+    pub fn of<DB: sqlx::Database>(pool: &'static str, p: &sqlx::Pool<DB>) -> PoolUse {
+        let size = p.size();
+        let idle = u32::try_from(p.num_idle()).unwrap_or(u32::MAX).min(size);
+        PoolUse {
+            pool,
+            max: p.options().get_max_connections(),
+            busy: size - idle,
+            idle,
+        }
+    }
+}
+
 /// The store behind the engine. Every owner write carries the epoch it holds
 /// and is rejected with [`StoreError::Fenced`] once the epoch has moved on.
 #[async_trait]
@@ -377,6 +403,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     fn stats(&self) -> &StoreStats;
+    /// How full this store's connection pools are right now (for
+    /// `vigil_store_pool_connections`).
+    fn pools(&self) -> Vec<PoolUse>;
     /// The metrics registry this store counts transitions and fences in.
     fn metrics(&self) -> &Arc<crate::engine::metrics::Metrics>;
     /// The clock every time this store writes or compares is read from; the

@@ -306,7 +306,14 @@ impl PgStore {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> super::StoreResult<Self> {
-        Self::connect_mode(url, super::OpenMode::Create, Some(clock), metrics, DATA_POOL).await
+        Self::connect_mode(
+            url,
+            super::OpenMode::Create,
+            Some(clock),
+            metrics,
+            DATA_POOL,
+        )
+        .await
     }
 
     /// Connect and migrate. [`super::OpenMode::Existing`] first checks that
@@ -404,6 +411,13 @@ impl PgStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    fn pool_uses(&self) -> Vec<super::PoolUse> {
+        vec![
+            super::PoolUse::of("data", &self.pool),
+            super::PoolUse::of("control", &self.control),
+        ]
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {

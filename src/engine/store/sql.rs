@@ -564,6 +564,10 @@ macro_rules! impl_store {
                 &self.stats
             }
 
+            fn pools(&self) -> Vec<$crate::engine::store::PoolUse> {
+                self.pool_uses()
+            }
+
             fn metrics(&self) -> &std::sync::Arc<$crate::engine::metrics::Metrics> {
                 &self.metrics
             }

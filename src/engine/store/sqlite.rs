@@ -270,6 +270,10 @@ impl SqliteStore {
         &self.pool
     }
 
+    fn pool_uses(&self) -> Vec<super::PoolUse> {
+        vec![super::PoolUse::of("data", &self.pool)]
+    }
+
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
         self.pool.begin_with(dialect::BEGIN_WRITE).await
     }
