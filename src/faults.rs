@@ -60,10 +60,14 @@ pub enum Bug {
     /// Probes, the registry, orphan lists and claims share the data pool:
     /// under a slow store they queue behind checkpoints.
     SharedLivenessPool,
+    /// A run's stream tail reads ahead of its client into an unbounded
+    /// queue, from what the client has received rather than what it
+    /// queued: a slow consumer grows the pod's memory without bound.
+    UnboundedStream,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 18] = [
         Bug::ReapAllLanes,
         Bug::SkipPurge,
         Bug::ClaimWithoutCas,
@@ -81,6 +85,7 @@ impl Bug {
         Bug::LockReleaseIsDeath,
         Bug::NoSelfFence,
         Bug::SharedLivenessPool,
+        Bug::UnboundedStream,
     ];
 
     pub fn name(self) -> &'static str {
@@ -102,6 +107,7 @@ impl Bug {
             Bug::LockReleaseIsDeath => "lock_release_is_death",
             Bug::NoSelfFence => "no_self_fence",
             Bug::SharedLivenessPool => "shared_liveness_pool",
+            Bug::UnboundedStream => "unbounded_stream",
         }
     }
 }
