@@ -485,11 +485,20 @@ mod tests {
             })
             .await
             .unwrap();
+        // Chunks written as a run's owner would, without one.
+        let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let put = |seq: i64, data: String| {
+            sqlx::query("INSERT INTO chunks (run_id, epoch, seq, data, at) VALUES ($1, $2, $3, $4, 0)")
+                .bind(run.id.clone())
+                .bind(run.epoch)
+                .bind(seq)
+                .bind(data)
+                .execute(&raw)
+        };
         for seq in 0..600 {
-            pod.store
-                .append_chunk(&run.id, run.epoch, seq, None, &format!("c{seq}"))
-                .await
-                .unwrap();
+            put(seq, format!("c{seq}")).await.unwrap();
         }
         let (tx, mut rx) = mpsc::channel(4);
         let changes = pod.engine.changes();
@@ -504,18 +513,12 @@ mod tests {
         while rx.len() < 4 {
             tokio::task::yield_now().await;
         }
-        let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
         sqlx::query("DELETE FROM chunks WHERE run_id = $1 AND seq >= 4")
             .bind(&run.id)
             .execute(&raw)
             .await
             .unwrap();
-        pod.store
-            .append_chunk(&run.id, run.epoch, 10_000, None, "after")
-            .await
-            .unwrap();
+        put(10_000, "after".into()).await.unwrap();
         let mut got = Vec::new();
         while got.len() < 5 {
             let ev = rx.recv().await.unwrap().unwrap();

@@ -24,6 +24,9 @@ use std::time::Duration;
 /// pod it hits or every pod, the proxy's fault).
 type Active = (usize, String, Option<String>, LinkFault);
 
+/// The receive buffer of a client link's proxy toward the pod (bytes).
+const WINDOW: u32 = 16 * 1024;
+
 pub(super) struct ClientLinks {
     /// The runs whose clients go through proxies (by name).
     runs: BTreeSet<String>,
@@ -97,11 +100,15 @@ impl ClientLinks {
             .unwrap_or_default()
             .wrapping_mul(31)
             .wrapping_add(pod.len());
-        let proxy = LinkProxy::start(
+        // A thin link: a slow client's backlog must reach the pod, as it
+        // would across a real network, not sit in megabytes of loopback
+        // buffers.
+        let proxy = LinkProxy::start_thin(
             &format!("client link of {run} to {pod}"),
             std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             &upstream,
             self.seed.wrapping_add(1000 + salt as u64),
+            WINDOW,
         )
         .await
         .with_context(|| format!("starting the client link proxy of {run} to {pod}"))?;

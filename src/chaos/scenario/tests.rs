@@ -290,7 +290,7 @@ fn client_links_are_checked_strictly_and_run_on_any_store() {
         ),
         (
             "action = \"latency\"\nrun = \"r1\"\nlink = { on = \"pod\", ms = 5 }",
-            "fault[0].link",
+            "line 14",
             "unknown variant",
         ),
     ] {
