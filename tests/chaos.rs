@@ -581,6 +581,20 @@ mod teeth {
     }
 
     #[test]
+    fn unbounded_stream_is_caught_by_consumer_isolated() {
+        // One run's client link held to 2 KiB/s while the run streams
+        // 6 MiB: a tail that queues ahead of its client, re-reading the
+        // backlog at every wake-up, grows the pod's resident memory past
+        // the bound (issue 28's slow consumer). SQLite and PostgreSQL.
+        teeth(
+            "slow-consumer",
+            "unbounded_stream",
+            "consumer_isolated",
+            "resident memory grew",
+        );
+    }
+
+    #[test]
     fn unsteady_leases_are_caught_by_no_false_deaths() {
         // A pod paused holding SQLite's write lock froze every writer; when
         // it woke every lease had lapsed, and a prober that read them

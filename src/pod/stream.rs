@@ -398,10 +398,7 @@ impl Sink {
     /// Where to read from, and how many chunks, with `room` in the channel.
     fn read_from(&self, cursor: Cursor, room: usize) -> (Cursor, i64) {
         match self {
-            Sink::Bounded(_) => (
-                cursor,
-                i64::try_from(room).unwrap_or(BATCH).clamp(1, BATCH),
-            ),
+            Sink::Bounded(_) => (cursor, i64::try_from(room).unwrap_or(BATCH).clamp(1, BATCH)),
             Sink::Unbounded(a) => {
                 let done = *a.delivered.lock().unwrap_or_else(|p| p.into_inner());
                 (done.min(cursor), i64::MAX)
@@ -413,9 +410,7 @@ impl Sink {
     /// once the tail should stop.
     async fn send(&self, pod: &Pod, ev: Event, at: Option<Cursor>) -> bool {
         match self {
-            Sink::Bounded(tx) => {
-                self.room(pod).await.is_some() && tx.try_send(Ok(ev)).is_ok()
-            }
+            Sink::Bounded(tx) => self.room(pod).await.is_some() && tx.try_send(Ok(ev)).is_ok(),
             Sink::Unbounded(a) => a.queue.send((at, ev)).is_ok(),
         }
     }
@@ -490,12 +485,14 @@ mod tests {
             .await
             .unwrap();
         let put = |seq: i64, data: String| {
-            sqlx::query("INSERT INTO chunks (run_id, epoch, seq, data, at) VALUES ($1, $2, $3, $4, 0)")
-                .bind(run.id.clone())
-                .bind(run.epoch)
-                .bind(seq)
-                .bind(data)
-                .execute(&raw)
+            sqlx::query(
+                "INSERT INTO chunks (run_id, epoch, seq, data, at) VALUES ($1, $2, $3, $4, 0)",
+            )
+            .bind(run.id.clone())
+            .bind(run.epoch)
+            .bind(seq)
+            .bind(data)
+            .execute(&raw)
         };
         for seq in 0..600 {
             put(seq, format!("c{seq}")).await.unwrap();

@@ -82,17 +82,22 @@ pub(super) fn consumer_isolated(ev: &Evidence, workflows: &WorkflowRegistry) -> 
         .map(|f| (f.t_ms, f.t_ms + f.duration_ms.unwrap_or(0)))
         .collect();
     let mut judged = 0usize;
-    for a in ev.attachers.iter().filter(|a| {
-        a.attacher == AttachKind::Early && !slowed.contains(&a.run_id.as_str())
-    }) {
+    for a in ev
+        .attachers
+        .iter()
+        .filter(|a| a.attacher == AttachKind::Early && !slowed.contains(&a.run_id.as_str()))
+    {
         let Some(wf) = ev.workflow_of(workflows, &a.run_id) else {
             continue;
         };
         let interval = |step: &str| {
-            wf.steps.iter().find(|s| s.id == step).and_then(|s| match s.kind {
-                StepKind::Emit { interval_ms, .. } => Some(interval_ms),
-                _ => None,
-            })
+            wf.steps
+                .iter()
+                .find(|s| s.id == step)
+                .and_then(|s| match s.kind {
+                    StepKind::Emit { interval_ms, .. } => Some(interval_ms),
+                    _ => None,
+                })
         };
         let mut worst: Option<(u64, u64, u64, String)> = None;
         let mut last: Option<(u64, i64, Option<String>)> = None;

@@ -192,7 +192,8 @@ pub(super) fn no_false_deaths(ev: &Evidence) -> Outcome {
                             | Action::Blackhole
                             | Action::Reset
                             | Action::Loss
-                    ) && !f.on_client_link()
+                    )
+                    && !f.on_client_link()
                     || f.pod.as_deref() == Some(pod) && super::gray::cuts_lease(ev, f)
                     || f.action == Action::StoreOutage)
         })

@@ -609,7 +609,11 @@ impl Conn {
             (Way::Up, &client, &upstream),
             (Way::Down, &upstream, &client),
         ] {
-            let (tx, rx) = mpsc::channel(if self.inner.window.is_some() { 4 } else { QUEUE });
+            let (tx, rx) = mpsc::channel(if self.inner.window.is_some() {
+                4
+            } else {
+                QUEUE
+            });
             stages.spawn(self.clone().reader(way, src.clone(), tx));
             stages.spawn(self.clone().writer(way, dst.clone(), rx));
         }

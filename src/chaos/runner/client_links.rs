@@ -151,8 +151,12 @@ impl ClientLinks {
         let fault = proxy_fault(f.action, spec)?;
         {
             let mut st = lock(&self.state);
-            st.active
-                .push((f.index, run.to_owned(), pod.map(str::to_owned), fault.clone()));
+            st.active.push((
+                f.index,
+                run.to_owned(),
+                pod.map(str::to_owned),
+                fault.clone(),
+            ));
             for p in self.hit(&st, run, pod) {
                 p.set(fault.clone());
             }

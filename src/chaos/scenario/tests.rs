@@ -246,7 +246,11 @@ fn client_links_are_checked_strictly_and_run_on_any_store() {
     .unwrap();
     let f = &s.plan(1).faults[0];
     assert!(f.on_client_link() && !f.on_store_link());
-    assert_eq!(f.target, Target::None, "no target: the run's link to every pod");
+    assert_eq!(
+        f.target,
+        Target::None,
+        "no target: the run's link to every pod"
+    );
     // With a target pod, and on the Docker driver.
     on_sqlite(
         "action = \"latency\"\nrun = \"r1\"\ntarget = \"pod-2\"\n\
