@@ -17,6 +17,9 @@ use std::collections::BTreeMap;
 /// store is starved by a slow consumer stalls its other streams far longer.
 const SLACK_MS: u64 = 1500;
 
+/// A pod's highest memory sample during a fault: (KiB, runner ms).
+type Peak = (u64, u64);
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -34,7 +37,7 @@ pub(super) fn consumer_isolated(ev: &Evidence, workflows: &WorkflowRegistry) -> 
             .run_id
             .as_deref()
             .map_or_else(|| "a run".to_owned(), |id| ev.label(id));
-        let mut per_pod: BTreeMap<&str, (Option<u64>, Option<(u64, u64)>)> = BTreeMap::new();
+        let mut per_pod: BTreeMap<&str, (Option<u64>, Option<Peak>)> = BTreeMap::new();
         for m in ev.memory.iter().filter(|m| m.index == f.index) {
             let e = per_pod.entry(m.pod.as_str()).or_default();
             if m.phase == "baseline" {
