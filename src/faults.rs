@@ -64,10 +64,14 @@ pub enum Bug {
     /// client-side deadline: a call on a connection the server forgot
     /// waits for an answer that never comes.
     NoStoreDeadline,
+    /// A run's stream tail reads ahead of its client into an unbounded
+    /// queue, from what the client has received rather than what it
+    /// queued: a slow consumer grows the pod's memory without bound.
+    UnboundedStream,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 19] = [
         Bug::ReapAllLanes,
         Bug::SkipPurge,
         Bug::ClaimWithoutCas,
@@ -86,6 +90,7 @@ impl Bug {
         Bug::NoSelfFence,
         Bug::SharedLivenessPool,
         Bug::NoStoreDeadline,
+        Bug::UnboundedStream,
     ];
 
     pub fn name(self) -> &'static str {
@@ -108,6 +113,7 @@ impl Bug {
             Bug::NoSelfFence => "no_self_fence",
             Bug::SharedLivenessPool => "shared_liveness_pool",
             Bug::NoStoreDeadline => "no_store_deadline",
+            Bug::UnboundedStream => "unbounded_stream",
         }
     }
 }

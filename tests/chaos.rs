@@ -150,8 +150,8 @@ fn snapshot_all(store: &str, label: &str) {
     )
     .unwrap();
     assert!(
-        files.len() >= 26,
-        "ship at least the twenty-six scenarios (row-lock-orphan, frozen-in-transaction, \
+        files.len() >= 27,
+        "ship at least the twenty-seven scenarios (row-lock-orphan, frozen-in-transaction, \
          clock-skew and the gray failures among them)"
     );
     let mut failures = Vec::new();
@@ -591,6 +591,20 @@ mod teeth {
             "no_store_deadline",
             "terminal_once",
             "still running after the quiet period",
+        );
+    }
+
+    #[test]
+    fn unbounded_stream_is_caught_by_consumer_isolated() {
+        // One run's client link held to 2 KiB/s while the run streams
+        // 6 MiB: a tail that queues ahead of its client, re-reading the
+        // backlog at every wake-up, grows the pod's resident memory past
+        // the bound (issue 28's slow consumer). SQLite and PostgreSQL.
+        teeth(
+            "slow-consumer",
+            "unbounded_stream",
+            "consumer_isolated",
+            "resident memory grew",
         );
     }
 

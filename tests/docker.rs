@@ -329,8 +329,8 @@ fn images_build_from_local_files() {
     assert!(text.contains("vigil-postgres:"), "{text}");
 }
 
-/// The teeth on the Docker driver: pod death, partition, a locked row and a
-/// skewed clock, each with a bug
+/// The teeth on the Docker driver: pod death, partition, a locked row, a
+/// skewed clock and a slow consumer, each with a bug
 /// switched on in the pod containers, caught by the check meant for it.
 #[cfg(feature = "fault-injection")]
 #[test]
@@ -361,6 +361,12 @@ fn docker_teeth_catch_their_bugs() {
             // and their healthy runs stop beating.
             "no_healthy_reaped",
             "reaped on lane",
+        ),
+        (
+            "scenarios/docker/slow-consumer.toml",
+            "unbounded_stream",
+            "consumer_isolated",
+            "resident memory grew",
         ),
         (
             "scenarios/docker/clock-skew.toml",

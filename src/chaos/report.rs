@@ -90,7 +90,7 @@ impl Report<'_> {
                         | Action::HalfOpen
                         | Action::Blackhole
                         | Action::Latency
-                )
+                ) && !f.on_client_link()
             })
             .filter_map(|f| {
                 let store_fault = matches!(f.action, Action::StoreOutage | Action::StoreFreeze)
@@ -196,6 +196,18 @@ impl Report<'_> {
                         "from the runner's own session".to_owned()
                     }
                     Action::StoreOutage | Action::StoreFreeze => "the store".to_owned(),
+                    _ if f
+                        .link
+                        .as_ref()
+                        .is_some_and(|l| l.on == super::scenario::LinkName::Client) =>
+                    {
+                        match f.target {
+                            super::scenario::Target::None => {
+                                "a run's client link to every pod".to_owned()
+                            }
+                            _ => format!("a run's client link to {}", target_text(&f.target)),
+                        }
+                    }
                     a if a.is_link() && f.target == super::scenario::Target::None => {
                         "every pod's store link".to_owned()
                     }
@@ -213,6 +225,7 @@ impl Report<'_> {
                                 Action::StoreOutage | Action::StoreFreeze | Action::WriteLock => {
                                     Some("the store".into())
                                 }
+                                _ if x.on_client_link() => Some("every pod".into()),
                                 a if a.is_link() => Some("every store link".into()),
                                 _ => x.run_id.as_ref().map(|_| "the run's row".into()),
                             })

@@ -156,6 +156,13 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// Stop every pod in `pods` (id, state) gracefully within `bound`,
     /// forcibly after it; keep their logs in `log_dir`.
     async fn shutdown(&mut self, pods: &[(String, PodState)], bound: Duration, log_dir: &Path);
+
+    /// The host's process id of pod `id`'s main process, for a driver
+    /// whose pods are not the runner's children (a container's init
+    /// process); None when it has none.
+    async fn host_pid(&mut self, _id: &str) -> Result<Option<u32>> {
+        Ok(None)
+    }
 }
 
 /// Pods by id, on one driver.
@@ -229,6 +236,20 @@ impl Cluster {
 
     pub fn pods(&self) -> impl Iterator<Item = &PodProcess> {
         self.pods.values()
+    }
+
+    /// The host's process id of pod `id` while it may be alive: the
+    /// child process, or a container's init process (its memory is the
+    /// pod's: the image runs nothing else).
+    pub async fn host_pid(&mut self, id: &str) -> Result<Option<u32>> {
+        let pod = self.known(id)?;
+        if pod.state == PodState::Exited {
+            return Ok(None);
+        }
+        if let Some(p) = pod.pid {
+            return Ok(Some(p));
+        }
+        self.driver.host_pid(id).await
     }
 
     /// URLs of the pods that are running now.

@@ -14,6 +14,15 @@
 //!
 //! The tail reads the store (not an in-process channel), so a client can
 //! attach to any pod, not just the owner.
+//!
+//! A slow client costs the pod a bounded amount: the tail waits for room in
+//! the client's channel *before* it reads, holding nothing meanwhile (no
+//! batch, no store connection: each read is one `fetch_all` that gives its
+//! connection back), and reads no more chunks than the channel has room
+//! for. What one attach holds is its channel (256 events) and the kernel's
+//! socket buffers, however slow the client. The change wake-ups are a
+//! bounded broadcast: a tail that lags behind them takes the lag as a
+//! wake-up (`changed`).
 
 use super::Pod;
 use crate::engine::run::RunState;
@@ -29,7 +38,8 @@ pub const POLL: Duration = Duration::from_millis(25);
 const BATCH: i64 = 500;
 
 /// Where a client is in a stream: the last `(epoch, seq)` it received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ordered as the stream is: by epoch, then seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cursor {
     pub epoch: i64,
     pub seq: i64,
@@ -130,9 +140,12 @@ pub async fn tail(
     // current (None: it holds nothing). A resuming client holds chunks up to
     // its cursor, current as of at least its cursor's epoch.
     let mut synced: Option<i64> = (cursor.epoch > 0).then_some(cursor.epoch);
-    let send = |ev: Event| {
-        let tx = tx.clone();
-        async move { tx.send(Ok(ev)).await.is_ok() }
+    // With `unbounded_stream` (fault injection) events go through an
+    // unbounded queue ahead of the client instead.
+    let sink = Sink::new(tx.clone(), cursor);
+    let send = |ev: Event, at: Option<Cursor>| {
+        let (pod, sink) = (pod.clone(), sink.clone());
+        async move { sink.send(&pod, ev, at).await }
     };
     // The reset for a stream going on at `epoch`: what survived of older
     // epochs (after the claim's purge: the succeeded attempts' chunks).
@@ -185,7 +198,7 @@ pub async fn tail(
                     }
                 }
             };
-            if !send(ev).await {
+            if !send(ev, None).await {
                 break;
             }
             synced = Some(run.epoch);
@@ -193,9 +206,15 @@ pub async fn tail(
         // A failed read leaves the client behind: no `end` before a retry.
         let mut behind = false;
         loop {
+            // Room first, then read no more than fits: a slow client leaves
+            // the tail waiting here with nothing in hand.
+            let Some(room) = sink.room(&pod).await else {
+                break 'outer;
+            };
+            let (from, limit) = sink.read_from(cursor, room);
             let chunks = match pod
                 .store
-                .chunks_after(&run_id, cursor.epoch, cursor.seq, BATCH)
+                .chunks_after(&run_id, from.epoch, from.seq, limit)
                 .await
             {
                 Ok(c) => c,
@@ -218,7 +237,7 @@ pub async fn tail(
                                 break;
                             }
                         };
-                        if !send(ev).await {
+                        if !send(ev, None).await {
                             break 'outer;
                         }
                         synced = Some(c.epoch);
@@ -239,26 +258,30 @@ pub async fn tail(
                     },
                 )
                 .id(format!("{}:{}", c.epoch, c.seq));
-                if !send(ev).await {
-                    break 'outer;
-                }
-                cursor = Cursor {
+                let at = Cursor {
                     epoch: c.epoch,
                     seq: c.seq,
                 };
+                if !send(ev, Some(at)).await {
+                    break 'outer;
+                }
+                cursor = cursor.max(at);
             }
-            if behind || i64::try_from(n).unwrap_or(0) < BATCH {
+            if behind || i64::try_from(n).unwrap_or(0) < limit {
                 break;
             }
         }
         if run.state.is_terminal() && !behind {
-            let _ = send(event(
-                "end",
-                &EndEvent {
-                    state: run.state,
-                    error: run.error,
-                },
-            ))
+            let _ = send(
+                event(
+                    "end",
+                    &EndEvent {
+                        state: run.state,
+                        error: run.error,
+                    },
+                ),
+                None,
+            )
             .await;
             break;
         }
@@ -277,20 +300,120 @@ pub async fn tail(
                     .self_fenced
                     .get_or_create(&crate::engine::metrics::Kind { kind: "stream".into() })
                     .inc();
-                let _ = send(event(
-                    "unavailable",
-                    &serde_json::json!({
-                        "error": "lease_lapsing",
-                        "retry": true,
-                        "message": "this pod cannot reach its store in time; resume from the last event id on another pod",
-                    }),
-                ))
+                let _ = send(
+                    event(
+                        "unavailable",
+                        &serde_json::json!({
+                            "error": "lease_lapsing",
+                            "retry": true,
+                            "message": "this pod cannot reach its store in time; resume from the last event id on another pod",
+                        }),
+                    ),
+                    None,
+                )
                 .await;
                 break;
             }
         }
     }
     pod.engine.metrics.attachers_active.dec();
+}
+
+type Tx = mpsc::Sender<Result<Event, Infallible>>;
+
+/// Where a tail's events go: the client's bounded channel, or (fault
+/// injection, `unbounded_stream`) an unbounded queue in front of it.
+#[derive(Clone)]
+enum Sink {
+    Bounded(Tx),
+    Unbounded(Arc<Ahead>),
+}
+
+/// The `unbounded_stream` bug: a forwarder moves events from an unbounded
+/// queue to the client as fast as the client takes them, and the tail
+/// reads ahead of it into the queue. Worse, the tail reads from what the
+/// client has *received* (the forwarder's cursor), not from what it already
+/// queued: under a slow client every wake-up queues the whole backlog
+/// again (the forwarder drops the copies as it reaches them), so the pod's
+/// memory grows with the backlog times the wake-ups.
+struct Ahead {
+    queue: mpsc::UnboundedSender<(Option<Cursor>, Event)>,
+    delivered: std::sync::Mutex<Cursor>,
+    client: Tx,
+}
+
+impl Sink {
+    fn new(tx: Tx, from: Cursor) -> Sink {
+        if !crate::faults::on(crate::faults::Bug::UnboundedStream) {
+            return Sink::Bounded(tx);
+        }
+        let (queue, mut rx) = mpsc::unbounded_channel::<(Option<Cursor>, Event)>();
+        let ahead = Arc::new(Ahead {
+            queue,
+            delivered: std::sync::Mutex::new(from),
+            client: tx,
+        });
+        let fwd = ahead.clone();
+        tokio::spawn(async move {
+            while let Some((at, ev)) = rx.recv().await {
+                let done = *fwd.delivered.lock().unwrap_or_else(|p| p.into_inner());
+                if at.is_some_and(|c| c <= done) {
+                    continue;
+                }
+                if fwd.client.send(Ok(ev)).await.is_err() {
+                    break;
+                }
+                if let Some(c) = at {
+                    *fwd.delivered.lock().unwrap_or_else(|p| p.into_inner()) = c;
+                }
+            }
+        });
+        Sink::Unbounded(ahead)
+    }
+
+    /// Wait until the client's channel has room, and say for how many
+    /// events; None when the tail should stop (the client left, the pod
+    /// stops or cannot keep its lease: the client resumes elsewhere).
+    /// Nothing is held while waiting.
+    async fn room(&self, pod: &Pod) -> Option<usize> {
+        let tx = match self {
+            Sink::Bounded(tx) => tx,
+            // The bug never waits.
+            Sink::Unbounded(a) => return (!a.client.is_closed()).then_some(usize::MAX),
+        };
+        tokio::select! {
+            // Room wins over a lapsed lease: the idle wait then tells the
+            // client to resume elsewhere (`unavailable`).
+            biased;
+            permit = tx.reserve() => {
+                // Only this tail sends on the channel: the room stays.
+                drop(permit.ok()?);
+                Some(tx.capacity().max(1))
+            }
+            _ = pod.shutdown.cancelled() => None,
+            _ = pod.engine.config.lease.lapsed() => None,
+        }
+    }
+
+    /// Where to read from, and how many chunks, with `room` in the channel.
+    fn read_from(&self, cursor: Cursor, room: usize) -> (Cursor, i64) {
+        match self {
+            Sink::Bounded(_) => (cursor, i64::try_from(room).unwrap_or(BATCH).clamp(1, BATCH)),
+            Sink::Unbounded(a) => {
+                let done = *a.delivered.lock().unwrap_or_else(|p| p.into_inner());
+                (done.min(cursor), i64::MAX)
+            }
+        }
+    }
+
+    /// Send `ev` (the chunk at `at`, if it is one), waiting for room; false
+    /// once the tail should stop.
+    async fn send(&self, pod: &Pod, ev: Event, at: Option<Cursor>) -> bool {
+        match self {
+            Sink::Bounded(tx) => self.room(pod).await.is_some() && tx.try_send(Ok(ev)).is_ok(),
+            Sink::Unbounded(a) => a.queue.send((at, ev)).is_ok(),
+        }
+    }
 }
 
 /// Until this process changes `run_id` (or the channel lagged: then maybe).
@@ -310,6 +433,105 @@ async fn changed(rx: &mut tokio::sync::broadcast::Receiver<Arc<str>>, run_id: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        pod: crate::pod::PodArgs,
+    }
+
+    /// A slow client leaves the tail waiting for room with nothing in
+    /// hand: it has read no chunk beyond what the client's channel holds.
+    /// Seen from outside: chunks deleted from the store while the channel
+    /// is full never reach the client, and the next event it gets is one
+    /// written after the deletion. (A tail that read a batch ahead, as it
+    /// did, would still hand out the deleted chunks it held.)
+    #[tokio::test]
+    async fn a_slow_client_holds_the_tail_before_it_reads_more() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let workflows = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/workflows");
+        let args = Cli::try_parse_from([
+            "pod",
+            "--store",
+            db.to_str().unwrap(),
+            "--pod-id",
+            "tail-pod",
+            "--workflows",
+            workflows,
+        ])
+        .unwrap()
+        .pod;
+        let pod = crate::pod::build(args, tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap();
+        let (run, _) = pod
+            .store
+            .create_run(crate::engine::store::NewRun {
+                workflow: "slow_stream".into(),
+                lane: "sync".into(),
+                input: serde_json::json!({}),
+                late_completion: Default::default(),
+                idempotency_key: None,
+                deadline_at_ms: None,
+                heartbeat_timeout_ms: None,
+                retries_left: 0,
+            })
+            .await
+            .unwrap();
+        // Chunks written as a run's owner would, without one.
+        let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let put = |seq: i64, data: String| {
+            sqlx::query(
+                "INSERT INTO chunks (run_id, epoch, seq, data, at) VALUES ($1, $2, $3, $4, 0)",
+            )
+            .bind(run.id.clone())
+            .bind(run.epoch)
+            .bind(seq)
+            .bind(data)
+            .execute(&raw)
+        };
+        for seq in 0..600 {
+            put(seq, format!("c{seq}")).await.unwrap();
+        }
+        let (tx, mut rx) = mpsc::channel(4);
+        let changes = pod.engine.changes();
+        let tail = tokio::spawn(tail(
+            pod.clone(),
+            run.id.clone(),
+            Cursor::START,
+            tx,
+            Some((run.clone(), changes)),
+        ));
+        // The channel fills: the tail now waits for room.
+        while rx.len() < 4 {
+            tokio::task::yield_now().await;
+        }
+        sqlx::query("DELETE FROM chunks WHERE run_id = $1 AND seq >= 4")
+            .bind(&run.id)
+            .execute(&raw)
+            .await
+            .unwrap();
+        put(10_000, "after".into()).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let ev = rx.recv().await.unwrap().unwrap();
+            got.push(format!("{ev:?}"));
+        }
+        for (i, ev) in got.iter().take(4).enumerate() {
+            assert!(ev.contains(&format!("c{i}")), "chunk {i} first: {ev}");
+        }
+        assert!(
+            got[4].contains("after"),
+            "the tail read nothing past the channel's room: {}",
+            got[4]
+        );
+        drop(rx);
+        tail.await.unwrap();
+    }
 
     #[test]
     fn cursors_parse_strictly() {

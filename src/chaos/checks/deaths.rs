@@ -193,6 +193,7 @@ pub(super) fn no_false_deaths(ev: &Evidence) -> Outcome {
                             | Action::Reset
                             | Action::Loss
                     )
+                    && !f.on_client_link()
                     || f.pod.as_deref() == Some(pod) && super::gray::cuts_lease(ev, f)
                     || f.action == Action::StoreOutage)
         })

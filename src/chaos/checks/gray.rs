@@ -9,7 +9,7 @@ use crate::chaos::scenario::{Action, Direction};
 /// round trip alone outlasts the liveness timeout. A fault on every pod's
 /// link is the store's, not a pod's: None.
 pub(super) fn cuts_lease(ev: &Evidence, f: &FiredFault) -> bool {
-    if f.pod.is_none() {
+    if f.pod.is_none() || f.on_client_link() {
         return false;
     }
     match f.action {

@@ -19,6 +19,7 @@
 //! `executions` (side effects and outputs), `reaper`, `deaths` (liveness)
 //! and `ownership` (claims and fencing).
 
+mod consumer;
 mod deaths;
 mod executions;
 mod gray;
@@ -151,6 +152,16 @@ pub struct FiredFault {
     pub link: Option<crate::chaos::scenario::LinkSpec>,
 }
 
+impl FiredFault {
+    /// A fault on a run's client link (a slow consumer), not on a pod's
+    /// store link: it excuses nothing the store-link checks judge.
+    pub fn on_client_link(&self) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| l.on == crate::chaos::scenario::LinkName::Client)
+    }
+}
+
 /// One answer of a pod's `/readyz` to the runner's probes while a link
 /// fault was on it (only changes are recorded).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,6 +170,19 @@ pub struct ReadyProbe {
     pub pod: String,
     /// None: no answer within a second.
     pub ready: Option<bool>,
+}
+
+/// A pod's resident memory as the runner read it from the host's kernel
+/// around a client-link fault: `baseline` just before it, `fault` every
+/// 250 ms while it lasted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemorySample {
+    pub t_ms: u64,
+    /// The fault's index.
+    pub index: usize,
+    pub pod: String,
+    pub phase: String,
+    pub rss_kib: u64,
 }
 
 /// A late completion the runner sent, and the answer it got.
@@ -214,6 +238,10 @@ pub struct Evidence {
     pub deaths: Vec<Death>,
     /// The runner's probes of pods' readiness during link faults.
     pub ready: Vec<ReadyProbe>,
+    /// The pods' resident memory around client-link faults.
+    pub memory: Vec<MemorySample>,
+    /// How much a pod's memory may grow while a client link is hurt (MiB).
+    pub memory_bound_mib: u64,
     /// Why the runner could not see everything it needed (then the verdict
     /// is unknown, not pass).
     pub blind: Vec<String>,
@@ -241,6 +269,9 @@ impl Evidence {
                     ev.liveness_timeout_ms = field(e, "liveness_timeout_ms")?;
                     ev.wall0 = e.wall_ms - i64::try_from(e.t_ms).unwrap_or(0);
                     ev.target = field(e, "target")?;
+                    // Histories from before the bound existed: the default.
+                    ev.memory_bound_mib =
+                        field::<Option<u64>>(e, "memory_bound_mib")?.unwrap_or(64);
                 }
                 "submit" => ev.submitted.push(Submitted {
                     name: field(e, "run")?,
@@ -291,6 +322,13 @@ impl Evidence {
                     t_ms: e.t_ms,
                     pod: field(e, "pod")?,
                     ready: field(e, "ready")?,
+                }),
+                "memory" => ev.memory.push(MemorySample {
+                    t_ms: e.t_ms,
+                    index: field(e, "index")?,
+                    pod: field(e, "pod")?,
+                    phase: field(e, "phase")?,
+                    rss_kib: field(e, "rss_kib")?,
                 }),
                 "store_frozen" => {
                     let index: usize = field(e, "index")?;
@@ -504,6 +542,7 @@ pub fn run_all(
                 CheckName::Fencing => ownership::fencing(ev),
                 CheckName::NoFalseDeaths => deaths::no_false_deaths(ev),
                 CheckName::SelfFenced => gray::self_fenced(ev),
+                CheckName::ConsumerIsolated => consumer::consumer_isolated(ev, workflows),
             });
             CheckResult {
                 name,

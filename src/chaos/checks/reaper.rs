@@ -39,6 +39,7 @@ pub(super) fn no_healthy_reaped(ev: &Evidence) -> Outcome {
                                     | Action::Reset
                                     | Action::Loss
                             )
+                            && !f.on_client_link()
                         || f.run_id.as_deref() == Some(a.run.id.as_str())
                             && f.action == Action::RowLock
                         || f.action == Action::StoreFreeze

@@ -261,6 +261,9 @@ struct Inner {
     /// Per direction, when the throttled wire is next free.
     wire_free: [Mutex<Instant>; 2],
     stop: CancellationToken,
+    /// A thin link's receive buffer on the upstream socket (None: the
+    /// kernel's, autotuned to megabytes on loopback).
+    window: Option<u32>,
 }
 
 /// A poisoned lock only means another task panicked while holding it; the
@@ -318,6 +321,35 @@ impl LinkProxy {
         upstream: &str,
         seed: u64,
     ) -> Result<Arc<LinkProxy>> {
+        Self::start_with(name, listen, upstream, seed, None).await
+    }
+
+    /// [`LinkProxy::start`] for a thin link, one that buffers about as
+    /// little as a real one between distant hosts: the upstream socket's
+    /// receive buffer is `window` bytes (on loopback the kernel would grow
+    /// it to megabytes) and each direction queues four chunks, so a slow
+    /// reader downstream pushes back on the upstream sender within tens
+    /// of kilobytes. `upstream` must be an IP address and port.
+    pub async fn start_thin(
+        name: &str,
+        listen: SocketAddr,
+        upstream: &str,
+        seed: u64,
+        window: u32,
+    ) -> Result<Arc<LinkProxy>> {
+        upstream
+            .parse::<SocketAddr>()
+            .with_context(|| format!("link {name}: a thin link's upstream {upstream}"))?;
+        Self::start_with(name, listen, upstream, seed, Some(window)).await
+    }
+
+    async fn start_with(
+        name: &str,
+        listen: SocketAddr,
+        upstream: &str,
+        seed: u64,
+        window: Option<u32>,
+    ) -> Result<Arc<LinkProxy>> {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("link {name}: listening on {listen}"))?;
@@ -339,6 +371,7 @@ impl LinkProxy {
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             wire_free: [Mutex::new(Instant::now()), Mutex::new(Instant::now())],
             stop: CancellationToken::new(),
+            window,
         });
         tokio::spawn(accept_loop(inner.clone(), listener));
         tracing::debug!(link = name, %addr, upstream, "link proxy listening");
@@ -549,10 +582,28 @@ enum End {
     Cut(String),
 }
 
+/// Connect to `upstream`; with a window, through a socket whose receive
+/// buffer is that size (set before connecting, so the window it offers
+/// is small from the first byte).
+async fn connect(upstream: &str, window: Option<u32>) -> io::Result<TcpStream> {
+    let Some(window) = window else {
+        return TcpStream::connect(upstream).await;
+    };
+    let addr: SocketAddr = upstream
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let sock = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    sock.set_recv_buffer_size(window)?;
+    sock.connect(addr).await
+}
+
 impl Conn {
     async fn run(self: Arc<Self>, client: TcpStream, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
         let upstream = tokio::select! {
-            r = TcpStream::connect(self.inner.upstream.as_str()) => r,
+            r = connect(&self.inner.upstream, self.inner.window) => r,
             c = ctl.recv() => {
                 if !matches!(c, Some(Ctl::Close) | None) {
                     abort(&client);
@@ -583,7 +634,11 @@ impl Conn {
             (Way::Up, &client, &upstream),
             (Way::Down, &upstream, &client),
         ] {
-            let (tx, rx) = mpsc::channel(QUEUE);
+            let (tx, rx) = mpsc::channel(if self.inner.window.is_some() {
+                4
+            } else {
+                QUEUE
+            });
             stages.spawn(self.clone().reader(way, src.clone(), tx));
             stages.spawn(self.clone().writer(way, dst.clone(), rx));
         }

@@ -59,6 +59,14 @@ async fn follow(
         }
         let (pod, url) = live[turn % live.len()].clone();
         turn += 1;
+        // A run whose client link a fault hurts reaches pods through it.
+        let url = match shared.client_url(&name, &pod, &url).await {
+            Ok(u) => u,
+            Err(e) => {
+                fail(&mut log, format!("{e:#}"));
+                return log;
+            }
+        };
         let mut req = shared.http.get(format!("{url}v1/runs/{run_id}/stream"));
         if let Some(l) = &last_id {
             req = req.header("Last-Event-ID", l);

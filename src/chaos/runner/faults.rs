@@ -194,6 +194,7 @@ async fn fire(shared: &Shared, scn: &Scenario, f: &PlannedFault) -> Result<()> {
         Action::ClockSkew => clock_skew(shared, f, p).await,
         Action::WriteLock => write_lock(shared, f, p).await,
         Action::LateComplete => late_complete(shared, run_id).await,
+        _ if f.on_client_link() => client_link(shared, scn, f, pod.as_deref()).await,
         a if a.is_link() => link(shared, f, pod.as_deref()).await,
         _ => bail!("{} has no way to fire", f.action.as_str()),
     }
@@ -578,6 +579,9 @@ pub(super) async fn heal(shared: &Shared) -> Result<()> {
     if let Some(links) = &shared.links {
         links.heal();
     }
+    if let Some(links) = &shared.client_links {
+        links.heal();
+    }
     let mut c = shared.cluster.lock().await;
     for (state, action) in [
         (PodState::Paused, "resume"),
@@ -681,4 +685,31 @@ async fn watch_ready(
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
+}
+
+/// A client-link fault: run `run`'s link to `pod` (every pod without a
+/// target) hurt for its duration, while the runner samples the hit pods'
+/// resident memory.
+async fn client_link(
+    shared: &Shared,
+    scn: &Scenario,
+    f: &PlannedFault,
+    pod: Option<&str>,
+) -> Result<()> {
+    let Some(links) = &shared.client_links else {
+        bail!("no client links were made for this scenario's runs");
+    };
+    let run = scn
+        .fault_run(f.index)
+        .context("a client-link fault names its run")?;
+    let pods: Vec<String> = match pod {
+        Some(p) => vec![p.to_owned()],
+        None => shared.pod_ids.clone(),
+    };
+    super::memory::sampled(shared, f, &pods, links.apply(f, &run, pod)).await?;
+    shared.history.record(
+        "heal",
+        json!({ "action": format!("{} over", f.action.as_str()), "run": run, "pods": pods }),
+    );
+    Ok(())
 }

@@ -195,7 +195,7 @@ fn direction(d: Direction) -> net::Direction {
 }
 
 /// The proxy's fault for a scenario's link fault.
-fn proxy_fault(action: Action, spec: &LinkSpec) -> Result<LinkFault> {
+pub(super) fn proxy_fault(action: Action, spec: &LinkSpec) -> Result<LinkFault> {
     Ok(match action {
         Action::Latency => LinkFault::Latency {
             direction: direction(spec.direction),

@@ -7,9 +7,11 @@
 //! the store's set-up in `provision`.
 
 mod attach;
+mod client_links;
 pub mod conformance;
 mod faults;
 mod links;
+mod memory;
 mod provision;
 mod submit;
 mod target;
@@ -17,7 +19,7 @@ mod wait;
 
 use super::checks::{self, CheckResult, Evidence, Status};
 use super::history::History;
-use super::scenario::{Action, DriverKind, Plan, Scenario, StoreKind, pod_ids};
+use super::scenario::{Action, DriverKind, Plan, PlannedFault, Scenario, StoreKind, pod_ids};
 use crate::cluster::pgserver::{PgServer, drop_database};
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::engine::store::{self, Store};
@@ -112,6 +114,9 @@ struct Shared {
     /// The pods' store links, when a fault hits one (PostgreSQL, process
     /// driver).
     links: Option<links::Links>,
+    /// The client links of the runs a client-link fault names (a slow
+    /// consumer): their attachers reach the pods through these.
+    client_links: Option<client_links::ClientLinks>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -141,6 +146,15 @@ impl Shared {
 
     fn live(&self) -> Vec<(String, String)> {
         lock(&self.live).clone()
+    }
+
+    /// The URL run `run`'s clients reach pod `pod` (API at `url`) by:
+    /// through its client link's proxy when a fault names the run.
+    async fn client_url(&self, run: &str, pod: &str, url: &str) -> Result<String> {
+        match &self.client_links {
+            Some(c) => c.url(run, pod, url).await,
+            None => Ok(url.to_owned()),
+        }
     }
 
     fn run_id(&self, name: &str) -> Option<String> {
@@ -414,7 +428,7 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
     // Containers reach the proxies on the scenario network's gateway, as
     // they reach the witness; the proxies reach the database where the
     // runner does.
-    let links = match plan.faults.iter().any(|f| f.action.is_link()) {
+    let links = match plan.faults.iter().any(PlannedFault::on_store_link) {
         true if store_label == "postgres" && scn.target.is_none() => Some(
             links::Links::start(
                 &pod_ids(scn.pods),
@@ -443,6 +457,7 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
             .and_then(|w| w[1].parse().ok())
             .unwrap_or(2000)
     };
+    let client_links = client_links::ClientLinks::new(&scn, plan, history.clone());
     let driver = cluster.driver();
     history.record(
         "start",
@@ -454,6 +469,7 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
             "driver": driver,
             "liveness_timeout_ms": liveness_timeout_ms,
             "detection_bound_ms": scn.checks.detection_bound_ms,
+            "memory_bound_mib": scn.checks.memory_bound_mib,
             "quiet_timeout_ms": scn.checks.quiet_timeout_ms,
             "witness": witness.addr.to_string(),
             "target": scn.target.as_ref().map(|t| &t.caps),
@@ -486,6 +502,7 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
         http: reqwest::Client::new(),
         verbose: opts.verbose,
         links,
+        client_links,
     });
     shared.refresh_live().await;
     shared.say(&format!("{} pods ({driver}) up on {store_label}", scn.pods));

@@ -3,7 +3,7 @@
 //! server or container, or a scratch database on a server given by URL).
 
 use super::StoreChoice;
-use crate::chaos::scenario::{Action, DriverKind, Plan, Scenario, StoreKind};
+use crate::chaos::scenario::{Action, DriverKind, Plan, PlannedFault, Scenario, StoreKind};
 use crate::cluster::docker::env::DockerEnv;
 use crate::cluster::pgserver::{PgServer, create_scratch_database, pg_database_url};
 use anyhow::{Context, Result, bail};
@@ -44,7 +44,7 @@ pub(super) fn why_not_applicable(
             .any(|f| matches!(f.action, Action::RowLock | Action::ClockSkew))
     {
         Some("row_lock and clock_skew are PostgreSQL faults: --store postgres")
-    } else if plan.faults.iter().any(|f| f.action.is_link()) && kind != StoreKind::Postgres {
+    } else if plan.faults.iter().any(PlannedFault::on_store_link) && kind != StoreKind::Postgres {
         Some(
             "link faults hurt the link between a pod and PostgreSQL through the runner's proxy: \
              --store postgres",

@@ -137,6 +137,10 @@ pub enum LinkName {
     /// Between a pod and its database (PostgreSQL).
     #[default]
     Store,
+    /// Between one run's clients (the runner's attachers) and the pods:
+    /// a slow consumer of that run's stream. The fault names the run
+    /// (`run`); any store.
+    Client,
 }
 
 /// A link fault's `link = { ... }` table, as written.
@@ -279,6 +283,9 @@ pub(super) fn check_link(
     if f.duration_ms.is_none() {
         return Err((None, "duration_ms", format!("{a} needs duration_ms")));
     }
+    if cfg.on == LinkName::Client {
+        return check_client_link(action, f, at);
+    }
     if cluster.store != super::StoreKind::Postgres {
         return Err((
             None,
@@ -296,6 +303,38 @@ pub(super) fn check_link(
                 "{a} drops packets with nftables on the runner's loopback: it runs on the \
                  process driver for now (driver = \"process\")"
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// A client link fault: a proxy fault (not a packet fault: the clients are
+/// the runner's own, on any driver) on the link of the run `run` names, on
+/// any store.
+fn check_client_link(
+    action: Action,
+    f: &super::FaultCfg,
+    at: Option<std::ops::Range<usize>>,
+) -> Result<(), (Option<std::ops::Range<usize>>, &'static str, String)> {
+    let a = action.as_str();
+    if !matches!(
+        action,
+        Action::Latency | Action::Bandwidth | Action::Reset | Action::Blackhole
+    ) {
+        return Err((
+            at,
+            "link",
+            format!(
+                "{a} is a store link fault: a client link (link.on = \"client\") takes \
+                 latency, bandwidth, reset or blackhole"
+            ),
+        ));
+    }
+    if f.run.is_none() {
+        return Err((
+            None,
+            "run",
+            format!("{a} on a client link needs the run whose clients it slows (run = \"rN\")"),
         ));
     }
     Ok(())

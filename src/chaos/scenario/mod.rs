@@ -10,7 +10,7 @@
 mod action;
 mod plan;
 
-pub use action::{Action, Direction, LinkCfg, LinkSpec};
+pub use action::{Action, Direction, LinkCfg, LinkName, LinkSpec};
 
 pub use plan::{Plan, PlannedFault, PlannedRun, Target, Trigger};
 
@@ -162,10 +162,11 @@ pub enum CheckName {
     Fencing,
     NoFalseDeaths,
     SelfFenced,
+    ConsumerIsolated,
 }
 
 impl CheckName {
-    pub const ALL: [CheckName; 12] = [
+    pub const ALL: [CheckName; 13] = [
         CheckName::TerminalOnce,
         CheckName::NoGhosts,
         CheckName::StreamExactlyOnce,
@@ -178,6 +179,7 @@ impl CheckName {
         CheckName::Fencing,
         CheckName::NoFalseDeaths,
         CheckName::SelfFenced,
+        CheckName::ConsumerIsolated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -194,6 +196,7 @@ impl CheckName {
             CheckName::Fencing => "fencing",
             CheckName::NoFalseDeaths => "no_false_deaths",
             CheckName::SelfFenced => "self_fenced",
+            CheckName::ConsumerIsolated => "consumer_isolated",
         }
     }
 
@@ -227,6 +230,9 @@ impl CheckName {
             CheckName::SelfFenced => {
                 "a pod that cannot reach its store in time stops acting and goes unready before its lease can lapse"
             }
+            CheckName::ConsumerIsolated => {
+                "a slow client costs its pod bounded memory and slows no other run's stream"
+            }
         }
     }
 }
@@ -249,6 +255,10 @@ pub struct ChecksCfg {
     /// fails, and report.json keeps the exact status.
     #[serde(default)]
     pub unforced: Vec<CheckName>,
+    /// While a client link is hurt (a slow consumer), a pod's resident
+    /// memory may grow at most this much over its baseline (MiB).
+    #[serde(default = "default_memory_bound")]
+    pub memory_bound_mib: u64,
 }
 
 fn default_quiet() -> u64 {
@@ -259,6 +269,10 @@ fn default_detection() -> u64 {
     5_000
 }
 
+fn default_memory_bound() -> u64 {
+    64
+}
+
 impl Default for ChecksCfg {
     fn default() -> Self {
         ChecksCfg {
@@ -266,6 +280,7 @@ impl Default for ChecksCfg {
             detection_bound_ms: default_detection(),
             skip: Vec::new(),
             unforced: Vec::new(),
+            memory_bound_mib: default_memory_bound(),
         }
     }
 }

@@ -51,6 +51,21 @@ pub struct PlannedFault {
     pub link: Option<super::LinkSpec>,
 }
 
+impl PlannedFault {
+    /// A link fault on a pod's link to its database (the proxy's or
+    /// nftables'), not on a run's client link.
+    pub fn on_store_link(&self) -> bool {
+        self.action.is_link() && !self.on_client_link()
+    }
+
+    /// A link fault on a run's client link (a slow consumer).
+    pub fn on_client_link(&self) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| l.on == super::LinkName::Client)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedRun {
     pub name: String,

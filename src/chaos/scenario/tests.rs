@@ -231,3 +231,79 @@ fn link_faults_are_checked_strictly() {
         "{err}"
     );
 }
+
+#[test]
+fn client_links_are_checked_strictly_and_run_on_any_store() {
+    let on_sqlite = |fault: &str| {
+        let text = link_scenario("", fault).replace("store = \"postgres\"", "");
+        Scenario::parse(Path::new("c.toml"), &text, &reg())
+    };
+    // A slow consumer: the run's client link, on SQLite, to every pod.
+    let s = on_sqlite(
+        "action = \"bandwidth\"\nrun = \"r1\"\n\
+         link = { on = \"client\", direction = \"down\", bytes_per_sec = 2048 }",
+    )
+    .unwrap();
+    let f = &s.plan(1).faults[0];
+    assert!(f.on_client_link() && !f.on_store_link());
+    assert_eq!(
+        f.target,
+        Target::None,
+        "no target: the run's link to every pod"
+    );
+    // With a target pod, and on the Docker driver.
+    on_sqlite(
+        "action = \"latency\"\nrun = \"r1\"\ntarget = \"pod-2\"\n\
+         link = { on = \"client\", ms = 200, jitter_ms = 50 }",
+    )
+    .unwrap();
+    Scenario::parse(
+        Path::new("c.toml"),
+        &link_scenario(
+            "driver = \"docker\"",
+            "action = \"reset\"\nrun = \"r1\"\nlink = { on = \"client\" }",
+        ),
+        &reg(),
+    )
+    .unwrap();
+    for (fault, field, needle) in [
+        (
+            "action = \"bandwidth\"\nlink = { on = \"client\", bytes_per_sec = 10 }",
+            "fault[0].run",
+            "needs the run whose clients it slows",
+        ),
+        (
+            "action = \"loss\"\nrun = \"r1\"\nlink = { on = \"client\", percent = 5 }",
+            "fault[0].link",
+            "a client link (link.on = \"client\") takes",
+        ),
+        (
+            "action = \"cut_after_commit\"\nrun = \"r1\"\nlink = { on = \"client\" }",
+            "fault[0].link",
+            "is a store link fault",
+        ),
+        (
+            "action = \"bandwidth\"\nrun = \"r1\"\nlink = { on = \"client\" }",
+            "fault[0].link",
+            "bandwidth needs link.bytes_per_sec",
+        ),
+        (
+            "action = \"latency\"\nrun = \"r9\"\nlink = { on = \"client\", ms = 5 }",
+            "fault[0].run",
+            "no run \"r9\"",
+        ),
+        (
+            "action = \"latency\"\nrun = \"r1\"\nlink = { on = \"pod\", ms = 5 }",
+            "line 14",
+            "unknown variant",
+        ),
+    ] {
+        let err = on_sqlite(fault).unwrap_err().to_string();
+        assert!(err.starts_with("c.toml:"), "names the file and line: {err}");
+        assert!(err.contains(field), "names {field}: {err}");
+        assert!(err.contains(needle), "{fault}: {err}");
+    }
+    // A store link still needs PostgreSQL.
+    let err = on_sqlite("action = \"reset\"\nlink = { on = \"store\" }").unwrap_err();
+    assert!(err.to_string().contains("store = \"postgres\""), "{err}");
+}

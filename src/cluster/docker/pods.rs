@@ -566,6 +566,23 @@ impl Driver for DockerPods {
         Ok(self.reconnect(id).await?)
     }
 
+    async fn host_pid(&mut self, id: &str) -> anyhow::Result<Option<u32>> {
+        let cid = self.resolve(id).await?;
+        let info = self
+            .docker
+            .inspect_container(&cid, None)
+            .await
+            .map_err(|source| DockerError::InspectContainer {
+                name: self.name(id),
+                source,
+            })?;
+        Ok(info
+            .state
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0))
+    }
+
     async fn shutdown(&mut self, pods: &[(String, PodState)], bound: Duration, log_dir: &Path) {
         let pods: Vec<(String, bool)> = pods
             .iter()
