@@ -10,6 +10,7 @@
 //! - [`nft`]: packet rules (nftables) that drop a port's segments in the
 //!   kernel, so a link goes half-open or lossy the way a real network does.
 
+mod link;
 pub mod nft;
 mod pgwire;
 pub mod proxy;
