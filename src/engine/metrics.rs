@@ -134,6 +134,9 @@ pub struct GrayMetrics {
     pub pool_connections: Family<PoolState, Gauge>,
     /// Each store pool's most connections.
     pub pool_max: Family<PoolName, Gauge>,
+    /// A run's writes (checkpoints, chunks, attempts) the store could not
+    /// take and the run tried again in place, by operation.
+    pub write_waits: Family<Kind, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -338,6 +341,13 @@ impl Metrics {
              recovery and claims) by state: busy (in use) or idle; busy at the pool's max \
              means callers wait",
             gray.pool_connections.clone(),
+        );
+        registry.register(
+            "vigil_store_write_waits",
+            "A run's writes (kind: checkpoint, chunk, attempt, failure) the store could not take \
+             (a full disk, an outage, no answer in time) and the run tried again in place, \
+             waiting rather than spending a step attempt",
+            gray.write_waits.clone(),
         );
         registry.register(
             "vigil_store_pool_max_connections",
@@ -670,6 +680,14 @@ impl Metrics {
             .get_or_create(&Kind {
                 kind: "step".into(),
             })
+            .inc();
+    }
+
+    /// A run's write tried again in place after a store error.
+    pub fn inc_write_wait(&self, op: &str) {
+        self.gray
+            .write_waits
+            .get_or_create(&Kind { kind: op.into() })
             .inc();
     }
 

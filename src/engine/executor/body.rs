@@ -90,9 +90,16 @@ impl Engine {
                         .replace("{step}", &step.id);
                     // Tagged with the attempt, so a claim keeps these
                     // chunks iff this attempt is the step's succeeded one.
-                    self.store
-                        .append_chunk(ctx.run_id, ctx.epoch, seq, Some((&step.id, attempt)), &data)
-                        .await?;
+                    self.until_written(ctx, "chunk", &mut 0, || {
+                        self.store.append_chunk(
+                            ctx.run_id,
+                            ctx.epoch,
+                            seq,
+                            Some((&step.id, attempt)),
+                            &data,
+                        )
+                    })
+                    .await?;
                     self.touched(ctx.run_id);
                     ctx.progress.mark();
                     progress.notify_one();

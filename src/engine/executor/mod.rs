@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 mod body;
+mod persist;
 mod step;
 
 use body::{StateCopies, http_client};
@@ -232,6 +233,9 @@ struct RunCtx<'a> {
     /// An attempt the previous step's checkpoint already started (same
     /// transaction), for the step it names.
     prestarted: std::sync::Mutex<Option<(String, BeginAttempt)>>,
+    /// The run's deadline (store-clock ms): a write waiting for the store
+    /// gives up past it.
+    deadline_at_ms: Option<i64>,
 }
 
 impl Engine {
@@ -716,6 +720,7 @@ impl Engine {
             progress,
             next_seq: std::sync::atomic::AtomicI64::new(i64::try_from(emitted).unwrap_or(0)),
             prestarted: std::sync::Mutex::new(prestarted),
+            deadline_at_ms: run.deadline_at_ms,
         };
         let (shown, raw) = copies.unwrap_or_else(|| (run.run_state.clone(), run.run_state.clone()));
         let mut run_state = StateCopies { raw, shown };

@@ -32,9 +32,18 @@ impl Engine {
             } else if in_memory {
                 self.begin_attempt_in_memory(ctx, step, max).await?
             } else {
-                self.store
-                    .begin_attempt(ctx.run_id, &step.id, ctx.epoch, max, &self.config.pod_id)
-                    .await?
+                // A try that landed though its answer was lost leaves that
+                // attempt begun and never run: at most one attempt spent.
+                self.until_written(ctx, "attempt", &mut 0, || {
+                    self.store.begin_attempt(
+                        ctx.run_id,
+                        &step.id,
+                        ctx.epoch,
+                        max,
+                        &self.config.pod_id,
+                    )
+                })
+                .await?
             };
             let attempt = match began {
                 BeginAttempt::AlreadySucceeded => return Ok(StepEnd::Succeeded),
@@ -100,21 +109,32 @@ impl Engine {
                             max_attempts: n.max_attempts(),
                             pod: &self.config.pod_id,
                         });
-                    let began_next = self
-                        .store
-                        .commit_step_success(StepSuccess {
-                            run_id: ctx.run_id,
-                            node_id: &step.id,
-                            epoch: ctx.epoch,
-                            output: &output,
-                            output_raw: &ok.output,
-                            run_state: &new_state.shown,
-                            run_state_raw: &new_state.raw,
-                            then_begin,
-                            // The last step: the run succeeds in this commit.
-                            then_succeed: next.is_none().then_some(self.config.pod_id.as_str()),
+                    let mut tried = 0;
+                    let committed = self
+                        .until_written(ctx, "checkpoint", &mut tried, || {
+                            self.store.commit_step_success(StepSuccess {
+                                run_id: ctx.run_id,
+                                node_id: &step.id,
+                                epoch: ctx.epoch,
+                                output: &output,
+                                output_raw: &ok.output,
+                                run_state: &new_state.shown,
+                                run_state_raw: &new_state.raw,
+                                then_begin: then_begin.clone(),
+                                // The last step: the run succeeds in this commit.
+                                then_succeed: next.is_none().then_some(self.config.pod_id.as_str()),
+                            })
                         })
-                        .await?;
+                        .await;
+                    let began_next = match committed {
+                        Ok(b) => b,
+                        Err(e) if tried > 0 && self.checkpoint_landed(ctx, &step.id).await => {
+                            tracing::info!(run_id = ctx.run_id, step = %step.id, refused = %e,
+                                "an earlier try of this checkpoint landed though its answer was lost");
+                            None
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     if let (Some(n), Some(began)) = (next, began_next) {
                         *ctx.prestarted.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some((n.id.clone(), began));
@@ -139,9 +159,11 @@ impl Engine {
                 }) => {
                     self.metrics.inc_attempt("failed_permanent");
                     let error = format!("permanent error on attempt {attempt}: {msg}");
-                    self.store
-                        .record_step_failure(ctx.run_id, &step.id, ctx.epoch, &error, true)
-                        .await?;
+                    self.until_written(ctx, "failure", &mut 0, || {
+                        self.store
+                            .record_step_failure(ctx.run_id, &step.id, ctx.epoch, &error, true)
+                    })
+                    .await?;
                     return Ok(StepEnd::Failed(error));
                 }
                 Err(BodyErr::Fail {
@@ -154,15 +176,35 @@ impl Engine {
                         return self.exhausted(ctx, step, error).await;
                     }
                     let error = format!("transient error on attempt {attempt}: {msg}");
-                    self.store
-                        .record_step_failure(ctx.run_id, &step.id, ctx.epoch, &error, false)
-                        .await?;
+                    self.until_written(ctx, "failure", &mut 0, || {
+                        self.store
+                            .record_step_failure(ctx.run_id, &step.id, ctx.epoch, &error, false)
+                    })
+                    .await?;
                     tokio::select! {
                         _ = ctx.cancel.cancelled() => return Ok(StepEnd::Cancelled),
                         _ = tokio::time::sleep(self.backoff(attempt)) => ctx.progress.mark(),
                     }
                 }
             }
+        }
+    }
+
+    /// Whether a checkpoint of `node_id` refused on a later try had in fact
+    /// landed on an earlier one (its answer lost: a reset, a deadline): the
+    /// run is still at this epoch and the step succeeded. The step can only
+    /// have succeeded at this epoch by this pod's own write.
+    async fn checkpoint_landed(&self, ctx: &RunCtx<'_>, node_id: &str) -> bool {
+        let run = self.store.get_run(ctx.run_id).await;
+        let steps = self.store.steps(ctx.run_id).await;
+        match (run, steps) {
+            (Ok(Some(run)), Ok(steps)) => {
+                run.epoch == ctx.epoch
+                    && steps
+                        .iter()
+                        .any(|s| s.node_id == node_id && s.status == StepStatus::Succeeded)
+            }
+            _ => false,
         }
     }
 

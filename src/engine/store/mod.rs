@@ -138,6 +138,19 @@ impl StoreError {
         }
     }
 
+    /// The store could not take the call now, and the same call can succeed
+    /// later: no answer in time, no connection, an I/O error, a full disk,
+    /// a server shutting down or restarting, a lock or serialization
+    /// conflict. Not a rejection, not a bad row, not a bug in a statement:
+    /// those fail the same way every time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Deadline { .. } | StoreError::Unreachable { .. } => true,
+            StoreError::Db(e) => db_error_is_transient(e),
+            _ => false,
+        }
+    }
+
     /// A protocol rejection: retrying the same write cannot succeed.
     pub fn is_rejection(&self) -> bool {
         matches!(
@@ -153,6 +166,42 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// See [`StoreError::is_transient`].
+fn db_error_is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => {
+            let code = d.code();
+            let code = code.as_deref().unwrap_or_default();
+            // PostgreSQL: connection exceptions (08), insufficient resources
+            // (53: a full disk, out of memory, too many connections),
+            // operator intervention (57: shutdown, crash, cannot connect
+            // now; not 57014, a cancelled statement), system I/O (58),
+            // serialization and deadlock (40001, 40P01) and a busy lock
+            // (55P03). SQLite: busy, locked, I/O error, full, cannot open,
+            // with their extended codes (the low byte).
+            // PostgreSQL's SQLSTATEs are five characters; SQLite's codes
+            // (extended ones included) have at most four digits.
+            if code.len() == 5 {
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || (code.starts_with("57") && code != "57014")
+                    || code.starts_with("58")
+                    || matches!(code, "40001" | "40P01" | "55P03")
+            } else {
+                code.parse::<i64>()
+                    .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 10 | 13 | 14))
+            }
+        }
+        _ => false,
+    }
+}
 
 /// A run to create.
 #[derive(Debug, Clone)]

@@ -918,8 +918,11 @@ macro_rules! impl_store {
                 let mut tx = self.begin_write().await?;
                 check_fence(&mut tx, &self.metrics, run_id, epoch, "chunk").await?;
                 sqlx::query(
+                    // Written once: a try whose answer was lost and the
+                    // owner's next try of the same chunk (same epoch and
+                    // sequence number) leave one row.
                     "INSERT INTO chunks (run_id, epoch, seq, node_id, attempt, data, at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id, epoch, seq) DO NOTHING",
                 )
                 .bind(run_id)
                 .bind(epoch)

@@ -39,6 +39,26 @@ pub struct SqliteStore {
     gate: super::group::WriteGate,
 }
 
+/// Whether a connection given back to the pool may be used again. A
+/// transaction whose COMMIT failed (`SQLITE_FULL`: a full disk) is rolled
+/// back by SQLite itself, so the ROLLBACK sqlx queues when the transaction
+/// is dropped fails too, and sqlx still counts the connection as inside a
+/// transaction: every later `BEGIN IMMEDIATE` on it would fail ("begin_with
+/// at non-zero transaction depth") and wedge the pod for good, long after
+/// space came back. The ping runs after that queued ROLLBACK on the
+/// connection's worker, so the depth it leaves is the real one; a
+/// connection still inside a transaction is closed and the pool opens a
+/// fresh one.
+async fn release_or_discard(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!("a SQLite connection came back inside a transaction; closing it");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 mod dialect {
     pub const NAME: &str = "sqlite";
     /// Take the write lock at once (see the module comment).
@@ -241,6 +261,7 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
+            .after_release(|conn, _| Box::pin(release_or_discard(conn)))
             .connect_with(options)
             .await
             .map_err(|source| super::StoreError::Unreachable {
