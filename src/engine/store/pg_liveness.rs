@@ -279,10 +279,16 @@ impl super::liveness::Liveness for PgStore {
             .fetch_optional(&mut *tx)
             .await?;
             let Some(lease_until) = lease_until else {
+                tx.rollback().await?;
                 return Ok(None);
             };
             if lease_until <= now && !leases_speak() {
                 tracing::info!(pod = %peer.pod_id, "peer's lock is free but its lease lapsed while our own renewals were not steady: not judged yet");
+                // Rolled back here, not when the connection goes back to
+                // the pool: until then its transaction holds the peer's
+                // lock, and the next probe (on another connection) or the
+                // peer itself, resuming its session, would find it taken.
+                tx.rollback().await?;
                 return Ok(None);
             }
         }
@@ -293,7 +299,10 @@ impl super::liveness::Liveness for PgStore {
         .bind(&peer.incarnation)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(last) = gone else { return Ok(None) };
+        let Some(last) = gone else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
         let death = record_death(&mut tx, peer, prober, now, last).await?;
         tx.commit().await?;
         Ok(Some(death))
