@@ -601,4 +601,79 @@ mod tests {
         drop(nft);
         assert!(!tables().contains(&table), "{}", tables());
     }
+
+    /// A process of its own network namespace (`unshare -n`), killed on
+    /// drop.
+    struct Isolated(std::process::Child);
+
+    impl Drop for Isolated {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    async fn isolated() -> Isolated {
+        let child = Isolated(
+            Command::new("unshare")
+                .args(["-n", "sleep", "120"])
+                .spawn()
+                .expect("unshare -n (util-linux)"),
+        );
+        let pid = child.0.id();
+        let ours = netns_of(std::process::id());
+        for _ in 0..200 {
+            if netns_of(pid).is_some_and(|n| Some(n) != ours) {
+                return child;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("process {pid} never entered a network namespace of its own");
+    }
+
+    #[tokio::test]
+    async fn a_namespace_gets_its_own_table_and_loses_it_with_its_process() {
+        let _serial = SERIAL.lock().await;
+        if !usable() {
+            return;
+        }
+        let mut child = isolated().await;
+        let pid = child.0.id();
+        let listed = |pid| nft_in(Some(pid), &["list", "ruleset"], "").unwrap();
+        let peer: SocketAddr = "10.9.8.7:5432".parse().unwrap();
+        let ns = NetnsFaults::enter(pid).unwrap();
+        let half = ns.half_open(peer).unwrap();
+        let rules = listed(pid);
+        assert!(rules.contains(&format!("table inet {PREFIX}")), "{rules}");
+        assert!(
+            rules.contains("ip saddr 10.9.8.7 tcp sport 5432 drop")
+                && rules.contains("ip daddr 10.9.8.7 tcp dport 5432 drop"),
+            "both ways: {rules}"
+        );
+        assert!(rules.contains("hook prerouting") && rules.contains("hook output"));
+        assert!(
+            !nft(&["list", "ruleset"], "").unwrap().contains("10.9.8.7"),
+            "nothing in the runner's own namespace"
+        );
+        let lossy = ns.loss(peer, 20).unwrap();
+        assert!(listed(pid).contains("numgen random mod 100"));
+        ns.remove(half).unwrap();
+        ns.remove(half).unwrap();
+        let rules = listed(pid);
+        assert!(!rules.contains(&format!("{half}_")), "{rules}");
+        assert!(rules.contains(&format!("{lossy}_in")), "{rules}");
+        drop(ns);
+        assert!(!listed(pid).contains(PREFIX), "drop deletes the table");
+        // The process gone, its namespace and rules with it: nothing to
+        // remove, no error, and nothing more to enter.
+        let ns = NetnsFaults::enter(pid).unwrap();
+        let id = ns.half_open(peer).unwrap();
+        let _ = child.0.kill();
+        let _ = child.0.wait();
+        assert!(ns.half_open(peer).is_err());
+        ns.remove(id).unwrap();
+        ns.clear().unwrap();
+        drop(ns);
+        assert!(NetnsFaults::enter(pid).is_err());
+    }
 }
