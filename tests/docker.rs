@@ -21,6 +21,12 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const SEED: u64 = 20261123;
 
+/// As in tests/chaos.rs: scenarios whose outcome, though it must pass,
+/// depends on chance the seed does not govern (which packets a lossy link
+/// drops). Their verdict is asserted; their normalized report is not
+/// snapshotted.
+const BY_CHANCE: &[&str] = &["lossy-link"];
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -127,6 +133,10 @@ fn docker_scenarios_pass_and_leave_nothing_behind() {
             history.contains(r#""driver":"docker""#),
             "{name} did not run on the docker driver"
         );
+        if BY_CHANCE.contains(&name.as_str()) {
+            // Passed (exit 0 above); which run moved where is chance.
+            continue;
+        }
         if root()
             .join("scenarios")
             .join(format!("{name}.toml"))
@@ -330,8 +340,9 @@ fn images_build_from_local_files() {
 }
 
 /// The teeth on the Docker driver: pod death, partition, a locked row, a
-/// skewed clock and a slow consumer, each with a bug
-/// switched on in the pod containers, caught by the check meant for it.
+/// skewed clock, a slow consumer, a laggy and a half-open store link and a
+/// frozen database container, each with a bug switched on in the pod
+/// containers, caught by the check meant for it.
 #[cfg(feature = "fault-injection")]
 #[test]
 fn docker_teeth_catch_their_bugs() {
@@ -374,12 +385,44 @@ fn docker_teeth_catch_their_bugs() {
             "no_healthy_reaped",
             "with no fault on it or its owner",
         ),
+        (
+            // No renew fits the owner's lease behind its laggy proxy: a pod
+            // that does not fence itself by its own clock stays ready.
+            "scenarios/docker/laggy-owner.toml",
+            "no_self_fence",
+            "self_fenced",
+            "still answered ready",
+        ),
+        (
+            // The same bug behind a half-open link: every packet between
+            // the owner's container and its proxy dropped in the
+            // container's network namespace (on the process driver too,
+            // seed 7, the check fails the same way).
+            "scenarios/docker/half-open-owner.toml",
+            "no_self_fence",
+            "self_fenced",
+            "still answered ready",
+        ),
+        (
+            // The PostgreSQL container paused 6 s under a 1 s liveness
+            // timeout: at the thaw every liveness lock is free at once.
+            "scenarios/docker/freeze-short-liveness.toml",
+            "lock_release_is_death",
+            "no_false_deaths",
+            "was declared dead by",
+        ),
     ] {
         let results = tempfile::tempdir().unwrap();
+        let started = Instant::now();
         let out = chaos_run(&root().join(file), results.path(), &[])
             .env("VIGIL_FAULTS", bug)
             .output()
             .unwrap();
+        eprintln!(
+            "{bug} on {file}: exit {:?} in {:.1?}",
+            out.status.code(),
+            started.elapsed()
+        );
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

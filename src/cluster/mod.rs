@@ -153,6 +153,14 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
         bail!("a partition needs the docker driver")
     }
 
+    /// A process inside the pod's network namespace, when the pod has one
+    /// of its own (a container's init, to enter with `nsenter -t PID -n`);
+    /// None when the pod shares the runner's (child processes) or is not
+    /// running.
+    async fn netns_pid(&mut self, _id: &str) -> Result<Option<u32>> {
+        Ok(None)
+    }
+
     /// Stop every pod in `pods` (id, state) gracefully within `bound`,
     /// forcibly after it; keep their logs in `log_dir`.
     async fn shutdown(&mut self, pods: &[(String, PodState)], bound: Duration, log_dir: &Path);
@@ -318,6 +326,13 @@ impl Cluster {
         p.url = url;
         p.state = PodState::Running;
         Ok(())
+    }
+
+    /// A process inside pod `id`'s own network namespace (a container's
+    /// init), or None when it shares the runner's.
+    pub async fn netns_pid(&mut self, id: &str) -> Result<Option<u32>> {
+        self.known(id)?;
+        self.driver.netns_pid(id).await
     }
 
     /// Stop every pod gracefully within `bound`, forcibly after it.

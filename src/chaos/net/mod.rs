@@ -15,5 +15,5 @@ pub mod nft;
 mod pgwire;
 pub mod proxy;
 
-pub use nft::{NftFaults, RuleId, sweep};
+pub use nft::{NetnsFaults, NftFaults, RuleId, sweep};
 pub use proxy::{Direction, LinkEvent, LinkFault, LinkProxy, LinkStats};

@@ -16,9 +16,21 @@
 //! dropping it there loses it on the wire, as a network would. Dropping on
 //! output instead would hand the sender a local error (EPERM) a network
 //! never gives.
+//!
+//! A pod in a container has a network namespace of its own: [`NetnsFaults`]
+//! puts a table of the same name there (`nsenter -t <pid> -n nft ...`,
+//! through the container's init process) and drops the segments between
+//! the pod and its peer (the runner's proxy on the network's gateway).
+//! There the pod's own segments never pass prerouting on their way out,
+//! so those are dropped on output, at the same priority: TCP takes that
+//! local refusal as a lost transmission (it keeps the segment and
+//! retransmits it with the usual backoff; a socket call sees no error),
+//! and the peer's segments are dropped at prerouting as they arrive. The
+//! table dies with the namespace: a container removed takes it along.
 
 use anyhow::{Context, Result, bail};
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -74,17 +86,41 @@ fn installed() -> bool {
     }
 }
 
+fn nsenter_bin() -> &'static Path {
+    ["/usr/bin/nsenter", "/bin/nsenter", "/usr/sbin/nsenter"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("nsenter"))
+}
+
 /// Run `nft` with `args`, `script` on its standard input (`-f -`: one
 /// batch, applied whole or not at all); its standard output.
 fn nft(args: &[&str], script: &str) -> Result<String> {
-    let mut child = Command::new(nft_bin())
+    nft_in(None, args, script)
+}
+
+/// [`nft`] in the network namespace of process `netns` (entered with
+/// `nsenter -t PID -n`), or in this process's own.
+fn nft_in(netns: Option<u32>, args: &[&str], script: &str) -> Result<String> {
+    let mut cmd = match netns {
+        None => Command::new(nft_bin()),
+        Some(pid) => {
+            let mut c = Command::new(nsenter_bin());
+            c.args(["-t", &pid.to_string(), "-n"]).arg(nft_bin());
+            c
+        }
+    };
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
+            if e.kind() == std::io::ErrorKind::NotFound && netns.is_some() {
+                anyhow::anyhow!("nsenter not found: install util-linux")
+            } else if e.kind() == std::io::ErrorKind::NotFound {
                 anyhow::anyhow!("nft not found: {INSTALL}")
             } else {
                 anyhow::anyhow!("running nft: {e}")
@@ -111,15 +147,36 @@ fn nft(args: &[&str], script: &str) -> Result<String> {
 
 /// Apply a batch of commands.
 fn apply(script: &str) -> Result<()> {
-    nft(&["-f", "-"], script).map(drop)
+    apply_in(None, script)
+}
+
+fn apply_in(netns: Option<u32>, script: &str) -> Result<()> {
+    nft_in(netns, &["-f", "-"], script).map(drop)
 }
 
 /// Apply a batch that deletes something: already gone is done.
 fn apply_delete(script: &str) -> Result<()> {
-    match apply(script) {
+    apply_delete_in(None, script)
+}
+
+fn apply_delete_in(netns: Option<u32>, script: &str) -> Result<()> {
+    match apply_in(netns, script) {
         Err(e) if e.to_string().contains("No such file or directory") => Ok(()),
         r => r,
     }
+}
+
+/// What `numgen` must match for `percent` % of packets (nft checks the
+/// constant against the range 0-99 of `mod 100`).
+fn loss_match(percent: u8) -> Result<String> {
+    if percent > 100 {
+        bail!("packet loss of {percent} %: at most 100");
+    }
+    let under = match percent.checked_sub(1) {
+        Some(max) => format!("<= {max}"),
+        None => "< 0".to_owned(),
+    };
+    Ok(format!("numgen random mod 100 {under} "))
 }
 
 impl NftFaults {
@@ -151,15 +208,7 @@ impl NftFaults {
 
     /// Drop `percent` % of TCP packets to or from 127.0.0.1:port at random.
     pub fn loss(&self, port: u16, percent: u8) -> Result<RuleId> {
-        if percent > 100 {
-            bail!("packet loss of {percent} %: at most 100");
-        }
-        // nft checks the constant against the range 0-99 of `mod 100`.
-        let under = match percent.checked_sub(1) {
-            Some(max) => format!("<= {max}"),
-            None => "< 0".to_owned(),
-        };
-        self.add(port, &format!("numgen random mod 100 {under} "))
+        self.add(port, &loss_match(percent)?)
             .with_context(|| format!("{percent} % packet loss on 127.0.0.1:{port}"))
     }
 
@@ -220,6 +269,150 @@ impl Drop for NftFaults {
                 let _ = self.remove(id);
             }
         }
+    }
+}
+
+/// The identity of process `pid`'s network namespace (the inode of
+/// `/proc/PID/ns/net`), or None when the process is gone.
+fn netns_of(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Packet faults in the network namespace of another process (a pod
+/// container's init): a table named as the runner's own on the host, one
+/// chain pair per fault (the peer's segments dropped at prerouting, the
+/// pod's at output). Every command first checks that the pid still names
+/// the namespace the table was made in: a container that exited took its
+/// namespace and the rules with it, and a pid the kernel has handed to
+/// another process since is never entered.
+#[derive(Debug)]
+pub struct NetnsFaults {
+    pid: u32,
+    ns: u64,
+    table: String,
+    mine: Mutex<Vec<RuleId>>,
+}
+
+impl NetnsFaults {
+    /// A table of this process's in the network namespace of `pid`.
+    pub fn enter(pid: u32) -> Result<NetnsFaults> {
+        let ns = netns_of(pid)
+            .with_context(|| format!("process {pid} is gone: no network namespace to enter"))?;
+        let f = NetnsFaults {
+            pid,
+            ns,
+            table: format!("{PREFIX}{}", std::process::id()),
+            mine: Mutex::new(Vec::new()),
+        };
+        if netns_of(std::process::id()) == Some(ns) {
+            bail!("process {pid} shares the runner's network namespace");
+        }
+        apply_in(Some(pid), &format!("add table inet {}\n", f.table)).with_context(|| {
+            format!(
+                "creating the nftables table {} in the network namespace of process {pid}",
+                f.table
+            )
+        })?;
+        Ok(f)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the namespace the table was made in is still the pid's.
+    fn same_ns(&self) -> bool {
+        netns_of(self.pid) == Some(self.ns)
+    }
+
+    /// Drop every TCP segment between this namespace and `peer` (both
+    /// ways): no FIN, no RST ever gets through.
+    pub fn half_open(&self, peer: SocketAddr) -> Result<RuleId> {
+        self.add(peer, "")
+            .with_context(|| format!("half-opening the link to {peer} (process {})", self.pid))
+    }
+
+    /// Drop `percent` % of the TCP segments between this namespace and
+    /// `peer` at random, each way.
+    pub fn loss(&self, peer: SocketAddr, percent: u8) -> Result<RuleId> {
+        self.add(peer, &loss_match(percent)?).with_context(|| {
+            format!(
+                "{percent} % packet loss on the link to {peer} (process {})",
+                self.pid
+            )
+        })
+    }
+
+    fn add(&self, peer: SocketAddr, matching: &str) -> Result<RuleId> {
+        if !self.same_ns() {
+            bail!("process {} exited: its network namespace is gone", self.pid);
+        }
+        let id = RuleId(NEXT_RULE.fetch_add(1, Ordering::Relaxed));
+        let (t, port, ip) = (&self.table, peer.port(), peer.ip());
+        let family = if ip.is_ipv4() { "ip" } else { "ip6" };
+        apply_in(
+            Some(self.pid),
+            &format!(
+                "add table inet {t}\n\
+                 add chain inet {t} {id}_in {{ type filter hook prerouting priority -300; policy accept; }}\n\
+                 add chain inet {t} {id}_out {{ type filter hook output priority -300; policy accept; }}\n\
+                 add rule inet {t} {id}_in {family} saddr {ip} tcp sport {port} {matching}drop\n\
+                 add rule inet {t} {id}_out {family} daddr {ip} tcp dport {port} {matching}drop\n"
+            ),
+        )?;
+        self.mine.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+        tracing::info!(table = %t, rule = %id, pid = self.pid, %peer, "nft fault set in a pod's network namespace");
+        Ok(id)
+    }
+
+    /// Remove one fault's rules (done already, or the namespace gone, is
+    /// no error).
+    pub fn remove(&self, id: RuleId) -> Result<()> {
+        let t = &self.table;
+        if self.same_ns() {
+            apply_delete_in(
+                Some(self.pid),
+                &format!(
+                    "flush chain inet {t} {id}_in\ndelete chain inet {t} {id}_in\n\
+                     flush chain inet {t} {id}_out\ndelete chain inet {t} {id}_out\n"
+                ),
+            )
+            .with_context(|| format!("removing nft fault {id} (process {})", self.pid))?;
+        }
+        self.mine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|m| *m != id);
+        tracing::info!(table = %t, rule = %id, pid = self.pid, "nft fault removed");
+        Ok(())
+    }
+
+    /// Delete the table, every fault in it (idempotent; the namespace
+    /// gone is done).
+    pub fn clear(&self) -> Result<()> {
+        if self.same_ns() {
+            apply_delete_in(
+                Some(self.pid),
+                &format!("delete table inet {}\n", self.table),
+            )
+            .with_context(|| {
+                format!(
+                    "deleting the nftables table {} of process {}",
+                    self.table, self.pid
+                )
+            })?;
+        }
+        self.mine.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(())
+    }
+}
+
+impl Drop for NetnsFaults {
+    fn drop(&mut self) {
+        let _ = self.clear();
     }
 }
 
@@ -407,5 +600,80 @@ mod tests {
         nft.half_open(2).unwrap();
         drop(nft);
         assert!(!tables().contains(&table), "{}", tables());
+    }
+
+    /// A process of its own network namespace (`unshare -n`), killed on
+    /// drop.
+    struct Isolated(std::process::Child);
+
+    impl Drop for Isolated {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    async fn isolated() -> Isolated {
+        let child = Isolated(
+            Command::new("unshare")
+                .args(["-n", "sleep", "120"])
+                .spawn()
+                .expect("unshare -n (util-linux)"),
+        );
+        let pid = child.0.id();
+        let ours = netns_of(std::process::id());
+        for _ in 0..200 {
+            if netns_of(pid).is_some_and(|n| Some(n) != ours) {
+                return child;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("process {pid} never entered a network namespace of its own");
+    }
+
+    #[tokio::test]
+    async fn a_namespace_gets_its_own_table_and_loses_it_with_its_process() {
+        let _serial = SERIAL.lock().await;
+        if !usable() {
+            return;
+        }
+        let mut child = isolated().await;
+        let pid = child.0.id();
+        let listed = |pid| nft_in(Some(pid), &["list", "ruleset"], "").unwrap();
+        let peer: SocketAddr = "10.9.8.7:5432".parse().unwrap();
+        let ns = NetnsFaults::enter(pid).unwrap();
+        let half = ns.half_open(peer).unwrap();
+        let rules = listed(pid);
+        assert!(rules.contains(&format!("table inet {PREFIX}")), "{rules}");
+        assert!(
+            rules.contains("ip saddr 10.9.8.7 tcp sport 5432 drop")
+                && rules.contains("ip daddr 10.9.8.7 tcp dport 5432 drop"),
+            "both ways: {rules}"
+        );
+        assert!(rules.contains("hook prerouting") && rules.contains("hook output"));
+        assert!(
+            !nft(&["list", "ruleset"], "").unwrap().contains("10.9.8.7"),
+            "nothing in the runner's own namespace"
+        );
+        let lossy = ns.loss(peer, 20).unwrap();
+        assert!(listed(pid).contains("numgen random mod 100"));
+        ns.remove(half).unwrap();
+        ns.remove(half).unwrap();
+        let rules = listed(pid);
+        assert!(!rules.contains(&format!("{half}_")), "{rules}");
+        assert!(rules.contains(&format!("{lossy}_in")), "{rules}");
+        drop(ns);
+        assert!(!listed(pid).contains(PREFIX), "drop deletes the table");
+        // The process gone, its namespace and rules with it: nothing to
+        // remove, no error, and nothing more to enter.
+        let ns = NetnsFaults::enter(pid).unwrap();
+        let id = ns.half_open(peer).unwrap();
+        let _ = child.0.kill();
+        let _ = child.0.wait();
+        assert!(ns.half_open(peer).is_err());
+        ns.remove(id).unwrap();
+        ns.clear().unwrap();
+        drop(ns);
+        assert!(NetnsFaults::enter(pid).is_err());
     }
 }

@@ -10,6 +10,7 @@ use crate::cluster::PodState;
 use crate::engine::store::RunFilter;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -618,14 +619,25 @@ pub(super) async fn heal(shared: &Shared) -> Result<()> {
 /// A link fault on `pod`'s store link, or on every pod's without a target.
 async fn link(shared: &Shared, f: &PlannedFault, pod: Option<&str>) -> Result<()> {
     let Some(links) = &shared.links else {
-        bail!(
-            "link faults need the pods' store links behind the runner's proxy (PostgreSQL, process driver)"
-        );
+        bail!("link faults need the pods' store links behind the runner's proxy (PostgreSQL)");
     };
     let pods: Vec<String> = match pod {
         Some(p) => vec![p.to_owned()],
         None => shared.pod_ids.clone(),
     };
+    // Packets are dropped in a pod's own network namespace when it has one
+    // (a container: through its init process). A container not running at
+    // the fault has none: its rule goes on the runner's loopback, where
+    // none of its packets pass.
+    let mut netns = BTreeMap::new();
+    if f.action.is_packet_level() {
+        let mut c = shared.cluster.lock().await;
+        for p in &pods {
+            if let Some(pid) = c.netns_pid(p).await? {
+                netns.insert(p.clone(), pid);
+            }
+        }
+    }
     // While a fault is on one pod's link, watch its readiness as a load
     // balancer would: every 100 ms, a second to answer.
     let mut probe = None;
@@ -642,7 +654,7 @@ async fn link(shared: &Shared, f: &PlannedFault, pod: Option<&str>) -> Result<()
         ));
         probe = Some((stop, task));
     }
-    let applied = links.apply(f, &pods).await;
+    let applied = links.apply(f, &pods, &netns).await;
     if let Some((stop, task)) = probe {
         stop.cancel();
         let _ = task.await;

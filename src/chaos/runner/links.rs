@@ -8,9 +8,12 @@
 //! Every fault is undone on every exit path: `heal` clears the proxies and
 //! deletes the runner's nftables table, and dropping [`Links`] does too (a
 //! runner SIGKILLed mid-fault leaves a table `vigil chaos clean` sweeps).
+//! A pod in a container has a network namespace of its own: its packets are
+//! dropped there, in a table of the same name (removed the same ways, and
+//! with the container, which `vigil chaos clean` removes).
 
 use crate::chaos::history::History;
-use crate::chaos::net::{self, LinkFault, LinkProxy, NftFaults, RuleId};
+use crate::chaos::net::{self, LinkFault, LinkProxy, NetnsFaults, NftFaults, RuleId};
 use crate::chaos::scenario::{Action, Direction, LinkSpec, PlannedFault};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -24,6 +27,9 @@ pub(super) struct Links {
     proxies: BTreeMap<String, Arc<LinkProxy>>,
     /// Created at the first packet fault (nft is needed only then).
     nft: Mutex<Option<NftFaults>>,
+    /// Pod id -> its packet faults in its own network namespace (a
+    /// container's), made at its first packet fault.
+    netns: Mutex<BTreeMap<String, NetnsFaults>>,
     forwarders: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -81,6 +87,7 @@ impl Links {
         Ok(Links {
             proxies,
             nft: Mutex::new(None),
+            netns: Mutex::default(),
             forwarders,
         })
     }
@@ -110,7 +117,15 @@ impl Links {
     }
 
     /// Apply link fault `f` to `pods` for its duration, then heal it.
-    pub async fn apply(&self, f: &PlannedFault, pods: &[String]) -> Result<()> {
+    /// `netns`: pod -> a process in the pod's own network namespace (a
+    /// container's init), where its packets are dropped; a pod not in it
+    /// shares the runner's.
+    pub async fn apply(
+        &self,
+        f: &PlannedFault,
+        pods: &[String],
+        netns: &BTreeMap<String, u32>,
+    ) -> Result<()> {
         let spec = f
             .link
             .clone()
@@ -125,29 +140,14 @@ impl Links {
             })
             .collect::<Result<_>>()?;
         if f.action.is_packet_level() {
-            let mut rules: Vec<RuleId> = Vec::new();
-            {
-                let mut nft = lock(&self.nft);
-                if nft.is_none() {
-                    *nft = Some(NftFaults::new()?);
-                }
-                let nft = nft.as_ref().context("nftables")?;
-                for proxy in &targets {
-                    let port = proxy.addr().port();
-                    rules.push(match f.action {
-                        Action::HalfOpen => nft.half_open(port)?,
-                        Action::Loss => nft.loss(port, spec.percent)?,
-                        other => bail!("{} is not a packet fault", other.as_str()),
-                    });
-                }
+            let mut rules = Vec::new();
+            let set = self.drop_packets(f.action, &spec, pods, &targets, netns, &mut rules);
+            if set.is_ok() {
+                tokio::time::sleep(duration).await;
             }
-            tokio::time::sleep(duration).await;
-            if let Some(nft) = lock(&self.nft).as_ref() {
-                for r in rules {
-                    nft.remove(r)?;
-                }
-            }
-            return Ok(());
+            // Undone whether or not every rule could be set.
+            let removed = self.undrop_packets(rules);
+            return set.and(removed);
         }
         let fault = proxy_fault(f.action, &spec)?;
         for proxy in &targets {
@@ -160,6 +160,76 @@ impl Links {
         Ok(())
     }
 
+    /// Set packet fault `action` on each of `pods`' links (`targets`, their
+    /// proxies): in the pod's own network namespace when `netns` names a
+    /// process in it, else on its proxy's port on the runner's loopback.
+    /// Each rule set goes to `rules` (with the pod whose namespace holds
+    /// it), so a failure part way is undone too.
+    fn drop_packets(
+        &self,
+        action: Action,
+        spec: &LinkSpec,
+        pods: &[String],
+        targets: &[&Arc<LinkProxy>],
+        netns: &BTreeMap<String, u32>,
+        rules: &mut Vec<(Option<String>, RuleId)>,
+    ) -> Result<()> {
+        for (pod, proxy) in pods.iter().zip(targets) {
+            if let Some(&pid) = netns.get(pod) {
+                let mut all = lock(&self.netns);
+                // A restarted container has a new init, in a new namespace.
+                if all.get(pod).is_none_or(|n| n.pid() != pid) {
+                    all.remove(pod);
+                    all.insert(pod.clone(), NetnsFaults::enter(pid)?);
+                }
+                let ns = all.get(pod).context("nftables in the pod's namespace")?;
+                let peer = proxy.addr();
+                rules.push((
+                    Some(pod.clone()),
+                    match action {
+                        Action::HalfOpen => ns.half_open(peer)?,
+                        Action::Loss => ns.loss(peer, spec.percent)?,
+                        other => bail!("{} is not a packet fault", other.as_str()),
+                    },
+                ));
+                continue;
+            }
+            let mut nft = lock(&self.nft);
+            if nft.is_none() {
+                *nft = Some(NftFaults::new()?);
+            }
+            let nft = nft.as_ref().context("nftables")?;
+            let port = proxy.addr().port();
+            rules.push((
+                None,
+                match action {
+                    Action::HalfOpen => nft.half_open(port)?,
+                    Action::Loss => nft.loss(port, spec.percent)?,
+                    other => bail!("{} is not a packet fault", other.as_str()),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Remove the rules [`Links::drop_packets`] set: every one, the first
+    /// error returned.
+    fn undrop_packets(&self, rules: Vec<(Option<String>, RuleId)>) -> Result<()> {
+        let mut result = Ok(());
+        for (pod, rule) in rules {
+            let removed = match pod {
+                Some(pod) => lock(&self.netns)
+                    .get(&pod)
+                    .map_or(Ok(()), |n| n.remove(rule)),
+                None => lock(&self.nft).as_ref().map_or(Ok(()), |n| n.remove(rule)),
+            };
+            if result.is_ok() {
+                result = removed;
+            }
+        }
+        result
+    }
+
     /// Undo every link fault still in place (the scenario's heal, and
     /// every exit path through Drop).
     pub fn heal(&self) {
@@ -170,6 +240,11 @@ impl Links {
             && let Err(e) = nft.clear()
         {
             tracing::warn!(error = %e, "could not delete the runner's nftables table");
+        }
+        for (pod, ns) in std::mem::take(&mut *lock(&self.netns)) {
+            if let Err(e) = ns.clear() {
+                tracing::warn!(pod, error = %e, "could not delete the runner's nftables table in the pod's network namespace");
+            }
         }
     }
 }

@@ -49,9 +49,6 @@ pub(super) fn why_not_applicable(
             "link faults hurt the link between a pod and PostgreSQL through the runner's proxy: \
              --store postgres",
         )
-    } else if driver == DriverKind::Docker && plan.faults.iter().any(|f| f.action.is_packet_level())
-    {
-        Some("half_open and loss drop packets on the runner's loopback: --driver process")
     } else if kind != StoreKind::Sqlite && plan.faults.iter().any(|f| f.action == Action::WriteLock)
     {
         Some("write_lock holds SQLite's one write lock: --store sqlite")

@@ -258,8 +258,8 @@ impl LinkSpec {
 }
 
 /// A fault's link table against its action and the cluster: (where, field,
-/// problem) when wrong. A link fault needs a duration, PostgreSQL (the link
-/// is the pod's to its database) and, for now, the process driver.
+/// problem) when wrong. A link fault needs a duration and PostgreSQL (the
+/// link is the pod's to its database).
 pub(super) fn check_link(
     action: Action,
     f: &super::FaultCfg,
@@ -292,16 +292,6 @@ pub(super) fn check_link(
             "action",
             format!(
                 "{a} hits the link between a pod and its database: it needs store = \"postgres\""
-            ),
-        ));
-    }
-    if cluster.driver != super::DriverKind::Process && action.is_packet_level() {
-        return Err((
-            None,
-            "action",
-            format!(
-                "{a} drops packets with nftables on the runner's loopback: it runs on the \
-                 process driver for now (driver = \"process\")"
             ),
         ));
     }

@@ -211,18 +211,20 @@ fn link_faults_are_checked_strictly() {
             "action = \"latency\"\nlink = { ms = 10, speed = 1 }",
             "speed",
         ),
-        (
-            "driver = \"docker\"",
-            "action = \"half_open\"",
-            "process driver",
-        ),
     ] {
         let err = parse(cluster, fault).unwrap_err().to_string();
         assert!(err.contains(needle), "{fault}: {err}");
         assert!(err.starts_with("l.toml:"), "names the file: {err}");
     }
-    // The proxy's faults run under the Docker driver too.
+    // The proxy's faults run under the Docker driver too, and so do the
+    // packet faults (in each pod container's network namespace).
     parse("driver = \"docker\"", "action = \"cut_after_commit\"").unwrap();
+    parse("driver = \"docker\"", "action = \"half_open\"").unwrap();
+    parse(
+        "driver = \"docker\"",
+        "action = \"loss\"\nlink = { percent = 20 }",
+    )
+    .unwrap();
     // A link is the pod's link to PostgreSQL.
     let sqlite = link_scenario("", "action = \"reset\"").replace("store = \"postgres\"", "");
     let err = Scenario::parse(Path::new("l.toml"), &sqlite, &reg()).unwrap_err();

@@ -392,6 +392,27 @@ impl DockerPods {
         Ok((took < Duration::from_secs(u64::try_from(secs).unwrap_or(1))).then_some(took))
     }
 
+    /// The host pid of the container's init process while it runs (what
+    /// `nsenter -t PID -n` enters to reach the container's network
+    /// namespace), or None when it is not running.
+    pub async fn init_pid(&self, pod: &str) -> Result<Option<u32>, DockerError> {
+        let id = self.resolve(pod).await?;
+        let info = self
+            .docker
+            .inspect_container(&id, None)
+            .await
+            .map_err(|source| DockerError::InspectContainer {
+                name: self.name(pod),
+                source,
+            })?;
+        Ok(info
+            .state
+            .filter(|s| s.running == Some(true))
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0))
+    }
+
     /// Freeze every process of the container (cgroup freezer).
     pub async fn pause(&self, pod: &str) -> Result<(), DockerError> {
         let id = self.resolve(pod).await?;
@@ -567,20 +588,11 @@ impl Driver for DockerPods {
     }
 
     async fn host_pid(&mut self, id: &str) -> anyhow::Result<Option<u32>> {
-        let cid = self.resolve(id).await?;
-        let info = self
-            .docker
-            .inspect_container(&cid, None)
-            .await
-            .map_err(|source| DockerError::InspectContainer {
-                name: self.name(id),
-                source,
-            })?;
-        Ok(info
-            .state
-            .and_then(|s| s.pid)
-            .and_then(|p| u32::try_from(p).ok())
-            .filter(|p| *p > 0))
+        Ok(self.init_pid(id).await?)
+    }
+
+    async fn netns_pid(&mut self, id: &str) -> anyhow::Result<Option<u32>> {
+        Ok(self.init_pid(id).await?)
     }
 
     async fn shutdown(&mut self, pods: &[(String, PodState)], bound: Duration, log_dir: &Path) {
