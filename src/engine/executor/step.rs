@@ -120,7 +120,7 @@ impl Engine {
                                 output_raw: &ok.output,
                                 run_state: &new_state.shown,
                                 run_state_raw: &new_state.raw,
-                                then_begin: then_begin.clone(),
+                                then_begin,
                                 // The last step: the run succeeds in this commit.
                                 then_succeed: next.is_none().then_some(self.config.pod_id.as_str()),
                             })
