@@ -8,6 +8,7 @@
 //! 254 bad arguments or scenario, 255 internal error.
 
 pub mod checks;
+pub mod disk;
 pub mod history;
 pub mod net;
 pub mod report;
@@ -393,13 +394,22 @@ async fn clean(args: CleanArgs) -> Result<()> {
     // table a killed runner left keeps a port cut off on this host, Docker
     // or not. Only root can read them (or can have made them).
     let nft = if nix::unistd::geteuid().is_root() {
-        net::nft::sweep(args.all).map(|tables| {
-            for t in tables {
-                println!("removed nft table {t}");
-            }
-        })
+        net::nft::sweep(args.all)
+            .map(|tables| {
+                for t in tables {
+                    println!("removed nft table {t}");
+                }
+            })
+            // And the store disks (tmpfs mounts) a killed runner left.
+            .and_then(|()| {
+                disk::sweep(args.all).map(|mounts| {
+                    for m in mounts {
+                        println!("unmounted store disk {}", m.display());
+                    }
+                })
+            })
     } else {
-        eprintln!("note: nft tables not swept (that needs root)");
+        eprintln!("note: nft tables and store disks not swept (that needs root)");
         Ok(())
     };
     let docker = clean_docker(args).await;

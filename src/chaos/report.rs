@@ -87,14 +87,14 @@ impl Report<'_> {
                         | Action::Partition
                         | Action::StoreOutage
                         | Action::StoreFreeze
+                        | Action::DiskFull
                         | Action::HalfOpen
                         | Action::Blackhole
                         | Action::Latency
                 ) && !f.on_client_link()
             })
             .filter_map(|f| {
-                let store_fault = matches!(f.action, Action::StoreOutage | Action::StoreFreeze)
-                    || f.action.is_link() && f.pod.is_none();
+                let store_fault = f.action.on_store() || f.action.is_link() && f.pod.is_none();
                 let pod = if store_fault {
                     "the store".to_owned()
                 } else {
@@ -195,7 +195,7 @@ impl Report<'_> {
                     {
                         "from the runner's own session".to_owned()
                     }
-                    Action::StoreOutage | Action::StoreFreeze => "the store".to_owned(),
+                    a if a.on_store() => "the store".to_owned(),
                     _ if f
                         .link
                         .as_ref()
@@ -222,7 +222,7 @@ impl Report<'_> {
                         x.pod
                             .clone()
                             .or_else(|| match x.action {
-                                Action::StoreOutage | Action::StoreFreeze | Action::WriteLock => {
+                                a if a.on_store() || a == Action::WriteLock => {
                                     Some("the store".into())
                                 }
                                 _ if x.on_client_link() => Some("every pod".into()),
@@ -568,9 +568,7 @@ impl Report<'_> {
         let pod_faults: Vec<&super::checks::FiredFault> = ev
             .faults
             .iter()
-            .filter(|f| {
-                f.pod.is_some() && !matches!(f.action, Action::StoreOutage | Action::StoreFreeze)
-            })
+            .filter(|f| f.pod.is_some() && !f.action.on_store())
             .collect();
         let role = |c: &super::checks::WitnessCall| {
             // After a fault on a pod brought back with its id, any live

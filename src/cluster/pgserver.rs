@@ -54,11 +54,28 @@ impl PgServer {
 
     /// Initialize and start a server on a free loopback port.
     pub fn start() -> Result<PgServer> {
+        let dir =
+            std::env::temp_dir().join(format!("vigil-chaos-pg-{}", uuid::Uuid::now_v7().simple()));
+        Self::start_in(dir, None)
+    }
+
+    /// The uid and gid the server runs as (`postgres` when this process is
+    /// root): a disk for its files must belong to them.
+    pub fn owner() -> Result<Option<(u32, u32)>> {
+        if !is_root() {
+            return Ok(None);
+        }
+        let pg = nix::unistd::User::from_name("postgres")?.context("no postgres user")?;
+        Ok(Some((pg.uid.as_raw(), pg.gid.as_raw())))
+    }
+
+    /// [`PgServer::start`] with its files (data directory, log, socket) in
+    /// `dir` and, when given, its WAL in `waldir` (each may be a disk of
+    /// the chaos runner's, which storage faults fill).
+    pub fn start_in(dir: PathBuf, waldir: Option<PathBuf>) -> Result<PgServer> {
         let bin = find_bin().context(
             "no PostgreSQL server binaries found (install Debian's postgresql package, or set VIGIL_PG_BIN)",
         )?;
-        let dir =
-            std::env::temp_dir().join(format!("vigil-chaos-pg-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir)?;
         if is_root() {
             let pg = nix::unistd::User::from_name("postgres")?.context("no postgres user")?;
@@ -74,13 +91,18 @@ impl PgServer {
             running: false,
             frozen: Vec::new(),
         };
-        let out = s
-            .cmd("initdb")
-            .arg("-D")
-            .arg(s.dir.join("data"))
-            .args(["-U", "postgres", "-A", "trust", "--no-sync"])
-            .output()
-            .context("running initdb")?;
+        let mut initdb = s.cmd("initdb");
+        initdb.arg("-D").arg(s.dir.join("data")).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+        ]);
+        if let Some(w) = &waldir {
+            initdb.arg(format!("--waldir={}", w.join("pg_wal").display()));
+        }
+        let out = initdb.output().context("running initdb")?;
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -115,6 +137,17 @@ impl PgServer {
         }
         self.running = true;
         Ok(())
+    }
+
+    /// Whether the server answers (`pg_ctl status`): after a PANIC that
+    /// its crash restart could not get past (a full disk), it does not.
+    pub fn is_running(&self) -> bool {
+        self.cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("status")
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     /// Stop the server hard (`-m immediate`: like a crash of the database).

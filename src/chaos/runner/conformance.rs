@@ -51,7 +51,7 @@ pub async fn check_target(
         }
         None => reg.names().map(str::to_owned).collect(),
     };
-    let p = super::provision::store(store, StoreKind::Postgres, logs, None).await?;
+    let p = super::provision::store(store, StoreKind::Postgres, logs, None, None).await?;
     let history = Arc::new(History::new());
     let bind = std::net::IpAddr::from([127, 0, 0, 1]);
     let witness = crate::chaos::witness::Witness::start((bind, 0).into(), history.clone())

@@ -191,6 +191,7 @@ async fn fire(shared: &Shared, scn: &Scenario, f: &PlannedFault) -> Result<()> {
         Action::Stall => stall(shared, p, run_id).await,
         Action::StoreOutage => store_outage(shared, f).await,
         Action::StoreFreeze => store_freeze(shared, f).await,
+        Action::DiskFull => disk_full(shared, f).await,
         Action::RowLock => row_lock(shared, f, p, run_id).await,
         Action::ClockSkew => clock_skew(shared, f, p).await,
         Action::WriteLock => write_lock(shared, f, p).await,
@@ -394,6 +395,37 @@ async fn store_outage(shared: &Shared, f: &PlannedFault) -> Result<()> {
     shared
         .history
         .record("heal", json!({ "action": "store_start" }));
+    Ok(())
+}
+
+/// Fill the store's disk for the fault's duration, then empty it. A
+/// PostgreSQL server that PANICked on a WAL write it could not make and
+/// could not get through its crash restart on a full disk is started
+/// again once there is room, as an operator would.
+async fn disk_full(shared: &Shared, f: &PlannedFault) -> Result<()> {
+    let disk = shared
+        .disk
+        .as_ref()
+        .context("disk_full needs the store's files on a disk of the runner's")?;
+    let filled = {
+        let disk = disk.clone();
+        tokio::task::spawn_blocking(move || disk.fill()).await??
+    };
+    shared.history.record("disk", json!({ "filled": filled }));
+    tokio::time::sleep(hold(f)).await;
+    disk.drain()?;
+    let mut restarted = false;
+    if let Some(pg) = &shared.pg {
+        let mut pg = pg.lock().await;
+        if !pg.is_running() {
+            pg.start_again()?;
+            restarted = true;
+        }
+    }
+    shared.history.record(
+        "heal",
+        json!({ "action": "disk_drained", "server_restarted": restarted, "usage": disk.usage()? }),
+    );
     Ok(())
 }
 

@@ -109,6 +109,8 @@ struct Shared {
     pg: Option<tokio::sync::Mutex<PgServer>>,
     /// The PostgreSQL container (Docker driver), for store_freeze.
     pg_container: Option<(bollard::Docker, String)>,
+    /// The disk of the runner's under the store's files (storage faults).
+    disk: Option<Arc<crate::chaos::disk::Tmpfs>>,
     http: reqwest::Client,
     verbose: bool,
     /// The pods' store links, when a fault hits one (PostgreSQL, process
@@ -295,7 +297,17 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
         pod_target,
         pg_server,
         drop_db,
-    } = provision::store(&opts.store, kind, &dir, docker_env.as_ref()).await?;
+        disk,
+    } = provision::store(
+        &opts.store,
+        kind,
+        &dir,
+        docker_env.as_ref(),
+        scn.store_disk.filter(|_| scn.target.is_none()),
+    )
+    .await?;
+    // Unmounted only after the run (its pods and server) is gone.
+    let disk = disk.map(Arc::new);
     let store_label = match kind {
         StoreKind::Sqlite => "sqlite",
         StoreKind::Postgres => "postgres",
@@ -326,10 +338,12 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
             witness_bind,
             workflows,
             docker: pods,
+            disk: disk.clone(),
         },
         opts,
     )
     .await;
+    drop(disk);
     if let Some(env) = docker_env
         && let Err(e) = env.teardown().await
     {
@@ -383,6 +397,7 @@ struct Setup<'a> {
     witness_bind: std::net::IpAddr,
     workflows: WorkflowRegistry,
     docker: Option<(crate::cluster::docker::pods::DockerPods, String)>,
+    disk: Option<Arc<crate::chaos::disk::Tmpfs>>,
 }
 
 async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
@@ -397,6 +412,7 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
         witness_bind,
         workflows,
         docker,
+        disk,
     } = setup;
     // A foreign target's store is its own: never opened, never read.
     let store = match &scn.target {
@@ -499,6 +515,7 @@ async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {
         notes: Mutex::default(),
         pg: pg_server.map(tokio::sync::Mutex::new),
         pg_container,
+        disk,
         http: reqwest::Client::new(),
         verbose: opts.verbose,
         links,

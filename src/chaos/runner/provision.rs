@@ -49,6 +49,13 @@ pub(super) fn why_not_applicable(
             "link faults hurt the link between a pod and PostgreSQL through the runner's proxy: \
              --store postgres",
         )
+    } else if plan.faults.iter().any(|f| f.action.needs_disk())
+        && (driver == DriverKind::Docker || matches!(choice, StoreChoice::PgUrl(_)))
+    {
+        Some(
+            "disk_full fills a disk of the runner's under the store's files: --store sqlite or \
+             --store postgres (a throwaway server), --driver process",
+        )
     } else if kind != StoreKind::Sqlite && plan.faults.iter().any(|f| f.action == Action::WriteLock)
     {
         Some("write_lock holds SQLite's one write lock: --store sqlite")
@@ -68,6 +75,8 @@ pub(super) struct Provisioned {
     pub pg_server: Option<PgServer>,
     /// A scratch database to drop afterwards: (admin URL, name).
     pub drop_db: Option<(String, String)>,
+    /// The disk of the runner's the store's files are on (storage faults).
+    pub disk: Option<crate::chaos::disk::Tmpfs>,
 }
 
 /// Make the run's store: a SQLite file in `dir`, a database on a PostgreSQL
@@ -78,12 +87,23 @@ pub(super) async fn store(
     kind: StoreKind,
     dir: &std::path::Path,
     docker_env: Option<&DockerEnv>,
+    store_disk: Option<crate::chaos::disk::StoreDisk>,
 ) -> Result<Provisioned> {
+    use crate::chaos::disk::{PgPart, Tmpfs};
     let mut pod_target = None;
     let mut pg_server = None;
     let mut drop_db: Option<(String, String)> = None;
+    let mut disk = None;
     let target = match (choice, kind) {
-        (_, StoreKind::Sqlite) => dir.join("store.db").display().to_string(),
+        (_, StoreKind::Sqlite) => match store_disk {
+            Some(d) => {
+                let t = Tmpfs::mount(d.mib, None)?;
+                let db = t.path().join("store.db").display().to_string();
+                disk = Some(t);
+                db
+            }
+            None => dir.join("store.db").display().to_string(),
+        },
         (StoreChoice::PgUrl(admin), _) if docker_env.is_some() && pg_on_loopback(admin) => {
             bail!(
                 "--store {}: pods in containers cannot reach a server on the host's loopback; \
@@ -104,7 +124,24 @@ pub(super) async fn store(
             url
         }
         _ => {
-            let server = tokio::task::spawn_blocking(PgServer::start).await??;
+            let server = match store_disk {
+                None => tokio::task::spawn_blocking(PgServer::start).await??,
+                Some(d) => {
+                    let t = Tmpfs::mount(d.mib, PgServer::owner()?)?;
+                    let at = t.path().to_owned();
+                    let start = move || match d.pg {
+                        PgPart::Data => PgServer::start_in(at, None),
+                        PgPart::Wal => PgServer::start_in(
+                            std::env::temp_dir()
+                                .join(format!("vigil-chaos-pg-{}", uuid::Uuid::now_v7().simple())),
+                            Some(at),
+                        ),
+                    };
+                    let server = tokio::task::spawn_blocking(start).await??;
+                    disk = Some(t);
+                    server
+                }
+            };
             let url = server.admin_url();
             create_chaos_database(&url).await?;
             pg_server = Some(server);
@@ -116,6 +153,7 @@ pub(super) async fn store(
         pod_target,
         pg_server,
         drop_db,
+        disk,
     })
 }
 

@@ -67,6 +67,10 @@ pub enum Action {
     HalfOpen,
     /// `percent` % of the link's packets dropped at random (nftables).
     Loss,
+    /// The store's disk filled for `duration_ms`: the runner puts the
+    /// store's files on a size-limited tmpfs of its own (`[cluster]
+    /// store_disk`) and fills it with a ballast file; the heal deletes it.
+    DiskFull,
 }
 
 impl Action {
@@ -93,11 +97,26 @@ impl Action {
             Action::SlowClose => "slow_close",
             Action::HalfOpen => "half_open",
             Action::Loss => "loss",
+            Action::DiskFull => "disk_full",
         }
     }
 }
 
 impl Action {
+    /// A fault on the store itself, which every pod sees alike (not on a
+    /// pod, a row or a link).
+    pub fn on_store(self) -> bool {
+        matches!(
+            self,
+            Action::StoreOutage | Action::StoreFreeze | Action::DiskFull
+        )
+    }
+
+    /// A fault on the store's disk, which must be one of the runner's.
+    pub fn needs_disk(self) -> bool {
+        matches!(self, Action::DiskFull)
+    }
+
     /// A fault on a link the runner's proxy or nftables controls.
     pub fn is_link(self) -> bool {
         matches!(

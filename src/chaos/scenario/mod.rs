@@ -79,6 +79,8 @@ pub struct ClusterCfg {
     /// A system Vigil did not build: its target file, relative to the
     /// scenario file (docs/targets.md). Default: Vigil's own pods.
     pub target: Option<Spanned<String>>,
+    /// The store's files on a disk of the runner's (storage faults).
+    pub store_disk: Option<crate::chaos::disk::StoreDisk>,
 }
 
 fn default_store() -> StoreKind {
@@ -322,6 +324,10 @@ pub struct Scenario {
     workloads: Vec<Workload>,
     faults: Vec<FaultCfg>,
     pub checks: ChecksCfg,
+    /// Where the store's files live when a storage fault needs a disk of
+    /// the runner's: as `[cluster] store_disk` says, else the default disk
+    /// when a fault needs one.
+    pub store_disk: Option<crate::chaos::disk::StoreDisk>,
 }
 
 pub fn pod_ids(n: u32) -> Vec<String> {
@@ -681,6 +687,15 @@ impl Scenario {
                     ));
                 }
             }
+            if action == Action::DiskFull {
+                if f.duration_ms.is_none() {
+                    return Err(err(
+                        span,
+                        &field("duration_ms"),
+                        "disk_full needs duration_ms (how long the disk stays full)".into(),
+                    ));
+                }
+            }
             if action == Action::WriteLock {
                 if f.duration_ms.is_none() {
                     return Err(err(
@@ -763,6 +778,12 @@ impl Scenario {
             lanes,
             switches: raw.cluster.switches,
             target,
+            store_disk: raw.cluster.store_disk.or_else(|| {
+                raw.faults
+                    .iter()
+                    .any(|f| f.action.get_ref().needs_disk())
+                    .then(crate::chaos::disk::StoreDisk::default)
+            }),
             workloads: raw.workloads,
             faults: raw.faults,
             checks: raw.checks,

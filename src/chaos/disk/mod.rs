@@ -1,0 +1,269 @@
+//! Storage faults the runner controls: the store's files on a size-limited
+//! tmpfs of the runner's own, which `disk_full` fills with a ballast file
+//! and its heal empties (NixOS/infra#534: a full WAL volume).
+//!
+//! A tmpfs is mounted at `/tmp/vigil-disk-<runner pid>-<id>` and holds the
+//! SQLite database's directory, or the throwaway PostgreSQL server's data
+//! directory (or its `pg_wal` alone). Dropping the [`Tmpfs`] deletes the
+//! ballast, unmounts it (lazily, if a process still holds a file there) and
+//! removes the directory; a runner SIGKILLed mid-scenario leaves its mount
+//! behind, and `vigil chaos clean` ([`sweep`]) unmounts every one whose
+//! runner is gone.
+
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// `[cluster] store_disk = { mib = 48, pg = "data" }`: the store's files on
+/// a tmpfs of `mib` MiB: SQLite's database directory; for the throwaway
+/// PostgreSQL server its data directory (`pg = "data"`) or its WAL alone
+/// (`pg = "wal"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreDisk {
+    #[serde(default = "default_mib")]
+    pub mib: u64,
+    #[serde(default)]
+    pub pg: PgPart,
+}
+
+impl Default for StoreDisk {
+    fn default() -> Self {
+        StoreDisk {
+            mib: default_mib(),
+            pg: PgPart::Data,
+        }
+    }
+}
+
+/// Room for a store of a few hundred runs, and for PostgreSQL's initdb
+/// (about 40 MiB with its 16 MiB WAL segments).
+fn default_mib() -> u64 {
+    96
+}
+
+/// Which of PostgreSQL's directories goes on the store disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PgPart {
+    /// The whole data directory: a full disk fails table writes and WAL.
+    #[default]
+    Data,
+    /// `pg_wal` alone: a full disk fails every WAL write, and PostgreSQL
+    /// PANICs.
+    Wal,
+}
+
+/// The prefix of every mount point this module makes.
+const PREFIX: &str = "vigil-disk-";
+
+/// A size-limited tmpfs of the runner's, and the ballast that fills it.
+#[derive(Debug)]
+pub struct Tmpfs {
+    path: PathBuf,
+    ballast: Mutex<Option<PathBuf>>,
+}
+
+/// What a fill or a drain left: the ballast's size and the space left.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Usage {
+    pub ballast_bytes: u64,
+    pub free_bytes: u64,
+    pub size_bytes: u64,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from("/tmp")
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs of `mib` MiB, owned by `owner` (uid, gid) when given
+    /// (PostgreSQL's data directory must belong to its server's user).
+    pub fn mount(mib: u64, owner: Option<(u32, u32)>) -> Result<Tmpfs> {
+        if mib == 0 {
+            bail!("a store disk of 0 MiB");
+        }
+        let path = root().join(format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("creating the mount point {}", path.display()))?;
+        let mut data = format!("size={mib}m,mode=0700");
+        if let Some((uid, gid)) = owner {
+            data.push_str(&format!(",uid={uid},gid={gid}"));
+        }
+        nix::mount::mount(
+            Some("tmpfs"),
+            &path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(data.as_str()),
+        )
+        .with_context(|| {
+            format!(
+                "mounting a {mib} MiB tmpfs at {} (disk faults need root)",
+                path.display()
+            )
+        })?;
+        Ok(Tmpfs {
+            path,
+            ballast: Mutex::new(None),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn usage(&self) -> Result<Usage> {
+        let st = nix::sys::statvfs::statvfs(&self.path)
+            .with_context(|| format!("statvfs {}", self.path.display()))?;
+        let frag = st.fragment_size();
+        let ballast_bytes = self
+            .ballast
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|b| std::fs::metadata(b).ok())
+            .map_or(0, |m| m.len());
+        Ok(Usage {
+            ballast_bytes,
+            free_bytes: st.blocks_available() * frag,
+            size_bytes: st.blocks() * frag,
+        })
+    }
+
+    /// Fill the disk: write a ballast file until the kernel says no space
+    /// is left (in MiB pieces, then pages, so nothing is left over).
+    pub fn fill(&self) -> Result<Usage> {
+        let file = self
+            .path
+            .join(format!(".ballast-{}", uuid::Uuid::now_v7().simple()));
+        *self.ballast.lock().unwrap_or_else(|p| p.into_inner()) = Some(file.clone());
+        let mut f = std::fs::File::create(&file)
+            .with_context(|| format!("creating the ballast {}", file.display()))?;
+        for piece in [1 << 20, 4096] {
+            let buf = vec![0u8; piece];
+            loop {
+                match f.write(&buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("writing the ballast {}", file.display()));
+                    }
+                }
+            }
+        }
+        self.usage()
+    }
+
+    /// Empty the disk again: delete the ballast.
+    pub fn drain(&self) -> Result<()> {
+        let ballast = self
+            .ballast
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(b) = ballast {
+            std::fs::remove_file(&b)
+                .with_context(|| format!("deleting the ballast {}", b.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = self.drain() {
+            tracing::warn!(error = %e, "could not delete the ballast");
+        }
+        unmount(&self.path);
+    }
+}
+
+/// Unmount (lazily: a server still holding a file keeps it until it lets
+/// go) and remove the mount point.
+fn unmount(path: &Path) {
+    if let Err(e) = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        tracing::warn!(path = %path.display(), error = %e, "could not unmount a store disk");
+        return;
+    }
+    let _ = std::fs::remove_dir(path);
+}
+
+/// The runner pid a mount point of ours names, if it is one.
+fn runner_of(mount_point: &str) -> Option<i32> {
+    let name = Path::new(mount_point).file_name()?.to_str()?;
+    let rest = name.strip_prefix(PREFIX)?;
+    rest.split('-').next()?.parse().ok()
+}
+
+/// Unmount the store disks of runners that are gone (or every one, with
+/// `all`): what a SIGKILLed runner left. Returns the mount points removed.
+pub fn sweep(all: bool) -> Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    let mut out = Vec::new();
+    for line in info.lines() {
+        // The fifth field is the mount point.
+        let Some(point) = line.split(' ').nth(4) else {
+            continue;
+        };
+        if !point.starts_with(&format!("/tmp/{PREFIX}")) {
+            continue;
+        }
+        let Some(pid) = runner_of(point) else {
+            continue;
+        };
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        if all || !alive {
+            unmount(Path::new(point));
+            out.push(PathBuf::from(point));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filled_disk_has_no_room_until_drained_and_drop_unmounts_it() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(std::env::var("CI").is_err(), "disk faults need root in CI");
+            return;
+        }
+        let disk = Tmpfs::mount(4, None).unwrap();
+        let path = disk.path().to_owned();
+        std::fs::write(path.join("store.db"), b"a store").unwrap();
+        let full = disk.fill().unwrap();
+        assert_eq!(full.free_bytes, 0, "{full:?}");
+        assert!(full.ballast_bytes > 3 << 20, "{full:?}");
+        let err = std::fs::write(path.join("more"), vec![1u8; 8192]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::ENOSPC));
+        disk.drain().unwrap();
+        assert!(disk.usage().unwrap().free_bytes > 3 << 20);
+        std::fs::write(path.join("more"), vec![1u8; 8192]).unwrap();
+        assert_eq!(
+            std::fs::read(path.join("store.db")).unwrap(),
+            b"a store",
+            "the store's file survives a fill and a drain"
+        );
+        drop(disk);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(path.to_str().unwrap()), "still mounted");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn sweep_reads_the_runner_from_the_mount_point() {
+        assert_eq!(runner_of("/tmp/vigil-disk-4242-0193abcd"), Some(4242));
+        assert_eq!(runner_of("/tmp/vigil-other-4242"), None);
+        assert_eq!(runner_of("/tmp/vigil-disk-x-1"), None);
+    }
+}
