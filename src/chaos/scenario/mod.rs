@@ -687,14 +687,12 @@ impl Scenario {
                     ));
                 }
             }
-            if action == Action::DiskFull {
-                if f.duration_ms.is_none() {
-                    return Err(err(
-                        span,
-                        &field("duration_ms"),
-                        "disk_full needs duration_ms (how long the disk stays full)".into(),
-                    ));
-                }
+            if action == Action::DiskFull && f.duration_ms.is_none() {
+                return Err(err(
+                    span,
+                    &field("duration_ms"),
+                    "disk_full needs duration_ms (how long the disk stays full)".into(),
+                ));
             }
             if action == Action::WriteLock {
                 if f.duration_ms.is_none() {
