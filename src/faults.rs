@@ -68,10 +68,15 @@ pub enum Bug {
     /// queue, from what the client has received rather than what it
     /// queued: a slow consumer grows the pod's memory without bound.
     UnboundedStream,
+    /// A run's write the store could not take ends the attempt at once
+    /// (the pre-issue-29 driver): the run is claimed back and the
+    /// interrupted step's body runs again, so an outage spends an attempt
+    /// per try and a few seconds of a full disk fail the run.
+    NoStoreWait,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 19] = [
+    pub const ALL: [Bug; 20] = [
         Bug::ReapAllLanes,
         Bug::SkipPurge,
         Bug::ClaimWithoutCas,
@@ -91,6 +96,7 @@ impl Bug {
         Bug::SharedLivenessPool,
         Bug::NoStoreDeadline,
         Bug::UnboundedStream,
+        Bug::NoStoreWait,
     ];
 
     pub fn name(self) -> &'static str {
@@ -114,6 +120,7 @@ impl Bug {
             Bug::SharedLivenessPool => "shared_liveness_pool",
             Bug::NoStoreDeadline => "no_store_deadline",
             Bug::UnboundedStream => "unbounded_stream",
+            Bug::NoStoreWait => "no_store_wait",
         }
     }
 }

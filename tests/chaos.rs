@@ -150,8 +150,8 @@ fn snapshot_all(store: &str, label: &str) {
     )
     .unwrap();
     assert!(
-        files.len() >= 27,
-        "ship at least the twenty-seven scenarios (row-lock-orphan, frozen-in-transaction, \
+        files.len() >= 28,
+        "ship at least the twenty-eight scenarios (row-lock-orphan, frozen-in-transaction, \
          clock-skew and the gray failures among them)"
     );
     let mut failures = Vec::new();
@@ -591,6 +591,22 @@ mod teeth {
             "no_store_deadline",
             "terminal_once",
             "still running after the quiet period",
+        );
+    }
+
+    #[test]
+    fn no_store_wait_is_caught_by_outcomes_explained() {
+        // The store's disk full for 6 s (PostgreSQL's data directory): a
+        // driver that gives a write up at the first store error claims the
+        // run back and runs the step's body again, and a disk on which some
+        // writes still land (a row fits a page with room, a chunk does not)
+        // spends every attempt of every run in flight. No fault explains a
+        // slow_stream that fails.
+        teeth_pg(
+            "disk-full-mid-stream",
+            "no_store_wait",
+            "outcomes_explained",
+            "had to succeed",
         );
     }
 

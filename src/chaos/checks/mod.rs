@@ -22,6 +22,7 @@
 mod consumer;
 mod deaths;
 mod executions;
+mod explained;
 mod gray;
 mod outcomes;
 mod ownership;
@@ -96,6 +97,9 @@ pub struct Submitted {
     pub name: String,
     pub run_id: String,
     pub workflow: String,
+    /// When the API acknowledged it (runner ms).
+    #[serde(default)]
+    pub t_ms: u64,
 }
 
 /// One call to the witness: a witnessed step's side effect, as the runner
@@ -277,6 +281,7 @@ impl Evidence {
                     name: field(e, "run")?,
                     run_id: field(e, "run_id")?,
                     workflow: field(e, "workflow")?,
+                    t_ms: e.t_ms,
                 }),
                 "attached" => {
                     attachers.push(AttacherLog {
@@ -543,6 +548,7 @@ pub fn run_all(
                 CheckName::NoFalseDeaths => deaths::no_false_deaths(ev),
                 CheckName::SelfFenced => gray::self_fenced(ev),
                 CheckName::ConsumerIsolated => consumer::consumer_isolated(ev, workflows),
+                CheckName::OutcomesExplained => explained::outcomes_explained(ev, workflows),
             });
             CheckResult {
                 name,

@@ -165,10 +165,11 @@ pub enum CheckName {
     NoFalseDeaths,
     SelfFenced,
     ConsumerIsolated,
+    OutcomesExplained,
 }
 
 impl CheckName {
-    pub const ALL: [CheckName; 13] = [
+    pub const ALL: [CheckName; 14] = [
         CheckName::TerminalOnce,
         CheckName::NoGhosts,
         CheckName::StreamExactlyOnce,
@@ -182,6 +183,7 @@ impl CheckName {
         CheckName::NoFalseDeaths,
         CheckName::SelfFenced,
         CheckName::ConsumerIsolated,
+        CheckName::OutcomesExplained,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -199,6 +201,7 @@ impl CheckName {
             CheckName::NoFalseDeaths => "no_false_deaths",
             CheckName::SelfFenced => "self_fenced",
             CheckName::ConsumerIsolated => "consumer_isolated",
+            CheckName::OutcomesExplained => "outcomes_explained",
         }
     }
 
@@ -234,6 +237,9 @@ impl CheckName {
             }
             CheckName::ConsumerIsolated => {
                 "a slow client costs its pod bounded memory and slows no other run's stream"
+            }
+            CheckName::OutcomesExplained => {
+                "a run ends succeeded unless its definition or the faults that hit it explain otherwise"
             }
         }
     }

@@ -57,6 +57,7 @@ impl Engine {
                     return Ok(v);
                 }
                 Err(e) if !e.is_transient() => return Err(e),
+                Err(e) if crate::faults::on(crate::faults::Bug::NoStoreWait) => return Err(e),
                 Err(e) => e,
             };
             *tried += 1;
