@@ -33,8 +33,9 @@ pub(super) async fn metrics(State(pod): State<Arc<Pod>>, headers: header::Header
             .left(std::time::Instant::now())
             .map_or(f64::INFINITY, |d| d.as_secs_f64()),
     );
-    gray.ready
-        .set(i64::from(lease.holds() && !pod.is_stopping()));
+    gray.ready.set(i64::from(
+        lease.holds() && !pod.is_stopping() && pod.engine.writes_waiting() == 0,
+    ));
     pod.engine.metrics.set_pools(&pod.store.pools());
     let (content_type, body) = if wants_openmetrics(accept) {
         (OPENMETRICS, pod.engine.metrics.encode())
@@ -85,7 +86,8 @@ pub(super) async fn healthz(State(pod): State<Arc<Pod>>) -> Json<Health> {
     })
 }
 
-/// Readiness: the store answers and the pod is not stopping.
+/// Readiness: the pod's lease holds, the store takes its writes, and it is
+/// not stopping.
 #[utoipa::path(get, path = "/readyz",
     responses((status = 200, body = Health), (status = 503, body = ApiErrorBody)))]
 pub(super) async fn readyz(State(pod): State<Arc<Pod>>) -> ApiResult<Json<Health>> {
@@ -105,6 +107,19 @@ pub(super) async fn readyz(State(pod): State<Arc<Pod>>) -> ApiResult<Json<Health
             "lease_lapsing",
             "this pod has not reached its store in time to keep its lease; its runs may move \
              to another pod",
+        ));
+    }
+    // A pod whose runs' writes the store refuses (a full disk, an outage)
+    // cannot do the work a load balancer would send it.
+    let waiting = pod.engine.writes_waiting();
+    if waiting > 0 {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_refuses_writes",
+            format!(
+                "the store is not taking this pod's writes ({waiting} waiting: a full disk, an \
+                 outage); runs resume once it does"
+            ),
         ));
     }
     Ok(Json(Health {

@@ -126,6 +126,9 @@ pub struct Engine {
     changes: tokio::sync::broadcast::Sender<Arc<str>>,
     /// Only used by the `attempts_in_memory` fault injection (seed 004).
     attempts_in_memory: std::sync::Mutex<HashMap<(String, String), i64>>,
+    /// Runs' writes waiting for the store to take them (see `persist.rs`):
+    /// while any is, this pod cannot write and is not ready.
+    writes_waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// A run just created already claimed by this pod (see
@@ -265,7 +268,15 @@ impl Engine {
             http,
             changes: tokio::sync::broadcast::channel(4096).0,
             attempts_in_memory: std::sync::Mutex::default(),
+            writes_waiting: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Whether a run's write is waiting for the store right now (a full
+    /// disk, an outage): the pod cannot write, so it is not ready.
+    pub fn writes_waiting(&self) -> usize {
+        self.writes_waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Wake the streams attached to `run_id` in this process.

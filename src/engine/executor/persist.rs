@@ -43,6 +43,9 @@ impl Engine {
         Fut: Future<Output = StoreResult<T>>,
     {
         let mut wait = FIRST_WAIT;
+        // Counted while this write waits (readiness reads it); uncounted on
+        // every way out.
+        let mut waiting: Option<Waiting<'_>> = None;
         loop {
             let e = match write().await {
                 Ok(v) => {
@@ -66,6 +69,9 @@ impl Engine {
             if past_deadline || ctx.cancel.is_cancelled() {
                 return Err(e);
             }
+            if waiting.is_none() {
+                waiting = Some(Waiting::new(&self.writes_waiting));
+            }
             tracing::warn!(run_id = ctx.run_id, op, error = %e, ?wait, "the store could not take the write; waiting, not failing the step");
             // Waiting on the store is not a hung driver: the run keeps
             // heartbeating where the store takes heartbeats.
@@ -76,5 +82,22 @@ impl Engine {
             }
             wait = (wait * 2).min(MAX_WAIT);
         }
+    }
+}
+
+/// One write waiting for the store, counted in the engine's gauge for as
+/// long as it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
