@@ -40,8 +40,10 @@ pub enum Gray {
     LinksAndFreeze,
 }
 
-/// The TOML of one soak round.
-pub fn round_toml(round: u64, seed: u64, gray: Gray) -> String {
+/// The TOML of one soak round. With `disk` (a store whose files the
+/// runner places: SQLite, or a throwaway PostgreSQL server) a fault may
+/// also fill the store's disk.
+pub fn round_toml(round: u64, seed: u64, gray: Gray, disk: bool) -> String {
     let mut rng =
         rand::rngs::StdRng::seed_from_u64(seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let store = if gray == Gray::None {
@@ -67,7 +69,17 @@ pub fn round_toml(round: u64, seed: u64, gray: Gray) -> String {
             Gray::Links => 16,
             Gray::LinksAndFreeze => 17,
         };
-        match rng.random_range(0..kinds) {
+        let k = rng.random_range(0..kinds + u32::from(disk));
+        if disk && k == kinds {
+            // The store's disk full for a while, then space back.
+            let _ = write!(
+                s,
+                "action = \"disk_full\"\nduration_ms = {}\n",
+                rng.random_range(1000..5000)
+            );
+            continue;
+        }
+        match k {
             0..=3 => {
                 let _ = write!(
                     s,
@@ -196,8 +208,11 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
         runner::StoreChoice::PgUrl(_) => Gray::Links,
         _ => Gray::None,
     };
+    // A disk of the runner's needs root (a tmpfs mount).
+    let disk = !matches!(store, runner::StoreChoice::PgUrl(_))
+        && nix::unistd::geteuid().is_root();
     while Instant::now() < until {
-        let text = round_toml(rounds, seed, gray);
+        let text = round_toml(rounds, seed, gray, disk);
         let file = dir.join(format!("round-{rounds}.toml"));
         std::fs::write(&file, &text)?;
         let scn = Scenario::parse(&file, &text, &workflows)?;
@@ -269,23 +284,30 @@ mod tests {
         ))
         .unwrap();
         use super::Gray;
-        let mut drew_gray = false;
+        let (mut drew_gray, mut drew_disk) = (false, false);
         for gray in [Gray::None, Gray::Links, Gray::LinksAndFreeze] {
-            for round in 0..40 {
-                let t = super::round_toml(round, 42, gray);
-                assert_eq!(t, super::round_toml(round, 42, gray));
-                super::Scenario::parse(std::path::Path::new("round.toml"), &t, &reg).unwrap();
-                let has_gray = ["latency", "half_open", "loss", "reset", "cut_after_commit"]
-                    .iter()
-                    .any(|a| t.contains(&format!("action = \"{a}\"")));
-                assert!(gray != Gray::None || !has_gray, "{t}");
-                drew_gray |= has_gray;
+            for disk in [false, true] {
+                for round in 0..40 {
+                    let t = super::round_toml(round, 42, gray, disk);
+                    assert_eq!(t, super::round_toml(round, 42, gray, disk));
+                    super::Scenario::parse(std::path::Path::new("round.toml"), &t, &reg)
+                        .unwrap();
+                    let has_gray = ["latency", "half_open", "loss", "reset", "cut_after_commit"]
+                        .iter()
+                        .any(|a| t.contains(&format!("action = \"{a}\"")));
+                    assert!(gray != Gray::None || !has_gray, "{t}");
+                    let has_disk = t.contains("action = \"disk_full\"");
+                    assert!(disk || !has_disk, "{t}");
+                    drew_gray |= has_gray;
+                    drew_disk |= has_disk;
+                }
             }
         }
         assert!(drew_gray, "a PostgreSQL soak draws gray failures");
+        assert!(drew_disk, "a soak on a store the runner places draws full disks");
         assert_ne!(
-            super::round_toml(0, 1, Gray::None),
-            super::round_toml(0, 2, Gray::None)
+            super::round_toml(0, 1, Gray::None, true),
+            super::round_toml(0, 2, Gray::None, true)
         );
     }
 }
