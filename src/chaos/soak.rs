@@ -209,8 +209,7 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
         _ => Gray::None,
     };
     // A disk of the runner's needs root (a tmpfs mount).
-    let disk = !matches!(store, runner::StoreChoice::PgUrl(_))
-        && nix::unistd::geteuid().is_root();
+    let disk = !matches!(store, runner::StoreChoice::PgUrl(_)) && nix::unistd::geteuid().is_root();
     while Instant::now() < until {
         let text = round_toml(rounds, seed, gray, disk);
         let file = dir.join(format!("round-{rounds}.toml"));
@@ -290,8 +289,7 @@ mod tests {
                 for round in 0..40 {
                     let t = super::round_toml(round, 42, gray, disk);
                     assert_eq!(t, super::round_toml(round, 42, gray, disk));
-                    super::Scenario::parse(std::path::Path::new("round.toml"), &t, &reg)
-                        .unwrap();
+                    super::Scenario::parse(std::path::Path::new("round.toml"), &t, &reg).unwrap();
                     let has_gray = ["latency", "half_open", "loss", "reset", "cut_after_commit"]
                         .iter()
                         .any(|a| t.contains(&format!("action = \"{a}\"")));
@@ -304,7 +302,10 @@ mod tests {
             }
         }
         assert!(drew_gray, "a PostgreSQL soak draws gray failures");
-        assert!(drew_disk, "a soak on a store the runner places draws full disks");
+        assert!(
+            drew_disk,
+            "a soak on a store the runner places draws full disks"
+        );
         assert_ne!(
             super::round_toml(0, 1, Gray::None, true),
             super::round_toml(0, 2, Gray::None, true)

@@ -171,6 +171,15 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     async fn host_pid(&mut self, _id: &str) -> Result<Option<u32>> {
         Ok(None)
     }
+
+    /// Where the host reaches pod `id`'s API with no relay in between
+    /// (`IP:PORT`), when that differs from its URL: a container's address
+    /// on the scenario network, not its port published through Docker's
+    /// userland proxy (whose socket buffers would hide a slow client's
+    /// backlog from the pod). None: its URL is direct.
+    async fn direct_addr(&mut self, _id: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// Pods by id, on one driver.
@@ -326,6 +335,12 @@ impl Cluster {
         p.url = url;
         p.state = PodState::Running;
         Ok(())
+    }
+
+    /// See [`Driver::direct_addr`].
+    pub async fn direct_addr(&mut self, id: &str) -> Result<Option<String>> {
+        self.known(id)?;
+        self.driver.direct_addr(id).await
     }
 
     /// A process inside pod `id`'s own network namespace (a container's

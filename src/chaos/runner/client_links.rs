@@ -73,10 +73,23 @@ impl ClientLinks {
         })
     }
 
+    /// Whether a client-link fault names run `run`.
+    pub fn names(&self, run: &str) -> bool {
+        self.runs.contains(run)
+    }
+
     /// The URL run `run`'s client uses to reach pod `pod`, whose API is at
     /// `pod_url`: through the run's proxy to that pod when a client-link
     /// fault names the run, else `pod_url` itself.
-    pub async fn url(&self, run: &str, pod: &str, pod_url: &str) -> Result<String> {
+    /// `direct`: where the runner reaches the pod with no relay in between
+    /// when that is not `pod_url`'s address (see `Driver::direct_addr`).
+    pub async fn url(
+        &self,
+        run: &str,
+        pod: &str,
+        pod_url: &str,
+        direct: Option<String>,
+    ) -> Result<String> {
         if !self.runs.contains(run) {
             return Ok(pod_url.to_owned());
         }
@@ -88,11 +101,14 @@ impl ClientLinks {
             return Ok(proxied(p));
         }
         let parsed = url::Url::parse(pod_url).with_context(|| format!("{pod}'s URL {pod_url}"))?;
-        let upstream = format!(
-            "{}:{}",
-            parsed.host_str().context("a pod URL names no host")?,
-            parsed.port_or_known_default().unwrap_or(80)
-        );
+        let upstream = match direct {
+            Some(d) => d,
+            None => format!(
+                "{}:{}",
+                parsed.host_str().context("a pod URL names no host")?,
+                parsed.port_or_known_default().unwrap_or(80)
+            ),
+        };
         let salt = self
             .runs
             .iter()

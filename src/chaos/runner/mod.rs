@@ -154,8 +154,11 @@ impl Shared {
     /// through its client link's proxy when a fault names the run.
     async fn client_url(&self, run: &str, pod: &str, url: &str) -> Result<String> {
         match &self.client_links {
-            Some(c) => c.url(run, pod, url).await,
-            None => Ok(url.to_owned()),
+            Some(c) if c.names(run) => {
+                let direct = self.cluster.lock().await.direct_addr(pod).await?;
+                c.url(run, pod, url, direct).await
+            }
+            _ => Ok(url.to_owned()),
         }
     }
 

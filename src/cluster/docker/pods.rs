@@ -413,6 +413,29 @@ impl DockerPods {
             .filter(|p| *p > 0))
     }
 
+    /// The container's API address on the scenario network (`IP:PORT`),
+    /// which the host reaches directly through the network's bridge,
+    /// without the userland proxy of a published port; None when it has
+    /// none (not running, or cut off).
+    pub async fn network_addr(&self, pod: &str) -> Result<Option<String>, DockerError> {
+        let id = self.resolve(pod).await?;
+        let info = self
+            .docker
+            .inspect_container(&id, None)
+            .await
+            .map_err(|source| DockerError::InspectContainer {
+                name: self.name(pod),
+                source,
+            })?;
+        Ok(info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(&self.network))
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty())
+            .map(|ip| format!("{ip}:{POD_PORT}")))
+    }
+
     /// Freeze every process of the container (cgroup freezer).
     pub async fn pause(&self, pod: &str) -> Result<(), DockerError> {
         let id = self.resolve(pod).await?;
@@ -593,6 +616,10 @@ impl Driver for DockerPods {
 
     async fn netns_pid(&mut self, id: &str) -> anyhow::Result<Option<u32>> {
         Ok(self.init_pid(id).await?)
+    }
+
+    async fn direct_addr(&mut self, id: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.network_addr(id).await?)
     }
 
     async fn shutdown(&mut self, pods: &[(String, PodState)], bound: Duration, log_dir: &Path) {
