@@ -380,6 +380,12 @@ fn docker_teeth_catch_their_bugs() {
             "resident memory grew",
         ),
         (
+            "scenarios/docker/hung-commit-reply.toml",
+            "no_store_deadline",
+            "terminal_once",
+            "still running after the quiet period",
+        ),
+        (
             "scenarios/docker/clock-skew.toml",
             "host_clock_leases",
             "no_healthy_reaped",
