@@ -8,6 +8,7 @@
 //! 254 bad arguments or scenario, 255 internal error.
 
 pub mod checks;
+pub mod fuse;
 pub mod history;
 pub mod net;
 pub mod report;
