@@ -9,6 +9,7 @@
 
 pub mod checks;
 pub mod disk;
+pub mod fuse;
 pub mod history;
 pub mod net;
 pub mod report;
