@@ -73,10 +73,16 @@ pub enum Bug {
     /// interrupted step's body runs again, so an outage spends an attempt
     /// per try and a few seconds of a full disk fail the run.
     NoStoreWait,
+    /// SQLite commits with `synchronous=OFF`: a commit is acknowledged
+    /// before it is on disk, and a power cut loses it.
+    SqliteSyncOff,
+    /// The chaos runner starts its throwaway PostgreSQL server with
+    /// `fsync=off` even under a fault that loses unsynced writes.
+    PgFsyncOff,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 20] = [
+    pub const ALL: [Bug; 22] = [
         Bug::ReapAllLanes,
         Bug::SkipPurge,
         Bug::ClaimWithoutCas,
@@ -97,6 +103,8 @@ impl Bug {
         Bug::NoStoreDeadline,
         Bug::UnboundedStream,
         Bug::NoStoreWait,
+        Bug::SqliteSyncOff,
+        Bug::PgFsyncOff,
     ];
 
     pub fn name(self) -> &'static str {
@@ -121,6 +129,8 @@ impl Bug {
             Bug::NoStoreDeadline => "no_store_deadline",
             Bug::UnboundedStream => "unbounded_stream",
             Bug::NoStoreWait => "no_store_wait",
+            Bug::SqliteSyncOff => "sqlite_sync_off",
+            Bug::PgFsyncOff => "pg_fsync_off",
         }
     }
 }

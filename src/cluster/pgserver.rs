@@ -10,10 +10,16 @@ use std::process::Command;
 pub struct PgServer {
     bin: PathBuf,
     dir: PathBuf,
+    /// The data directory (`dir/data` unless a disk of the chaos runner's
+    /// holds it).
+    data: PathBuf,
     pub port: u16,
     running: bool,
     /// Processes stopped by [`PgServer::freeze`], to continue.
     frozen: Vec<i32>,
+    /// fsync on: what it acknowledged survives a power cut (off, the
+    /// default, for speed where no fault loses unsynced writes).
+    durable: bool,
 }
 
 fn find_bin() -> Option<PathBuf> {
@@ -56,7 +62,7 @@ impl PgServer {
     pub fn start() -> Result<PgServer> {
         let dir =
             std::env::temp_dir().join(format!("vigil-chaos-pg-{}", uuid::Uuid::now_v7().simple()));
-        Self::start_in(dir, None)
+        Self::start_in(dir, None, None, false)
     }
 
     /// The uid and gid the server runs as (`postgres` when this process is
@@ -72,7 +78,14 @@ impl PgServer {
     /// [`PgServer::start`] with its files (data directory, log, socket) in
     /// `dir` and, when given, its WAL in `waldir` (each may be a disk of
     /// the chaos runner's, which storage faults fill).
-    pub fn start_in(dir: PathBuf, waldir: Option<PathBuf>) -> Result<PgServer> {
+    /// `data`: the data directory when it is not `dir/data` (the socket
+    /// and the log stay in `dir`: a FUSE layer serves no sockets).
+    pub fn start_in(
+        dir: PathBuf,
+        data: Option<PathBuf>,
+        waldir: Option<PathBuf>,
+        durable: bool,
+    ) -> Result<PgServer> {
         let bin = find_bin().context(
             "no PostgreSQL server binaries found (install Debian's postgresql package, or set VIGIL_PG_BIN)",
         )?;
@@ -84,21 +97,21 @@ impl PgServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        let data = data.unwrap_or_else(|| dir.join("data"));
         let mut s = PgServer {
             bin,
             dir,
+            data,
             port,
             running: false,
             frozen: Vec::new(),
+            durable,
         };
         let mut initdb = s.cmd("initdb");
-        initdb.arg("-D").arg(s.dir.join("data")).args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "--no-sync",
-        ]);
+        initdb
+            .arg("-D")
+            .arg(s.data.clone())
+            .args(["-U", "postgres", "-A", "trust", "--no-sync"]);
         if let Some(w) = &waldir {
             initdb.arg(format!("--waldir={}", w.join("pg_wal").display()));
         }
@@ -116,14 +129,15 @@ impl PgServer {
 
     pub fn start_again(&mut self) -> Result<()> {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync={}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            if self.durable { "on" } else { "off" }
         );
         let out = self
             .cmd("pg_ctl")
             .arg("-D")
-            .arg(self.dir.join("data"))
+            .arg(self.data.clone())
             .arg("-l")
             .arg(self.dir.join("server.log"))
             .args(["-w", "-t", "60", "-o", &opts, "start"])
@@ -144,7 +158,7 @@ impl PgServer {
     pub fn is_running(&self) -> bool {
         self.cmd("pg_ctl")
             .arg("-D")
-            .arg(self.dir.join("data"))
+            .arg(self.data.clone())
             .arg("status")
             .output()
             .is_ok_and(|o| o.status.success())
@@ -155,7 +169,7 @@ impl PgServer {
         let out = self
             .cmd("pg_ctl")
             .arg("-D")
-            .arg(self.dir.join("data"))
+            .arg(self.data.clone())
             .args(["-m", "immediate", "-w", "stop"])
             .output()
             .context("running pg_ctl stop")?;
@@ -177,7 +191,7 @@ impl PgServer {
     pub fn freeze(&mut self) -> Result<usize> {
         use nix::sys::signal::{Signal, kill};
         use nix::unistd::Pid;
-        let pidfile = self.dir.join("data").join("postmaster.pid");
+        let pidfile = self.data.clone().join("postmaster.pid");
         let text = std::fs::read_to_string(&pidfile)
             .with_context(|| format!("reading {}", pidfile.display()))?;
         let master: i32 = text

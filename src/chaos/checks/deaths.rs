@@ -195,7 +195,10 @@ pub(super) fn no_false_deaths(ev: &Evidence) -> Outcome {
                     )
                     && !f.on_client_link()
                     || f.pod.as_deref() == Some(pod) && super::gray::cuts_lease(ev, f)
-                    || f.action == Action::StoreOutage)
+                    || f.action == Action::StoreOutage
+                    // A power cut kills every SQLite pod (and a PostgreSQL
+                    // server ends every session with it).
+                    || f.action == Action::LoseUnsynced)
         })
     };
     let mut out = Vec::new();

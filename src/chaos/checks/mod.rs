@@ -21,6 +21,7 @@
 
 mod consumer;
 mod deaths;
+mod durable;
 mod executions;
 mod explained;
 mod gray;
@@ -549,6 +550,7 @@ pub fn run_all(
                 CheckName::SelfFenced => gray::self_fenced(ev),
                 CheckName::ConsumerIsolated => consumer::consumer_isolated(ev, workflows),
                 CheckName::OutcomesExplained => explained::outcomes_explained(ev, workflows),
+                CheckName::DurableAcks => durable::durable_acks(ev),
             });
             CheckResult {
                 name,

@@ -43,7 +43,8 @@ pub(super) fn no_healthy_reaped(ev: &Evidence) -> Outcome {
                         || f.run_id.as_deref() == Some(a.run.id.as_str())
                             && f.action == Action::RowLock
                         || f.action == Action::StoreFreeze
-                        || f.action == Action::StoreOutage)
+                        || f.action == Action::StoreOutage
+                        || f.action == Action::LoseUnsynced)
             });
             if !hurt {
                 out.push(format!(

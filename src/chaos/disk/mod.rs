@@ -26,6 +26,14 @@ pub struct StoreDisk {
     pub mib: u64,
     #[serde(default)]
     pub pg: PgPart,
+    /// The FUSE layer over the tmpfs (slow_disk, lose_unsynced): set when
+    /// a fault needs it.
+    #[serde(skip)]
+    pub fuse: bool,
+    /// The FUSE layer keeps writes until fsync from the start (a
+    /// lose_unsynced fault is planned).
+    #[serde(skip)]
+    pub buffered: bool,
 }
 
 impl Default for StoreDisk {
@@ -33,6 +41,8 @@ impl Default for StoreDisk {
         StoreDisk {
             mib: default_mib(),
             pg: PgPart::Data,
+            fuse: false,
+            buffered: false,
         }
     }
 }
@@ -58,11 +68,25 @@ pub enum PgPart {
 /// The prefix of every mount point this module makes.
 const PREFIX: &str = "vigil-disk-";
 
-/// A size-limited tmpfs of the runner's, and the ballast that fills it.
-#[derive(Debug)]
+/// A size-limited tmpfs of the runner's, the ballast that fills it, and
+/// optionally the FUSE layer over it (slow_disk, lose_unsynced) through
+/// which the store reaches its files.
 pub struct Tmpfs {
     path: PathBuf,
     ballast: Mutex<Option<PathBuf>>,
+    fuse: Option<crate::chaos::fuse::FuseDisk>,
+}
+
+impl std::fmt::Debug for Tmpfs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tmpfs")
+            .field("path", &self.path)
+            .field(
+                "fuse",
+                &self.fuse.as_ref().map(|d| d.mountpoint().to_owned()),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a fill or a drain left: the ballast's size and the space left.
@@ -111,11 +135,44 @@ impl Tmpfs {
         Ok(Tmpfs {
             path,
             ballast: Mutex::new(None),
+            fuse: None,
         })
     }
 
+    /// Put the FUSE layer over the tmpfs, mounted beside it: the store's
+    /// files are reached through [`Tmpfs::store_dir`] from now on. With
+    /// `buffered`, written data stays in the layer until fsync (so that a
+    /// later lose_unsynced can drop it).
+    pub fn with_fuse(mut self, buffered: bool) -> Result<Tmpfs> {
+        let point = self.path.with_file_name(format!(
+            "{}-fuse",
+            self.path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("disk")
+        ));
+        std::fs::create_dir_all(&point)
+            .with_context(|| format!("creating the mount point {}", point.display()))?;
+        let disk = crate::chaos::fuse::FuseDisk::mount(&self.path, &point)?;
+        disk.set_buffered(buffered);
+        self.fuse = Some(disk);
+        Ok(self)
+    }
+
+    /// The tmpfs itself (where the ballast goes).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the store's files live: through the FUSE layer when there is
+    /// one, else on the tmpfs.
+    pub fn store_dir(&self) -> &Path {
+        self.fuse.as_ref().map_or(&self.path, |d| d.mountpoint())
+    }
+
+    /// The FUSE layer, when there is one.
+    pub fn fuse(&self) -> Option<&crate::chaos::fuse::FuseDisk> {
+        self.fuse.as_ref()
     }
 
     pub fn usage(&self) -> Result<Usage> {
@@ -179,6 +236,13 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
+        if let Some(fuse) = self.fuse.take() {
+            let point = fuse.mountpoint().to_owned();
+            if let Err(e) = fuse.unmount() {
+                tracing::warn!(error = %e, "could not unmount the FUSE layer");
+            }
+            let _ = std::fs::remove_dir(point);
+        }
         if let Err(e) = self.drain() {
             tracing::warn!(error = %e, "could not delete the ballast");
         }

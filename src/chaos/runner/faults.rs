@@ -192,6 +192,8 @@ async fn fire(shared: &Shared, scn: &Scenario, f: &PlannedFault) -> Result<()> {
         Action::StoreOutage => store_outage(shared, f).await,
         Action::StoreFreeze => store_freeze(shared, f).await,
         Action::DiskFull => disk_full(shared, f).await,
+        Action::SlowDisk => slow_disk(shared, f).await,
+        Action::LoseUnsynced => lose_unsynced(shared).await,
         Action::RowLock => row_lock(shared, f, p, run_id).await,
         Action::ClockSkew => clock_skew(shared, f, p).await,
         Action::WriteLock => write_lock(shared, f, p).await,
@@ -425,6 +427,69 @@ async fn disk_full(shared: &Shared, f: &PlannedFault) -> Result<()> {
     shared.history.record(
         "heal",
         json!({ "action": "disk_drained", "server_restarted": restarted, "usage": disk.usage()? }),
+    );
+    Ok(())
+}
+
+/// The FUSE layer over the store's disk, for the faults that need it.
+fn fuse_of(shared: &Shared) -> Result<&crate::chaos::fuse::FuseDisk> {
+    shared
+        .disk
+        .as_deref()
+        .and_then(crate::chaos::disk::Tmpfs::fuse)
+        .context("this fault needs the store's files behind the runner's FUSE layer")
+}
+
+/// Every write, fsync and fdatasync on the store's disk waits `delay_ms`
+/// for the fault's duration.
+async fn slow_disk(shared: &Shared, f: &PlannedFault) -> Result<()> {
+    let fuse = fuse_of(shared)?;
+    let delay = Duration::from_millis(f.delay_ms.unwrap_or(0));
+    fuse.set_delay(delay);
+    tokio::time::sleep(hold(f)).await;
+    fuse.set_delay(Duration::ZERO);
+    shared.history.record(
+        "heal",
+        json!({ "action": "disk_fast_again", "stats": fuse.stats() }),
+    );
+    Ok(())
+}
+
+/// A power cut: every holder of the store's files is killed (the pods on
+/// SQLite, the server on PostgreSQL), what was written and never fsynced
+/// is lost, and the holders start again.
+async fn lose_unsynced(shared: &Shared) -> Result<()> {
+    let fuse = fuse_of(shared)?;
+    let mut killed = Vec::new();
+    if let Some(pg) = &shared.pg {
+        pg.lock().await.stop()?;
+    } else {
+        let mut c = shared.cluster.lock().await;
+        let live: Vec<String> = c.live_urls().into_iter().map(|(id, _)| id).collect();
+        for id in live {
+            c.kill(&id).await?;
+            killed.push(id);
+        }
+    }
+    shared.refresh_live().await;
+    let lost = fuse.lose_unsynced();
+    shared.history.record(
+        "power_cut",
+        json!({ "killed": killed, "server": shared.pg.is_some(), "lost": lost }),
+    );
+    if let Some(pg) = &shared.pg {
+        pg.lock().await.start_again()?;
+    }
+    {
+        let mut c = shared.cluster.lock().await;
+        for id in &killed {
+            c.start_pod(id, &[]).await?;
+        }
+    }
+    shared.refresh_live().await;
+    shared.history.record(
+        "heal",
+        json!({ "action": "power_restored", "restarted": killed }),
     );
     Ok(())
 }

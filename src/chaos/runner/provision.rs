@@ -97,8 +97,11 @@ pub(super) async fn store(
     let target = match (choice, kind) {
         (_, StoreKind::Sqlite) => match store_disk {
             Some(d) => {
-                let t = Tmpfs::mount(d.mib, None)?;
-                let db = t.path().join("store.db").display().to_string();
+                let mut t = Tmpfs::mount(d.mib, None)?;
+                if d.fuse {
+                    t = t.with_fuse(d.buffered)?;
+                }
+                let db = t.store_dir().join("store.db").display().to_string();
                 disk = Some(t);
                 db
             }
@@ -127,17 +130,33 @@ pub(super) async fn store(
             let server = match store_disk {
                 None => tokio::task::spawn_blocking(PgServer::start).await??,
                 Some(d) => {
-                    let t = Tmpfs::mount(d.mib, PgServer::owner()?)?;
-                    let at = t.path().to_owned();
+                    let mut t = Tmpfs::mount(d.mib, PgServer::owner()?)?;
+                    if d.fuse {
+                        t = t.with_fuse(false)?;
+                    }
+                    let at = t.store_dir().to_owned();
+                    // A power cut is judged on what the server said it
+                    // made durable: fsync on (off only as the bug that
+                    // durable_acks must catch).
+                    let durable = d.buffered && !crate::faults::on(crate::faults::Bug::PgFsyncOff);
+                    let own_dir = || {
+                        std::env::temp_dir()
+                            .join(format!("vigil-chaos-pg-{}", uuid::Uuid::now_v7().simple()))
+                    };
                     let start = move || match d.pg {
-                        PgPart::Data => PgServer::start_in(at, None),
-                        PgPart::Wal => PgServer::start_in(
-                            std::env::temp_dir()
-                                .join(format!("vigil-chaos-pg-{}", uuid::Uuid::now_v7().simple())),
-                            Some(at),
-                        ),
+                        PgPart::Data => {
+                            PgServer::start_in(own_dir(), Some(at.join("data")), None, durable)
+                        }
+                        PgPart::Wal => PgServer::start_in(own_dir(), None, Some(at), durable),
                     };
                     let server = tokio::task::spawn_blocking(start).await??;
+                    // Writes are kept until fsync from here on: initdb
+                    // (`--no-sync`) wrote the cluster straight through.
+                    if let Some(f) = t.fuse()
+                        && d.buffered
+                    {
+                        f.set_buffered(true);
+                    }
                     disk = Some(t);
                     server
                 }

@@ -71,6 +71,15 @@ pub enum Action {
     /// store's files on a size-limited tmpfs of its own (`[cluster]
     /// store_disk`) and fills it with a ballast file; the heal deletes it.
     DiskFull,
+    /// Every write, fsync and fdatasync on the store's disk waits
+    /// `delay_ms` first, for `duration_ms` (the FUSE layer; a degraded
+    /// volume).
+    SlowDisk,
+    /// A power cut: every holder of the store's files (the SQLite pods, or
+    /// the PostgreSQL server) is killed, whatever they wrote and never
+    /// fsynced is lost (the FUSE layer, LazyFS's model), and they start
+    /// again.
+    LoseUnsynced,
 }
 
 impl Action {
@@ -98,6 +107,8 @@ impl Action {
             Action::HalfOpen => "half_open",
             Action::Loss => "loss",
             Action::DiskFull => "disk_full",
+            Action::SlowDisk => "slow_disk",
+            Action::LoseUnsynced => "lose_unsynced",
         }
     }
 }
@@ -108,13 +119,25 @@ impl Action {
     pub fn on_store(self) -> bool {
         matches!(
             self,
-            Action::StoreOutage | Action::StoreFreeze | Action::DiskFull
+            Action::StoreOutage
+                | Action::StoreFreeze
+                | Action::DiskFull
+                | Action::SlowDisk
+                | Action::LoseUnsynced
         )
     }
 
     /// A fault on the store's disk, which must be one of the runner's.
     pub fn needs_disk(self) -> bool {
-        matches!(self, Action::DiskFull)
+        matches!(
+            self,
+            Action::DiskFull | Action::SlowDisk | Action::LoseUnsynced
+        )
+    }
+
+    /// A fault on the store's disk that needs the FUSE layer over it.
+    pub fn needs_fuse(self) -> bool {
+        matches!(self, Action::SlowDisk | Action::LoseUnsynced)
     }
 
     /// A fault on a link the runner's proxy or nftables controls.

@@ -145,6 +145,8 @@ pub struct FaultCfg {
     pub value: Option<bool>,
     /// For clock_skew: how far the pod's wall clock is stepped (ms).
     pub offset_ms: Option<i64>,
+    /// For slow_disk: how long each write and fsync waits (ms).
+    pub delay_ms: Option<u64>,
     /// For the link faults: which link and how (see [`LinkCfg`]).
     pub link: Option<Spanned<LinkCfg>>,
 }
@@ -166,10 +168,11 @@ pub enum CheckName {
     SelfFenced,
     ConsumerIsolated,
     OutcomesExplained,
+    DurableAcks,
 }
 
 impl CheckName {
-    pub const ALL: [CheckName; 14] = [
+    pub const ALL: [CheckName; 15] = [
         CheckName::TerminalOnce,
         CheckName::NoGhosts,
         CheckName::StreamExactlyOnce,
@@ -184,6 +187,7 @@ impl CheckName {
         CheckName::SelfFenced,
         CheckName::ConsumerIsolated,
         CheckName::OutcomesExplained,
+        CheckName::DurableAcks,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -202,6 +206,7 @@ impl CheckName {
             CheckName::SelfFenced => "self_fenced",
             CheckName::ConsumerIsolated => "consumer_isolated",
             CheckName::OutcomesExplained => "outcomes_explained",
+            CheckName::DurableAcks => "durable_acks",
         }
     }
 
@@ -240,6 +245,9 @@ impl CheckName {
             }
             CheckName::OutcomesExplained => {
                 "a run ends succeeded unless its definition or the faults that hit it explain otherwise"
+            }
+            CheckName::DurableAcks => {
+                "what a client was told (a submission, an ending, a finished stream) survives a power cut"
             }
         }
     }
@@ -693,11 +701,25 @@ impl Scenario {
                     ));
                 }
             }
-            if action == Action::DiskFull && f.duration_ms.is_none() {
+            if action == Action::SlowDisk && f.delay_ms.is_none_or(|d| d == 0) {
+                return Err(err(
+                    span,
+                    &field("delay_ms"),
+                    "slow_disk needs delay_ms above 0 (how long each write and fsync waits)".into(),
+                ));
+            }
+            if action != Action::SlowDisk && f.delay_ms.is_some() {
+                return Err(err(
+                    span,
+                    &field("delay_ms"),
+                    "only slow_disk takes delay_ms".into(),
+                ));
+            }
+            if matches!(action, Action::DiskFull | Action::SlowDisk) && f.duration_ms.is_none() {
                 return Err(err(
                     span,
                     &field("duration_ms"),
-                    "disk_full needs duration_ms (how long the disk stays full)".into(),
+                    format!("{} needs duration_ms", action.as_str()),
                 ));
             }
             if action == Action::WriteLock {
@@ -782,12 +804,23 @@ impl Scenario {
             lanes,
             switches: raw.cluster.switches,
             target,
-            store_disk: raw.cluster.store_disk.or_else(|| {
-                raw.faults
-                    .iter()
-                    .any(|f| f.action.get_ref().needs_disk())
-                    .then(crate::chaos::disk::StoreDisk::default)
-            }),
+            store_disk: raw
+                .cluster
+                .store_disk
+                .or_else(|| {
+                    raw.faults
+                        .iter()
+                        .any(|f| f.action.get_ref().needs_disk())
+                        .then(crate::chaos::disk::StoreDisk::default)
+                })
+                .map(|d| crate::chaos::disk::StoreDisk {
+                    fuse: d.fuse || raw.faults.iter().any(|f| f.action.get_ref().needs_fuse()),
+                    buffered: raw
+                        .faults
+                        .iter()
+                        .any(|f| *f.action.get_ref() == Action::LoseUnsynced),
+                    ..d
+                }),
             workloads: raw.workloads,
             faults: raw.faults,
             checks: raw.checks,

@@ -46,6 +46,9 @@ pub struct PlannedFault {
     pub restart_after_ms: Option<u64>,
     pub switch: Option<(String, bool)>,
     pub offset_ms: Option<i64>,
+    /// slow_disk: how long each write and fsync waits (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
     /// A link fault's link and parameters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<super::LinkSpec>,
@@ -160,6 +163,7 @@ impl Scenario {
                     duration_ms: f.duration_ms,
                     restart_after_ms: f.restart_after_ms,
                     offset_ms: f.offset_ms,
+                    delay_ms: f.delay_ms,
                     link: f
                         .action
                         .get_ref()

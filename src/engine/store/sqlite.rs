@@ -126,7 +126,11 @@ pub fn connect_options(path: &Path, create: bool) -> SqliteConnectOptions {
         .filename(path)
         .create_if_missing(create)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
+        .synchronous(if crate::faults::on(crate::faults::Bug::SqliteSyncOff) {
+            SqliteSynchronous::Off
+        } else {
+            SqliteSynchronous::Full
+        })
         .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true)
 }
