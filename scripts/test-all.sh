@@ -26,6 +26,14 @@ if ! command -v nft >/dev/null 2>&1 && [ ! -x /usr/sbin/nft ]; then
     apt-get update -qq
     apt-get install -y -qq nftables >/dev/null
 fi
+# chaos::fuse (storage faults) mounts FUSE filesystems: /dev/fuse, and
+# fusermount3 (Debian's fuse3) for unmounting when the mount syscall is refused.
+if ! command -v fusermount3 >/dev/null 2>&1; then
+    log "fusermount3 not found: installing fuse3 from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq fuse3 >/dev/null
+fi
 log "DBOS Transact for the target scenarios (scripts/install-dbos.sh: target/dbos-venv, pinned)"
 ./scripts/install-dbos.sh
 log "cargo fmt --check"

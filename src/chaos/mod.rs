@@ -413,6 +413,20 @@ async fn clean(args: CleanArgs) -> Result<()> {
         eprintln!("note: nft tables and store disks not swept (that needs root)");
         Ok(())
     };
+    // FUSE mounts of storage faults whose runner is gone (unreadable,
+    // "Transport endpoint is not connected"): only root mounted them.
+    let fuse = if nix::unistd::geteuid().is_root() {
+        fuse::sweep().map(|mounts| {
+            for m in mounts {
+                println!("unmounted FUSE mount {}", m.display());
+            }
+        })
+    } else {
+        Ok(())
+    };
+    if let Err(e) = &fuse {
+        eprintln!("error: {}", crate::errors::report(e));
+    }
     let docker = clean_docker(args).await;
     match (nft, docker) {
         (Ok(()), docker) => docker,

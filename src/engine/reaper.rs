@@ -9,7 +9,11 @@
 //! A store that hangs instead of failing (a frozen server, a stuck disk:
 //! every statement waits, none errors) is an outage too: a call that took
 //! longer than a quarter of that timeout starts the watch again, because
-//! the owners' heartbeats were waiting behind the same hang.
+//! the owners' heartbeats were waiting behind the same hang. So does this
+//! pod's own lease running short: its renew is a write, and reads (what the
+//! watch makes) can be quick while writes queue for minutes behind a slow
+//! disk (SQLite's one write lock under a 150 ms fsync reaped healthy runs,
+//! `slow-fsync`).
 
 use super::Engine;
 use super::switches::REAPER_ENABLED;
@@ -90,6 +94,14 @@ impl Reaper {
         let engine = self.engine.clone();
         let (store, pod_id) = (&engine.store, &engine.config.pod_id);
         let now = engine.clock.now_ms();
+        if !engine.config.lease.holds() {
+            // Our own renew (a write) did not land in time: writes are not
+            // getting through steadily (a slow or saturated disk, a slow
+            // link), and a heartbeat missing now says as little as ours
+            // would. Watch a full heartbeat timeout of steady writes first.
+            self.watching_since_ms = now;
+            return out;
+        }
         if now.saturating_sub(self.watching_since_ms) < self.watch_for_ms {
             // Still earning the right to call a heartbeat missing; a cheap
             // read tells whether the store is there at all.

@@ -36,6 +36,8 @@ const TTL: Duration = Duration::from_secs(1);
 pub(super) struct Inodes {
     by_key: HashMap<(u64, u64), u64>,
     paths: HashMap<u64, PathBuf>,
+    /// Unlinked (no name left) but maybe still open.
+    orphans: std::collections::HashSet<u64>,
     next: u64,
 }
 
@@ -94,6 +96,7 @@ impl Inodes {
             self.paths.remove(&ino);
             if meta.nlink() <= 1 || meta.is_dir() {
                 self.by_key.remove(&key);
+                self.orphans.insert(ino);
             }
         }
         Some(ino)
@@ -433,16 +436,25 @@ impl PassFs {
         } else {
             std::fs::remove_file(&path)?;
         }
+        // (bound first: an `if let` would hold the inodes lock in its body)
         let ino = lock(&self.shared.inodes).gone(&path, &m);
-        // A removed file nobody has open: its cached data can never be
-        // read or synced again.
-        if let Some(ino) = ino
-            && m.nlink() <= 1
-            && !lock(&self.shared.files).values().any(|f| f.ino == ino)
-        {
-            lock(&self.shared.buffers).dirty.remove(&ino);
+        if let Some(ino) = ino {
+            self.reap(ino);
         }
         Ok(())
+    }
+
+    /// A removed file nobody has open any more: its cached data can never
+    /// be read or synced again (the kernel releases files after close(2)
+    /// returns, so this runs at unlink and at release).
+    fn reap(&self, ino: u64) {
+        let orphan = lock(&self.shared.inodes).orphans.contains(&ino);
+        let open = lock(&self.shared.files).values().any(|f| f.ino == ino);
+        if !orphan || open {
+            return;
+        }
+        lock(&self.shared.inodes).orphans.remove(&ino);
+        lock(&self.shared.buffers).dirty.remove(&ino);
     }
 
     fn do_mkdir(
@@ -682,7 +694,10 @@ impl Filesystem for PassFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        lock(&self.shared.files).remove(&fh.0);
+        let gone = lock(&self.shared.files).remove(&fh.0);
+        if let Some(f) = gone {
+            self.reap(f.ino);
+        }
         reply.ok();
     }
 
