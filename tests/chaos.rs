@@ -150,8 +150,8 @@ fn snapshot_all(store: &str, label: &str) {
     )
     .unwrap();
     assert!(
-        files.len() >= 28,
-        "ship at least the twenty-eight scenarios (row-lock-orphan, frozen-in-transaction, \
+        files.len() >= 30,
+        "ship at least the thirty scenarios (row-lock-orphan, frozen-in-transaction, \
          clock-skew and the gray failures among them)"
     );
     let mut failures = Vec::new();
@@ -608,6 +608,30 @@ mod teeth {
             "no_store_wait",
             "outcomes_explained",
             "had to succeed",
+        );
+    }
+
+    #[test]
+    fn sqlite_sync_off_is_caught_by_durable_acks() {
+        // A power cut that drops every write never fsynced: SQLite with
+        // synchronous=OFF acknowledged commits that were never on disk.
+        super::teeth_on(
+            &["sqlite"],
+            "power-loss",
+            "sqlite_sync_off",
+            "durable_acks",
+            "no longer answers",
+        );
+    }
+
+    #[test]
+    fn pg_fsync_off_is_caught_by_durable_acks() {
+        // The same power cut under a PostgreSQL server with fsync=off.
+        teeth_pg(
+            "power-loss",
+            "pg_fsync_off",
+            "durable_acks",
+            "no longer answers",
         );
     }
 

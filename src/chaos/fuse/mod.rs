@@ -388,6 +388,11 @@ impl FuseDisk {
         };
         self.set_delay(Duration::ZERO);
         self.set_buffered(false);
+        // The kernel's name for this connection (fusectl), read while the
+        // mount still answers.
+        let conn = nix::sys::stat::stat(&self.mountpoint)
+            .ok()
+            .map(|st| nix::sys::stat::minor(st.st_dev));
         use nix::mount::{MntFlags, umount2};
         match umount2(&self.mountpoint, MntFlags::empty()) {
             Ok(()) => session
@@ -397,8 +402,16 @@ impl FuseDisk {
                 umount2(&self.mountpoint, MntFlags::MNT_DETACH).with_context(|| {
                     format!("detaching the busy mount {}", self.mountpoint.display())
                 })?;
-                tracing::warn!(mountpoint = %self.mountpoint.display(), "fuse: mount busy, detached lazily");
-                // Its threads serve the remaining users until they close.
+                tracing::warn!(mountpoint = %self.mountpoint.display(), "fuse: mount busy, detached lazily; aborting its connection");
+                // Abort the connection: whatever still uses the mount gets
+                // an error instead of a server. Without it, a process with
+                // a file of the mount mapped (SQLite's -shm) whose own
+                // threads serve the mount hangs for good in its exit
+                // (exit_mmap waits for a writeback no thread is left to
+                // serve: an unkillable zombie, seen here).
+                if let Some(c) = conn {
+                    abort_connection(c);
+                }
                 drop(session);
                 Ok(())
             }
@@ -407,6 +420,25 @@ impl FuseDisk {
                 Err(e).with_context(|| format!("unmounting {}", self.mountpoint.display()))
             }
         }
+    }
+}
+
+/// Abort FUSE connection `conn` through fusectl (mounted here if it is
+/// not yet): every request pending or to come fails at once.
+fn abort_connection(conn: u64) {
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    if !ctl.join(conn.to_string()).exists() {
+        let _ = nix::mount::mount(
+            Some("fusectl"),
+            ctl,
+            Some("fusectl"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+    let abort = ctl.join(conn.to_string()).join("abort");
+    if let Err(e) = std::fs::write(&abort, "1") {
+        tracing::warn!(path = %abort.display(), error = %e, "fuse: could not abort the connection");
     }
 }
 
@@ -481,11 +513,31 @@ fn running(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
     };
+    // A zombie serves nothing: one stuck in its exit behind its own mount
+    // is exactly what the sweep must free.
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false);
     raw > 0
+        && !zombie
         && !matches!(
             kill(Pid::from_raw(raw), None),
             Err(nix::errno::Errno::ESRCH)
         )
+}
+
+/// The FUSE connection (fusectl's name: the device's minor) of the mount
+/// at `mountpoint`, from mountinfo's `major:minor` field.
+fn conn_of(mountinfo: &str, mountpoint: &Path) -> Option<u64> {
+    mountinfo.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let dev = f.nth(2)?;
+        let mp = f.nth(1)?;
+        (Path::new(&unescape(mp)) == mountpoint)
+            .then(|| dev.split_once(':')?.1.parse().ok())
+            .flatten()
+    })
 }
 
 /// Unmount (lazily: `umount2(MNT_DETACH)`, which also clears a mount left
@@ -504,6 +556,11 @@ pub fn sweep() -> Result<Vec<PathBuf>> {
     for m in mounts {
         if running(m.pid) {
             continue;
+        }
+        // Pending requests fail at once (a process stuck in its exit
+        // behind them goes), then the mount itself.
+        if let Some(c) = conn_of(&text, &m.mountpoint) {
+            abort_connection(c);
         }
         let detached = nix::mount::umount2(&m.mountpoint, nix::mount::MntFlags::MNT_DETACH);
         if detached.is_err() {
