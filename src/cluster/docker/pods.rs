@@ -392,19 +392,26 @@ impl DockerPods {
         Ok((took < Duration::from_secs(u64::try_from(secs).unwrap_or(1))).then_some(took))
     }
 
-    /// The host pid of the container's init process while it runs (what
-    /// `nsenter -t PID -n` enters to reach the container's network
-    /// namespace), or None when it is not running.
-    pub async fn init_pid(&self, pod: &str) -> Result<Option<u32>, DockerError> {
+    /// The pod's container, as Docker describes it now.
+    async fn inspect(
+        &self,
+        pod: &str,
+    ) -> Result<bollard::models::ContainerInspectResponse, DockerError> {
         let id = self.resolve(pod).await?;
-        let info = self
-            .docker
+        self.docker
             .inspect_container(&id, None)
             .await
             .map_err(|source| DockerError::InspectContainer {
                 name: self.name(pod),
                 source,
-            })?;
+            })
+    }
+
+    /// The host pid of the container's init process while it runs (what
+    /// `nsenter -t PID -n` enters to reach the container's network
+    /// namespace), or None when it is not running.
+    pub async fn init_pid(&self, pod: &str) -> Result<Option<u32>, DockerError> {
+        let info = self.inspect(pod).await?;
         Ok(info
             .state
             .filter(|s| s.running == Some(true))
@@ -418,15 +425,7 @@ impl DockerPods {
     /// without the userland proxy of a published port; None when it has
     /// none (not running, or cut off).
     pub async fn network_addr(&self, pod: &str) -> Result<Option<String>, DockerError> {
-        let id = self.resolve(pod).await?;
-        let info = self
-            .docker
-            .inspect_container(&id, None)
-            .await
-            .map_err(|source| DockerError::InspectContainer {
-                name: self.name(pod),
-                source,
-            })?;
+        let info = self.inspect(pod).await?;
         Ok(info
             .network_settings
             .and_then(|n| n.networks)
