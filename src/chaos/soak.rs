@@ -71,12 +71,22 @@ pub fn round_toml(round: u64, seed: u64, gray: Gray, disk: bool) -> String {
         };
         let k = rng.random_range(0..kinds + u32::from(disk));
         if disk && k == kinds {
-            // The store's disk full for a while, then space back.
-            let _ = write!(
-                s,
-                "action = \"disk_full\"\nduration_ms = {}\n",
-                rng.random_range(1000..5000)
-            );
+            if rng.random_bool(0.5) {
+                // The store's disk full for a while, then space back.
+                let _ = write!(
+                    s,
+                    "action = \"disk_full\"\nduration_ms = {}\n",
+                    rng.random_range(1000..5000)
+                );
+            } else {
+                // A degraded volume: every write and fsync slower.
+                let _ = write!(
+                    s,
+                    "action = \"slow_disk\"\nduration_ms = {}\ndelay_ms = {}\n",
+                    rng.random_range(1000..5000),
+                    rng.random_range(20..150)
+                );
+            }
             continue;
         }
         match k {
@@ -294,7 +304,8 @@ mod tests {
                         .iter()
                         .any(|a| t.contains(&format!("action = \"{a}\"")));
                     assert!(gray != Gray::None || !has_gray, "{t}");
-                    let has_disk = t.contains("action = \"disk_full\"");
+                    let has_disk = t.contains("action = \"disk_full\"")
+                        || t.contains("action = \"slow_disk\"");
                     assert!(disk || !has_disk, "{t}");
                     drew_gray |= has_gray;
                     drew_disk |= has_disk;
