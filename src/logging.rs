@@ -1,12 +1,17 @@
 //! Logging set-up for every face of the binary: `tracing` to stderr,
-//! filtered by `VIGIL_LOG` (default `warn`). Colour only when stderr is a
+//! filtered by `VIGIL_LOG` (default `warn`, with the FUSE library's own
+//! messages off). Colour only when stderr is a
 //! terminal and `NO_COLOR` is unset or empty: pod logs redirected to a file
 //! (the chaos runner's, the demo's, a service manager's) stay plain text.
 
 /// Install the stderr subscriber once; a second call is a no-op.
 pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // fuser (the chaos runner's FUSE layer) logs every request it
+        // answers "not implemented" (xattrs the kernel asks for) and every
+        // reply to a process killed mid-request (a power cut) as warnings
+        // and errors: off, unless VIGIL_LOG asks for them.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
