@@ -59,7 +59,8 @@ pub enum ChaosCmd {
     Image(ImageCmd),
     /// Remove the containers, networks and volumes the docker driver left
     /// (by label), e.g. after a runner was killed with SIGKILL, and the
-    /// nftables tables of packet faults whose runner is gone.
+    /// nftables tables of packet faults, the store disks (tmpfs) and FUSE
+    /// mounts of storage faults, whose runner is gone.
     Clean(CleanArgs),
 }
 
