@@ -539,22 +539,6 @@ mod teeth {
     use super::{teeth, teeth_pg};
 
     #[test]
-    fn stalling_claims_are_caught_by_no_healthy_reaped() {
-        // One locked row holds every survivor's claim, and their liveness
-        // renew behind it. Once that made each declare the other dead
-        // (issue 14, item 4); since a free lock with a lapsed lease is no
-        // death to a prober whose own renewals stalled, the pods instead
-        // fence themselves for the whole hold, their runs stop beating,
-        // and the reaper times healthy runs out.
-        teeth_pg(
-            "row-lock-orphan",
-            "stalling_claims",
-            "no_healthy_reaped",
-            "reaped on lane",
-        );
-    }
-
-    #[test]
     fn lock_release_is_death_is_caught_by_no_false_deaths() {
         // The database frozen 6 s under a 1 s liveness timeout: at the thaw
         // the server ends every idle liveness session at once, and a prober

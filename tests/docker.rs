@@ -339,7 +339,7 @@ fn images_build_from_local_files() {
     assert!(text.contains("vigil-postgres:"), "{text}");
 }
 
-/// The teeth on the Docker driver: pod death, partition, a locked row, a
+/// The teeth on the Docker driver: pod death, partition, a
 /// skewed clock, a slow consumer, a laggy and a half-open store link and a
 /// frozen database container, each with a bug switched on in the pod
 /// containers, caught by the check meant for it.
@@ -363,15 +363,6 @@ fn docker_teeth_catch_their_bugs() {
             "death_detected",
             // Nobody probes it dead: at best it finds out itself, after the cut.
             "recorded dead",
-        ),
-        (
-            "scenarios/docker/row-lock-orphan.toml",
-            "stalling_claims",
-            // The stalled pods fence themselves for the whole hold (a free
-            // lock with a lapsed lease is no death to an unsteady prober),
-            // and their healthy runs stop beating.
-            "no_healthy_reaped",
-            "reaped on lane",
         ),
         (
             "scenarios/docker/slow-consumer.toml",

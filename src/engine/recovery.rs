@@ -18,8 +18,10 @@
 //! ([`Renewals`]): if our own renew could not get through (a peer paused
 //! while holding the database's write lock, a stalled disk, or this pod
 //! itself paused), the peer's could not either, and its lapsed lease says
-//! nothing about the peer. A lock released by a dead process still counts
-//! at once.
+//! nothing about the peer. A renew that landed but took longer than a
+//! quarter of the timeout is not steady either: a store that slow for us
+//! may be slower still for the peer. A lock released by a dead process
+//! still counts at once.
 
 use super::store::liveness::{Identity, Liveness, Membership, PodRow};
 use super::switches::RECOVERY_ENABLED;
@@ -358,7 +360,14 @@ async fn renew_loop(
             }
         };
         let now = Instant::now();
-        worker.record_renewal(now, matches!(renewed, Ok(true)), identity.timeout);
+        // A renew that landed but took longer than a quarter of the
+        // timeout (the self-fence margin) does not count as steady: a store
+        // that slow for us (a slow disk, SQLite's write lock queued behind
+        // other pods' commits) may be slower still for a peer, whose
+        // lapsed lease then says nothing (slow-fsync on SQLite declared a
+        // live pod dead when only landing counted).
+        let quick = now.saturating_duration_since(sent) <= identity.timeout / 4;
+        worker.record_renewal(now, matches!(renewed, Ok(true)) && quick, identity.timeout);
         match renewed {
             Ok(true) => {
                 lease.renewed(sent);
