@@ -276,6 +276,17 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
     if let Some(why) = provision::why_not_applicable(&plan, kind, &opts.store, driver) {
         return not_applicable(&scn, opts, kind, dir, why);
     }
+    if let Some(stores) = &scn.stores
+        && !stores.contains(&kind)
+    {
+        return not_applicable(
+            &scn,
+            opts,
+            kind,
+            dir,
+            "the scenario names the stores it judges ([cluster] stores), and this is not one",
+        );
+    }
     // Docker: the scenario's network and the pod image first; PostgreSQL
     // then runs as a container on that network (docs/docker.md says why).
     let docker_env = match driver {

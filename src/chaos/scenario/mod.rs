@@ -83,6 +83,9 @@ pub struct ClusterCfg {
     pub target: Option<Spanned<String>>,
     /// The store's files on a disk of the runner's (storage faults).
     pub store_disk: Option<crate::chaos::disk::StoreDisk>,
+    /// The stores this scenario judges (default: any): on another it is
+    /// not applicable.
+    pub stores: Option<Vec<StoreKind>>,
 }
 
 fn default_store() -> StoreKind {
@@ -242,6 +245,8 @@ pub struct Scenario {
     /// the runner's: as `[cluster] store_disk` says, else the default disk
     /// when a fault needs one.
     pub store_disk: Option<crate::chaos::disk::StoreDisk>,
+    /// `[cluster] stores`: the stores this scenario judges (None: any).
+    pub stores: Option<Vec<StoreKind>>,
 }
 
 pub fn pod_ids(n: u32) -> Vec<String> {
@@ -721,6 +726,7 @@ impl Scenario {
                         .any(|f| *f.action.get_ref() == Action::LoseUnsynced),
                     ..d
                 }),
+            stores: raw.cluster.stores,
             workloads: raw.workloads,
             faults: raw.faults,
             checks: raw.checks,
