@@ -322,23 +322,6 @@ fn write_fsync_latency_through_the_layer() {
     assert!(fused < Duration::from_millis(50), "{fused:?}");
 }
 
-/// The newest installed PostgreSQL server binaries (as src/cluster/pgserver.rs).
-fn pg_bin() -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    found.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    found.pop()
-}
-
 /// A PostgreSQL server run as `postgres` (via runuser) with its data
 /// directory on the mount, its socket and log beside it.
 struct Pg {
@@ -435,8 +418,10 @@ async fn postgres_on_the_mount_keeps_committed_rows_across_lost_unsynced_writes(
         return;
     }
     let _serial = serial();
-    let (Some(bin), Ok(Some(pg_user))) = (pg_bin(), nix::unistd::User::from_name("postgres"))
-    else {
+    let (Some(bin), Ok(Some(pg_user))) = (
+        vigil::cluster::pgserver::find_bin(),
+        nix::unistd::User::from_name("postgres"),
+    ) else {
         assert!(
             std::env::var_os("CI").is_none(),
             "no PostgreSQL server binaries or no postgres user"

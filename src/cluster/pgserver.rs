@@ -22,7 +22,8 @@ pub struct PgServer {
     durable: bool,
 }
 
-fn find_bin() -> Option<PathBuf> {
+/// The newest installed PostgreSQL server binaries (`VIGIL_PG_BIN` if set).
+pub fn find_bin() -> Option<PathBuf> {
     if let Ok(b) = std::env::var("VIGIL_PG_BIN") {
         return Some(PathBuf::from(b));
     }
@@ -60,9 +61,13 @@ impl PgServer {
 
     /// Initialize and start a server on a free loopback port.
     pub fn start() -> Result<PgServer> {
-        let dir =
-            std::env::temp_dir().join(format!("vigil-chaos-pg-{}", uuid::Uuid::now_v7().simple()));
-        Self::start_in(dir, None, None, false)
+        Self::start_in(Self::scratch_dir(), None, None, false)
+    }
+
+    /// A fresh directory name for a server's files (socket, log, and its
+    /// data directory unless placed elsewhere).
+    pub fn scratch_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("vigil-chaos-pg-{}", uuid::Uuid::now_v7().simple()))
     }
 
     /// The uid and gid the server runs as (`postgres` when this process is

@@ -139,15 +139,12 @@ pub(super) async fn store(
                     // made durable: fsync on (off only as the bug that
                     // durable_acks must catch).
                     let durable = d.buffered && !crate::faults::on(crate::faults::Bug::PgFsyncOff);
-                    let own_dir = || {
-                        std::env::temp_dir()
-                            .join(format!("vigil-chaos-pg-{}", uuid::Uuid::now_v7().simple()))
-                    };
+                    let dir = PgServer::scratch_dir();
                     let start = move || match d.pg {
                         PgPart::Data => {
-                            PgServer::start_in(own_dir(), Some(at.join("data")), None, durable)
+                            PgServer::start_in(dir, Some(at.join("data")), None, durable)
                         }
-                        PgPart::Wal => PgServer::start_in(own_dir(), None, Some(at), durable),
+                        PgPart::Wal => PgServer::start_in(dir, None, Some(at), durable),
                     };
                     let server = tokio::task::spawn_blocking(start).await??;
                     // Writes are kept until fsync from here on: initdb
