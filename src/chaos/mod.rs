@@ -392,42 +392,37 @@ async fn image_build(args: ImageBuildArgs) -> Result<()> {
 }
 
 async fn clean(args: CleanArgs) -> Result<()> {
-    // The packet-fault tables first, whatever happens to Docker after: a
+    // The host's leftovers first, whatever happens to Docker after: a
     // table a killed runner left keeps a port cut off on this host, Docker
     // or not. Only root can read them (or can have made them).
     let nft = if nix::unistd::geteuid().is_root() {
-        net::nft::sweep(args.all)
-            .map(|tables| {
-                for t in tables {
-                    println!("removed nft table {t}");
-                }
-            })
-            // And the store disks (tmpfs mounts) a killed runner left.
-            .and_then(|()| {
-                disk::sweep(args.all).map(|mounts| {
-                    for m in mounts {
-                        println!("unmounted store disk {}", m.display());
-                    }
-                })
-            })
-    } else {
-        eprintln!("note: nft tables and store disks not swept (that needs root)");
-        Ok(())
-    };
-    // FUSE mounts of storage faults whose runner is gone (unreadable,
-    // "Transport endpoint is not connected"): only root mounted them.
-    let fuse = if nix::unistd::geteuid().is_root() {
-        fuse::sweep().map(|mounts| {
+        let nft = net::nft::sweep(args.all).map(|tables| {
+            for t in tables {
+                println!("removed nft table {t}");
+            }
+        });
+        // FUSE mounts of storage faults whose runner is gone (unreadable,
+        // "Transport endpoint is not connected"), before the store disks
+        // they sit over.
+        if let Err(e) = fuse::sweep().map(|mounts| {
             for m in mounts {
                 println!("unmounted FUSE mount {}", m.display());
             }
+        }) {
+            eprintln!("error: {}", crate::errors::report(&e));
+        }
+        // And the store disks (tmpfs mounts) a killed runner left.
+        nft.and_then(|()| {
+            disk::sweep(args.all).map(|mounts| {
+                for m in mounts {
+                    println!("unmounted store disk {}", m.display());
+                }
+            })
         })
     } else {
+        eprintln!("note: nft tables, FUSE mounts and store disks not swept (that needs root)");
         Ok(())
     };
-    if let Err(e) = &fuse {
-        eprintln!("error: {}", crate::errors::report(e));
-    }
     let docker = clean_docker(args).await;
     match (nft, docker) {
         (Ok(()), docker) => docker,

@@ -273,10 +273,18 @@ pub fn sweep(all: bool) -> Result<Vec<PathBuf>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
     let mut out = Vec::new();
     for line in info.lines() {
-        // The fifth field is the mount point.
+        // The fifth field is the mount point; the FUSE layer's mounts
+        // beside it are `chaos::fuse::sweep`'s (it aborts their connection
+        // first), so only the tmpfs ones are ours.
         let Some(point) = line.split(' ').nth(4) else {
             continue;
         };
+        let tmpfs = line
+            .split_once(" - ")
+            .is_some_and(|(_, right)| right.starts_with("tmpfs "));
+        if !tmpfs {
+            continue;
+        }
         if !point.starts_with(&format!("/tmp/{PREFIX}")) {
             continue;
         }
