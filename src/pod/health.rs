@@ -33,9 +33,7 @@ pub(super) async fn metrics(State(pod): State<Arc<Pod>>, headers: header::Header
             .left(std::time::Instant::now())
             .map_or(f64::INFINITY, |d| d.as_secs_f64()),
     );
-    gray.ready.set(i64::from(
-        lease.holds() && !pod.is_stopping() && pod.engine.writes_waiting() == 0,
-    ));
+    gray.ready.set(i64::from(unready(&pod).is_none()));
     pod.engine.metrics.set_pools(&pod.store.pools());
     let (content_type, body) = if wants_openmetrics(accept) {
         (OPENMETRICS, pod.engine.metrics.encode())
@@ -91,8 +89,22 @@ pub(super) async fn healthz(State(pod): State<Arc<Pod>>) -> Json<Health> {
 #[utoipa::path(get, path = "/readyz",
     responses((status = 200, body = Health), (status = 503, body = ApiErrorBody)))]
 pub(super) async fn readyz(State(pod): State<Arc<Pod>>) -> ApiResult<Json<Health>> {
+    if let Some(why) = unready(&pod) {
+        return Err(why);
+    }
+    Ok(Json(Health {
+        status: "ready".into(),
+        pod_id: pod.pod_id.clone(),
+        store: pod.store.backend().into(),
+        runs_active: pod.runs_active(),
+    }))
+}
+
+/// Why the pod is not ready (what `/readyz` answers and `vigil_ready`
+/// reads), or None when it is.
+fn unready(pod: &Pod) -> Option<ApiError> {
     if pod.is_stopping() {
-        return Err(ApiError::new(
+        return Some(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "stopping",
             "this pod is shutting down",
@@ -102,7 +114,7 @@ pub(super) async fn readyz(State(pod): State<Arc<Pod>>) -> ApiResult<Json<Health
     // deadline: a pod cut off from its store answers 503 within a second
     // of its lease running short, and a ready one answers at once.
     if !pod.engine.config.lease.holds() {
-        return Err(ApiError::new(
+        return Some(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "lease_lapsing",
             "this pod has not reached its store in time to keep its lease; its runs may move \
@@ -113,7 +125,7 @@ pub(super) async fn readyz(State(pod): State<Arc<Pod>>) -> ApiResult<Json<Health
     // cannot do the work a load balancer would send it.
     let waiting = pod.engine.writes_waiting();
     if waiting > 0 {
-        return Err(ApiError::new(
+        return Some(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_refuses_writes",
             format!(
@@ -122,10 +134,5 @@ pub(super) async fn readyz(State(pod): State<Arc<Pod>>) -> ApiResult<Json<Health
             ),
         ));
     }
-    Ok(Json(Health {
-        status: "ready".into(),
-        pod_id: pod.pod_id.clone(),
-        store: pod.store.backend().into(),
-        runs_active: pod.runs_active(),
-    }))
+    None
 }
