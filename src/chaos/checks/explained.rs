@@ -20,7 +20,7 @@
 use super::{Evidence, FiredFault, Outcome, not_applicable, pass_or_fail};
 use crate::chaos::scenario::Action;
 use crate::engine::run::RunState;
-use crate::engine::workflow::{ErrorClass, Workflow, WorkflowRegistry};
+use crate::engine::workflow::{ErrorClass, StepDef, Workflow, WorkflowRegistry};
 
 pub(super) fn outcomes_explained(ev: &Evidence, reg: &WorkflowRegistry) -> Outcome {
     if ev.submitted.is_empty() {
@@ -108,10 +108,7 @@ fn hit(f: &FiredFault, id: &str) -> bool {
     ) {
         return false;
     }
-    if f.link
-        .as_ref()
-        .is_some_and(|l| l.on == crate::chaos::scenario::LinkName::Client)
-    {
+    if f.on_client_link() {
         // A client's link: the run itself goes on.
         return false;
     }
@@ -125,20 +122,23 @@ fn hit(f: &FiredFault, id: &str) -> bool {
 fn may_fail(wf: &Workflow, hits: usize) -> Option<String> {
     let hits = i64::try_from(hits).unwrap_or(i64::MAX);
     for step in &wf.steps {
-        match &step.fail {
-            Some(f) if f.first > 0 && f.class == ErrorClass::Permanent => {
-                return Some(format!("step {} fails permanently", step.id));
-            }
-            Some(f) if i64::from(f.first) + 1 + hits > step.max_attempts() => {
-                return Some(format!("step {} may exhaust its budget", step.id));
-            }
-            None if 1 + hits > step.max_attempts() => {
-                return Some(format!("step {} may exhaust its budget", step.id));
-            }
-            _ => {}
+        if step
+            .fail
+            .as_ref()
+            .is_some_and(|f| f.first > 0 && f.class == ErrorClass::Permanent)
+        {
+            return Some(format!("step {} fails permanently", step.id));
+        }
+        if needs(step).saturating_add(hits) > step.max_attempts() {
+            return Some(format!("step {} may exhaust its budget", step.id));
         }
     }
     None
+}
+
+/// The attempts `step`'s failure schedule needs before it succeeds.
+fn needs(step: &StepDef) -> i64 {
+    step.fail.as_ref().map_or(1, |f| i64::from(f.first) + 1)
 }
 
 /// The budget arithmetic of the step the run's error names (`step X:`),
@@ -152,10 +152,7 @@ fn budget_text(wf: &Workflow, hits: usize, error: &str) -> String {
     wf.steps
         .iter()
         .filter(|s| named.is_none_or(|n| n.id == s.id))
-        .map(|s| {
-            let needs = s.fail.as_ref().map_or(1, |f| i64::from(f.first) + 1);
-            (s.max_attempts() - needs - hits, s, needs)
-        })
+        .map(|s| (s.max_attempts() - needs(s) - hits, s, needs(s)))
         .min_by_key(|(room, _, _)| *room)
         .map_or_else(
             || "it has no step".to_owned(),
