@@ -79,10 +79,16 @@ pub enum Bug {
     /// The chaos runner starts its throwaway PostgreSQL server with
     /// `fsync=off` even under a fault that loses unsynced writes.
     PgFsyncOff,
+    /// A PostgreSQL prober reads a peer's released lock with a fresh lease
+    /// as its death even while its own renewals are failing: when the
+    /// server restarts (a power cut, a crash restart) every session, and
+    /// every lock, goes at once, and the first prober back declares live
+    /// peers dead before they have taken their locks again.
+    RestartIsDeath,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 22] = [
+    pub const ALL: [Bug; 23] = [
         Bug::ReapAllLanes,
         Bug::SkipPurge,
         Bug::ClaimWithoutCas,
@@ -105,6 +111,7 @@ impl Bug {
         Bug::NoStoreWait,
         Bug::SqliteSyncOff,
         Bug::PgFsyncOff,
+        Bug::RestartIsDeath,
     ];
 
     pub fn name(self) -> &'static str {
@@ -131,6 +138,7 @@ impl Bug {
             Bug::NoStoreWait => "no_store_wait",
             Bug::SqliteSyncOff => "sqlite_sync_off",
             Bug::PgFsyncOff => "pg_fsync_off",
+            Bug::RestartIsDeath => "restart_is_death",
         }
     }
 }

@@ -169,9 +169,19 @@ fn snapshot_all(store: &str, label: &str) {
             // Passed (exit 0 above); which run moved where is chance.
             continue;
         }
-        insta::with_settings!({ snapshot_suffix => label }, {
-            insta::assert_json_snapshot!(name.clone(), r.normalized);
+        // Every scenario is judged, not only those before the first
+        // snapshot that differs: insta prints each diff as it goes, and
+        // the test fails at the end naming them all.
+        let judged = std::panic::catch_unwind(|| {
+            insta::with_settings!({ snapshot_suffix => label }, {
+                insta::assert_json_snapshot!(name.clone(), r.normalized);
+            });
         });
+        if judged.is_err() {
+            failures.push(format!(
+                "{name} on {label}: the report differs from its snapshot (diff above)"
+            ));
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

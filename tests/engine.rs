@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use vigil::engine::clock::{self, Clock as _};
 use vigil::engine::metrics::{FallbackOutcome, FallbackSource};
 use vigil::engine::run::{RunState, StepStatus};
+use vigil::engine::store::liveness::Standing;
 use vigil::engine::store::{BeginAttempt, StepSuccess, StoreError, StreamPartRow, TransitionCtx};
 use vigil::engine::switches::{self, AUTHORITY_DB_FALLBACK, Switches};
 use vigil::engine::workflow::{REDACTED, WorkflowRegistry};
@@ -1770,7 +1771,7 @@ async fn blind_survivor_fault_never_finds_a_peer_dead(db: &TestDb) {
         .unwrap();
     let blind = with_faults(
         &[Bug::BlindSurvivor],
-        liveness.probe(&ghost, "prober", &|| true),
+        liveness.probe(&ghost, "prober", &|| STEADY),
     )
     .await;
     assert_eq!(blind.unwrap(), None, "the blind survivor sees it alive");
@@ -1782,7 +1783,7 @@ async fn blind_survivor_fault_never_finds_a_peer_dead(db: &TestDb) {
             .iter()
             .any(|p| p.pod_id == "ghost")
     );
-    let seen = liveness.probe(&ghost, "prober", &|| true).await.unwrap();
+    let seen = liveness.probe(&ghost, "prober", &|| STEADY).await.unwrap();
     assert_eq!(seen.map(|d| d.pod_id), Some("ghost".to_owned()));
 }
 
@@ -2406,7 +2407,8 @@ async fn a_run_id_resolves_from_a_unique_prefix(db: &TestDb) {
 /// renewing; a frozen PostgreSQL ended every idle liveness session at its
 /// thaw) is not found dead by that prober, on either store; once the
 /// prober's renewals are steady again, it is. On PostgreSQL a free lock
-/// with a fresh lease is a dead process whatever the prober's renewals.
+/// with a fresh lease is a dead process, even to a prober whose renewals
+/// are not steady, unless the server ended the prober's own session too.
 async fn a_lapsed_lease_counts_only_for_a_prober_whose_own_renewals_were_steady(db: &TestDb) {
     let h = db.open().await;
     h.exec(
@@ -2430,11 +2432,11 @@ async fn a_lapsed_lease_counts_only_for_a_prober_whose_own_renewals_were_steady(
         }
     };
     let lapsed = find("lapsed").await;
-    let unsteady = liveness.probe(&lapsed, "prober", &|| false).await.unwrap();
+    let unsteady = liveness.probe(&lapsed, "prober", &|| UNSTEADY).await.unwrap();
     assert_eq!(unsteady, None, "no lapsed lease read while unsteady");
-    let steady = liveness.probe(&lapsed, "prober", &|| true).await.unwrap();
+    let steady = liveness.probe(&lapsed, "prober", &|| STEADY).await.unwrap();
     assert_eq!(steady.map(|d| d.pod_id), Some("lapsed".to_owned()));
-    if let TestDb::Postgres { .. } = db {
+    if let TestDb::Postgres { url } = db {
         // Its lease runs far ahead: no session holds its lock, so the
         // process that held it is gone (a SIGKILL).
         h.exec(
@@ -2443,7 +2445,50 @@ async fn a_lapsed_lease_counts_only_for_a_prober_whose_own_renewals_were_steady(
         )
         .await;
         let killed = find("killed").await;
-        let found = liveness.probe(&killed, "prober", &|| false).await.unwrap();
+        // Our own lock is free too: the server ended every session (a
+        // restart), and the peer may not have taken its lock again yet.
+        let restarted = liveness.probe(&killed, "prober", &|| UNSTEADY).await.unwrap();
+        assert_eq!(restarted, None, "not judged while our own lock is free too");
+        // Held, but by a peer's watcher (granted it for a round trip), not
+        // by our liveness session: says nothing either.
+        let mut ours = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(vigil::engine::store::liveness::lock_key("prober"))
+            .execute(&mut ours)
+            .await
+            .unwrap();
+        let watched = liveness.probe(&killed, "prober", &|| UNSTEADY).await.unwrap();
+        assert_eq!(watched, None, "our lock held by a session not our liveness one");
+        sqlx::query("SET application_name = 'vigil-liveness'")
+            .execute(&mut ours)
+            .await
+            .unwrap();
+        let failing = Standing {
+            leases_speak: false,
+            locks_speak: false,
+        };
+        let found = liveness.probe(&killed, "prober", &|| failing).await.unwrap();
+        assert_eq!(found, None, "not judged while our own renewals fail");
+        #[cfg(feature = "fault-injection")]
+        {
+            // The rule before (`restart_is_death`): a free lock with a
+            // fresh lease is a death, whatever befell the prober's own
+            // session.
+            h.exec(
+                "INSERT INTO pods (pod_id, incarnation, addr, started_at, heartbeat_at, lease_until) \
+                 VALUES ('restarted', 'r1', NULL, 0, 0, 9223372036854775000)",
+            )
+            .await;
+            let restarted = find("restarted").await;
+            let found = vigil::faults::with_faults(
+                &[vigil::faults::Bug::RestartIsDeath],
+                liveness.probe(&restarted, "prober", &|| failing),
+            )
+            .await
+            .unwrap();
+            assert_eq!(found.map(|d| d.pod_id), Some("restarted".to_owned()));
+        }
+        let found = liveness.probe(&killed, "prober", &|| UNSTEADY).await.unwrap();
         assert_eq!(
             found.map(|d| d.pod_id),
             Some("killed".to_owned()),
@@ -2451,6 +2496,17 @@ async fn a_lapsed_lease_counts_only_for_a_prober_whose_own_renewals_were_steady(
         );
     }
 }
+
+/// A prober whose renewals are steady, and one whose renewals are not
+/// (though none failed).
+const STEADY: Standing = Standing {
+    leases_speak: true,
+    locks_speak: true,
+};
+const UNSTEADY: Standing = Standing {
+    leases_speak: false,
+    locks_speak: true,
+};
 
 #[cfg(feature = "fault-injection")]
 mod faults {

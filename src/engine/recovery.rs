@@ -23,7 +23,7 @@
 //! may be slower still for the peer. A lock released by a dead process
 //! still counts at once.
 
-use super::store::liveness::{Identity, Liveness, Membership, PodRow};
+use super::store::liveness::{Identity, Liveness, Membership, PodRow, Standing};
 use super::switches::RECOVERY_ENABLED;
 use super::worker::Worker;
 use crate::faults::{self, Bug};
@@ -42,12 +42,28 @@ pub struct Renewals {
     /// timeout of the one before.
     steady_since: Option<Instant>,
     last_ok: Option<Instant>,
+    /// When a renew last failed outright (no answer, or an error).
+    last_failed: Option<Instant>,
+}
+
+/// How one renew of our membership went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// It landed in time.
+    Steady,
+    /// It landed, but slower than the self-fence margin allows.
+    Slow,
+    /// It did not land: the store did not answer, or answered an error.
+    Failed,
 }
 
 impl Renewals {
-    /// A renew ended at `at`, `ok` or not.
-    pub fn record(&mut self, at: Instant, ok: bool, timeout: Duration) {
-        if !ok {
+    /// A renew ended at `at`, as `how`.
+    pub fn record(&mut self, at: Instant, how: Renewal, timeout: Duration) {
+        if how == Renewal::Failed {
+            self.last_failed = Some(at);
+        }
+        if how != Renewal::Steady {
             self.steady_since = None;
             return;
         }
@@ -72,6 +88,21 @@ impl Renewals {
         self.steady_since
             .is_some_and(|since| now.saturating_duration_since(since) >= timeout)
             && self.renewed_within(now, timeout / 2)
+    }
+
+    /// Whether a peer's released lock may be read as its death at `now`:
+    /// none of our own renews failed within the last `timeout`.
+    pub fn locks_speak(&self, now: Instant, timeout: Duration) -> bool {
+        self.last_failed
+            .is_none_or(|failed| now.saturating_duration_since(failed) >= timeout)
+    }
+
+    /// Both at `now`.
+    pub fn standing(&self, now: Instant, timeout: Duration) -> Standing {
+        Standing {
+            leases_speak: self.leases_speak(now, timeout),
+            locks_speak: self.locks_speak(now, timeout),
+        }
     }
 }
 
@@ -101,7 +132,7 @@ pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
     }
     let engine = &worker.engine;
     let liveness = worker.store().liveness();
-    let leases_speak = || worker.leases_speak();
+    let standing = || worker.standing();
     // Liveness calls bypass the store's deadline wrapper: a deadline of
     // their own, so a hung link cannot hold the pass.
     let deadline = super::store::deadline::DEFAULT_DEADLINE;
@@ -125,7 +156,7 @@ pub async fn pass(worker: &Arc<Worker>) -> RecoveryPass {
             metrics,
             "probe",
             deadline,
-            liveness.probe(&peer, worker.pod_id(), &leases_speak),
+            liveness.probe(&peer, worker.pod_id(), &standing),
         )
         .await;
         match probed {
@@ -334,7 +365,7 @@ async fn renew_loop(
     let lease = worker.engine.config.lease.clone();
     let metrics = worker.engine.metrics.clone();
     // Joining was our first renewal.
-    worker.record_renewal(Instant::now(), true, identity.timeout);
+    worker.record_renewal(Instant::now(), Renewal::Steady, identity.timeout);
     let mut renew = tokio::time::interval(identity.timeout / 5);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -367,7 +398,14 @@ async fn renew_loop(
         // lapsed lease then says nothing (slow-fsync on SQLite declared a
         // live pod dead when only landing counted).
         let quick = now.saturating_duration_since(sent) <= identity.timeout / 4;
-        worker.record_renewal(now, matches!(renewed, Ok(true)) && quick, identity.timeout);
+        let how = match renewed {
+            Ok(true) if quick => Renewal::Steady,
+            Ok(true) => Renewal::Slow,
+            // Found gone: answered, and the rejoin below starts afresh.
+            Ok(false) => Renewal::Slow,
+            Err(_) => Renewal::Failed,
+        };
+        worker.record_renewal(now, how, identity.timeout);
         match renewed {
             Ok(true) => {
                 lease.renewed(sent);
@@ -408,7 +446,7 @@ async fn renew_loop(
             .await;
             match joined {
                 Ok(Ok(m)) => {
-                    worker.record_renewal(Instant::now(), true, identity.timeout);
+                    worker.record_renewal(Instant::now(), Renewal::Steady, identity.timeout);
                     lease.renewed(sent);
                     worker.set_live(true);
                     break m;
@@ -436,7 +474,7 @@ async fn renew_loop(
 
 #[cfg(test)]
 mod tests {
-    use super::Renewals;
+    use super::{Renewal, Renewals};
     use std::time::{Duration, Instant};
 
     const T: Duration = Duration::from_millis(1000);
@@ -448,14 +486,14 @@ mod tests {
         let mut r = Renewals::default();
         assert!(!r.leases_speak(t0, T), "nothing renewed yet");
         let mut at = t0;
-        r.record(at, true, T);
+        r.record(at, Renewal::Steady, T);
         for _ in 0..4 {
             at += TICK;
-            r.record(at, true, T);
+            r.record(at, Renewal::Steady, T);
         }
         assert!(!r.leases_speak(at, T), "800 ms steady is not a timeout");
         at += TICK;
-        r.record(at, true, T);
+        r.record(at, Renewal::Steady, T);
         assert!(r.leases_speak(at, T), "a whole timeout steady");
         // Our renewer stuck now (the store hangs, or we were paused): the
         // last renewal grows old, and leases fall silent before it returns.
@@ -468,22 +506,37 @@ mod tests {
         let mut r = Renewals::default();
         let mut at = t0;
         for _ in 0..10 {
-            r.record(at, true, T);
+            r.record(at, Renewal::Steady, T);
             at += TICK;
         }
         assert!(r.leases_speak(at - TICK, T));
         // A renew that got through 900 ms after the last one: the store
         // (or this pod) stalled; a peer may not have got through either.
         at += Duration::from_millis(700);
-        r.record(at, true, T);
+        r.record(at, Renewal::Steady, T);
         assert!(!r.leases_speak(at, T));
         for _ in 0..5 {
             at += TICK;
-            r.record(at, true, T);
+            r.record(at, Renewal::Steady, T);
         }
         assert!(r.leases_speak(at, T), "steady again for a whole timeout");
-        r.record(at + TICK, false, T);
+        r.record(at + TICK, Renewal::Failed, T);
         assert!(!r.leases_speak(at + TICK, T), "a failed renewal");
         assert!(r.renewed_within(at + TICK, TICK), "the last success stands");
+    }
+
+    #[test]
+    fn locks_fall_silent_for_a_timeout_after_a_failed_renewal() {
+        let t0 = Instant::now();
+        let mut r = Renewals::default();
+        assert!(r.locks_speak(t0, T), "a pod that never failed to renew");
+        r.record(t0, Renewal::Slow, T);
+        assert!(r.locks_speak(t0, T), "slow is not ended");
+        // The server restarted: our session went, and so did the peer's.
+        r.record(t0 + TICK, Renewal::Failed, T);
+        assert!(!r.locks_speak(t0 + TICK, T));
+        r.record(t0 + 2 * TICK, Renewal::Steady, T);
+        assert!(!r.locks_speak(t0 + T, T), "resumed, but the peer may not have yet");
+        assert!(r.locks_speak(t0 + TICK + T, T), "a whole timeout since");
     }
 }

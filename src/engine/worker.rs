@@ -167,21 +167,27 @@ impl Worker {
     }
 
     /// The renew loop's account of one renew of our membership.
-    pub fn record_renewal(&self, at: Instant, ok: bool, timeout: Duration) {
+    pub fn record_renewal(
+        &self,
+        at: Instant,
+        how: crate::engine::recovery::Renewal,
+        timeout: Duration,
+    ) {
         let mut r = lock(&self.renewals);
-        r.0.record(at, ok, timeout);
+        r.0.record(at, how, timeout);
         r.1 = timeout;
     }
 
-    /// Whether a peer's lapsed lease may be read as its death now (see
-    /// [`crate::engine::recovery::Renewals::leases_speak`]); never before
-    /// the renew loop has said anything.
-    pub fn leases_speak(&self) -> bool {
-        if crate::faults::on(crate::faults::Bug::UnsteadyLeases) {
-            return true;
-        }
+    /// What a peer's lapsed lease and released lock say now (see
+    /// [`crate::engine::recovery::Renewals::standing`]); leases never
+    /// before the renew loop has said anything.
+    pub fn standing(&self) -> crate::engine::store::liveness::Standing {
         let r = lock(&self.renewals);
-        r.0.leases_speak(Instant::now(), r.1)
+        let mut s = r.0.standing(Instant::now(), r.1);
+        if crate::faults::on(crate::faults::Bug::UnsteadyLeases) {
+            s.leases_speak = true;
+        }
+        s
     }
 
     /// Wake the dispatcher now (a run was just submitted here).

@@ -160,11 +160,12 @@ pub(super) fn death_detected(ev: &Evidence) -> Outcome {
 /// No live pod is declared dead. The witness: a run whose side effects move
 /// from one pod to another at a newer epoch was taken over, and a takeover
 /// is only right from a pod a fault could have downed (SIGKILL, SIGTERM,
-/// SIGSTOP, a partition, a restart with its id) or after the store itself
-/// was stopped (a restart ends every session). A frozen store excuses
-/// nothing: at its thaw every liveness lock is free at once, and a pod
-/// that reads that as death is wrong (a lease lapsed while the prober's
-/// own renewals stopped too says nothing about the peer). A pod paused holding SQLite's write lock freezes
+/// SIGSTOP, a partition, a restart with its id, a power cut that killed
+/// it). A store stopped or frozen excuses nothing: when the server restarts
+/// or thaws, every liveness lock is free at once, and a pod that reads that
+/// as death is wrong (a lock freed by the server that also ended the
+/// prober's own session, or a lease lapsed while the prober's own renewals
+/// stopped too, says nothing about the peer). A pod paused holding SQLite's write lock freezes
 /// every writer with it, but excuses nothing: it is alive again the moment
 /// anyone can write, and so is everyone whose lease lapsed meanwhile. Cross-check (store record): every recorded death
 /// is of such a pod. A live pod declared dead has its runs taken from under
@@ -195,10 +196,9 @@ pub(super) fn no_false_deaths(ev: &Evidence) -> Outcome {
                     )
                     && !f.on_client_link()
                     || f.pod.as_deref() == Some(pod) && super::gray::cuts_lease(ev, f)
-                    || f.action == Action::StoreOutage
-                    // A power cut kills every SQLite pod (and a PostgreSQL
-                    // server ends every session with it).
-                    || f.action == Action::LoseUnsynced)
+                    // A power cut kills every SQLite pod; on PostgreSQL it
+                    // stops the server, which downs no pod.
+                    || f.killed.iter().any(|k| k == pod))
         })
     };
     let mut out = Vec::new();
@@ -214,8 +214,8 @@ pub(super) fn no_false_deaths(ev: &Evidence) -> Outcome {
                 && !downed_by(&before.pod, &|f| f.t_ms <= after.t_ms)
             {
                 out.push(format!(
-                    "{}: taken from {} (epoch {}) by {} (epoch {}) at +{} ms, with no fault on \
-                     {} or on the store (witness)",
+                    "{}: taken from {} (epoch {}) by {} (epoch {}) at +{} ms, with no fault \
+                     that could have downed {} (witness)",
                     ev.label(run),
                     before.pod,
                     before.epoch,
@@ -230,8 +230,8 @@ pub(super) fn no_false_deaths(ev: &Evidence) -> Outcome {
     for d in &ev.deaths {
         if !downed_by(&d.pod_id, &|f| f.at_ms <= d.detected_at_ms) {
             out.push(format!(
-                "{} was declared dead by {} at +{} ms, with no fault on it or on the store \
-                 (store record)",
+                "{} was declared dead by {} at +{} ms, with no fault that could have \
+                 downed it (store record)",
                 d.pod_id,
                 d.detected_by,
                 d.detected_at_ms - ev.wall0
@@ -282,6 +282,7 @@ mod tests {
             duration_ms: None,
             froze_store: false,
             link: None,
+            killed: Vec::new(),
         }
     }
 
@@ -349,5 +350,29 @@ mod tests {
         }];
         assert_eq!(no_false_deaths(&ev).status, Status::Fail);
         assert_eq!(death_detected(&ev).status, Status::NotApplicable);
+    }
+
+    /// A power cut excuses the deaths of the pods it killed (SQLite's,
+    /// which hold the database open), and none on PostgreSQL, where it
+    /// stops the server: a prober that reads every lock freed by the
+    /// restart as death declares live pods dead.
+    #[test]
+    fn a_power_cut_excuses_only_the_pods_it_killed() {
+        let cut = FiredFault {
+            action: Action::LoseUnsynced,
+            pod: None,
+            ..kill(500, "pod-1")
+        };
+        let mut ev = Evidence {
+            faults: vec![cut.clone()],
+            deaths: vec![death("pod-2", "pod-1", 900)],
+            ..Default::default()
+        };
+        assert_eq!(no_false_deaths(&ev).status, Status::Fail);
+        ev.faults = vec![FiredFault {
+            killed: vec!["pod-1".into(), "pod-2".into()],
+            ..cut
+        }];
+        assert_eq!(no_false_deaths(&ev).status, Status::Pass);
     }
 }

@@ -155,6 +155,10 @@ pub struct FiredFault {
     /// A link fault's link and parameters (latency, direction...).
     #[serde(default)]
     pub link: Option<crate::chaos::scenario::LinkSpec>,
+    /// For a power cut: the pods it killed (every SQLite pod, which all
+    /// hold the database open; none on PostgreSQL, where the server goes).
+    #[serde(default)]
+    pub killed: Vec<String>,
 }
 
 impl FiredFault {
@@ -323,7 +327,19 @@ impl Evidence {
                     duration_ms: field(e, "duration_ms")?,
                     froze_store: false,
                     link: field(e, "link")?,
+                    killed: Vec::new(),
                 }),
+                "power_cut" => {
+                    let killed: Vec<String> = field(e, "killed")?;
+                    if let Some(f) = ev
+                        .faults
+                        .iter_mut()
+                        .rev()
+                        .find(|f| f.action == Action::LoseUnsynced)
+                    {
+                        f.killed = killed;
+                    }
+                }
                 "ready" => ev.ready.push(ReadyProbe {
                     t_ms: e.t_ms,
                     pod: field(e, "pod")?,

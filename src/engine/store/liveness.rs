@@ -104,6 +104,20 @@ pub enum LivenessError {
 }
 
 /// A store's liveness mechanism.
+/// What a prober may conclude from a peer's liveness evidence, by how its
+/// own membership has fared (the recovery loop's account of its renewals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// A peer's lapsed lease may be read as its death.
+    pub leases_speak: bool,
+    /// A peer's released liveness lock may be read as its death. Not while
+    /// one of our own renews failed within the last liveness timeout: the
+    /// server that ended our session (a restart, a crash restart, a thaw)
+    /// ended the peer's too, and the peer, alive, has not taken its lock
+    /// again yet.
+    pub locks_speak: bool,
+}
+
 #[async_trait]
 pub trait Liveness: Send + Sync {
     /// Become live and registered. Waits up to `wait` for a previous
@@ -114,17 +128,21 @@ pub trait Liveness: Send + Sync {
         wait: Duration,
     ) -> Result<Box<dyn Membership>, LivenessError>;
     /// Probe one peer: `Some(death)` when it is dead and this call removed
-    /// its registry row (exactly one prober wins). `leases_speak`: whether
-    /// a lapsed lease may count as death, on a store whose leases judge (a
-    /// prober whose own renewals were not steady cannot tell a dead peer
-    /// from a store nobody could write to); asked once the store is ready
-    /// to write the death, not before (the prober may have waited, or been
-    /// paused, on the way). A released lock always counts.
+    /// its registry row (exactly one prober wins). `standing`: what the
+    /// prober's own membership lets it conclude
+    /// ([`Standing`]): whether a lapsed lease may
+    /// count as death (a prober whose own renewals were not steady cannot
+    /// tell a dead peer from a store nobody could write to), and whether a
+    /// lock the server holds for a session may (not while the prober's own
+    /// renewals have been failing: the server may have ended every
+    /// session). Asked once the store is ready to write the death, not
+    /// before (the prober may have waited, or been paused, on the way). A
+    /// lock the operating system released with its process always counts.
     async fn probe(
         &self,
         peer: &PodRow,
         prober: &str,
-        leases_speak: &(dyn Fn() -> bool + Send + Sync),
+        standing: &(dyn Fn() -> Standing + Send + Sync),
     ) -> Result<Option<Death>, StoreError>;
     async fn pods(&self) -> Result<Vec<PodRow>, StoreError>;
     async fn deaths(&self, limit: i64) -> Result<Vec<Death>, StoreError>;

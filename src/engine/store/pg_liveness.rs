@@ -150,6 +150,42 @@ impl super::liveness::Membership for LockMembership {
     }
 }
 
+/// The `application_name` of a pod's liveness session.
+const LIVENESS_APP: &str = "vigil-liveness";
+
+/// Whether a liveness session holds `$1`'s advisory lock: a peer's watcher
+/// is granted a free lock for a round trip, and a probe takes one for its
+/// transaction, so a lock merely held says nothing about the session.
+const HELD_BY_LIVENESS_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks l \
+     JOIN pg_stat_activity a ON a.pid = l.pid \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND ((l.classid::bigint << 32) | (l.objid::bigint & 4294967295)) = $1 \
+     AND a.application_name = 'vigil-liveness')";
+
+/// Whether a peer's free liveness lock may be read as its death, on the
+/// probe's transaction `tx`: never while our own renewals have been failing
+/// (`standing`), nor while our own liveness session does not hold our lock
+/// (the server ended every session, ours among them, and our renew has not
+/// noticed yet).
+async fn locks_speak(
+    tx: &mut sqlx::PgConnection,
+    prober: &str,
+    standing: super::liveness::Standing,
+) -> Result<bool, super::StoreError> {
+    if crate::faults::on(crate::faults::Bug::RestartIsDeath) {
+        return Ok(true);
+    }
+    if !standing.locks_speak {
+        return Ok(false);
+    }
+    let ours_held: bool = sqlx::query_scalar(HELD_BY_LIVENESS_SQL)
+        .bind(super::liveness::lock_key(prober))
+        .fetch_one(tx)
+        .await?;
+    Ok(ours_held)
+}
+
 /// A connection outside the pool with `settings` of its own (the liveness
 /// session, a watcher's session).
 async fn session_of_its_own<V: AsRef<str>>(
@@ -180,6 +216,9 @@ impl super::liveness::Liveness for PgStore {
         // Session settings on the liveness connection only (FIELD-NOTES s.2):
         // the server drops a silent session, and with it our lock.
         let settings: Vec<(&'static str, String)> = vec![
+            // How a probe tells our lock held by this session from one a
+            // peer's watcher or probe holds for a moment (`locks_speak`).
+            ("application_name", LIVENESS_APP.into()),
             ("idle_session_timeout", timeout),
             ("client_connection_check_interval", "1s".into()),
             ("tcp_keepalives_idle", "5".into()),
@@ -247,7 +286,7 @@ impl super::liveness::Liveness for PgStore {
         &self,
         peer: &super::liveness::PodRow,
         prober: &str,
-        leases_speak: &(dyn Fn() -> bool + Send + Sync),
+        standing: &(dyn Fn() -> super::liveness::Standing + Send + Sync),
     ) -> Result<Option<super::liveness::Death>, super::StoreError> {
         if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
             // The fault: every peer looks alive, so nobody recovers its runs.
@@ -282,12 +321,23 @@ impl super::liveness::Liveness for PgStore {
                 tx.rollback().await?;
                 return Ok(None);
             };
-            if lease_until <= now && !leases_speak() {
+            let standing = standing();
+            let lapsed = lease_until <= now;
+            if lapsed && !standing.leases_speak {
                 tracing::info!(pod = %peer.pod_id, "peer's lock is free but its lease lapsed while our own renewals were not steady: not judged yet");
                 // Rolled back here, not when the connection goes back to
                 // the pool: until then its transaction holds the peer's
                 // lock, and the next probe (on another connection) or the
                 // peer itself, resuming its session, would find it taken.
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            // A fresh lease with the lock free is a dead process only if
+            // the server did not end every session at once (a restart, a
+            // crash restart): then our own lock went too, or our renewals
+            // failed, and the peer, alive, has yet to take its lock again.
+            if !lapsed && !locks_speak(&mut *tx, prober, standing).await? {
+                tracing::info!(pod = %peer.pod_id, "peer's lock is free with its lease fresh, but the server ended our own session too: not judged until its lease says");
                 tx.rollback().await?;
                 return Ok(None);
             }
