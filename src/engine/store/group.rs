@@ -20,18 +20,18 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 type Waiter<R> = oneshot::Sender<StoreResult<R>>;
 
-/// The turn of one process's writers to one SQLite file: its hot writers
-/// (claimed creations, checkpoint groups) queue here, in order, before
-/// asking SQLite for the write lock, instead of colliding on it and
+/// The turn of the writers to one SQLite file (see `store::turns`): its
+/// hot writers (claimed creations, checkpoint groups) take it, in order,
+/// before asking SQLite for the write lock, instead of colliding on it and
 /// sleeping in SQLite's busy handler (which backs off up to 100 ms a try:
 /// the p99 of 16 concurrent clients was 450 ms). None on PostgreSQL, where
 /// writers of different runs do not exclude each other.
-pub(crate) type WriteGate = Option<Arc<Mutex<()>>>;
+pub(crate) type WriteGate = Option<Arc<super::turns::Turns>>;
 
 /// Wait for the turn `gate` gives (at once without one).
-pub(crate) async fn turn(gate: &WriteGate) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+pub(crate) async fn turn(gate: &WriteGate) -> Option<super::turns::Turn> {
     match gate {
-        Some(g) => Some(g.lock().await),
+        Some(g) => Some(g.normal().await),
         None => None,
     }
 }

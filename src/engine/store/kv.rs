@@ -198,7 +198,7 @@ macro_rules! impl_audited_kv {
                 let old: Option<V> =
                     sqlx::query_scalar(sqlx::AssertSqlSafe(kv.current_sql($dialect::ROW_LOCK)))
                         .bind(name)
-                        .fetch_optional(&mut *tx)
+                        .fetch_optional(&mut **tx)
                         .await?;
                 sqlx::query(sqlx::AssertSqlSafe(kv.upsert_sql()))
                     .bind(name)
@@ -206,7 +206,7 @@ macro_rules! impl_audited_kv {
                     .bind(now)
                     .bind(who)
                     .bind(reason)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                 sqlx::query(sqlx::AssertSqlSafe(kv.audit_insert_sql()))
                     .bind(name)
@@ -215,7 +215,7 @@ macro_rules! impl_audited_kv {
                     .bind(who)
                     .bind(reason)
                     .bind(now)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                 tx.commit().await?;
                 Ok($crate::engine::store::kv::KvAuditRow {

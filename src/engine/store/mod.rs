@@ -35,6 +35,7 @@ mod rows;
 mod sql;
 pub mod sqlite;
 mod statements;
+pub(crate) mod turns;
 
 pub use ops::{ActiveCount, ConsoleEvent, EventCursor, EventKind, OpsStore, RunSummary};
 pub use postgres::{PgStore, redact_url};

@@ -336,7 +336,7 @@ impl super::liveness::Liveness for PgStore {
             // the server did not end every session at once (a restart, a
             // crash restart): then our own lock went too, or our renewals
             // failed, and the peer, alive, has yet to take its lock again.
-            if !lapsed && !locks_speak(&mut *tx, prober, standing).await? {
+            if !lapsed && !locks_speak(&mut tx, prober, standing).await? {
                 tracing::info!(pod = %peer.pod_id, "peer's lock is free with its lease fresh, but the server ended our own session too: not judged until its lease says");
                 tx.rollback().await?;
                 return Ok(None);

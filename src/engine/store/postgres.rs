@@ -420,8 +420,8 @@ impl PgStore {
         ]
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
-        self.pool.begin().await
+    async fn begin_write(&self) -> Result<super::turns::WriteTx<Postgres>, sqlx::Error> {
+        Ok(super::turns::WriteTx::new(self.pool.begin().await?, None))
     }
 
     /// The pool of liveness, recovery reads and claims (the data pool under
@@ -434,8 +434,11 @@ impl PgStore {
         }
     }
 
-    async fn begin_claim(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
-        self.control().begin().await
+    async fn begin_claim(&self) -> Result<super::turns::WriteTx<Postgres>, sqlx::Error> {
+        Ok(super::turns::WriteTx::new(
+            self.control().begin().await?,
+            None,
+        ))
     }
 }
 

@@ -486,7 +486,7 @@ macro_rules! impl_store {
                     .bind(pod)
                     .bind(None::<&str>)
                     .bind(now)
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut **tx)
                     .await?;
                 log_claim(&mut tx, &id, None, pod, epoch, true, now).await?;
                 let first = match first {
@@ -498,7 +498,7 @@ macro_rules! impl_store {
                 };
                 let row = sqlx::query_as::<_, rows::RunRow>(rows::RUN_BY_ID)
                     .bind(&id)
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut **tx)
                     .await?;
                 let record = RunRecord::try_from(row)?;
                 tx.commit().await?;
@@ -543,7 +543,7 @@ macro_rules! impl_store {
                 let rows = sqlx::query_as::<_, rows::MovedRow>(sqlx::AssertSqlSafe(sql))
                     .bind(now)
                     .bind(now.saturating_sub(older_than_ms))
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&mut **tx)
                     .await?;
                 let ids = log_bulk(&mut tx, rows, "running", to, by, reason, now).await?;
                 tx.commit().await?;
@@ -653,7 +653,7 @@ macro_rules! impl_store {
                 let mut tx = self.begin_claim().await?;
                 let select = if $crate::faults::on($crate::faults::Bug::StallingClaims) {
                     if $dialect::NAME == "postgres" {
-                        sqlx::query("SET LOCAL lock_timeout = 0").execute(&mut *tx).await?;
+                        sqlx::query("SET LOCAL lock_timeout = 0").execute(&mut **tx).await?;
                     }
                     $dialect::STATE_SELECT_FOR_UPDATE
                 } else {
@@ -661,7 +661,7 @@ macro_rules! impl_store {
                 };
                 let row = sqlx::query_as::<_, rows::LockedRunRow>(select)
                     .bind(run_id)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await?;
                 let Some(row) = row else {
                     return Err(StoreError::RunNotFound { run_id: run_id.to_owned() });
@@ -673,7 +673,7 @@ macro_rules! impl_store {
                     .bind(pod)
                     .bind(expected_owner)
                     .bind(now)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await?;
                 let Some(epoch) = updated else {
                     drop(tx);
@@ -689,7 +689,7 @@ macro_rules! impl_store {
                     sqlx::query(purge)
                         .bind(run_id)
                         .bind(epoch)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await?;
                 }
                 let was_pending = from == RunState::Pending;
@@ -800,7 +800,7 @@ macro_rules! impl_store {
                 .bind(node_id)
                 .bind(attempt)
                 .bind(epoch)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?
                 .rows_affected();
                 if effect == 0 {
@@ -813,7 +813,7 @@ macro_rules! impl_store {
                 .bind(run_id)
                 .bind(node_id)
                 .bind(attempt)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?
                 .rows_affected();
                 let back = if gone == 1 {
@@ -828,7 +828,7 @@ macro_rules! impl_store {
                     .bind(node_id)
                     .bind(attempt)
                     .bind(now)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?
                     .rows_affected()
                 };
@@ -858,7 +858,7 @@ macro_rules! impl_store {
                 .bind(if final_failure { "failed" } else { "running" })
                 .bind(error)
                 .bind(now)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 tx.commit().await?;
                 Ok(())
@@ -931,7 +931,7 @@ macro_rules! impl_store {
                 .bind(part.map(|(_, a)| a))
                 .bind(data)
                 .bind(now)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 tx.commit().await?;
                 Ok(())
@@ -1016,7 +1016,7 @@ macro_rules! impl_store {
                 sqlx::query("UPDATE runs SET heartbeat_at = $2 WHERE id = $1")
                     .bind(run_id)
                     .bind(now)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                 tx.commit().await?;
                 Ok(())
@@ -1047,7 +1047,7 @@ macro_rules! impl_store {
                          RETURNING id, epoch",
                     )
                     .bind(now)
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&mut **tx)
                     .await?;
                     let ids = log_bulk(&mut tx, rows, "running", "timed_out", by, "reaper: no heartbeat within its lane's timeout", now).await?;
                     tx.commit().await?;

@@ -1,7 +1,8 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
 //! safe for several pods on one machine (writers serialize on SQLite's write
-//! lock; every write transaction is `BEGIN IMMEDIATE`, so a read-then-write
-//! transaction never fails to upgrade its lock).
+//! lock, taking turns at it in order (`store::turns`); every write
+//! transaction is `BEGIN IMMEDIATE`, so a read-then-write transaction never
+//! fails to upgrade its lock).
 //!
 //! Here: [`SqliteStore`] (opening, refusing a file that is not a Vigil
 //! store, migrating under a file lock), its `dialect`, the reaper's one
@@ -59,6 +60,14 @@ async fn release_or_discard(conn: &mut sqlx::SqliteConnection) -> Result<bool, s
     Ok(true)
 }
 
+/// The directory of the OS locks beside the database at `db`: each pod's
+/// liveness lock, and the writers' turn (`store::turns`).
+fn pods_dir(db: &Path) -> PathBuf {
+    let mut dir = db.to_owned().into_os_string();
+    dir.push(".pods");
+    PathBuf::from(dir)
+}
+
 mod dialect {
     pub const NAME: &str = "sqlite";
     /// Take the write lock at once (see the module comment).
@@ -109,7 +118,7 @@ mod dialect {
         crate::engine::run::RunRecord,
         Option<crate::engine::store::Adopted>,
     )> {
-        let _turn = crate::engine::store::group::turn(&store.gate).await;
+        // Its transaction takes the write turn (`begin_write`).
         store.create_claimed_statements(run, pod, first).await
     }
 
@@ -283,7 +292,7 @@ impl SqliteStore {
             metrics,
             stats: Default::default(),
             checkpoints: super::group::Batcher::new(CHECKPOINT_BATCH, CHECKPOINT_WORKERS),
-            gate: Some(Arc::new(tokio::sync::Mutex::new(()))),
+            gate: Some(Arc::new(super::turns::Turns::new(Some(&pods_dir(path))))),
         })
     }
 
@@ -299,12 +308,15 @@ impl SqliteStore {
         vec![super::PoolUse::of("data", &self.pool)]
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
-        self.pool.begin_with(dialect::BEGIN_WRITE).await
+    /// A write transaction, begun in this writer's turn (`store::turns`).
+    async fn begin_write(&self) -> Result<super::turns::WriteTx<Sqlite>, sqlx::Error> {
+        let turn = super::group::turn(&self.gate).await;
+        let tx = self.pool.begin_with(dialect::BEGIN_WRITE).await?;
+        Ok(super::turns::WriteTx::new(tx, turn))
     }
 
     /// SQLite has one writer and one pool: claims take it like any write.
-    async fn begin_claim(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+    async fn begin_claim(&self) -> Result<super::turns::WriteTx<Sqlite>, sqlx::Error> {
         self.begin_write().await
     }
 
@@ -414,7 +426,7 @@ impl SqliteStore {
         );
         let rows = sqlx::query_as::<_, ReapedRow>(sqlx::AssertSqlSafe(sql))
             .bind(now)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?;
         let mut report = super::ReapReport::default();
         for row in rows {
@@ -435,7 +447,7 @@ impl SqliteStore {
             .bind(epoch)
             .bind(by)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
             report.timed_out.push((id.clone(), lane.clone()));
             if retries_left <= 0 {
@@ -447,7 +459,7 @@ impl SqliteStore {
             )
             .bind(&family)
             .bind(&id)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?;
             if active > 0 {
                 continue;
@@ -470,7 +482,7 @@ impl SqliteStore {
             .bind(retries_left - 1)
             .bind(family.unwrap_or_else(|| id.clone()))
             .bind(&id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
             report.retried.push((new_id, lane, id));
         }
@@ -482,6 +494,9 @@ impl SqliteStore {
 #[derive(Debug)]
 struct LeaseMembership {
     pool: SqlitePool,
+    /// The writers' turns (`store::turns`): a renew goes ahead of this
+    /// pod's queue.
+    turns: Option<Arc<super::turns::Turns>>,
     clock: Arc<dyn Clock>,
     me: super::liveness::Identity,
     /// The pod's OS lock (see [`SqliteStore::lock_path`]), held for as long
@@ -493,11 +508,9 @@ impl SqliteStore {
     /// Where pod `pod_id` holds its OS lock: `<database>.pods/<key>.lock`,
     /// the key being the pod id's [`lock_key`](super::liveness::lock_key).
     fn lock_path(&self, pod_id: &str) -> PathBuf {
-        let mut dir = self.path.clone().into_os_string();
-        dir.push(".pods");
         // The key's bits as a file name: stable, and safe whatever the id.
         let key = u64::from_ne_bytes(super::liveness::lock_key(pod_id).to_ne_bytes());
-        PathBuf::from(dir).join(format!("{key:016x}.lock"))
+        pods_dir(&self.path).join(format!("{key:016x}.lock"))
     }
 
     /// Take pod `me`'s OS lock (waiting up to `wait` for a previous process
@@ -622,7 +635,12 @@ impl super::liveness::Membership for LeaseMembership {
     async fn renew(&mut self) -> Result<bool, super::StoreError> {
         // The write lock first, then the time: a renew that waited for a
         // busy writer (or for a pooled connection) must not write a lease
-        // already mostly spent while it waited.
+        // already mostly spent while it waited. Its turn comes ahead of
+        // this pod's other writers.
+        let _turn = match &self.turns {
+            Some(t) => Some(t.urgent().await),
+            None => None,
+        };
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = self.clock.now_ms();
         let done = sqlx::query(
@@ -641,6 +659,10 @@ impl super::liveness::Membership for LeaseMembership {
     }
 
     async fn leave(self: Box<Self>) -> Result<(), super::StoreError> {
+        let _turn = match &self.turns {
+            Some(t) => Some(t.normal().await),
+            None => None,
+        };
         // Expire the lease now: peers find us dead at their next probe.
         sqlx::query("UPDATE pods SET lease_until = 0 WHERE pod_id = $1 AND incarnation = $2")
             .bind(&self.me.pod_id)
@@ -669,7 +691,7 @@ impl super::liveness::Liveness for SqliteStore {
                 "SELECT incarnation, lease_until, heartbeat_at FROM pods WHERE pod_id = $1",
             )
             .bind(&me.pod_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await
             .map_err(super::StoreError::from)?;
             if let Some(super::rows::LeaseRow {
@@ -692,7 +714,7 @@ impl super::liveness::Liveness for SqliteStore {
                     .bind(&inc)
                     .bind(now)
                     .bind(last)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await
                     .map_err(super::StoreError::from)?;
                 }
@@ -715,12 +737,13 @@ impl super::liveness::Liveness for SqliteStore {
                 .bind(&me.addr)
                 .bind(now)
                 .bind(me.lease_until(now))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(super::StoreError::from)?;
             tx.commit().await.map_err(super::StoreError::from)?;
             return Ok(Box::new(LeaseMembership {
                 pool: self.pool.clone(),
+                turns: self.gate.clone(),
                 clock: self.clock.clone(),
                 me: me.clone(),
                 _lock: lock,
@@ -732,7 +755,7 @@ impl super::liveness::Liveness for SqliteStore {
         &self,
         peer: &super::liveness::PodRow,
         prober: &str,
-        leases_speak: &(dyn Fn() -> bool + Send + Sync),
+        standing: &(dyn Fn() -> super::liveness::Standing + Send + Sync),
     ) -> Result<Option<super::liveness::Death>, super::StoreError> {
         if crate::faults::on(crate::faults::Bug::BlindSurvivor) {
             // The fault: every peer looks alive, so nobody recovers its runs.
@@ -746,8 +769,9 @@ impl super::liveness::Liveness for SqliteStore {
         let now = self.clock.now_ms();
         let mut tx = self.begin_write().await?;
         // Whether our own renewals were steady, asked now that we hold the
-        // lock: a wait for it (or a pause) on the way unsettles them.
-        let leases_speak = leases_speak();
+        // lock: a wait for it (or a pause) on the way unsettles them. The
+        // OS lock needs no standing: only the process's exit releases it.
+        let leases_speak = standing().leases_speak;
         let gone: Option<i64> = sqlx::query_scalar(
             "DELETE FROM pods WHERE pod_id = $1 AND incarnation = $2 \
              AND (($5 AND lease_until < $3) OR $4) RETURNING heartbeat_at",
@@ -757,7 +781,7 @@ impl super::liveness::Liveness for SqliteStore {
         .bind(now)
         .bind(released)
         .bind(leases_speak)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         let Some(last) = gone else { return Ok(None) };
         let death = record_death(&mut tx, peer, prober, now, last).await?;
