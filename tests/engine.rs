@@ -2432,7 +2432,10 @@ async fn a_lapsed_lease_counts_only_for_a_prober_whose_own_renewals_were_steady(
         }
     };
     let lapsed = find("lapsed").await;
-    let unsteady = liveness.probe(&lapsed, "prober", &|| UNSTEADY).await.unwrap();
+    let unsteady = liveness
+        .probe(&lapsed, "prober", &|| UNSTEADY)
+        .await
+        .unwrap();
     assert_eq!(unsteady, None, "no lapsed lease read while unsteady");
     let steady = liveness.probe(&lapsed, "prober", &|| STEADY).await.unwrap();
     assert_eq!(steady.map(|d| d.pod_id), Some("lapsed".to_owned()));
@@ -2447,18 +2450,29 @@ async fn a_lapsed_lease_counts_only_for_a_prober_whose_own_renewals_were_steady(
         let killed = find("killed").await;
         // Our own lock is free too: the server ended every session (a
         // restart), and the peer may not have taken its lock again yet.
-        let restarted = liveness.probe(&killed, "prober", &|| UNSTEADY).await.unwrap();
+        let restarted = liveness
+            .probe(&killed, "prober", &|| UNSTEADY)
+            .await
+            .unwrap();
         assert_eq!(restarted, None, "not judged while our own lock is free too");
         // Held, but by a peer's watcher (granted it for a round trip), not
         // by our liveness session: says nothing either.
-        let mut ours = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
+        let mut ours = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .unwrap();
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(vigil::engine::store::liveness::lock_key("prober"))
             .execute(&mut ours)
             .await
             .unwrap();
-        let watched = liveness.probe(&killed, "prober", &|| UNSTEADY).await.unwrap();
-        assert_eq!(watched, None, "our lock held by a session not our liveness one");
+        let watched = liveness
+            .probe(&killed, "prober", &|| UNSTEADY)
+            .await
+            .unwrap();
+        assert_eq!(
+            watched, None,
+            "our lock held by a session not our liveness one"
+        );
         sqlx::query("SET application_name = 'vigil-liveness'")
             .execute(&mut ours)
             .await
@@ -2467,7 +2481,10 @@ async fn a_lapsed_lease_counts_only_for_a_prober_whose_own_renewals_were_steady(
             leases_speak: false,
             locks_speak: false,
         };
-        let found = liveness.probe(&killed, "prober", &|| failing).await.unwrap();
+        let found = liveness
+            .probe(&killed, "prober", &|| failing)
+            .await
+            .unwrap();
         assert_eq!(found, None, "not judged while our own renewals fail");
         #[cfg(feature = "fault-injection")]
         {
@@ -2488,7 +2505,10 @@ async fn a_lapsed_lease_counts_only_for_a_prober_whose_own_renewals_were_steady(
             .unwrap();
             assert_eq!(found.map(|d| d.pod_id), Some("restarted".to_owned()));
         }
-        let found = liveness.probe(&killed, "prober", &|| UNSTEADY).await.unwrap();
+        let found = liveness
+            .probe(&killed, "prober", &|| UNSTEADY)
+            .await
+            .unwrap();
         assert_eq!(
             found.map(|d| d.pod_id),
             Some("killed".to_owned()),

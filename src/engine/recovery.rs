@@ -536,7 +536,10 @@ mod tests {
         r.record(t0 + TICK, Renewal::Failed, T);
         assert!(!r.locks_speak(t0 + TICK, T));
         r.record(t0 + 2 * TICK, Renewal::Steady, T);
-        assert!(!r.locks_speak(t0 + T, T), "resumed, but the peer may not have yet");
+        assert!(
+            !r.locks_speak(t0 + T, T),
+            "resumed, but the peer may not have yet"
+        );
         assert!(r.locks_speak(t0 + TICK + T, T), "a whole timeout since");
     }
 }

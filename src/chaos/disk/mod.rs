@@ -75,6 +75,8 @@ pub struct Tmpfs {
     path: PathBuf,
     ballast: Mutex<Option<PathBuf>>,
     fuse: Option<crate::chaos::fuse::FuseDisk>,
+    /// It holds PostgreSQL's `pg_wal` alone (`pg = "wal"`).
+    wal: bool,
 }
 
 impl std::fmt::Debug for Tmpfs {
@@ -136,6 +138,7 @@ impl Tmpfs {
             path,
             ballast: Mutex::new(None),
             fuse: None,
+            wal: false,
         })
     }
 
@@ -166,6 +169,17 @@ impl Tmpfs {
 
     /// Where the store's files live: through the FUSE layer when there is
     /// one, else on the tmpfs.
+    /// This disk holds PostgreSQL's `pg_wal` alone.
+    pub fn for_wal(mut self) -> Tmpfs {
+        self.wal = true;
+        self
+    }
+
+    /// Whether it holds `pg_wal` alone ([`Tmpfs::for_wal`]).
+    pub fn is_wal(&self) -> bool {
+        self.wal
+    }
+
     pub fn store_dir(&self) -> &Path {
         self.fuse.as_ref().map_or(&self.path, |d| d.mountpoint())
     }

@@ -414,6 +414,19 @@ async fn disk_full(shared: &Shared, f: &PlannedFault) -> Result<()> {
         tokio::task::spawn_blocking(move || disk.fill()).await??
     };
     shared.history.record("disk", json!({ "filled": filled }));
+    if disk.is_wal()
+        && let Some(pg) = &shared.pg
+    {
+        // A full WAL volume hurts once the server needs a new segment: the
+        // current one was made whole when it was opened. Ask for the next
+        // one now (a busy server would get there by itself), which it
+        // cannot make: the PANIC and the crash restart of NixOS/infra#534.
+        let admin = pg.lock().await.admin_url();
+        let switched = switch_wal(&admin).await;
+        shared
+            .history
+            .record("wal_switch", json!({ "answer": switched }));
+    }
     tokio::time::sleep(hold(f)).await;
     disk.drain()?;
     let mut restarted = false;
@@ -429,6 +442,28 @@ async fn disk_full(shared: &Shared, f: &PlannedFault) -> Result<()> {
         json!({ "action": "disk_drained", "server_restarted": restarted, "usage": disk.usage()? }),
     );
     Ok(())
+}
+
+/// `pg_switch_wal()` twice on the server at `admin` (past a segment made
+/// ahead of time), as the server answered: the new segment's LSN, or the
+/// error (a PANIC ends the session).
+async fn switch_wal(admin: &str) -> String {
+    use sqlx::Connection as _;
+    let mut conn = match sqlx::PgConnection::connect(admin).await {
+        Ok(c) => c,
+        Err(e) => return format!("no session: {e}"),
+    };
+    let mut last = String::new();
+    for _ in 0..2 {
+        match sqlx::query_scalar::<_, String>("SELECT pg_switch_wal()::text")
+            .fetch_one(&mut conn)
+            .await
+        {
+            Ok(lsn) => last = lsn,
+            Err(e) => return format!("error: {e}"),
+        }
+    }
+    last
 }
 
 /// The FUSE layer over the store's disk, for the faults that need it.

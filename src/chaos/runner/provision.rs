@@ -131,6 +131,9 @@ pub(super) async fn store(
                 None => tokio::task::spawn_blocking(PgServer::start).await??,
                 Some(d) => {
                     let mut t = Tmpfs::mount(d.mib, PgServer::owner()?)?;
+                    if d.pg == PgPart::Wal {
+                        t = t.for_wal();
+                    }
                     if d.fuse {
                         t = t.with_fuse(false)?;
                     }
