@@ -33,6 +33,7 @@ mod pg_liveness;
 pub mod postgres;
 mod rows;
 mod sql;
+mod sql_tx;
 pub mod sqlite;
 mod statements;
 pub(crate) mod turns;
