@@ -285,8 +285,10 @@ fn write_fsync_mean(dir: &Path, n: u32) -> Duration {
     start.elapsed() / n
 }
 
-/// Numbers for the record (printed, bounded loosely): what the layer adds
-/// to a write + fdatasync.
+/// What the layer adds to a write + fdatasync, printed for the record
+/// (never asserted: a figure is a benchmark's business); asserted only
+/// that a delay makes both the write and the fdatasync wait, a lower
+/// bound no load can break.
 #[test]
 fn write_fsync_latency_through_the_layer() {
     if !fuse_available() {
@@ -319,7 +321,6 @@ fn write_fsync_latency_through_the_layer() {
         delayed >= Duration::from_millis(10),
         "write and fsync both wait"
     );
-    assert!(fused < Duration::from_millis(50), "{fused:?}");
 }
 
 /// A PostgreSQL server run as `postgres` (via runuser) with its data
