@@ -166,13 +166,26 @@ pub async fn tail(
         }
     };
     'outer: loop {
-        // Read the run first: if it is terminal now, every chunk it will
-        // ever have is already committed (the fence rejects later writes).
-        let read = match first_read.take() {
-            Some(r) => Ok(Some(r)),
-            None => pod.store.get_run(&run_id).await,
+        // Room first, then read no more than fits: a slow client leaves
+        // the tail waiting here with nothing in hand.
+        let Some(room) = sink.room(&pod).await else {
+            break;
         };
-        let run = match read {
+        let (from, limit) = sink.read_from(cursor, room);
+        // The run and the first page of its chunks in one read (one round
+        // trip, one snapshot): if the run is terminal in it, every chunk it
+        // will ever have is in the page or before the cursor (the fence
+        // rejects later writes). The caller's read of the run, at attach,
+        // comes without chunks.
+        let read = match first_read.take() {
+            Some(r) => Ok(Some((r, None))),
+            None => pod
+                .store
+                .run_and_chunks(&run_id, from.epoch, from.seq, limit)
+                .await
+                .map(|r| r.map(|(run, page)| (run, Some(page)))),
+        };
+        let (run, mut page) = match read {
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(e) => {
@@ -205,23 +218,28 @@ pub async fn tail(
         }
         // A failed read leaves the client behind: no `end` before a retry.
         let mut behind = false;
+        let mut limit = limit;
         loop {
-            // Room first, then read no more than fits: a slow client leaves
-            // the tail waiting here with nothing in hand.
-            let Some(room) = sink.room(&pod).await else {
-                break 'outer;
-            };
-            let (from, limit) = sink.read_from(cursor, room);
-            let chunks = match pod
-                .store
-                .chunks_after(&run_id, from.epoch, from.seq, limit)
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(run_id, error = %e, "stream: chunk read failed; retrying");
-                    behind = true;
-                    break;
+            let chunks = match page.take() {
+                Some(c) => c,
+                None => {
+                    let Some(room) = sink.room(&pod).await else {
+                        break 'outer;
+                    };
+                    let from;
+                    (from, limit) = sink.read_from(cursor, room);
+                    match pod
+                        .store
+                        .chunks_after(&run_id, from.epoch, from.seq, limit)
+                        .await
+                    {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(run_id, error = %e, "stream: chunk read failed; retrying");
+                            behind = true;
+                            break;
+                        }
+                    }
                 }
             };
             let n = chunks.len();

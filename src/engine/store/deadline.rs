@@ -252,6 +252,20 @@ impl Store for Deadlined {
         self.within("chunks", self.inner.chunks(run_id)).await
     }
 
+    async fn run_and_chunks(
+        &self,
+        run_id: &str,
+        epoch: i64,
+        seq: i64,
+        limit: i64,
+    ) -> StoreResult<Option<(RunRecord, Vec<Chunk>)>> {
+        self.within(
+            "run_and_chunks",
+            self.inner.run_and_chunks(run_id, epoch, seq, limit),
+        )
+        .await
+    }
+
     async fn chunks_after(
         &self,
         run_id: &str,

@@ -586,6 +586,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         data: &str,
     ) -> StoreResult<()>;
     async fn chunks(&self, run_id: &str) -> StoreResult<Vec<Chunk>>;
+    /// The run and its chunks strictly after the cursor `(epoch, seq)` (at
+    /// most `limit`, in stream order), read in one statement: a stream's
+    /// tail learns both in one round trip, from one snapshot, so when the
+    /// run is terminal in this read every chunk it will ever have is in the
+    /// page or before the cursor (the fence rejects later writes). `None`:
+    /// no such run.
+    async fn run_and_chunks(
+        &self,
+        run_id: &str,
+        epoch: i64,
+        seq: i64,
+        limit: i64,
+    ) -> StoreResult<Option<(RunRecord, Vec<Chunk>)>>;
     /// Chunks strictly after the cursor `(epoch, seq)`, in stream order.
     async fn chunks_after(
         &self,

@@ -227,6 +227,47 @@ impl From<ChunkRow> for Chunk {
     }
 }
 
+/// A run and a page of its chunks after a cursor, in one statement (a
+/// stream's read: one round trip, one snapshot). One row per chunk, the
+/// chunk's columns NULL on the one row of a run with none after it.
+pub(crate) const RUN_AND_CHUNKS: &str = concat!(
+    "SELECT ",
+    run_cols!(),
+    ", c_epoch, c_seq, c_node_id, c_attempt, c_data, c_at FROM runs LEFT JOIN \
+     (SELECT epoch AS c_epoch, seq AS c_seq, node_id AS c_node_id, attempt AS c_attempt, \
+     data AS c_data, at AS c_at FROM chunks WHERE run_id = $1 \
+     AND (epoch > $2 OR (epoch = $2 AND seq > $3)) ORDER BY epoch, seq LIMIT $4) c ON 1 = 1 \
+     WHERE id = $1 ORDER BY c_epoch, c_seq"
+);
+
+/// A row of [`RUN_AND_CHUNKS`].
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct RunChunkRow {
+    #[sqlx(flatten)]
+    pub(crate) run: RunRow,
+    c_epoch: Option<i64>,
+    c_seq: Option<i64>,
+    c_node_id: Option<String>,
+    c_attempt: Option<i64>,
+    c_data: Option<String>,
+    c_at: Option<i64>,
+}
+
+impl RunChunkRow {
+    /// The row's chunk, if it has one.
+    pub(crate) fn chunk(&self) -> Option<Chunk> {
+        Some(Chunk {
+            run_id: self.run.id.clone(),
+            epoch: self.c_epoch?,
+            seq: self.c_seq?,
+            node_id: self.c_node_id.clone(),
+            attempt: self.c_attempt,
+            data: self.c_data.clone()?,
+            at_ms: self.c_at?,
+        })
+    }
+}
+
 /// One `(epoch, node_id, attempt)` of the chunks a client keeps.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct PartRow {

@@ -417,6 +417,27 @@ macro_rules! impl_store {
                 Ok(rows.into_iter().map(Chunk::from).collect())
             }
 
+            async fn run_and_chunks(
+                &self,
+                run_id: &str,
+                epoch: i64,
+                seq: i64,
+                limit: i64,
+            ) -> StoreResult<Option<(RunRecord, Vec<Chunk>)>> {
+                let rows = sqlx::query_as::<_, rows::RunChunkRow>(rows::RUN_AND_CHUNKS)
+                    .bind(run_id)
+                    .bind(epoch)
+                    .bind(seq)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let chunks: Vec<Chunk> = rows.iter().filter_map(rows::RunChunkRow::chunk).collect();
+                let Some(first) = rows.into_iter().next() else {
+                    return Ok(None);
+                };
+                Ok(Some((RunRecord::try_from(first.run)?, chunks)))
+            }
+
             async fn chunks_after(
                 &self,
                 run_id: &str,
