@@ -207,39 +207,34 @@ fn the_partition_is_detected_within_the_bound_and_resumed_once() {
     assert!(text.contains("recorded dead after"), "{text}");
 }
 
-#[test]
-fn a_sigkilled_runner_leaves_what_clean_removes() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(docker) = engine() else { return };
+/// Run `file` and SIGKILL the runner once `mid` says the scenario is where
+/// it should be: what it leaves is labelled, and `vigil chaos clean`
+/// removes all of it. Returns the runner's pid.
+fn sigkill_mid_scenario(
+    docker: &bollard::Docker,
+    file: &str,
+    mut mid: impl FnMut() -> bool,
+) -> u32 {
     let results = tempfile::tempdir().unwrap();
-    let mut runner = chaos_run(
-        &root().join("scenarios/docker/pause-longer-than-lease.toml"),
-        results.path(),
-        &[],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    // Mid-scenario: PostgreSQL and the three pods up.
+    let mut runner = chaos_run(&root().join(file), results.path(), &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let left = leftovers(&docker);
-        if left.containers.len() >= 4 {
-            break;
-        }
+    while !mid() {
         assert!(
             Instant::now() < deadline,
-            "the scenario never got its containers up: {left:?}"
+            "{file} never got there: {:?}",
+            leftovers(docker)
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(500));
     runner.kill().unwrap(); // SIGKILL: no watchdog, no drop, nothing runs.
     runner.wait().unwrap();
-    let left = leftovers(&docker);
+    let left = leftovers(docker);
     assert!(
-        left.containers.len() >= 4 && !left.networks.is_empty(),
+        !left.containers.is_empty() && !left.networks.is_empty(),
         "a SIGKILLed runner cannot clean up: {left:?}"
     );
     let out = vigil().args(["chaos", "clean"]).output().unwrap();
@@ -247,8 +242,74 @@ fn a_sigkilled_runner_leaves_what_clean_removes() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("removed container"), "{text}");
     assert!(text.contains("removed network"), "{text}");
-    let left = leftovers(&docker);
+    let left = leftovers(docker);
     assert!(left.is_empty(), "left after clean: {left:?}");
+    runner.id()
+}
+
+#[test]
+fn a_sigkilled_runner_leaves_what_clean_removes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(docker) = engine() else { return };
+    // Mid-scenario: PostgreSQL and the three pods up.
+    let _ = sigkill_mid_scenario(
+        &docker,
+        "scenarios/docker/pause-longer-than-lease.toml",
+        || leftovers(&docker).containers.len() >= 4,
+    );
+}
+
+/// The PostgreSQL container's store disk as the host reaches it (through
+/// its init process), if a run has one up. (A client of its own, made in
+/// the runtime that uses it: a pooled connection of another runtime's hung
+/// the inspect.)
+fn container_disk() -> Option<PathBuf> {
+    rt().block_on(async {
+        let docker = vigil::cluster::docker::connect().await.ok()?;
+        let name = vigil::cluster::docker::leftovers(&docker, None)
+            .await
+            .ok()?
+            .containers
+            .into_iter()
+            .find(|c| c.ends_with("-postgres"))?;
+        let info = docker
+            .inspect_container(name.trim_start_matches('/'), None)
+            .await
+            .ok()?;
+        let pid = info.state?.pid.filter(|p| *p > 0)?;
+        Some(PathBuf::from(format!(
+            "/proc/{pid}/root{}",
+            vigil::cluster::docker::env::PG_DISK
+        )))
+    })
+}
+
+#[test]
+fn a_runner_sigkilled_mid_disk_full_leaves_what_clean_removes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(docker) = engine() else { return };
+    // Mid-fault: the ballast has filled the container's tmpfs. The disk is
+    // the container's own (nothing mounted on the host): it goes with it.
+    let mut disk = None;
+    let runner = sigkill_mid_scenario(
+        &docker,
+        "scenarios/docker/disk-full-mid-stream.toml",
+        || {
+            let Some(d) = container_disk() else {
+                return false;
+            };
+            let full = nix::sys::statvfs::statvfs(&d).is_ok_and(|s| s.blocks_available() == 0);
+            disk = Some(d);
+            full
+        },
+    );
+    let disk = disk.unwrap();
+    assert!(!disk.exists(), "{} outlived its container", disk.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&format!("/tmp/vigil-disk-{runner}-")),
+        "a store disk of the runner's on the host: {mounts}"
+    );
 }
 
 #[test]
@@ -340,9 +401,9 @@ fn images_build_from_local_files() {
 }
 
 /// The teeth on the Docker driver: pod death, partition, a
-/// skewed clock, a slow consumer, a laggy and a half-open store link and a
-/// frozen database container, each with a bug switched on in the pod
-/// containers, caught by the check meant for it.
+/// skewed clock, a slow consumer, a laggy and a half-open store link, a
+/// full disk and a frozen database container, each with a bug switched on
+/// in the pod containers, caught by the check meant for it.
 #[cfg(feature = "fault-injection")]
 #[test]
 fn docker_teeth_catch_their_bugs() {
@@ -399,6 +460,18 @@ fn docker_teeth_catch_their_bugs() {
             "no_self_fence",
             "self_fenced",
             "still answered ready",
+        ),
+        (
+            // The PostgreSQL container's disk full for 6 s (the chaos
+            // database's tablespace): a driver that gives a write up at
+            // the first store error claims the run back and runs the
+            // step's body again, and every round spends an attempt (a row
+            // update still lands in a page with room, a chunk's insert
+            // needs a new page), as on the process driver.
+            "scenarios/docker/disk-full-mid-stream.toml",
+            "no_store_wait",
+            "outcomes_explained",
+            "had to succeed",
         ),
         (
             // The PostgreSQL container paused 6 s under a 1 s liveness

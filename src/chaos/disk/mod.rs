@@ -2,13 +2,21 @@
 //! tmpfs of the runner's own, which `disk_full` fills with a ballast file
 //! and its heal empties (NixOS/infra#534: a full WAL volume).
 //!
-//! A tmpfs is mounted at `/tmp/vigil-disk-<runner pid>-<id>` and holds the
-//! SQLite database's directory, or the throwaway PostgreSQL server's data
-//! directory (or its `pg_wal` alone). Dropping the [`Tmpfs`] deletes the
-//! ballast, unmounts it (lazily, if a process still holds a file there) and
-//! removes the directory; a runner SIGKILLed mid-scenario leaves its mount
-//! behind, and `vigil chaos clean` ([`sweep`]) unmounts every one whose
-//! runner is gone.
+//! Process driver: a tmpfs is mounted at `/tmp/vigil-disk-<runner pid>-<id>`
+//! and holds the SQLite database's directory, or the throwaway PostgreSQL
+//! server's data directory (or its `pg_wal` alone, or the chaos database's
+//! tablespace). Dropping the [`Tmpfs`] deletes the ballast, unmounts it
+//! (lazily, if a process still holds a file there) and removes the
+//! directory; a runner SIGKILLed mid-scenario leaves its mount behind, and
+//! `vigil chaos clean` ([`sweep`]) unmounts every one whose runner is gone.
+//!
+//! Docker driver: the tmpfs is the PostgreSQL container's own
+//! (`HostConfig.Tmpfs`), holding the chaos database's tablespace, and the
+//! ballast is written through the container's init process
+//! (`/proc/<State.Pid>/root`): [`container::ContainerDisk`]. It goes with
+//! the container.
+
+pub mod container;
 
 use anyhow::{Context, Result, bail};
 use std::io::Write;
@@ -16,16 +24,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// `[cluster] store_disk = { mib = 48, pg = "data" }`: the store's files on
-/// a tmpfs of `mib` MiB: SQLite's database directory; for the throwaway
-/// PostgreSQL server its data directory (`pg = "data"`) or its WAL alone
-/// (`pg = "wal"`).
+/// a tmpfs of `mib` MiB: SQLite's database directory; for PostgreSQL its
+/// data directory (`pg = "data"`), its WAL alone (`pg = "wal"`) or the
+/// chaos database alone, in a tablespace (`pg = "database"`); unset, the
+/// driver's default ([`StoreDisk::pg_part`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreDisk {
     #[serde(default = "default_mib")]
     pub mib: u64,
     #[serde(default)]
-    pub pg: PgPart,
+    pub pg: Option<PgPart>,
     /// The FUSE layer over the tmpfs (slow_disk, lose_unsynced): set when
     /// a fault needs it.
     #[serde(skip)]
@@ -40,10 +49,24 @@ impl Default for StoreDisk {
     fn default() -> Self {
         StoreDisk {
             mib: default_mib(),
-            pg: PgPart::Data,
+            pg: None,
             fuse: false,
             buffered: false,
         }
+    }
+}
+
+impl StoreDisk {
+    /// Which of PostgreSQL's files go on the disk: as the scenario says,
+    /// else the data directory on the process driver, and the chaos
+    /// database on the Docker driver (a container's tmpfs starts empty and
+    /// the image's entrypoint is the server itself: a data directory cannot
+    /// be put there before it starts, a tablespace can be made after).
+    pub fn pg_part(&self, driver: crate::chaos::scenario::DriverKind) -> PgPart {
+        self.pg.unwrap_or(match driver {
+            crate::chaos::scenario::DriverKind::Process => PgPart::Data,
+            crate::chaos::scenario::DriverKind::Docker => PgPart::Database,
+        })
     }
 }
 
@@ -53,16 +76,30 @@ fn default_mib() -> u64 {
     96
 }
 
-/// Which of PostgreSQL's directories goes on the store disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+/// Which of PostgreSQL's files go on the store disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PgPart {
     /// The whole data directory: a full disk fails table writes and WAL.
-    #[default]
     Data,
     /// `pg_wal` alone: a full disk fails every WAL write, and PostgreSQL
     /// PANICs.
     Wal,
+    /// The chaos database alone (`CREATE DATABASE ... TABLESPACE` on the
+    /// disk): its tables, indexes and catalogs. A full disk fails whatever
+    /// needs a new page ("could not extend file"); the WAL and the
+    /// cluster-wide catalogs are elsewhere, so the server never PANICs.
+    Database,
+}
+
+impl PgPart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PgPart::Data => "data",
+            PgPart::Wal => "wal",
+            PgPart::Database => "database",
+        }
+    }
 }
 
 /// The prefix of every mount point this module makes.
@@ -73,7 +110,7 @@ const PREFIX: &str = "vigil-disk-";
 /// which the store reaches its files.
 pub struct Tmpfs {
     path: PathBuf,
-    ballast: Mutex<Option<PathBuf>>,
+    ballast: Ballast,
     fuse: Option<crate::chaos::fuse::FuseDisk>,
     /// It holds PostgreSQL's `pg_wal` alone (`pg = "wal"`).
     wal: bool,
@@ -136,7 +173,7 @@ impl Tmpfs {
         })?;
         Ok(Tmpfs {
             path,
-            ballast: Mutex::new(None),
+            ballast: Ballast::default(),
             fuse: None,
             wal: false,
         })
@@ -190,62 +227,141 @@ impl Tmpfs {
     }
 
     pub fn usage(&self) -> Result<Usage> {
-        let st = nix::sys::statvfs::statvfs(&self.path)
-            .with_context(|| format!("statvfs {}", self.path.display()))?;
-        let frag = st.fragment_size();
-        let ballast_bytes = self
-            .ballast
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(|b| std::fs::metadata(b).ok())
-            .map_or(0, |m| m.len());
-        Ok(Usage {
-            ballast_bytes,
-            free_bytes: st.blocks_available() * frag,
-            size_bytes: st.blocks() * frag,
-        })
+        usage(&self.path, &self.ballast)
     }
 
     /// Fill the disk: write a ballast file until the kernel says no space
-    /// is left (in MiB pieces, then pages, so nothing is left over).
+    /// is left (blocking).
     pub fn fill(&self) -> Result<Usage> {
-        let file = self
-            .path
-            .join(format!(".ballast-{}", uuid::Uuid::now_v7().simple()));
-        *self.ballast.lock().unwrap_or_else(|p| p.into_inner()) = Some(file.clone());
-        let mut f = std::fs::File::create(&file)
-            .with_context(|| format!("creating the ballast {}", file.display()))?;
-        for piece in [1 << 20, 4096] {
-            let buf = vec![0u8; piece];
-            loop {
-                match f.write(&buf) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
-                    Err(e) => {
-                        return Err(e)
-                            .with_context(|| format!("writing the ballast {}", file.display()));
-                    }
-                }
-            }
-        }
+        fill_until_full(&self.ballast.place(&self.path))?;
         self.usage()
     }
 
     /// Empty the disk again: delete the ballast.
     pub fn drain(&self) -> Result<()> {
-        let ballast = self
-            .ballast
+        self.ballast.drain()
+    }
+}
+
+/// The store's disk, wherever it is: a tmpfs of the runner's (process
+/// driver) or the PostgreSQL container's own (Docker driver).
+#[derive(Debug)]
+pub enum Disk {
+    Host(Tmpfs),
+    Container(container::ContainerDisk),
+}
+
+impl Disk {
+    /// The disk's root as the runner reaches it now.
+    async fn root(&self) -> Result<PathBuf> {
+        match self {
+            Disk::Host(t) => Ok(t.path.clone()),
+            Disk::Container(c) => c.root().await,
+        }
+    }
+
+    fn ballast(&self) -> &Ballast {
+        match self {
+            Disk::Host(t) => &t.ballast,
+            Disk::Container(c) => c.ballast(),
+        }
+    }
+
+    /// Fill the disk with a ballast file until the kernel says no space is
+    /// left (written on a blocking thread).
+    pub async fn fill(&self) -> Result<Usage> {
+        let root = self.root().await?;
+        let file = self.ballast().place(&root);
+        tokio::task::spawn_blocking(move || fill_until_full(&file)).await??;
+        usage(&root, self.ballast())
+    }
+
+    /// Empty the disk again: delete the ballast.
+    pub async fn drain(&self) -> Result<()> {
+        match self {
+            Disk::Host(t) => t.drain(),
+            Disk::Container(c) => c.drain().await,
+        }
+    }
+
+    pub async fn usage(&self) -> Result<Usage> {
+        usage(&self.root().await?, self.ballast())
+    }
+
+    /// The FUSE layer over the disk, when there is one (process driver).
+    pub fn fuse(&self) -> Option<&crate::chaos::fuse::FuseDisk> {
+        match self {
+            Disk::Host(t) => t.fuse(),
+            Disk::Container(_) => None,
+        }
+    }
+}
+
+/// The file that fills a disk, once placed.
+#[derive(Debug, Default)]
+pub(crate) struct Ballast(Mutex<Option<PathBuf>>);
+
+impl Ballast {
+    /// A new ballast file's path in `dir`, remembered for [`Ballast::drain`].
+    pub(crate) fn place(&self, dir: &Path) -> PathBuf {
+        let file = dir.join(format!(".ballast-{}", uuid::Uuid::now_v7().simple()));
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(file.clone());
+        file
+    }
+
+    /// The ballast's size now (0 when there is none).
+    fn bytes(&self) -> u64 {
+        self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take();
+            .as_ref()
+            .and_then(|b| std::fs::metadata(b).ok())
+            .map_or(0, |m| m.len())
+    }
+
+    /// Delete the ballast, if one was placed.
+    pub(crate) fn drain(&self) -> Result<()> {
+        let ballast = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(b) = ballast {
             std::fs::remove_file(&b)
                 .with_context(|| format!("deleting the ballast {}", b.display()))?;
         }
         Ok(())
     }
+}
+
+/// The disk at `dir`: its size, the space left, and `ballast`'s share.
+pub(crate) fn usage(dir: &Path, ballast: &Ballast) -> Result<Usage> {
+    let st =
+        nix::sys::statvfs::statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
+    let frag = st.fragment_size();
+    Ok(Usage {
+        ballast_bytes: ballast.bytes(),
+        free_bytes: st.blocks_available() * frag,
+        size_bytes: st.blocks() * frag,
+    })
+}
+
+/// Write `file` until the kernel says no space is left (in MiB pieces,
+/// then pages, so nothing is left over). Blocking.
+pub(crate) fn fill_until_full(file: &Path) -> Result<()> {
+    let mut f = std::fs::File::create(file)
+        .with_context(|| format!("creating the ballast {}", file.display()))?;
+    for piece in [1 << 20, 4096] {
+        let buf = vec![0u8; piece];
+        loop {
+            match f.write(&buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("writing the ballast {}", file.display()));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Tmpfs {

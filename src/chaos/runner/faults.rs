@@ -403,16 +403,16 @@ async fn store_outage(shared: &Shared, f: &PlannedFault) -> Result<()> {
 /// Fill the store's disk for the fault's duration, then empty it. A
 /// PostgreSQL server that PANICked on a WAL write it could not make and
 /// could not get through its crash restart on a full disk is started
-/// again once there is room, as an operator would.
+/// again once there is room, as an operator would. (On the Docker driver
+/// the disk holds the chaos database alone, never the WAL: no PANIC; a
+/// container that stopped anyway took its tmpfs with it, and draining
+/// says so.)
 async fn disk_full(shared: &Shared, f: &PlannedFault) -> Result<()> {
     let disk = shared
         .disk
         .as_ref()
         .context("disk_full needs the store's files on a disk of the runner's")?;
-    let filled = {
-        let disk = disk.clone();
-        tokio::task::spawn_blocking(move || disk.fill()).await??
-    };
+    let filled = disk.fill().await?;
     shared.history.record("disk", json!({ "filled": filled }));
     if disk.is_wal()
         && let Some(pg) = &shared.pg
@@ -428,7 +428,7 @@ async fn disk_full(shared: &Shared, f: &PlannedFault) -> Result<()> {
             .record("wal_switch", json!({ "answer": switched }));
     }
     tokio::time::sleep(hold(f)).await;
-    disk.drain()?;
+    disk.drain().await?;
     let mut restarted = false;
     if let Some(pg) = &shared.pg {
         let mut pg = pg.lock().await;
@@ -439,7 +439,7 @@ async fn disk_full(shared: &Shared, f: &PlannedFault) -> Result<()> {
     }
     shared.history.record(
         "heal",
-        json!({ "action": "disk_drained", "server_restarted": restarted, "usage": disk.usage()? }),
+        json!({ "action": "disk_drained", "server_restarted": restarted, "usage": disk.usage().await? }),
     );
     Ok(())
 }
@@ -471,7 +471,7 @@ fn fuse_of(shared: &Shared) -> Result<&crate::chaos::fuse::FuseDisk> {
     shared
         .disk
         .as_deref()
-        .and_then(crate::chaos::disk::Tmpfs::fuse)
+        .and_then(crate::chaos::disk::Disk::fuse)
         .context("this fault needs the store's files behind the runner's FUSE layer")
 }
 

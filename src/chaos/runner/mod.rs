@@ -109,8 +109,9 @@ struct Shared {
     pg: Option<tokio::sync::Mutex<PgServer>>,
     /// The PostgreSQL container (Docker driver), for store_freeze.
     pg_container: Option<(bollard::Docker, String)>,
-    /// The disk of the runner's under the store's files (storage faults).
-    disk: Option<Arc<crate::chaos::disk::Tmpfs>>,
+    /// The disk under the store's files (storage faults): the runner's, or
+    /// the PostgreSQL container's.
+    disk: Option<Arc<crate::chaos::disk::Disk>>,
     http: reqwest::Client,
     verbose: bool,
     /// The pods' store links, when a fault hits one (PostgreSQL, process
@@ -273,7 +274,9 @@ pub async fn run(scn: Scenario, opts: &RunnerOpts) -> Result<Outcome> {
             scn.name
         );
     }
-    if let Some(why) = provision::why_not_applicable(&plan, kind, &opts.store, driver) {
+    if let Some(why) =
+        provision::why_not_applicable(&plan, kind, &opts.store, driver, scn.store_disk)
+    {
         return not_applicable(&scn, opts, kind, dir, why);
     }
     if let Some(stores) = &scn.stores
@@ -411,7 +414,7 @@ struct Setup<'a> {
     witness_bind: std::net::IpAddr,
     workflows: WorkflowRegistry,
     docker: Option<(crate::cluster::docker::pods::DockerPods, String)>,
-    disk: Option<Arc<crate::chaos::disk::Tmpfs>>,
+    disk: Option<Arc<crate::chaos::disk::Disk>>,
 }
 
 async fn run_inner(setup: Setup<'_>, opts: &RunnerOpts) -> Result<Outcome> {

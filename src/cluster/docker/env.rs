@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// The PostgreSQL server's name on the scenario network.
 pub const PG_HOST: &str = "postgres";
 
+/// Where the PostgreSQL container's store disk is mounted (a tmpfs of its
+/// own, when the scenario has one): the chaos database's tablespace.
+pub const PG_DISK: &str = "/var/lib/postgresql/disk";
+
 #[derive(Debug)]
 pub struct DockerEnv {
     pub docker: Docker,
@@ -113,11 +117,14 @@ impl DockerEnv {
 
     /// Start a PostgreSQL server container on the scenario network (built
     /// from the installed server binaries on demand) and wait until it
-    /// accepts connections through its published port.
-    pub async fn start_postgres(&self) -> Result<PgEndpoints, DockerError> {
+    /// accepts connections through its published port. With `disk_mib`, a
+    /// tmpfs of that size owned by the server's user is mounted at
+    /// [`PG_DISK`] (empty: Docker copies nothing of the image into a
+    /// tmpfs).
+    pub async fn start_postgres(&self, disk_mib: Option<u64>) -> Result<PgEndpoints, DockerError> {
         let image = super::image::pg_image(&self.docker, false).await?;
         let name = self.postgres_container();
-        let body = super::container_body(
+        let mut body = super::container_body(
             &image.tag,
             &self.network,
             PG_HOST,
@@ -135,6 +142,13 @@ impl DockerEnv {
             Vec::new(),
             self.labels("postgres"),
         );
+        if let (Some(mib), Some(host)) = (disk_mib, body.host_config.as_mut()) {
+            let uid = super::image::PG_UID;
+            host.tmpfs = Some(HashMap::from([(
+                PG_DISK.to_owned(),
+                format!("size={mib}m,uid={uid},gid={uid},mode=0700"),
+            )]));
+        }
         self.docker
             .create_container(
                 Some(CreateContainerOptionsBuilder::new().name(&name).build()),

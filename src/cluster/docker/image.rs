@@ -22,7 +22,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 /// The uid/gid PostgreSQL runs as inside its image.
-const PG_UID: u64 = 999;
+pub const PG_UID: u64 = 999;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BuiltImage {
