@@ -252,6 +252,11 @@ pub enum Disk {
 }
 
 impl Disk {
+    /// Whether it holds PostgreSQL's `pg_wal` alone ([`Tmpfs::for_wal`]).
+    pub fn is_wal(&self) -> bool {
+        matches!(self, Disk::Host(t) if t.is_wal())
+    }
+
     /// The disk's root as the runner reaches it now.
     async fn root(&self) -> Result<PathBuf> {
         match self {

@@ -160,7 +160,7 @@ pub(super) async fn store(
                 None => tokio::task::spawn_blocking(PgServer::start).await??,
                 Some(d) => {
                     let mut t = Tmpfs::mount(d.mib, PgServer::owner()?)?;
-                    if d.pg == PgPart::Wal {
+                    if d.pg_part(DriverKind::Process) == PgPart::Wal {
                         t = t.for_wal();
                     }
                     if d.fuse {
