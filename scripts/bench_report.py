@@ -121,6 +121,15 @@ def statements(raw):
             "pods": pods, "concurrency": conc, "reps": len(sts),
             "round_trips_per_run": med([x["round_trips_per_run"] for x in sts]),
             "commits_per_run": med([x["commits_per_run"] for x in sts]),
+            # Older runs carry none of these (None: printed as "n/a").
+            "rt_less_bg": med([x["round_trips_per_run_less_background"] for x in sts
+                               if "round_trips_per_run_less_background" in x]),
+            "commits_less_bg": med([x["commits_per_run_less_background"] for x in sts
+                                    if "commits_per_run_less_background" in x]),
+            "bg_rt_per_s": med([x["background"]["round_trips_per_s"] for x in sts if "background" in x]),
+            "rows": {k: med([x["rows_per_step"][k] for x in sts if "rows_per_step" in x])
+                     for k in ("inserts", "updates", "hot_updates", "deletes")},
+            "rows_by_table": next((x["rows_per_step"]["by_table"] for x in sts if "rows_per_step" in x), []),
             "by_statement": sorted(({"query": q, "per_run": med(v), "mean_exec_ms": med(exec_ms[q])}
                                     for q, v in top.items()),
                                    key=lambda x: -x["per_run"])[:12],
@@ -246,10 +255,23 @@ def markdown(res, stamp, keep):
           "top-level statements, BEGIN and COMMIT included; `pg_stat_database.xact_commit`, read-only "
           "transactions included; the pods' background loops included):")
         a("")
-        a("| pods | clients | round trips per run | commits per run |")
-        a("|---|---|---|---|")
+        a("| pods | clients | round trips per run | commits per run | round trips per run, less background | commits per run, less background | background round trips/s (idle pods) |")
+        a("|---|---|---|---|---|---|---|")
         for st in res["statements"]:
-            a(f"| {st['pods']} | {st['concurrency']} | {fmt(st['round_trips_per_run'])} | {fmt(st['commits_per_run'])} |")
+            a(f"| {st['pods']} | {st['concurrency']} | {fmt(st['round_trips_per_run'])} | {fmt(st['commits_per_run'])} | "
+              f"{fmt(st['rt_less_bg'])} | {fmt(st['commits_less_bg'])} | {fmt(st['bg_rt_per_s'])} |")
+        a("")
+        a("The background is the pods' own loops (renewals, probes, the dispatcher's and the reaper's reads), "
+          "counted alone for 3 s with the pods idle before the measured runs; its rate over the measured wall "
+          "time is taken off. Rows written per step (`pg_stat_user_tables` over the measured runs, read once the "
+          "pods exited; the `pods` table's renewals included):")
+        a("")
+        a("| pods | clients | inserts per step | updates per step | HOT updates per step | deletes per step |")
+        a("|---|---|---|---|---|---|")
+        for st in res["statements"]:
+            r = st["rows"]
+            a(f"| {st['pods']} | {st['concurrency']} | {fmt(r['inserts'], 2)} | {fmt(r['updates'], 2)} | "
+              f"{fmt(r['hot_updates'], 2)} | {fmt(r['deletes'], 2)} |")
         one = next((st for st in res["statements"] if st["pods"] == 1 and st["concurrency"] == 1), None)
         if one:
             a("")

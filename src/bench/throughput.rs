@@ -113,7 +113,7 @@ async fn measure(
     cluster.shutdown(Duration::from_secs(5)).await;
     // The pods' sessions are closed (their counters flushed): read them.
     let statements = match counter {
-        Some(c) => c.finish(a.runs).await,
+        Some(c) => c.finish(a.runs, steps, wall).await,
         None => serde_json::json!({"not_applicable": "SQLite: statements are in-process calls"}),
     };
     // After the clock: every run must have succeeded and run each step once.
@@ -176,13 +176,38 @@ async fn one_run(
 /// Statements and commits per run, as the PostgreSQL server counted them
 /// (`pg_stat_statements`, top-level statements only, so one entry is one
 /// round trip; `pg_stat_database.xact_commit` for commits, read-only
-/// transactions included), both reset when the measured runs start. Needs
+/// transactions included), both reset when the measured runs start, and
+/// the rows each step wrote (`pg_stat_user_tables`, read once the pods
+/// have exited and flushed their counters). The pods' background loops
+/// (renewals, probes, the dispatcher's and the reaper's reads) are
+/// measured apart first, over [`IDLE`] with the pods idle, and their rate
+/// over the measured wall time is taken off the totals. Needs
 /// `shared_preload_libraries=pg_stat_statements` (`just bench` sets it);
 /// without it the report says why instead of a number.
 enum StatementCounter {
-    Ready(sqlx::PgPool),
+    Ready {
+        pool: sqlx::PgPool,
+        background: Background,
+    },
     Unavailable(String),
 }
+
+/// How long the pods' background loops are counted alone.
+const IDLE: Duration = Duration::from_secs(3);
+
+/// The pods' background loops, counted with nothing submitted.
+struct Background {
+    round_trips_per_s: f64,
+    commits_per_s: f64,
+    statements: Vec<(String, i64)>,
+}
+
+/// Our own session's statements are not the pods'.
+const STATEMENTS_SQL: &str = "SELECT query, calls, mean_exec_time FROM pg_stat_statements \
+     WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND query NOT LIKE '%pg_stat%' ORDER BY calls DESC";
+const COMMITS_SQL: &str =
+    "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
 
 impl StatementCounter {
     async fn start(url: &str) -> StatementCounter {
@@ -194,14 +219,33 @@ impl StatementCounter {
             sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
                 .execute(&pool)
                 .await?;
+            // The background alone: the pods idle. A backend flushes its
+            // commit count at most once a second, so the count is read
+            // after a settling second, twice, and the difference taken.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            sqlx::query("SELECT pg_stat_statements_reset()")
+                .execute(&pool)
+                .await?;
+            let c0: i64 = sqlx::query_scalar(COMMITS_SQL).fetch_one(&pool).await?;
+            tokio::time::sleep(IDLE).await;
+            let idle: Vec<(String, i64, f64)> =
+                sqlx::query_as(STATEMENTS_SQL).fetch_all(&pool).await?;
+            let c1: i64 = sqlx::query_scalar(COMMITS_SQL).fetch_one(&pool).await?;
+            let secs = IDLE.as_secs_f64();
+            let background = Background {
+                round_trips_per_s: idle.iter().map(|r| r.1).sum::<i64>() as f64 / secs,
+                // Less our own two reads.
+                commits_per_s: (c1 - c0 - 2).max(0) as f64 / secs,
+                statements: idle.into_iter().map(|(q, n, _)| (q, n)).collect(),
+            };
             sqlx::query("SELECT pg_stat_statements_reset()")
                 .execute(&pool)
                 .await?;
             sqlx::query("SELECT pg_stat_reset()").execute(&pool).await?;
-            Ok::<_, sqlx::Error>(pool)
+            Ok::<_, sqlx::Error>((pool, background))
         };
         match ready.await {
-            Ok(pool) => StatementCounter::Ready(pool),
+            Ok((pool, background)) => StatementCounter::Ready { pool, background },
             Err(e) => StatementCounter::Unavailable(format!(
                 "pg_stat_statements unavailable ({e}); start the server with \
                  shared_preload_libraries=pg_stat_statements"
@@ -209,30 +253,29 @@ impl StatementCounter {
         }
     }
 
-    async fn finish(self, runs: usize) -> serde_json::Value {
-        let pool = match self {
-            StatementCounter::Ready(pool) => pool,
+    async fn finish(self, runs: usize, steps: usize, wall_s: f64) -> serde_json::Value {
+        let (pool, bg) = match self {
+            StatementCounter::Ready { pool, background } => (pool, background),
             StatementCounter::Unavailable(why) => return serde_json::json!({"unavailable": why}),
         };
         let read = async {
-            // Our own session's counters are not the pods'.
-            let db = "(SELECT oid FROM pg_database WHERE datname = current_database())";
-            let rows: Vec<(String, i64, f64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT query, calls, mean_exec_time FROM pg_stat_statements WHERE dbid = {db} \
-                 AND query NOT LIKE '%pg_stat%' ORDER BY calls DESC"
-            )))
+            let rows: Vec<(String, i64, f64)> =
+                sqlx::query_as(STATEMENTS_SQL).fetch_all(&pool).await?;
+            let commits: i64 = sqlx::query_scalar(COMMITS_SQL).fetch_one(&pool).await?;
+            let tables: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+                "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del \
+                 FROM pg_stat_user_tables ORDER BY relname",
+            )
             .fetch_all(&pool)
             .await?;
-            let commits: i64 = sqlx::query_scalar(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-            )
-            .fetch_one(&pool)
-            .await?;
-            Ok::<_, sqlx::Error>((rows, commits))
+            Ok::<_, sqlx::Error>((rows, commits, tables))
         };
-        let per_run = |n: i64| (n as f64 / runs as f64 * 100.0).round() / 100.0;
+        let round2 = |x: f64| (x * 100.0).round() / 100.0;
+        let per_run = |n: f64| round2(n / runs as f64);
+        let per_step =
+            |n: i64| ((n as f64 / (runs * steps.max(1)) as f64) * 1000.0).round() / 1000.0;
         match read.await {
-            Ok((rows, commits)) => {
+            Ok((rows, commits, tables)) => {
                 let total: i64 = rows.iter().map(|r| r.1).sum();
                 let top: Vec<_> = rows
                     .iter()
@@ -240,20 +283,69 @@ impl StatementCounter {
                     .map(|(q, calls, mean_ms)| {
                         let q: String = q.split_whitespace().collect::<Vec<_>>().join(" ");
                         serde_json::json!({
-                            "per_run": per_run(*calls),
+                            "per_run": per_run(*calls as f64),
                             // Execution in the server, not the round trip or the commit.
                             "mean_exec_ms": (mean_ms * 1000.0).round() / 1000.0,
                             "query": q,
                         })
                     })
                     .collect();
+                let bg_statements: Vec<_> = bg
+                    .statements
+                    .iter()
+                    .take(15)
+                    .map(|(q, calls)| {
+                        let q: String = q.split_whitespace().collect::<Vec<_>>().join(" ");
+                        serde_json::json!({
+                            "per_s": round2(*calls as f64 / IDLE.as_secs_f64()),
+                            "query": q,
+                        })
+                    })
+                    .collect();
+                // Minus the counter's own one transaction.
+                let commits = (commits - 1).max(0) as f64;
+                let rows_per_step: Vec<_> = tables
+                    .iter()
+                    .filter(|t| t.1 + t.2 + t.4 > 0)
+                    .map(|(name, ins, upd, hot, del)| {
+                        serde_json::json!({
+                            "table": name,
+                            "inserts": per_step(*ins),
+                            "updates": per_step(*upd),
+                            "hot_updates": per_step(*hot),
+                            "deletes": per_step(*del),
+                        })
+                    })
+                    .collect();
+                let sum = |f: fn(&(String, i64, i64, i64, i64)) -> i64| {
+                    per_step(tables.iter().map(f).sum())
+                };
                 serde_json::json!({
-                    "round_trips_per_run": per_run(total),
-                    // Minus the counter's own one transaction.
-                    "commits_per_run": per_run((commits - 1).max(0)),
+                    "round_trips_per_run": per_run(total as f64),
+                    "commits_per_run": per_run(commits),
+                    // The background's rate over the measured wall time, off.
+                    "round_trips_per_run_less_background":
+                        per_run((total as f64 - bg.round_trips_per_s * wall_s).max(0.0)),
+                    "commits_per_run_less_background":
+                        per_run((commits - bg.commits_per_s * wall_s).max(0.0)),
+                    "background": {
+                        "round_trips_per_s": round2(bg.round_trips_per_s),
+                        "commits_per_s": round2(bg.commits_per_s),
+                        "idle_s": IDLE.as_secs_f64(),
+                        "by_statement": bg_statements,
+                    },
                     "by_statement": top,
-                    "note": "counted by the server over the measured runs (the pods' \
-                             background loops, heartbeats and probes included)",
+                    "rows_per_step": {
+                        "inserts": sum(|t| t.1),
+                        "updates": sum(|t| t.2),
+                        "hot_updates": sum(|t| t.3),
+                        "deletes": sum(|t| t.4),
+                        "by_table": rows_per_step,
+                        "note": "every table's rows over the measured runs' steps, the pods' \
+                                 own rows (renewals: pods) included",
+                    },
+                    "note": "counted by the server over the measured runs; the background \
+                             loops were counted alone first, with the pods idle",
                 })
             }
             Err(e) => {
