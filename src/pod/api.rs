@@ -406,10 +406,6 @@ async fn attach(
     q: Result<Query<AttachQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q?;
-    // Subscribed before the read, so no change after it is missed.
-    let changes = pod.engine.changes();
-    let run = run_or_404(&pod, &id).await?;
-    let id = run.id.clone();
     let from = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -425,13 +421,28 @@ async fn attach(
             )
         })?,
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    // Subscribed before the read, so no change after it is missed.
+    let changes = pod.engine.changes();
+    // A whole id: the run and the first page of its chunks in one
+    // statement (the channel is empty: a page fills it at most). A prefix
+    // is resolved first.
+    let limit = i64::try_from(stream::CHANNEL).unwrap_or(1);
+    let (run, page) = match pod
+        .store
+        .run_and_chunks(&id, cursor.epoch, cursor.seq, limit)
+        .await?
+    {
+        Some((run, page)) => (run, Some((page, limit))),
+        None => (run_or_404(&pod, &id).await?, None),
+    };
+    let id = run.id.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(stream::CHANNEL);
     tokio::spawn(stream::tail(
         pod.clone(),
         id,
         cursor,
         tx,
-        Some((run, changes)),
+        Some(stream::FirstRead { run, page, changes }),
     ));
     let sse =
         Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx)).keep_alive(KeepAlive::default());

@@ -121,19 +121,18 @@ pub async fn tail(
     run_id: String,
     mut cursor: Cursor,
     tx: mpsc::Sender<Result<Event, Infallible>>,
-    // The run as the caller read it, and the wake-ups it subscribed to
-    // before that read (one store read less per attach).
-    read: Option<(
-        crate::engine::run::RunRecord,
-        tokio::sync::broadcast::Receiver<Arc<str>>,
-    )>,
+    // The run as the caller read it (with the first page of its chunks
+    // after `cursor` and the page's limit, when it read them in the same
+    // statement), and the wake-ups it subscribed to before that read (one
+    // store read less per attach).
+    read: Option<FirstRead>,
 ) {
     pod.engine.metrics.attachers_active.inc();
     // Subscribed before the first read, so no change made in this process
     // after that read can be missed; changes made by other pods are seen at
     // the next poll.
     let (mut first_read, mut changes) = match read {
-        Some((run, changes)) => (Some(run), changes),
+        Some(FirstRead { run, page, changes }) => (Some((run, page)), changes),
         None => (None, pod.engine.changes()),
     };
     // The epoch up to whose claim what this client holds is known to be
@@ -178,12 +177,12 @@ pub async fn tail(
         // rejects later writes). The caller's read of the run, at attach,
         // comes without chunks.
         let read = match first_read.take() {
-            Some(r) => Ok(Some((r, None))),
+            Some((run, page)) => Ok(Some((run, page))),
             None => pod
                 .store
                 .run_and_chunks(&run_id, from.epoch, from.seq, limit)
                 .await
-                .map(|r| r.map(|(run, page)| (run, Some(page)))),
+                .map(|r| r.map(|(run, page)| (run, Some((page, limit))))),
         };
         let (run, mut page) = match read {
             Ok(Some(r)) => r,
@@ -218,10 +217,13 @@ pub async fn tail(
         }
         // A failed read leaves the client behind: no `end` before a retry.
         let mut behind = false;
-        let mut limit = limit;
+        let mut limit: i64;
         loop {
             let chunks = match page.take() {
-                Some(c) => c,
+                Some((c, read_with)) => {
+                    limit = read_with;
+                    c
+                }
                 None => {
                     let Some(room) = sink.room(&pod).await else {
                         break 'outer;
@@ -336,6 +338,18 @@ pub async fn tail(
     }
     pod.engine.metrics.attachers_active.dec();
 }
+
+/// What the attach handler read before the tail began: the run, the
+/// first page of its chunks and the limit it was read with (when it read
+/// both in one statement), and the wake-ups subscribed to before that read.
+pub struct FirstRead {
+    pub run: crate::engine::run::RunRecord,
+    pub page: Option<(Vec<crate::engine::run::Chunk>, i64)>,
+    pub changes: tokio::sync::broadcast::Receiver<Arc<str>>,
+}
+
+/// Room for events between a tail and its client.
+pub const CHANNEL: usize = 256;
 
 type Tx = mpsc::Sender<Result<Event, Infallible>>;
 
@@ -522,7 +536,11 @@ mod tests {
             run.id.clone(),
             Cursor::START,
             tx,
-            Some((run.clone(), changes)),
+            Some(FirstRead {
+                run: run.clone(),
+                page: None,
+                changes,
+            }),
         ));
         // The channel fills: the tail now waits for room.
         while rx.len() < 4 {
