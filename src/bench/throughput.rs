@@ -259,6 +259,30 @@ impl StatementCounter {
             StatementCounter::Unavailable(why) => return serde_json::json!({"unavailable": why}),
         };
         let read = async {
+            // A backend flushes its counters as it exits, which may be a
+            // moment after its pod closed the connection: wait for the
+            // pods' backends to be gone, then for the commit count to hold.
+            for _ in 0..100 {
+                let others: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND pid <> pg_backend_pid()",
+                )
+                .fetch_one(&pool)
+                .await?;
+                if others == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let mut last: i64 = sqlx::query_scalar(COMMITS_SQL).fetch_one(&pool).await?;
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let now: i64 = sqlx::query_scalar(COMMITS_SQL).fetch_one(&pool).await?;
+                if now == last {
+                    break;
+                }
+                last = now;
+            }
             let rows: Vec<(String, i64, f64)> =
                 sqlx::query_as(STATEMENTS_SQL).fetch_all(&pool).await?;
             let commits: i64 = sqlx::query_scalar(COMMITS_SQL).fetch_one(&pool).await?;
