@@ -1,6 +1,6 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
 //! safe for several pods on one machine (writers serialize on SQLite's write
-//! lock, taking turns at it in order (`store::turns`); every write
+//! lock, a pod's own writers taking turns at it in order (`store::turns`); every write
 //! transaction is `BEGIN IMMEDIATE`, so a read-then-write transaction never
 //! fails to upgrade its lock).
 //!
@@ -61,7 +61,7 @@ async fn release_or_discard(conn: &mut sqlx::SqliteConnection) -> Result<bool, s
 }
 
 /// The directory of the OS locks beside the database at `db`: each pod's
-/// liveness lock, and the writers' turn (`store::turns`).
+/// liveness lock.
 fn pods_dir(db: &Path) -> PathBuf {
     let mut dir = db.to_owned().into_os_string();
     dir.push(".pods");
@@ -292,7 +292,7 @@ impl SqliteStore {
             metrics,
             stats: Default::default(),
             checkpoints: super::group::Batcher::new(CHECKPOINT_BATCH, CHECKPOINT_WORKERS),
-            gate: Some(Arc::new(super::turns::Turns::new(Some(&pods_dir(path))))),
+            gate: Some(Arc::new(super::turns::Turns::default())),
         })
     }
 
