@@ -270,7 +270,12 @@ fn pod_fixture() -> &'static PodFixture {
             "--token-file".as_ref(),
             token.as_os_str(),
             "--chaos-hooks".as_ref(),
-        ] as [&std::ffi::OsStr; 10])
+            // Its runtime runs only while an input is answered: between
+            // inputs nothing renews the lease, and a short one lapses
+            // (`GET /readyz` then answers 503 lease_lapsing, rightly).
+            "--liveness-timeout-ms".as_ref(),
+            "3600000".as_ref(),
+        ] as [&std::ffi::OsStr; 12])
         .expect("pod arguments")
         .pod;
         let rt = tokio::runtime::Builder::new_current_thread()
