@@ -177,7 +177,7 @@ pub async fn tail(
         // rejects later writes). The caller's read of the run, at attach,
         // comes without chunks.
         let read = match first_read.take() {
-            Some((run, page)) => Ok(Some((run, page))),
+            Some(read) => Ok(Some(read)),
             None => pod
                 .store
                 .run_and_chunks(&run_id, from.epoch, from.seq, limit)

@@ -1,8 +1,8 @@
 //! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
 //! safe for several pods on one machine (writers serialize on SQLite's write
-//! lock, a pod's own writers taking turns at it in order (`store::turns`); every write
-//! transaction is `BEGIN IMMEDIATE`, so a read-then-write transaction never
-//! fails to upgrade its lock).
+//! lock, a pod's own writers taking turns at it in order: `store::turns`;
+//! every write transaction is `BEGIN IMMEDIATE`, so a read-then-write
+//! transaction never fails to upgrade its lock).
 //!
 //! Here: [`SqliteStore`] (opening, refusing a file that is not a Vigil
 //! store, migrating under a file lock), its `dialect`, the reaper's one
@@ -58,14 +58,6 @@ async fn release_or_discard(conn: &mut sqlx::SqliteConnection) -> Result<bool, s
         return Ok(false);
     }
     Ok(true)
-}
-
-/// The directory of the OS locks beside the database at `db`: each pod's
-/// liveness lock.
-fn pods_dir(db: &Path) -> PathBuf {
-    let mut dir = db.to_owned().into_os_string();
-    dir.push(".pods");
-    PathBuf::from(dir)
 }
 
 mod dialect {
@@ -496,7 +488,7 @@ struct LeaseMembership {
     pool: SqlitePool,
     /// The writers' turns (`store::turns`): a renew goes ahead of this
     /// pod's queue.
-    turns: Option<Arc<super::turns::Turns>>,
+    turns: super::group::WriteGate,
     clock: Arc<dyn Clock>,
     me: super::liveness::Identity,
     /// The pod's OS lock (see [`SqliteStore::lock_path`]), held for as long
@@ -508,9 +500,11 @@ impl SqliteStore {
     /// Where pod `pod_id` holds its OS lock: `<database>.pods/<key>.lock`,
     /// the key being the pod id's [`lock_key`](super::liveness::lock_key).
     fn lock_path(&self, pod_id: &str) -> PathBuf {
+        let mut dir = self.path.clone().into_os_string();
+        dir.push(".pods");
         // The key's bits as a file name: stable, and safe whatever the id.
         let key = u64::from_ne_bytes(super::liveness::lock_key(pod_id).to_ne_bytes());
-        pods_dir(&self.path).join(format!("{key:016x}.lock"))
+        PathBuf::from(dir).join(format!("{key:016x}.lock"))
     }
 
     /// Take pod `me`'s OS lock (waiting up to `wait` for a previous process
@@ -659,10 +653,7 @@ impl super::liveness::Membership for LeaseMembership {
     }
 
     async fn leave(self: Box<Self>) -> Result<(), super::StoreError> {
-        let _turn = match &self.turns {
-            Some(t) => Some(t.normal().await),
-            None => None,
-        };
+        let _turn = super::group::turn(&self.turns).await;
         // Expire the lease now: peers find us dead at their next probe.
         sqlx::query("UPDATE pods SET lease_until = 0 WHERE pod_id = $1 AND incarnation = $2")
             .bind(&self.me.pod_id)
